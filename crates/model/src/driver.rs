@@ -1,0 +1,138 @@
+//! The one trait every isolation driver implements, and the capability
+//! declaration the API answers from.
+
+use std::path::PathBuf;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+use crate::error::Result;
+use crate::sandbox::Resources;
+
+/// How strong the boundary between the agent's code and the host is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IsolationClass {
+    /// Namespaces, cgroups, seccomp: the host kernel is shared.
+    SharedKernel,
+    /// A user-space kernel (gVisor) answers the guest's syscalls.
+    UserSpaceKernel,
+    /// A guest kernel behind hardware (or emulated) virtualization.
+    HardwareVirtualization,
+}
+
+/// What a driver can do on this host. Built by probing, not from a table:
+/// `available` is false with a `reason` when the runtime is missing or broken.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Capabilities {
+    pub driver: String,
+    pub isolation: IsolationClass,
+    pub available: bool,
+    /// Why the driver is unavailable, and what to do about it.
+    pub reason: Option<String>,
+    /// The backend actually in use (e.g. `runc 1.1.5`).
+    pub backend: Option<String>,
+    pub exec: bool,
+    pub pty: bool,
+    pub files: bool,
+    pub fs_snapshot: bool,
+    pub memory_snapshot: bool,
+    pub fork: bool,
+    pub pause_resume: bool,
+    pub network_policy: bool,
+    pub port_exposure: bool,
+    pub live_resource_update: bool,
+    pub own_kernel: bool,
+}
+
+impl Capabilities {
+    /// Look a capability up by its API name; `None` for unknown names.
+    pub fn get(&self, name: &str) -> Option<bool> {
+        Some(match name {
+            "exec" => self.exec,
+            "pty" => self.pty,
+            "files" => self.files,
+            "fs_snapshot" => self.fs_snapshot,
+            "memory_snapshot" => self.memory_snapshot,
+            "fork" => self.fork,
+            "pause_resume" => self.pause_resume,
+            "network_policy" => self.network_policy,
+            "port_exposure" => self.port_exposure,
+            "live_resource_update" => self.live_resource_update,
+            "own_kernel" => self.own_kernel,
+            _ => return None,
+        })
+    }
+
+    pub const NAMES: [&'static str; 11] = [
+        "exec",
+        "pty",
+        "files",
+        "fs_snapshot",
+        "memory_snapshot",
+        "fork",
+        "pause_resume",
+        "network_policy",
+        "port_exposure",
+        "live_resource_update",
+        "own_kernel",
+    ];
+}
+
+/// Where the host reaches a sandbox's agent. One byte stream per connection;
+/// the protocol on top is the same for every variant.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "kind", content = "path")]
+pub enum AgentEndpoint {
+    /// A unix stream socket on the host (container; virtio-serial chardev).
+    Unix(PathBuf),
+}
+
+/// Everything a driver needs to start one sandbox.
+#[derive(Debug, Clone)]
+pub struct SandboxSpec {
+    pub id: String,
+    pub hostname: String,
+    pub resources: Resources,
+    /// Read-only environment layers, lowest first.
+    pub layers: Vec<PathBuf>,
+}
+
+/// What a driver observes about a sandbox it started.
+#[derive(Debug, Clone, PartialEq)]
+pub enum DriverStatus {
+    Running,
+    /// The sandbox ended without the daemon asking; the string says how.
+    Exited(String),
+    /// The driver has no trace of it.
+    Missing,
+}
+
+#[async_trait]
+pub trait Driver: Send + Sync {
+    /// The name users select it by (`container`, `gvisor`, `microvm`).
+    fn name(&self) -> &'static str;
+
+    /// Probed capabilities; cheap to call (drivers cache the probe).
+    fn capabilities(&self) -> Capabilities;
+
+    /// Start a sandbox and return once its agent endpoint exists.
+    /// The returned value is opaque driver state, persisted by the store
+    /// and handed back to [`Driver::status`] after a daemon restart.
+    async fn create(&self, spec: &SandboxSpec) -> Result<serde_json::Value>;
+
+    /// Observe a sandbox, using the state [`Driver::create`] returned.
+    async fn status(&self, id: &str, state: &serde_json::Value) -> DriverStatus;
+
+    /// Stop it and remove every trace: processes, mounts, cgroups, runtime
+    /// state, writable layer. Idempotent: destroying what is gone succeeds.
+    async fn destroy(&self, id: &str) -> Result<()>;
+
+    /// Where the agent listens.
+    fn agent_endpoint(&self, id: &str) -> AgentEndpoint;
+
+    /// The last lines the sandbox's init wrote, for failure reasons.
+    fn console_tail(&self, _id: &str) -> Option<String> {
+        None
+    }
+}

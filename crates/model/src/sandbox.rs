@@ -1,0 +1,295 @@
+//! Sandboxes, their lifecycle, resources, and the environments they start from.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// Lifecycle: `creating → running ⇄ paused → stopped → destroyed`.
+///
+/// `Paused` is part of the vocabulary so stores and clients never need a
+/// migration; no driver reaches it yet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SandboxState {
+    Creating,
+    Running,
+    Paused,
+    Stopped,
+    Destroyed,
+}
+
+impl SandboxState {
+    pub const ALL: [SandboxState; 5] = [
+        SandboxState::Creating,
+        SandboxState::Running,
+        SandboxState::Paused,
+        SandboxState::Stopped,
+        SandboxState::Destroyed,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SandboxState::Creating => "creating",
+            SandboxState::Running => "running",
+            SandboxState::Paused => "paused",
+            SandboxState::Stopped => "stopped",
+            SandboxState::Destroyed => "destroyed",
+        }
+    }
+
+    /// Whether the lifecycle allows moving from `self` to `to`.
+    pub fn can_transition(self, to: SandboxState) -> bool {
+        use SandboxState::*;
+        matches!(
+            (self, to),
+            (Creating, Running)
+                | (Creating, Stopped)
+                | (Creating, Destroyed)
+                | (Running, Paused)
+                | (Running, Stopped)
+                | (Running, Destroyed)
+                | (Paused, Running)
+                | (Paused, Stopped)
+                | (Paused, Destroyed)
+                | (Stopped, Destroyed)
+        )
+    }
+
+    /// Checked transition: the error names both states.
+    pub fn transition(self, to: SandboxState) -> Result<SandboxState> {
+        if self.can_transition(to) {
+            Ok(to)
+        } else {
+            Err(Error::Conflict(format!(
+                "sandbox cannot go from {} to {}",
+                self.as_str(),
+                to.as_str()
+            )))
+        }
+    }
+
+    /// A sandbox whose agent can serve requests.
+    pub fn is_live(self) -> bool {
+        matches!(self, SandboxState::Running)
+    }
+}
+
+impl fmt::Display for SandboxState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for SandboxState {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        SandboxState::ALL
+            .into_iter()
+            .find(|st| st.as_str() == s)
+            .ok_or_else(|| Error::InvalidArgument(format!("unknown sandbox state '{s}'")))
+    }
+}
+
+/// What a sandbox may use. Drivers enforce every field.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Resources {
+    /// CPU share in whole or fractional vCPUs.
+    pub vcpus: f64,
+    pub memory_mib: u64,
+    pub disk_mib: u64,
+    pub pids: u64,
+}
+
+impl Default for Resources {
+    fn default() -> Self {
+        Resources { vcpus: 1.0, memory_mib: 512, disk_mib: 2048, pids: 512 }
+    }
+}
+
+impl Resources {
+    pub fn validate(&self) -> Result<()> {
+        if !(self.vcpus.is_finite() && self.vcpus >= 0.01 && self.vcpus <= 256.0) {
+            return Err(Error::InvalidArgument(format!(
+                "vcpus must be between 0.01 and 256, got {}",
+                self.vcpus
+            )));
+        }
+        if self.memory_mib < 16 || self.memory_mib > 1 << 20 {
+            return Err(Error::InvalidArgument(format!(
+                "memory_mib must be between 16 and 1048576, got {}",
+                self.memory_mib
+            )));
+        }
+        if self.pids < 8 || self.pids > 1 << 22 {
+            return Err(Error::InvalidArgument(format!(
+                "pids must be between 8 and 4194304, got {}",
+                self.pids
+            )));
+        }
+        if self.disk_mib < 16 {
+            return Err(Error::InvalidArgument(format!(
+                "disk_mib must be at least 16, got {}",
+                self.disk_mib
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// One sandbox as the store and the API see it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Sandbox {
+    pub id: String,
+    /// Environment name as requested (e.g. `busybox`).
+    pub env: String,
+    /// Content digest of the environment the sandbox was made from.
+    pub env_digest: String,
+    pub driver: String,
+    pub state: SandboxState,
+    /// Why the sandbox is in its state, when that is not the happy path.
+    pub reason: Option<String>,
+    pub resources: Resources,
+    /// Seconds from creation (or the last set_timeout) until the daemon destroys it.
+    pub timeout_s: Option<u64>,
+    /// Unix ms at which the timeout fires.
+    pub expires_at: Option<i64>,
+    pub labels: BTreeMap<String, String>,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+impl Sandbox {
+    /// True when every `(k, v)` filter matches this sandbox's labels.
+    pub fn matches_labels(&self, filters: &BTreeMap<String, String>) -> bool {
+        filters.iter().all(|(k, v)| self.labels.get(k) == Some(v))
+    }
+}
+
+/// Defaults a sandbox inherits from its environment.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct EnvironmentConfig {
+    /// `KEY=VALUE` entries.
+    pub env: Vec<String>,
+    pub workdir: String,
+    pub user: String,
+}
+
+/// An immutable, content-addressed root filesystem plus defaults.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Environment {
+    pub name: String,
+    /// sha256 over the layer digests and config; changes when any layer does.
+    pub digest: String,
+    /// Layer digests, bottom first.
+    pub layers: Vec<String>,
+    pub config: EnvironmentConfig,
+    pub size_bytes: u64,
+    pub created_at: i64,
+}
+
+/// Ids are what the daemon generates: lowercase hex, 12 characters.
+/// Anything else (path separators, dots) is refused before it reaches a path.
+pub fn validate_id(id: &str) -> Result<()> {
+    if id.len() == 12 && id.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()) {
+        Ok(())
+    } else {
+        Err(Error::not_found("sandbox", id))
+    }
+}
+
+/// Label keys and values: printable, bounded, no control characters.
+pub fn validate_label(k: &str, v: &str) -> Result<()> {
+    let ok_key = !k.is_empty()
+        && k.len() <= 63
+        && k.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_./".contains(&b));
+    if !ok_key {
+        return Err(Error::InvalidArgument(format!(
+            "label key '{k}' must be 1-63 characters of [A-Za-z0-9-_./]"
+        )));
+    }
+    if v.len() > 255 || v.chars().any(|c| c.is_control()) {
+        return Err(Error::InvalidArgument(format!(
+            "label value for '{k}' must be at most 255 printable characters"
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lifecycle_allows_only_forward_moves() {
+        use SandboxState::*;
+        assert!(Creating.can_transition(Running));
+        assert!(Running.can_transition(Stopped));
+        assert!(Stopped.can_transition(Destroyed));
+        assert!(Running.can_transition(Paused) && Paused.can_transition(Running));
+        assert!(!Stopped.can_transition(Running));
+        assert!(!Destroyed.can_transition(Creating));
+        assert!(!Destroyed.can_transition(Running));
+        let e = Stopped.transition(Running).unwrap_err();
+        assert_eq!(e.code(), "conflict");
+        assert!(e.to_string().contains("stopped") && e.to_string().contains("running"));
+        for s in SandboxState::ALL {
+            assert!(!s.can_transition(s), "{s} must not loop to itself");
+            assert_eq!(s.as_str().parse::<SandboxState>().unwrap(), s);
+        }
+    }
+
+    #[test]
+    fn resources_are_validated() {
+        assert!(Resources::default().validate().is_ok());
+        assert!(Resources { memory_mib: 1, ..Default::default() }.validate().is_err());
+        assert!(Resources { vcpus: f64::NAN, ..Default::default() }.validate().is_err());
+        assert!(Resources { vcpus: 0.0, ..Default::default() }.validate().is_err());
+        assert!(Resources { pids: 2, ..Default::default() }.validate().is_err());
+        let r: Resources = serde_json::from_str(r#"{"memory_mib":128}"#).unwrap();
+        assert_eq!(r.memory_mib, 128);
+        assert_eq!(r.pids, Resources::default().pids);
+    }
+
+    #[test]
+    fn ids_never_become_paths() {
+        assert!(validate_id("0123456789ab").is_ok());
+        for bad in ["../../etc", "0123456789AB", "", "0123456789abc", "/tmp/x", "0123456789a."] {
+            assert_eq!(validate_id(bad).unwrap_err().code(), "not_found", "{bad}");
+        }
+    }
+
+    #[test]
+    fn label_filters_match_all() {
+        let mut sb = Sandbox {
+            id: "0123456789ab".into(),
+            env: "busybox".into(),
+            env_digest: "sha256:x".into(),
+            driver: "container".into(),
+            state: SandboxState::Running,
+            reason: None,
+            resources: Resources::default(),
+            timeout_s: None,
+            expires_at: None,
+            labels: BTreeMap::new(),
+            created_at: 0,
+            updated_at: 0,
+        };
+        sb.labels.insert("team".into(), "a".into());
+        sb.labels.insert("run".into(), "7".into());
+        let mut f = BTreeMap::new();
+        assert!(sb.matches_labels(&f));
+        f.insert("team".into(), "a".into());
+        assert!(sb.matches_labels(&f));
+        f.insert("run".into(), "8".into());
+        assert!(!sb.matches_labels(&f));
+        assert!(validate_label("a/b", "x").is_ok());
+        assert!(validate_label("", "x").is_err());
+        assert!(validate_label("k", "a\nb").is_err());
+    }
+}

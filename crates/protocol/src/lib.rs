@@ -1,0 +1,46 @@
+//! The host ⇄ agent protocol, version [`PROTOCOL_VERSION`].
+//!
+//! Transport: HTTP/2 with prior knowledge over one byte stream (a unix
+//! socket today; a virtio-serial port or vsock tomorrow). HTTP/2 gives many
+//! concurrent streams on that one connection.
+//!
+//! Unary calls are JSON. File contents travel as raw streaming bodies.
+//! Processes (exec, attach, PTY) use a bidirectional stream of [`Frame`]s in
+//! the request and response bodies.
+//!
+//! | method | path | body → response |
+//! |---|---|---|
+//! | GET  | /v1/info | → [`AgentInfo`] |
+//! | POST | /v1/exec | frames (first is `Start`) → frames |
+//! | GET  | /v1/processes | → `Vec<ProcessInfo>` |
+//! | POST | /v1/processes/{pid}/attach | frames → frames (replays buffered output) |
+//! | POST | /v1/processes/{pid}/signal | [`SignalRequest`] → `{}` |
+//! | POST | /v1/processes/{pid}/stdin?close=BOOL | raw bytes → `{}` |
+//! | GET  | /v1/files/content?path=P | → raw bytes |
+//! | PUT  | /v1/files/content?path=P&mode=M | raw bytes → [`FileStat`] |
+//! | GET  | /v1/files/stat?path=P | → [`FileStat`] |
+//! | GET  | /v1/files/list?path=P&depth=N | → `Vec<FileStat>` |
+//! | POST | /v1/files/mkdir | [`PathRequest`] → [`FileStat`] |
+//! | POST | /v1/files/remove | [`RemoveRequest`] → `{}` |
+//! | POST | /v1/files/rename | [`RenameRequest`] → [`FileStat`] |
+//! | POST | /v1/files/chmod | [`ChmodRequest`] → [`FileStat`] |
+//!
+//! Errors are JSON [`ErrorBody`] with a 4xx/5xx status.
+
+pub mod client;
+pub mod frame;
+pub mod types;
+
+pub use client::{AgentClient, ClientError};
+pub use frame::{Frame, FrameDecoder};
+pub use types::*;
+
+/// Bumped on any incompatible change. Sent by both sides in
+/// [`PROTOCOL_HEADER`]; the agent refuses other versions.
+pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_HEADER: &str = "x-spinup-protocol";
+
+/// In-guest path of the agent's per-sandbox run directory.
+pub const GUEST_RUN_DIR: &str = "/run/spinup";
+/// Fd on which the agent inherits its already-bound listening socket.
+pub const LISTEN_FD: i32 = 3;

@@ -1,0 +1,146 @@
+//! Messages shared by host and agent.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ExecRequest {
+    /// Program and arguments, run directly.
+    pub argv: Vec<String>,
+    /// A shell string run through `/bin/sh -c`; used when `argv` is empty.
+    pub cmd: Option<String>,
+    pub env: BTreeMap<String, String>,
+    pub cwd: Option<String>,
+    /// User name or numeric uid[:gid] inside the sandbox.
+    pub user: Option<String>,
+    /// Kill the whole process group after this many milliseconds.
+    pub timeout_ms: Option<u64>,
+    /// Keep running when the attached stream goes away.
+    pub background: bool,
+    /// Run on a pseudo-terminal of this size.
+    pub pty: Option<PtySize>,
+    /// Keep stdin open for `Stdin` frames; otherwise stdin is /dev/null.
+    pub stdin: bool,
+}
+
+impl ExecRequest {
+    /// The argv actually run.
+    pub fn effective_argv(&self) -> Vec<String> {
+        if !self.argv.is_empty() {
+            self.argv.clone()
+        } else {
+            vec!["/bin/sh".into(), "-c".into(), self.cmd.clone().unwrap_or_default()]
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PtySize {
+    pub cols: u16,
+    pub rows: u16,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Started {
+    pub pid: u32,
+}
+
+/// How a process ended.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExitStatus {
+    /// Exit code; `128 + signal` when killed, as shells report it.
+    pub exit_code: i32,
+    pub signal: Option<i32>,
+    pub timed_out: bool,
+    /// Set when the process could not start (e.g. command not found).
+    pub message: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProcessInfo {
+    pub pid: u32,
+    pub argv: Vec<String>,
+    pub background: bool,
+    pub pty: bool,
+    pub running: bool,
+    pub exit: Option<ExitStatus>,
+    pub started_at_ms: i64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SignalRequest {
+    pub signal: i32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FileKind {
+    File,
+    Dir,
+    Symlink,
+    Other,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileStat {
+    pub path: String,
+    pub name: String,
+    pub kind: FileKind,
+    pub size: u64,
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub mtime_ms: i64,
+    pub symlink_target: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PathRequest {
+    pub path: String,
+    #[serde(default)]
+    pub mode: Option<u32>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RemoveRequest {
+    pub path: String,
+    #[serde(default)]
+    pub recursive: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RenameRequest {
+    pub from: String,
+    pub to: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChmodRequest {
+    pub path: String,
+    pub mode: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AgentInfo {
+    pub protocol: u32,
+    pub version: String,
+    pub pid: u32,
+    pub hostname: String,
+    pub uptime_ms: u64,
+    pub processes: usize,
+    /// Resident memory of the agent itself.
+    pub agent_rss_bytes: u64,
+    /// Memory charged to the sandbox's cgroup, when visible.
+    pub memory_bytes: Option<u64>,
+    /// CPU time used by the sandbox's cgroup, when visible.
+    pub cpu_usage_us: Option<u64>,
+    pub load_avg: [f64; 3],
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub code: String,
+    pub message: String,
+}
