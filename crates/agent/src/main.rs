@@ -1,1 +1,127 @@
-fn main() {}
+//! spinup-agent: PID 1 of every Spinup sandbox.
+//!
+//! It reaps zombies, forwards signals to the processes it started, and
+//! serves the Spinup protocol (HTTP/2) on one byte stream handed to it by
+//! the driver: an inherited listening unix socket (`--listen-fd`), a socket
+//! path (`--listen`), or a character device such as a virtio-serial port
+//! (`--serial`).
+
+mod files;
+mod info;
+mod process;
+mod pty;
+mod server;
+
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::sync::Arc;
+
+use tokio::signal::unix::{signal, SignalKind};
+
+enum Listen {
+    Fd(i32),
+    Path(String),
+    Serial(String),
+}
+
+fn usage() -> ! {
+    eprintln!("usage: spinup-agent [--listen-fd N | --listen PATH | --serial DEV]\n       spinup-agent --version");
+    std::process::exit(2)
+}
+
+fn parse_args() -> Listen {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
+        ["--version"] => {
+            println!("spinup-agent {} (protocol {})", env!("CARGO_PKG_VERSION"), spinup_protocol::PROTOCOL_VERSION);
+            std::process::exit(0)
+        }
+        [] => Listen::Fd(spinup_protocol::LISTEN_FD),
+        ["--listen-fd", n] => Listen::Fd(n.parse().unwrap_or_else(|_| usage())),
+        ["--listen", p] => Listen::Path(p.to_string()),
+        ["--serial", p] => Listen::Serial(p.to_string()),
+        _ => usage(),
+    }
+}
+
+fn main() {
+    let listen = parse_args();
+    // One thread: an idle sandbox should cost next to nothing. Blocking file
+    // I/O goes to tokio's blocking pool.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .max_blocking_threads(16)
+        .build()
+        .expect("tokio runtime");
+    let code = rt.block_on(run(listen));
+    std::process::exit(code);
+}
+
+async fn run(listen: Listen) -> i32 {
+    let table = Arc::new(process::Table::default());
+
+    // Reap every child, ours or orphaned, whenever SIGCHLD arrives.
+    let mut sigchld = signal(SignalKind::child()).expect("SIGCHLD handler");
+    {
+        let table = table.clone();
+        tokio::spawn(async move {
+            loop {
+                table.reap();
+                if sigchld.recv().await.is_none() {
+                    break;
+                }
+            }
+        });
+    }
+
+    // Forward termination and user signals to every process group we run.
+    for (kind, forward) in [
+        (SignalKind::hangup(), libc::SIGHUP),
+        (SignalKind::interrupt(), libc::SIGINT),
+        (SignalKind::quit(), libc::SIGQUIT),
+        (SignalKind::user_defined1(), libc::SIGUSR1),
+        (SignalKind::user_defined2(), libc::SIGUSR2),
+    ] {
+        let table = table.clone();
+        let mut s = signal(kind).expect("signal handler");
+        tokio::spawn(async move {
+            while s.recv().await.is_some() {
+                table.signal_all(forward);
+            }
+        });
+    }
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+
+    let app = server::router(table.clone());
+    let serve = async {
+        match listen {
+            Listen::Fd(fd) => {
+                // SAFETY: the driver passes an open, bound, listening unix
+                // socket at this fd; nothing else in this process owns it.
+                let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+                let std_l = std::os::unix::net::UnixListener::from(owned);
+                std_l.set_nonblocking(true).expect("nonblocking listener");
+                let l = tokio::net::UnixListener::from_std(std_l).expect("listener on fd");
+                server::serve_listener(l, app).await
+            }
+            Listen::Path(p) => {
+                let _ = std::fs::remove_file(&p);
+                let l = tokio::net::UnixListener::bind(&p).expect("bind agent socket");
+                server::serve_listener(l, app).await
+            }
+            Listen::Serial(dev) => server::serve_serial(&dev, app).await,
+        }
+    };
+    tokio::select! {
+        _ = serve => 1,
+        _ = term.recv() => {
+            table.signal_all(libc::SIGTERM);
+            // Give processes a moment to exit cleanly; the pid namespace
+            // takes the rest with us.
+            let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(2);
+            while table.running() > 0 && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+            0
+        }
+    }
+}
