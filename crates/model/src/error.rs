@@ -25,6 +25,10 @@ pub enum Error {
     /// The in-sandbox agent could not be reached or failed.
     #[error("agent: {0}")]
     Agent(String),
+    /// An operation inside the sandbox failed; `status` is the HTTP status
+    /// the agent chose, `code` its machine-readable code.
+    #[error("{message}")]
+    Guest { status: u16, code: String, message: String },
     /// Something on the host failed; the message says what and what to do.
     #[error("{0}")]
     Internal(String),
@@ -32,7 +36,10 @@ pub enum Error {
 
 impl Error {
     /// Stable code for API clients.
-    pub fn code(&self) -> &'static str {
+    pub fn code(&self) -> &str {
+        if let Error::Guest { code, .. } = self {
+            return code;
+        }
         match self {
             Error::NotFound { .. } => "not_found",
             Error::InvalidArgument(_) => "invalid_argument",
@@ -40,6 +47,7 @@ impl Error {
             Error::Unsupported { .. } => "unsupported",
             Error::Unavailable(_) => "unavailable",
             Error::Agent(_) => "agent_error",
+            Error::Guest { .. } => unreachable!(),
             Error::Internal(_) => "internal",
         }
     }

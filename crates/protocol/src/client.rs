@@ -5,7 +5,7 @@ use std::path::Path;
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
-use http_body_util::{combinators::BoxBody, BodyDataStream, BodyExt, Empty, Full, StreamBody};
+use http_body_util::{combinators::UnsyncBoxBody, BodyDataStream, BodyExt, Empty, Full, StreamBody};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde::{de::DeserializeOwned, Serialize};
@@ -17,7 +17,7 @@ use crate::types::ErrorBody;
 use crate::{PROTOCOL_HEADER, PROTOCOL_VERSION};
 
 /// Request body type: anything that yields bytes.
-pub type Body = BoxBody<Bytes, std::io::Error>;
+pub type Body = UnsyncBoxBody<Bytes, std::io::Error>;
 /// Frames coming back from the agent.
 pub type FrameStream = FrameReader<BodyDataStream<Incoming>>;
 
@@ -35,18 +35,18 @@ pub enum ClientError {
 }
 
 pub fn empty_body() -> Body {
-    Empty::new().map_err(|never| match never {}).boxed()
+    Empty::new().map_err(|never| match never {}).boxed_unsync()
 }
 
 pub fn full_body(b: impl Into<Bytes>) -> Body {
-    Full::new(b.into()).map_err(|never| match never {}).boxed()
+    Full::new(b.into()).map_err(|never| match never {}).boxed_unsync()
 }
 
 /// A body fed from a channel of byte chunks (e.g. a file being uploaded).
 pub fn channel_body(rx: mpsc::Receiver<Result<Bytes, std::io::Error>>) -> Body {
     use futures::StreamExt;
     let s = tokio_util_stream(rx).map(|r| r.map(hyper::body::Frame::data));
-    BodyExt::boxed(StreamBody::new(s))
+    BodyExt::boxed_unsync(StreamBody::new(s))
 }
 
 fn tokio_util_stream<T: Send + 'static>(
@@ -148,7 +148,7 @@ impl AgentClient {
             tx.send(f).await.expect("receiver is alive");
         }
         let s = tokio_util_stream(rx).map(|f| Ok::<_, std::io::Error>(hyper::body::Frame::data(f.encode())));
-        let body = BodyExt::boxed(StreamBody::new(s));
+        let body = BodyExt::boxed_unsync(StreamBody::new(s));
         let resp = self.request(Method::POST, uri, body).await?;
         Ok((tx, FrameReader::new(resp.into_body().into_data_stream())))
     }

@@ -1,0 +1,378 @@
+//! Environments: content-addressed read-only layers plus defaults.
+//!
+//! A layer is identified by the sha256 of its uncompressed tar stream (the
+//! OCI "diff id") and stored unpacked at `layers/<hex>/`, shared read-only
+//! by every sandbox that uses it. Snapshots and OCI images add layers the
+//! same way.
+
+use std::collections::HashMap;
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use sha2::{Digest, Sha256};
+use spinup_model::{now_ms, Environment, EnvironmentConfig, Error, Result};
+use tokio::sync::mpsc::UnboundedSender;
+
+use crate::store::Store;
+
+/// Built-in recipes, buildable by name.
+pub const BUILTINS: [&str; 2] = ["busybox", "debian"];
+
+/// Progress lines for long work; `None` when nobody watches.
+pub type Progress = Option<UnboundedSender<String>>;
+
+fn say(p: &Progress, msg: impl Into<String>) {
+    if let Some(tx) = p {
+        let _ = tx.send(msg.into());
+    }
+}
+
+pub struct EnvStore {
+    root: PathBuf,
+    store: Arc<Store>,
+    building: tokio::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+/// Environment names: like image names, never a path.
+pub fn validate_name(name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-_.".contains(&b))
+        && !name.starts_with('.');
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::InvalidArgument(format!("environment name '{name}' must be 1-64 characters of [a-z0-9-_.], not starting with '.'")))
+    }
+}
+
+/// A reader that hashes what passes through it.
+struct HashingReader<R> {
+    inner: R,
+    hasher: Sha256,
+    bytes: u64,
+}
+
+impl<R: Read> Read for HashingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.bytes += n as u64;
+        Ok(n)
+    }
+}
+
+fn dir_size(p: &Path) -> u64 {
+    let mut total = 0;
+    let mut stack = vec![p.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        if let Ok(rd) = std::fs::read_dir(&d) {
+            for e in rd.flatten() {
+                if let Ok(m) = e.metadata() {
+                    if m.is_dir() {
+                        stack.push(e.path());
+                    } else {
+                        total += m.len();
+                    }
+                }
+            }
+        }
+    }
+    total
+}
+
+impl EnvStore {
+    pub fn new(root: PathBuf, store: Arc<Store>) -> Result<EnvStore> {
+        for d in ["layers", "tmp"] {
+            std::fs::create_dir_all(root.join(d)).map_err(|e| Error::internal(format!("creating {}", root.join(d).display()), e))?;
+        }
+        // Half-finished imports from a killed daemon.
+        if let Ok(rd) = std::fs::read_dir(root.join("tmp")) {
+            for e in rd.flatten() {
+                let _ = std::fs::remove_dir_all(e.path()).or_else(|_| std::fs::remove_file(e.path()));
+            }
+        }
+        Ok(EnvStore { root, store, building: Default::default() })
+    }
+
+    pub fn layer_dir(&self, digest: &str) -> PathBuf {
+        self.root.join("layers").join(digest.trim_start_matches("sha256:"))
+    }
+
+    fn tmp(&self, what: &str) -> PathBuf {
+        let mut b = [0u8; 6];
+        getrandom::fill(&mut b).expect("OS randomness");
+        self.root.join("tmp").join(format!("{what}-{}", hex::encode(b)))
+    }
+
+    pub fn get(&self, name: &str) -> Result<Environment> {
+        validate_name(name)?;
+        self.store.get_environment(name)?.ok_or_else(|| Error::not_found("environment", name))
+    }
+
+    pub fn list(&self) -> Result<Vec<Environment>> {
+        self.store.list_environments()
+    }
+
+    /// The environment, building a built-in recipe on first use.
+    pub async fn resolve(&self, name: &str, progress: Progress) -> Result<Environment> {
+        match self.get(name) {
+            Err(Error::NotFound { .. }) if BUILTINS.contains(&name) => self.build(name, progress).await,
+            other => other,
+        }
+    }
+
+    /// Unpack a tar stream into a new layer; returns its digest. Device
+    /// nodes are skipped (every sandbox gets its own /dev), and the tar
+    /// crate refuses entries that would land outside the layer.
+    fn unpack_layer(&self, reader: impl Read, progress: &Progress) -> Result<(String, u64)> {
+        let staging = self.tmp("layer");
+        std::fs::create_dir_all(&staging)?;
+        let mut hr = HashingReader { inner: reader, hasher: Sha256::new(), bytes: 0 };
+        let res = (|| -> io::Result<()> {
+            let mut ar = tar::Archive::new(&mut hr);
+            ar.set_preserve_permissions(true);
+            ar.set_preserve_ownerships(true);
+            ar.set_preserve_mtime(true);
+            ar.set_unpack_xattrs(false);
+            ar.set_overwrite(true);
+            let mut n = 0u64;
+            for entry in ar.entries()? {
+                let mut entry = entry?;
+                let t = entry.header().entry_type();
+                if t.is_block_special() || t.is_character_special() || t.is_fifo() {
+                    continue;
+                }
+                entry.unpack_in(&staging)?;
+                n += 1;
+                if n % 5000 == 0 {
+                    say(progress, format!("unpacked {n} files"));
+                }
+            }
+            Ok(())
+        })();
+        if let Err(e) = res {
+            let _ = std::fs::remove_dir_all(&staging);
+            return Err(Error::InvalidArgument(format!("cannot unpack the layer tarball: {e}")));
+        }
+        // Hash the rest of the stream too (tar padding), so the digest is of
+        // the whole input.
+        let _ = io::copy(&mut hr, &mut io::sink());
+        let digest = hex::encode(hr.hasher.finalize());
+        let dest = self.layer_dir(&digest);
+        if dest.exists() {
+            let _ = std::fs::remove_dir_all(&staging);
+        } else {
+            std::fs::rename(&staging, &dest).map_err(|e| Error::internal("storing layer", e))?;
+        }
+        Ok((format!("sha256:{digest}"), dir_size(&dest)))
+    }
+
+    fn record(&self, name: &str, layers: Vec<String>, size: u64, config: EnvironmentConfig) -> Result<Environment> {
+        let mut h = Sha256::new();
+        h.update(serde_json::to_vec(&(&layers, &config)).unwrap());
+        let env = Environment {
+            name: name.to_string(),
+            digest: format!("sha256:{}", hex::encode(h.finalize())),
+            layers,
+            config,
+            size_bytes: size,
+            created_at: now_ms(),
+        };
+        self.store.put_environment(&env)?;
+        Ok(env)
+    }
+
+    /// Import a rootfs tarball (plain or gzip) read from `reader`.
+    pub fn import_tar(&self, name: &str, reader: impl Read, progress: &Progress) -> Result<Environment> {
+        validate_name(name)?;
+        let mut br = io::BufReader::new(reader);
+        let gz = {
+            use io::BufRead;
+            let head = br.fill_buf()?;
+            head.len() >= 2 && head[0] == 0x1f && head[1] == 0x8b
+        };
+        say(progress, format!("importing {} layer", if gz { "gzip" } else { "tar" }));
+        let (digest, size) = if gz {
+            self.unpack_layer(flate2::read::GzDecoder::new(br), progress)?
+        } else {
+            self.unpack_layer(br, progress)?
+        };
+        say(progress, format!("layer {digest} ({} MiB)", size >> 20));
+        self.record(name, vec![digest], size, default_config())
+    }
+
+    /// Import a host directory as a one-layer environment.
+    pub fn import_dir(&self, name: &str, dir: &Path, progress: &Progress) -> Result<Environment> {
+        validate_name(name)?;
+        let tarfile = self.tmp("dir.tar");
+        let res = (|| -> io::Result<()> {
+            let f = std::fs::File::create(&tarfile)?;
+            let mut b = tar::Builder::new(io::BufWriter::new(f));
+            b.mode(tar::HeaderMode::Deterministic);
+            b.follow_symlinks(false);
+            b.append_dir_all(".", dir)?;
+            b.into_inner()?.flush()
+        })();
+        let out = res
+            .map_err(|e| Error::InvalidArgument(format!("cannot read {}: {e}", dir.display())))
+            .and_then(|_| self.import_tar(name, std::fs::File::open(&tarfile)?, progress));
+        let _ = std::fs::remove_file(&tarfile);
+        out
+    }
+
+    /// Build a built-in recipe (once; concurrent callers wait for it).
+    pub async fn build(&self, name: &str, progress: Progress) -> Result<Environment> {
+        if !BUILTINS.contains(&name) {
+            return Err(Error::InvalidArgument(format!("no built-in recipe '{name}'; recipes: {}", BUILTINS.join(", "))));
+        }
+        let lock = self.building.lock().await.entry(name.to_string()).or_default().clone();
+        let _guard = lock.lock().await;
+        if let Ok(env) = self.get(name) {
+            say(&progress, format!("environment {name} is already built"));
+            return Ok(env);
+        }
+        let staging = self.tmp(name);
+        let res = match name {
+            "busybox" => self.build_busybox(&staging, &progress).await,
+            _ => self.build_debian(&staging, &progress).await,
+        };
+        let _ = std::fs::remove_dir_all(&staging);
+        res
+    }
+
+    async fn build_busybox(&self, staging: &Path, progress: &Progress) -> Result<Environment> {
+        let busybox = ["/bin/busybox", "/usr/bin/busybox"]
+            .into_iter()
+            .map(PathBuf::from)
+            .find(|p| p.is_file())
+            .ok_or_else(|| Error::Unavailable("busybox is not installed; run: apt-get install busybox-static".into()))?;
+        say(progress, format!("building busybox from {}", busybox.display()));
+        let list = tokio::process::Command::new(&busybox).arg("--list-full").output().await?;
+        if !list.status.success() {
+            return Err(Error::Unavailable(format!("{} --list-full failed", busybox.display())));
+        }
+        let root = staging.join("rootfs");
+        for d in ["bin", "sbin", "usr/bin", "usr/sbin", "etc", "proc", "sys", "dev", "tmp", "root", "run", "home", "var/tmp"] {
+            std::fs::create_dir_all(root.join(d))?;
+        }
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(root.join("tmp"), std::fs::Permissions::from_mode(0o1777))?;
+        std::fs::set_permissions(root.join("var/tmp"), std::fs::Permissions::from_mode(0o1777))?;
+        std::fs::set_permissions(root.join("root"), std::fs::Permissions::from_mode(0o700))?;
+        std::fs::copy(&busybox, root.join("bin/busybox"))?;
+        for applet in String::from_utf8_lossy(&list.stdout).lines() {
+            let applet = applet.trim();
+            if applet.is_empty() || applet == "bin/busybox" || applet.contains("..") {
+                continue;
+            }
+            let link = root.join(applet);
+            if !link.exists() {
+                let _ = std::os::unix::fs::symlink("/bin/busybox", &link);
+            }
+        }
+        std::fs::write(root.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/home:/bin/sh\n")?;
+        std::fs::write(root.join("etc/group"), "root:x:0:\ntty:x:5:\nnogroup:x:65534:\n")?;
+        std::fs::write(root.join("etc/hosts"), "127.0.0.1 localhost\n::1 localhost\n")?;
+        let env = self.import_dir("busybox", &root, progress)?;
+        say(progress, format!("built busybox: {}", env.digest));
+        Ok(env)
+    }
+
+    async fn build_debian(&self, staging: &Path, progress: &Progress) -> Result<Environment> {
+        let tool = which("mmdebstrap").ok_or_else(|| Error::Unavailable("mmdebstrap is not installed; run: apt-get install mmdebstrap".into()))?;
+        let mirror = debian_mirror().ok_or_else(|| {
+            Error::Unavailable("no Debian mirror found in /etc/apt/sources.list*; set SPINUP_DEBIAN_MIRROR to your mirror's URL".into())
+        })?;
+        std::fs::create_dir_all(staging)?;
+        let tarball = staging.join("rootfs.tar");
+        say(progress, format!("building debian (bookworm + python3, pip, git, curl) with mmdebstrap from {mirror}"));
+        let mut child = tokio::process::Command::new(tool)
+            .args(["--variant=minbase", "--include=python3,python3-pip,python3-venv,git,curl,ca-certificates,procps", "--mode=root", "bookworm"])
+            .arg(&tarball)
+            .arg(&mirror)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()?;
+        let mut tail: Vec<String> = vec![];
+        if let Some(err) = child.stderr.take() {
+            use tokio::io::AsyncBufReadExt;
+            let mut lines = tokio::io::BufReader::new(err).lines();
+            while let Ok(Some(l)) = lines.next_line().await {
+                say(progress, l.clone());
+                tail.push(l);
+                if tail.len() > 10 {
+                    tail.remove(0);
+                }
+            }
+        }
+        let status = child.wait().await?;
+        if !status.success() {
+            return Err(Error::Unavailable(format!("mmdebstrap failed ({status}): {}", tail.join(" | "))));
+        }
+        say(progress, "importing the Debian root filesystem");
+        let env = self.import_tar("debian", std::fs::File::open(&tarball)?, progress)?;
+        say(progress, format!("built debian: {} ({} MiB)", env.digest, env.size_bytes >> 20));
+        Ok(env)
+    }
+
+    /// Forget an environment and delete layers no other environment uses.
+    pub fn remove(&self, name: &str) -> Result<()> {
+        let env = self.get(name)?;
+        self.store.delete_environment(name)?;
+        let still_used: Vec<String> = self.list()?.into_iter().flat_map(|e| e.layers).collect();
+        for l in env.layers {
+            if !still_used.contains(&l) {
+                let _ = std::fs::remove_dir_all(self.layer_dir(&l));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn default_config() -> EnvironmentConfig {
+    EnvironmentConfig { env: vec![], workdir: String::new(), user: String::new() }
+}
+
+fn which(bin: &str) -> Option<PathBuf> {
+    std::env::split_paths(&std::env::var_os("PATH")?).map(|d| d.join(bin)).find(|p| p.is_file())
+}
+
+/// The Debian mirror this host already uses (so no address is baked in).
+fn debian_mirror() -> Option<String> {
+    if let Ok(m) = std::env::var("SPINUP_DEBIAN_MIRROR") {
+        return Some(m);
+    }
+    let mut files = vec![PathBuf::from("/etc/apt/sources.list")];
+    if let Ok(rd) = std::fs::read_dir("/etc/apt/sources.list.d") {
+        let mut more: Vec<PathBuf> = rd.flatten().map(|e| e.path()).collect();
+        more.sort();
+        files.extend(more);
+    }
+    for f in files {
+        let Ok(text) = std::fs::read_to_string(&f) else { continue };
+        for line in text.lines() {
+            let line = line.trim();
+            // one-line format: deb [opts] URI suite components
+            if let Some(rest) = line.strip_prefix("deb ") {
+                let uri = rest.split_whitespace().find(|w| w.starts_with("http"));
+                if let Some(u) = uri {
+                    if !u.contains("security") {
+                        return Some(u.to_string());
+                    }
+                }
+            }
+            // deb822 format
+            if let Some(u) = line.strip_prefix("URIs:") {
+                let u = u.trim().split_whitespace().next().unwrap_or("");
+                if u.starts_with("http") && !u.contains("security") {
+                    return Some(u.to_string());
+                }
+            }
+        }
+    }
+    None
+}

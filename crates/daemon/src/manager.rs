@@ -1,0 +1,332 @@
+//! The lifecycle manager: turns API requests into driver calls, keeps the
+//! store in step, watches running sandboxes and fires timeouts.
+//!
+//! Crash-only: a sandbox row is written (`creating`) before any driver work
+//! and every later step is persisted, so `recover` after a kill -9 can
+//! finish or undo whatever was in flight.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use spinup_model::{
+    now_ms, validate_id, validate_label, AgentEndpoint, Driver, DriverStatus, Error, Resources, Result, Sandbox,
+    SandboxSpec, SandboxState,
+};
+use spinup_protocol::AgentClient;
+
+use crate::envs::{EnvStore, Progress};
+use crate::store::Store;
+
+/// How long a new sandbox's agent has to answer.
+const AGENT_READY_TIMEOUT: Duration = Duration::from_secs(15);
+/// How often running sandboxes are checked and timeouts fired.
+const MONITOR_INTERVAL: Duration = Duration::from_millis(500);
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CreateRequest {
+    pub env: Option<String>,
+    pub driver: Option<String>,
+    pub timeout_s: Option<u64>,
+    pub resources: Option<Resources>,
+    pub labels: BTreeMap<String, String>,
+}
+
+pub struct Manager {
+    pub store: Arc<Store>,
+    pub envs: EnvStore,
+    drivers: BTreeMap<String, Arc<dyn Driver>>,
+    default_driver: String,
+    agents: std::sync::Mutex<HashMap<String, AgentClient>>,
+    /// Serializes lifecycle operations per sandbox.
+    locks: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+fn new_id() -> String {
+    let mut b = [0u8; 6];
+    getrandom::fill(&mut b).expect("OS randomness");
+    hex::encode(b)
+}
+
+impl Manager {
+    pub fn new(store: Arc<Store>, envs: EnvStore, drivers: Vec<Arc<dyn Driver>>, default_driver: &str) -> Self {
+        Manager {
+            store,
+            envs,
+            drivers: drivers.into_iter().map(|d| (d.name().to_string(), d)).collect(),
+            default_driver: default_driver.to_string(),
+            agents: Default::default(),
+            locks: Default::default(),
+        }
+    }
+
+    pub fn drivers(&self) -> Vec<spinup_model::Capabilities> {
+        self.drivers.values().map(|d| d.capabilities()).collect()
+    }
+
+    pub fn driver(&self, name: &str) -> Result<Arc<dyn Driver>> {
+        self.drivers.get(name).cloned().ok_or_else(|| {
+            Error::InvalidArgument(format!(
+                "unknown driver '{name}'; drivers: {}",
+                self.drivers.keys().cloned().collect::<Vec<_>>().join(", ")
+            ))
+        })
+    }
+
+    fn lock_for(&self, id: &str) -> Arc<tokio::sync::Mutex<()>> {
+        self.locks.lock().unwrap().entry(id.to_string()).or_default().clone()
+    }
+
+    pub fn get(&self, id: &str) -> Result<Sandbox> {
+        validate_id(id)?;
+        self.store.get_sandbox(id)?.map(|(s, _)| s).ok_or_else(|| Error::not_found("sandbox", id))
+    }
+
+    pub fn list(&self, labels: &BTreeMap<String, String>) -> Result<Vec<Sandbox>> {
+        Ok(self.store.list_sandboxes()?.into_iter().map(|(s, _)| s).filter(|s| s.matches_labels(labels)).collect())
+    }
+
+    fn set_state(&self, sb: &mut Sandbox, to: SandboxState, reason: Option<String>, ds: Option<&serde_json::Value>) -> Result<()> {
+        let from = sb.state;
+        sb.state = from.transition(to)?;
+        sb.reason = reason;
+        sb.updated_at = now_ms();
+        self.store.update_sandbox(sb, from, ds)
+    }
+
+    pub async fn create(&self, req: CreateRequest, progress: Progress) -> Result<Sandbox> {
+        let driver_name = match req.driver.as_deref() {
+            None | Some("auto") => self.default_driver.clone(),
+            Some(d) => d.to_string(),
+        };
+        let driver = self.driver(&driver_name)?;
+        let caps = driver.capabilities();
+        if !caps.available {
+            return Err(Error::Unavailable(format!(
+                "driver '{driver_name}' is not available on this host: {}",
+                caps.reason.unwrap_or_default()
+            )));
+        }
+        let resources = req.resources.unwrap_or_default();
+        resources.validate()?;
+        for (k, v) in &req.labels {
+            validate_label(k, v)?;
+        }
+        if req.labels.len() > 64 {
+            return Err(Error::InvalidArgument("at most 64 labels".into()));
+        }
+        if let Some(t) = req.timeout_s {
+            if t > 366 * 24 * 3600 {
+                return Err(Error::InvalidArgument("timeout_s must be at most one year".into()));
+            }
+        }
+        let env_name = req.env.clone().unwrap_or_else(|| "busybox".into());
+        let env = self.envs.resolve(&env_name, progress).await?;
+
+        let now = now_ms();
+        let id = new_id();
+        let timeout_s = req.timeout_s.filter(|t| *t > 0);
+        let mut sb = Sandbox {
+            id: id.clone(),
+            env: env.name.clone(),
+            env_digest: env.digest.clone(),
+            driver: driver_name,
+            state: SandboxState::Creating,
+            reason: None,
+            resources,
+            timeout_s,
+            expires_at: timeout_s.map(|t| now + t as i64 * 1000),
+            labels: req.labels,
+            created_at: now,
+            updated_at: now,
+        };
+        let lock = self.lock_for(&id);
+        let _g = lock.lock().await;
+        self.store.insert_sandbox(&sb)?;
+        let spec = SandboxSpec {
+            id: id.clone(),
+            hostname: id.clone(),
+            resources,
+            layers: env.layers.iter().map(|l| self.envs.layer_dir(l)).collect(),
+        };
+        let started = async {
+            let ds = driver.create(&spec).await?;
+            self.wait_agent(&*driver, &id).await?;
+            Ok::<_, Error>(ds)
+        }
+        .await;
+        match started {
+            Ok(ds) => {
+                self.set_state(&mut sb, SandboxState::Running, None, Some(&ds))?;
+                tracing::info!(id = %sb.id, env = %sb.env, driver = %sb.driver, "sandbox running");
+                Ok(sb)
+            }
+            Err(e) => {
+                tracing::warn!(id = %id, "create failed: {e}");
+                let _ = driver.destroy(&id).await;
+                self.agents.lock().unwrap().remove(&id);
+                self.store.delete_sandbox(&id, SandboxState::Creating, Some(&format!("create failed: {e}")))?;
+                Err(e)
+            }
+        }
+    }
+
+    async fn connect(&self, driver: &dyn Driver, id: &str) -> Result<AgentClient> {
+        let c = match driver.agent_endpoint(id) {
+            AgentEndpoint::Unix(p) => AgentClient::connect_unix(&p).await,
+        }
+        .map_err(|e| Error::Agent(e.to_string()))?;
+        Ok(c)
+    }
+
+    /// Connect to a fresh sandbox's agent and wait for its first answer.
+    async fn wait_agent(&self, driver: &dyn Driver, id: &str) -> Result<()> {
+        let deadline = tokio::time::Instant::now() + AGENT_READY_TIMEOUT;
+        let mut last = String::new();
+        while tokio::time::Instant::now() < deadline {
+            match self.connect(driver, id).await {
+                Ok(c) => match tokio::time::timeout(Duration::from_secs(5), c.call::<spinup_protocol::AgentInfo>(http::Method::GET, "/v1/info", None::<&()>)).await {
+                    Ok(Ok(_)) => {
+                        self.agents.lock().unwrap().insert(id.to_string(), c);
+                        return Ok(());
+                    }
+                    Ok(Err(e)) => last = e.to_string(),
+                    Err(_) => last = "no answer within 5 s".into(),
+                },
+                Err(e) => last = e.to_string(),
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let console = driver.console_tail(id).map(|t| format!("; sandbox output: {t}")).unwrap_or_default();
+        Err(Error::Agent(format!("the agent did not become ready within {AGENT_READY_TIMEOUT:?}: {last}{console}")))
+    }
+
+    /// A connected agent for a running sandbox.
+    pub async fn agent(&self, id: &str) -> Result<AgentClient> {
+        let sb = self.get(id)?;
+        if sb.state != SandboxState::Running {
+            let why = sb.reason.map(|r| format!(" ({r})")).unwrap_or_default();
+            return Err(Error::Conflict(format!("sandbox {id} is {}{why}", sb.state)));
+        }
+        if let Some(c) = self.agents.lock().unwrap().get(id).filter(|c| !c.is_closed()).cloned() {
+            return Ok(c);
+        }
+        let driver = self.driver(&sb.driver)?;
+        let c = self.connect(&*driver, id).await?;
+        self.agents.lock().unwrap().insert(id.to_string(), c.clone());
+        Ok(c)
+    }
+
+    pub async fn destroy(&self, id: &str, force: bool) -> Result<()> {
+        let sb = self.get(id)?;
+        if sb.state == SandboxState::Running && !force {
+            return Err(Error::Conflict(format!("sandbox {id} is running; stop it or remove it with force (rm -f)")));
+        }
+        let lock = self.lock_for(id);
+        let _g = lock.lock().await;
+        self.destroy_locked(&sb, "removed by request").await
+    }
+
+    async fn destroy_locked(&self, sb: &Sandbox, reason: &str) -> Result<()> {
+        let driver = self.driver(&sb.driver)?;
+        self.agents.lock().unwrap().remove(&sb.id);
+        driver.destroy(&sb.id).await?;
+        self.store.delete_sandbox(&sb.id, sb.state, Some(reason))?;
+        self.locks.lock().unwrap().remove(&sb.id);
+        tracing::info!(id = %sb.id, reason, "sandbox destroyed");
+        Ok(())
+    }
+
+    pub fn set_timeout(&self, id: &str, timeout_s: u64) -> Result<Sandbox> {
+        let mut sb = self.get(id)?;
+        if timeout_s > 366 * 24 * 3600 {
+            return Err(Error::InvalidArgument("timeout_s must be at most one year".into()));
+        }
+        sb.timeout_s = (timeout_s > 0).then_some(timeout_s);
+        sb.expires_at = sb.timeout_s.map(|t| now_ms() + t as i64 * 1000);
+        sb.updated_at = now_ms();
+        self.store.update_sandbox(&sb, sb.state, None)?;
+        Ok(sb)
+    }
+
+    /// After a (re)start: settle every sandbox the store knows.
+    pub async fn recover(&self) -> Result<()> {
+        for (sb, ds) in self.store.list_sandboxes()? {
+            let driver = match self.driver(&sb.driver) {
+                Ok(d) => d,
+                Err(e) => {
+                    tracing::warn!(id = %sb.id, "cannot recover: {e}");
+                    continue;
+                }
+            };
+            match sb.state {
+                SandboxState::Creating => {
+                    tracing::warn!(id = %sb.id, "daemon stopped during create; cleaning up");
+                    let _ = driver.destroy(&sb.id).await;
+                    self.store.delete_sandbox(&sb.id, sb.state, Some("daemon restarted during create"))?;
+                }
+                SandboxState::Running => self.check(&sb, ds.as_ref(), &*driver).await?,
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Move a running sandbox whose init is gone to `stopped`, with why.
+    async fn check(&self, sb: &Sandbox, ds: Option<&serde_json::Value>, driver: &dyn Driver) -> Result<()> {
+        let status = driver.status(&sb.id, ds.unwrap_or(&serde_json::Value::Null)).await;
+        let reason = match status {
+            DriverStatus::Running => return Ok(()),
+            DriverStatus::Exited(r) => r,
+            DriverStatus::Missing => "the driver has no record of this sandbox".into(),
+        };
+        let lock = self.lock_for(&sb.id);
+        let _g = lock.lock().await;
+        // Re-read under the lock: it may have been destroyed meanwhile.
+        let Some((mut sb, _)) = self.store.get_sandbox(&sb.id)? else { return Ok(()) };
+        if sb.state != SandboxState::Running {
+            return Ok(());
+        }
+        tracing::warn!(id = %sb.id, "sandbox stopped: {reason}");
+        self.agents.lock().unwrap().remove(&sb.id);
+        self.set_state(&mut sb, SandboxState::Stopped, Some(reason), None)
+    }
+
+    /// One pass of the monitor: stopped sandboxes and expired timeouts.
+    pub async fn tick(&self) {
+        let Ok(all) = self.store.list_sandboxes() else { return };
+        let now = now_ms();
+        for (sb, ds) in all {
+            let Ok(driver) = self.driver(&sb.driver) else { continue };
+            if sb.expires_at.is_some_and(|t| t <= now) && sb.state != SandboxState::Creating {
+                let lock = self.lock_for(&sb.id);
+                let _g = lock.lock().await;
+                if let Ok(Some((cur, _))) = self.store.get_sandbox(&sb.id) {
+                    if let Err(e) = self.destroy_locked(&cur, "timeout expired").await {
+                        tracing::warn!(id = %sb.id, "timeout destroy failed: {e}");
+                    }
+                }
+                continue;
+            }
+            if sb.state == SandboxState::Running {
+                if let Err(e) = self.check(&sb, ds.as_ref(), &*driver).await {
+                    tracing::warn!(id = %sb.id, "monitor: {e}");
+                }
+            }
+        }
+    }
+
+    pub fn spawn_monitor(self: &Arc<Self>) {
+        let m = self.clone();
+        tokio::spawn(async move {
+            let mut iv = tokio::time::interval(MONITOR_INTERVAL);
+            iv.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                iv.tick().await;
+                m.tick().await;
+            }
+        });
+    }
+}

@@ -1,0 +1,236 @@
+//! All daemon state, in one embedded SQLite database (WAL, synchronous
+//! writes). Every sandbox transition is a row in `transitions`, written in
+//! the same transaction as the new state.
+
+use std::path::Path;
+use std::sync::Mutex;
+
+use rusqlite::{params, Connection, OptionalExtension};
+use spinup_model::{now_ms, Environment, Error, Result, Sandbox, SandboxState};
+
+pub struct Store {
+    conn: Mutex<Connection>,
+}
+
+fn db_err(e: rusqlite::Error) -> Error {
+    Error::internal("state database", e)
+}
+
+/// One recorded lifecycle transition.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Transition {
+    pub from: Option<String>,
+    pub to: String,
+    pub reason: Option<String>,
+    pub at: i64,
+}
+
+impl Store {
+    pub fn open(path: &Path) -> Result<Store> {
+        let conn = Connection::open(path).map_err(|e| Error::internal(format!("opening {}", path.display()), e))?;
+        conn.execute_batch(
+            "PRAGMA journal_mode=WAL;
+             PRAGMA synchronous=FULL;
+             PRAGMA busy_timeout=5000;
+             CREATE TABLE IF NOT EXISTS sandboxes (
+                 id TEXT PRIMARY KEY,
+                 state TEXT NOT NULL,
+                 body TEXT NOT NULL,
+                 driver_state TEXT
+             );
+             CREATE TABLE IF NOT EXISTS transitions (
+                 seq INTEGER PRIMARY KEY AUTOINCREMENT,
+                 sandbox_id TEXT NOT NULL,
+                 from_state TEXT,
+                 to_state TEXT NOT NULL,
+                 reason TEXT,
+                 at INTEGER NOT NULL
+             );
+             CREATE INDEX IF NOT EXISTS transitions_by_sandbox ON transitions(sandbox_id);
+             CREATE TABLE IF NOT EXISTS environments (
+                 name TEXT PRIMARY KEY,
+                 body TEXT NOT NULL
+             );",
+        )
+        .map_err(db_err)?;
+        Ok(Store { conn: Mutex::new(conn) })
+    }
+
+    /// Insert a new sandbox (state `creating`).
+    pub fn insert_sandbox(&self, sb: &Sandbox) -> Result<()> {
+        let mut c = self.conn.lock().unwrap();
+        let tx = c.transaction().map_err(db_err)?;
+        tx.execute(
+            "INSERT INTO sandboxes (id, state, body) VALUES (?1, ?2, ?3)",
+            params![sb.id, sb.state.as_str(), serde_json::to_string(sb).unwrap()],
+        )
+        .map_err(db_err)?;
+        tx.execute(
+            "INSERT INTO transitions (sandbox_id, from_state, to_state, reason, at) VALUES (?1, NULL, ?2, NULL, ?3)",
+            params![sb.id, sb.state.as_str(), sb.created_at],
+        )
+        .map_err(db_err)?;
+        tx.commit().map_err(db_err)
+    }
+
+    /// Persist `sb` (whose state may have changed from `from`).
+    pub fn update_sandbox(&self, sb: &Sandbox, from: SandboxState, driver_state: Option<&serde_json::Value>) -> Result<()> {
+        let mut c = self.conn.lock().unwrap();
+        let tx = c.transaction().map_err(db_err)?;
+        let n = tx
+            .execute(
+                "UPDATE sandboxes SET state = ?2, body = ?3, driver_state = COALESCE(?4, driver_state) WHERE id = ?1",
+                params![sb.id, sb.state.as_str(), serde_json::to_string(sb).unwrap(), driver_state.map(|v| v.to_string())],
+            )
+            .map_err(db_err)?;
+        if n == 0 {
+            return Err(Error::not_found("sandbox", &sb.id));
+        }
+        if from != sb.state {
+            tx.execute(
+                "INSERT INTO transitions (sandbox_id, from_state, to_state, reason, at) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![sb.id, from.as_str(), sb.state.as_str(), sb.reason, sb.updated_at],
+            )
+            .map_err(db_err)?;
+        }
+        tx.commit().map_err(db_err)
+    }
+
+    /// Record `destroyed` and forget the sandbox.
+    pub fn delete_sandbox(&self, id: &str, from: SandboxState, reason: Option<&str>) -> Result<()> {
+        let mut c = self.conn.lock().unwrap();
+        let tx = c.transaction().map_err(db_err)?;
+        tx.execute("DELETE FROM sandboxes WHERE id = ?1", params![id]).map_err(db_err)?;
+        tx.execute(
+            "INSERT INTO transitions (sandbox_id, from_state, to_state, reason, at) VALUES (?1, ?2, 'destroyed', ?3, ?4)",
+            params![id, from.as_str(), reason, now_ms()],
+        )
+        .map_err(db_err)?;
+        tx.commit().map_err(db_err)
+    }
+
+    pub fn get_sandbox(&self, id: &str) -> Result<Option<(Sandbox, Option<serde_json::Value>)>> {
+        let c = self.conn.lock().unwrap();
+        c.query_row("SELECT body, driver_state FROM sandboxes WHERE id = ?1", params![id], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, Option<String>>(1)?))
+        })
+        .optional()
+        .map_err(db_err)?
+        .map(|(body, ds)| {
+            let sb: Sandbox = serde_json::from_str(&body).map_err(|e| Error::internal("corrupt sandbox row", e))?;
+            Ok((sb, ds.and_then(|d| serde_json::from_str(&d).ok())))
+        })
+        .transpose()
+    }
+
+    pub fn list_sandboxes(&self) -> Result<Vec<(Sandbox, Option<serde_json::Value>)>> {
+        let c = self.conn.lock().unwrap();
+        let mut st = c.prepare("SELECT body, driver_state FROM sandboxes").map_err(db_err)?;
+        let rows = st
+            .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, Option<String>>(1)?)))
+            .map_err(db_err)?;
+        let mut out = vec![];
+        for row in rows {
+            let (body, ds) = row.map_err(db_err)?;
+            let sb: Sandbox = serde_json::from_str(&body).map_err(|e| Error::internal("corrupt sandbox row", e))?;
+            out.push((sb, ds.and_then(|d| serde_json::from_str(&d).ok())));
+        }
+        out.sort_by_key(|(s, _)| s.created_at);
+        Ok(out)
+    }
+
+    pub fn transitions(&self, id: &str) -> Result<Vec<Transition>> {
+        let c = self.conn.lock().unwrap();
+        let mut st = c
+            .prepare("SELECT from_state, to_state, reason, at FROM transitions WHERE sandbox_id = ?1 ORDER BY seq")
+            .map_err(db_err)?;
+        let rows = st
+            .query_map(params![id], |r| Ok(Transition { from: r.get(0)?, to: r.get(1)?, reason: r.get(2)?, at: r.get(3)? }))
+            .map_err(db_err)?;
+        rows.collect::<std::result::Result<Vec<_>, _>>().map_err(db_err)
+    }
+
+    pub fn put_environment(&self, env: &Environment) -> Result<()> {
+        let c = self.conn.lock().unwrap();
+        c.execute(
+            "INSERT INTO environments (name, body) VALUES (?1, ?2) ON CONFLICT(name) DO UPDATE SET body = excluded.body",
+            params![env.name, serde_json::to_string(env).unwrap()],
+        )
+        .map_err(db_err)?;
+        Ok(())
+    }
+
+    pub fn get_environment(&self, name: &str) -> Result<Option<Environment>> {
+        let c = self.conn.lock().unwrap();
+        c.query_row("SELECT body FROM environments WHERE name = ?1", params![name], |r| r.get::<_, String>(0))
+            .optional()
+            .map_err(db_err)?
+            .map(|b| serde_json::from_str(&b).map_err(|e| Error::internal("corrupt environment row", e)))
+            .transpose()
+    }
+
+    pub fn list_environments(&self) -> Result<Vec<Environment>> {
+        let c = self.conn.lock().unwrap();
+        let mut st = c.prepare("SELECT body FROM environments ORDER BY name").map_err(db_err)?;
+        let rows = st.query_map([], |r| r.get::<_, String>(0)).map_err(db_err)?;
+        let mut out = vec![];
+        for b in rows {
+            out.push(serde_json::from_str(&b.map_err(db_err)?).map_err(|e| Error::internal("corrupt environment row", e))?);
+        }
+        Ok(out)
+    }
+
+    pub fn delete_environment(&self, name: &str) -> Result<bool> {
+        let c = self.conn.lock().unwrap();
+        Ok(c.execute("DELETE FROM environments WHERE name = ?1", params![name]).map_err(db_err)? > 0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use spinup_model::Resources;
+    use std::collections::BTreeMap;
+
+    fn sb(id: &str) -> Sandbox {
+        Sandbox {
+            id: id.into(),
+            env: "busybox".into(),
+            env_digest: "sha256:0".into(),
+            driver: "container".into(),
+            state: SandboxState::Creating,
+            reason: None,
+            resources: Resources::default(),
+            timeout_s: None,
+            expires_at: None,
+            labels: BTreeMap::new(),
+            created_at: 1,
+            updated_at: 1,
+        }
+    }
+
+    #[test]
+    fn transitions_are_recorded_and_survive_reopen() {
+        let dir = std::env::temp_dir().join(format!("spinup-store-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("state.db");
+        {
+            let st = Store::open(&path).unwrap();
+            let mut s = sb("0123456789ab");
+            st.insert_sandbox(&s).unwrap();
+            s.state = SandboxState::Running;
+            st.update_sandbox(&s, SandboxState::Creating, Some(&serde_json::json!({"pid": 7}))).unwrap();
+        }
+        let st = Store::open(&path).unwrap();
+        let (s, ds) = st.get_sandbox("0123456789ab").unwrap().unwrap();
+        assert_eq!(s.state, SandboxState::Running);
+        assert_eq!(ds.unwrap()["pid"], 7);
+        st.delete_sandbox("0123456789ab", SandboxState::Running, Some("test")).unwrap();
+        assert!(st.get_sandbox("0123456789ab").unwrap().is_none());
+        let t: Vec<String> = st.transitions("0123456789ab").unwrap().into_iter().map(|t| t.to).collect();
+        assert_eq!(t, ["creating", "running", "destroyed"]);
+        assert!(matches!(st.update_sandbox(&sb("ffffffffffff"), SandboxState::Creating, None), Err(Error::NotFound { .. })));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
