@@ -207,7 +207,8 @@ async fn list(Query(q): Query<PathQuery>) -> Result<Json<Vec<FileStat>>, AgentEr
     .map(Json)
 }
 
-async fn mkdir(Json(r): Json<PathRequest>) -> Result<Json<FileStat>, AgentError> {
+async fn mkdir(body: bytes::Bytes) -> Result<Json<FileStat>, AgentError> {
+    let r: PathRequest = crate::server::parse(&body)?;
     let path = check(&r.path)?;
     blocking(move || {
         std::fs::create_dir_all(&path).map_err(|e| io_err("mkdir", &path, e))?;
@@ -220,7 +221,8 @@ async fn mkdir(Json(r): Json<PathRequest>) -> Result<Json<FileStat>, AgentError>
     .map(Json)
 }
 
-async fn remove(Json(r): Json<RemoveRequest>) -> Result<Json<serde_json::Value>, AgentError> {
+async fn remove(body: bytes::Bytes) -> Result<Json<serde_json::Value>, AgentError> {
+    let r: RemoveRequest = crate::server::parse(&body)?;
     let path = check(&r.path)?;
     if path == Path::new("/") {
         return Err(AgentError::bad("refusing to remove /"));
@@ -242,7 +244,8 @@ async fn remove(Json(r): Json<RemoveRequest>) -> Result<Json<serde_json::Value>,
     .await
 }
 
-async fn rename(Json(r): Json<RenameRequest>) -> Result<Json<FileStat>, AgentError> {
+async fn rename(body: bytes::Bytes) -> Result<Json<FileStat>, AgentError> {
+    let r: RenameRequest = crate::server::parse(&body)?;
     let (from, to) = (check(&r.from)?, check(&r.to)?);
     blocking(move || {
         std::fs::rename(&from, &to).map_err(|e| io_err("rename", &from, e))?;
@@ -252,7 +255,8 @@ async fn rename(Json(r): Json<RenameRequest>) -> Result<Json<FileStat>, AgentErr
     .map(Json)
 }
 
-async fn chmod(Json(r): Json<ChmodRequest>) -> Result<Json<FileStat>, AgentError> {
+async fn chmod(body: bytes::Bytes) -> Result<Json<FileStat>, AgentError> {
+    let r: ChmodRequest = crate::server::parse(&body)?;
     let path = check(&r.path)?;
     if r.mode > 0o7777 {
         return Err(AgentError::bad(format!("mode {:o} is out of range", r.mode)));

@@ -178,7 +178,13 @@ async fn attach_loop<S, E>(
     }
 }
 
-async fn signal(State(s): State<AppState>, Path(pid): Path<u32>, Json(req): Json<SignalRequest>) -> Result<Json<serde_json::Value>, AgentError> {
+/// Parse a JSON body whatever its content type (the host sends none).
+pub fn parse<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, AgentError> {
+    serde_json::from_slice(body).map_err(|e| AgentError::bad(format!("malformed JSON body: {e}")))
+}
+
+async fn signal(State(s): State<AppState>, Path(pid): Path<u32>, body: Bytes) -> Result<Json<serde_json::Value>, AgentError> {
+    let req: SignalRequest = parse(&body)?;
     if !(1..=64).contains(&req.signal) {
         return Err(AgentError::bad(format!("signal {} is out of range 1-64", req.signal)));
     }

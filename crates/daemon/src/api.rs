@@ -400,41 +400,48 @@ async fn pump(
             return;
         }
     };
-    let inbound = tokio::spawn(async move {
+    // Client → agent. When the client goes away (close or error), the
+    // whole exchange ends: dropping the agent stream resets it, and the
+    // agent kills a foreground process whose client is gone.
+    let inbound = async move {
         while let Some(Ok(msg)) = stream.next().await {
             match msg {
-                Message::Binary(b) => match Frame::decode(b) {
-                    Ok(f @ (Frame::Stdin(_) | Frame::StdinClose | Frame::Signal(_) | Frame::Resize(_))) => {
+                Message::Binary(b) => {
+                    if let Ok(f @ (Frame::Stdin(_) | Frame::StdinClose | Frame::Signal(_) | Frame::Resize(_))) = Frame::decode(b) {
                         if tx.send(f).await.is_err() {
                             break;
                         }
                     }
-                    _ => {}
-                },
+                }
                 Message::Close(_) => break,
                 _ => {}
             }
         }
-        // Returning drops `tx`: the agent sees the client go away.
-    });
-    let mut ended = false;
-    while let Some(f) = rx.next().await {
-        let Ok(f) = f else { break };
-        let end = matches!(f, Frame::Exit(_) | Frame::Error(_));
-        if sink.send(Message::Binary(f.encode())).await.is_err() {
-            break;
+    };
+    // Agent → client, until the process exits.
+    let outbound = async {
+        while let Some(f) = rx.next().await {
+            let Ok(f) = f else { break };
+            let end = matches!(f, Frame::Exit(_) | Frame::Error(_));
+            if sink.send(Message::Binary(f.encode())).await.is_err() {
+                return false;
+            }
+            if end {
+                return true;
+            }
         }
-        if end {
-            ended = true;
-            break;
-        }
-    }
-    if !ended {
         let f = Frame::Error(spinup_protocol::ErrorBody { code: "agent_error".into(), message: "the process stream ended without an exit status (sandbox stopped?)".into() });
         let _ = sink.send(Message::Binary(f.encode())).await;
+        true
+    };
+    tokio::select! {
+        _ = inbound => {}
+        done = outbound => {
+            if done {
+                let _ = sink.close().await;
+            }
+        }
     }
-    let _ = sink.close().await;
-    inbound.abort();
 }
 
 async fn processes(State(m): M, Path(id): Path<String>) -> ApiResult<Json<serde_json::Value>> {

@@ -1,0 +1,244 @@
+//! Test harness: real daemons (the built `spinup` binary) on private data
+//! dirs and sockets, and a small API client. Tests run as root against the
+//! real OCI runtime, overlayfs and cgroups.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures::{SinkExt, StreamExt};
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
+use serde_json::{json, Value};
+use spinup_protocol::{ExecRequest, Frame};
+use tokio_tungstenite::tungstenite::Message;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_spinup");
+
+/// The driver under test: the conformance suite runs once per driver.
+pub fn driver() -> String {
+    std::env::var("SPINUP_TEST_DRIVER").unwrap_or_else(|_| "container".into())
+}
+
+pub struct Daemon {
+    pub dir: PathBuf,
+    pub sock: PathBuf,
+    child: Mutex<Option<Child>>,
+}
+
+/// Spawn from a thread that never exits, so PDEATHSIG fires only when the
+/// whole test process ends (a daemon must not outlive its test run).
+fn spawn_daemon(dir: &Path, sock: &Path) -> Child {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (dir, sock) = (dir.to_path_buf(), sock.to_path_buf());
+    std::thread::spawn(move || {
+        use std::os::unix::process::CommandExt;
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("daemon.log")).unwrap();
+        let mut cmd = Command::new(BIN);
+        cmd.args(["serve", "--data-dir"])
+            .arg(dir.join("data"))
+            .arg("--socket")
+            .arg(&sock)
+            .env("SPINUP_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
+        // SAFETY: prctl is async-signal-safe.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        tx.send(cmd.spawn().expect("spawning spinup serve")).unwrap();
+        loop {
+            std::thread::park();
+        }
+    });
+    rx.recv().unwrap()
+}
+
+impl Daemon {
+    pub fn start(name: &str) -> Daemon {
+        let dir = PathBuf::from(format!("/tmp/spinup-test-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let sock = dir.join("spinup.sock");
+        let d = Daemon { child: Mutex::new(Some(spawn_daemon(&dir, &sock))), dir, sock };
+        d.wait_ready();
+        d
+    }
+
+    pub fn data(&self) -> PathBuf {
+        self.dir.join("data")
+    }
+
+    fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            if std::os::unix::net::UnixStream::connect(&self.sock).is_ok() {
+                return;
+            }
+            if let Some(c) = self.child.lock().unwrap().as_mut() {
+                if let Ok(Some(st)) = c.try_wait() {
+                    panic!("daemon exited ({st}): {}", self.log());
+                }
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("daemon did not come up: {}", self.log());
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("daemon.log")).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.lock().unwrap().as_ref().unwrap().id()
+    }
+
+    /// kill -9 the daemon (sandboxes keep running).
+    pub fn kill9(&self) {
+        let mut c = self.child.lock().unwrap();
+        if let Some(mut ch) = c.take() {
+            let _ = ch.kill();
+            let _ = ch.wait();
+        }
+        let _ = std::fs::remove_file(&self.sock);
+    }
+
+    pub fn restart(&self) {
+        self.kill9();
+        *self.child.lock().unwrap() = Some(spawn_daemon(&self.dir, &self.sock));
+        self.wait_ready();
+    }
+
+    pub async fn raw(&self, method: &str, path: &str, body: Bytes) -> (u16, Bytes) {
+        let s = tokio::net::UnixStream::connect(&self.sock).await.expect("connect daemon");
+        let (mut tx, conn) = hyper::client::conn::http1::handshake::<_, Full<Bytes>>(TokioIo::new(s)).await.unwrap();
+        tokio::spawn(conn);
+        let req = http::Request::builder().method(method).uri(path).header("host", "localhost").body(Full::new(body)).unwrap();
+        let resp = tx.send_request(req).await.expect("daemon request");
+        let status = resp.status().as_u16();
+        (status, resp.into_body().collect().await.unwrap().to_bytes())
+    }
+
+    pub async fn req(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+        let b = body.map(|v| Bytes::from(v.to_string())).unwrap_or_default();
+        let (st, bytes) = self.raw(method, path, b).await;
+        let v = if bytes.is_empty() { Value::Null } else { serde_json::from_slice(&bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into())) };
+        (st, v)
+    }
+
+    /// Create a sandbox on the driver under test; `extra` is merged in.
+    pub async fn create(&self, extra: Value) -> String {
+        let mut body = json!({"env": "busybox", "driver": driver()});
+        if let Value::Object(m) = extra {
+            for (k, v) in m {
+                body[k] = v;
+            }
+        }
+        let (st, v) = self.req("POST", "/v1/sandboxes", Some(body)).await;
+        assert_eq!(st, 201, "create failed: {v}\n{}", self.log());
+        assert_eq!(v["state"], "running");
+        v["id"].as_str().unwrap().to_string()
+    }
+
+    pub async fn rm(&self, id: &str) {
+        let (st, v) = self.req("DELETE", &format!("/v1/sandboxes/{id}?force=true"), None).await;
+        assert_eq!(st, 204, "rm {id}: {v}");
+    }
+
+    pub async fn exec(&self, id: &str, req: Value) -> Value {
+        let (st, v) = self.req("POST", &format!("/v1/sandboxes/{id}/exec"), Some(req)).await;
+        assert_eq!(st, 200, "exec: {v}");
+        v
+    }
+
+    /// Run a shell string; returns the exec result.
+    pub async fn sh(&self, id: &str, cmd: &str) -> Value {
+        self.exec(id, json!({"cmd": cmd})).await
+    }
+
+    /// Run a shell string that must succeed; returns its stdout.
+    pub async fn ok(&self, id: &str, cmd: &str) -> String {
+        let v = self.sh(id, cmd).await;
+        assert_eq!(v["exit_code"], 0, "`{cmd}` failed: {v}");
+        v["stdout"].as_str().unwrap().to_string()
+    }
+
+    pub async fn ws(&self, path: &str) -> tokio_tungstenite::WebSocketStream<tokio::net::UnixStream> {
+        let s = tokio::net::UnixStream::connect(&self.sock).await.unwrap();
+        let (ws, _) = tokio_tungstenite::client_async(format!("ws://localhost{path}"), s).await.expect("websocket");
+        ws
+    }
+
+    pub async fn ws_exec(&self, id: &str, req: ExecRequest) -> tokio_tungstenite::WebSocketStream<tokio::net::UnixStream> {
+        let mut ws = self.ws(&format!("/v1/sandboxes/{id}/exec/ws")).await;
+        ws.send(Message::Binary(Frame::Start(req).encode())).await.unwrap();
+        ws
+    }
+
+    pub fn cli(&self, args: &[&str]) -> std::process::Output {
+        Command::new(BIN).args(args).env("SPINUP_HOST", &self.sock).output().unwrap()
+    }
+}
+
+/// Next frame from a WebSocket, skipping control messages.
+pub async fn next_frame(ws: &mut tokio_tungstenite::WebSocketStream<tokio::net::UnixStream>) -> Option<Frame> {
+    loop {
+        match tokio::time::timeout(Duration::from_secs(30), ws.next()).await.expect("frame within 30 s")? {
+            Ok(Message::Binary(b)) => return Some(Frame::decode(b).unwrap()),
+            Ok(Message::Close(_)) | Err(_) => return None,
+            Ok(_) => continue,
+        }
+    }
+}
+
+/// Collect stdout until `needle` shows up (or the stream ends).
+pub async fn read_until(ws: &mut tokio_tungstenite::WebSocketStream<tokio::net::UnixStream>, needle: &str) -> String {
+    let mut out = String::new();
+    while !out.contains(needle) {
+        match next_frame(ws).await {
+            Some(Frame::Stdout(b)) | Some(Frame::Stderr(b)) => out.push_str(&String::from_utf8_lossy(&b)),
+            Some(Frame::Exit(e)) => panic!("exited ({e:?}) before '{needle}'; got: {out}"),
+            Some(_) => {}
+            None => panic!("stream ended before '{needle}'; got: {out}"),
+        }
+    }
+    out
+}
+
+static SHARED: OnceLock<Daemon> = OnceLock::new();
+
+/// One daemon shared by the tests that do not restart it.
+pub fn shared() -> &'static Daemon {
+    SHARED.get_or_init(|| Daemon::start("shared"))
+}
+
+/// Poll until `f` is true or the deadline passes.
+pub async fn eventually<F, Fut>(what: &str, secs: u64, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while Instant::now() < deadline {
+        if f().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("timed out waiting for: {what}");
+}
+
+/// A sandbox's cgroup directory for `controller` on cgroup v1 or v2.
+pub fn cgroup_dir(controller: &str, id: &str) -> Option<PathBuf> {
+    [format!("/sys/fs/cgroup/spinup/{id}"), format!("/sys/fs/cgroup/{controller}/spinup/{id}")]
+        .into_iter()
+        .map(PathBuf::from)
+        .find(|p| p.join(format!("{controller}.max")).exists() || p.join(format!("{controller}.limit_in_bytes")).exists() || p.join("pids.max").exists())
+}

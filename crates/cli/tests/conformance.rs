@@ -1,0 +1,651 @@
+//! The conformance suite: what "works" means for a driver. Written once,
+//! run per driver (SPINUP_TEST_DRIVER, default `container`), as root,
+//! against the real runtime. Every test cleans up its sandboxes.
+
+mod common;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::{driver, eventually, next_frame, read_until, shared};
+use futures::SinkExt;
+use serde_json::{json, Value};
+use spinup_protocol::{ExecRequest, Frame, PtySize, SignalRequest};
+use tokio_tungstenite::tungstenite::Message;
+
+#[tokio::test]
+async fn drivers_endpoint_declares_capabilities() {
+    let d = shared();
+    let (st, v) = d.req("GET", "/v1/drivers", None).await;
+    assert_eq!(st, 200);
+    let me = v.as_array().unwrap().iter().find(|c| c["driver"] == driver()).expect("driver listed");
+    assert_eq!(me["available"], true, "{me}");
+    for cap in spinup_model::Capabilities::NAMES {
+        assert!(me[cap].is_boolean(), "capability {cap} declared: {me}");
+    }
+    assert!(me["isolation"].is_string());
+    let (st, doc) = d.req("GET", "/v1/openapi.json", None).await;
+    assert_eq!(st, 200);
+    assert_eq!(doc["openapi"], "3.0.3");
+    assert!(doc["paths"]["/v1/sandboxes/{id}/exec"]["post"].is_object());
+}
+
+#[tokio::test]
+async fn exec_streams_exit_codes_env_cwd_user() {
+    let d = shared();
+    let id = d.create(json!({"labels": {"suite": "exec"}})).await;
+    let v = d.sh(&id, "echo out; echo err >&2; exit 7").await;
+    assert_eq!((v["stdout"].as_str(), v["stderr"].as_str(), v["exit_code"].as_i64()), (Some("out\n"), Some("err\n"), Some(7)));
+
+    let v = d.exec(&id, json!({"argv": ["sh", "-c", "echo $FOO; pwd; id -u"], "env": {"FOO": "bar"}, "cwd": "/tmp", "user": "nobody"})).await;
+    assert_eq!(v["stdout"], "bar\n/tmp\n65534\n", "{v}");
+
+    // A missing binary: 127 and a message, like a shell.
+    let v = d.exec(&id, json!({"argv": ["/no/such/binary"]})).await;
+    assert_eq!(v["exit_code"], 127, "{v}");
+    assert!(v["message"].as_str().unwrap().contains("not found"), "{v}");
+
+    // stdin fed and closed.
+    let v = d.exec(&id, json!({"argv": ["cat"], "input": "hello stdin"})).await;
+    assert_eq!(v["stdout"], "hello stdin");
+
+    // Killed by a signal: 128+n and the signal.
+    let v = d.sh(&id, "kill -9 $$").await;
+    assert_eq!((v["exit_code"].as_i64(), v["signal"].as_i64()), (Some(137), Some(9)), "{v}");
+
+    // Bad requests.
+    for (body, want) in [
+        (json!({}), "argv or cmd"),
+        (json!({"argv": ["true"], "user": "nosuchuser"}), "nosuchuser"),
+        (json!({"argv": ["true"], "cwd": "/does/not/exist"}), "does not exist"),
+        (json!({"argv": "true"}), "malformed"),
+    ] {
+        let (st, v) = d.req("POST", &format!("/v1/sandboxes/{id}/exec"), Some(body.clone())).await;
+        assert_eq!(st, 400, "{body} -> {v}");
+        assert!(v["message"].as_str().unwrap().contains(want), "{body} -> {v}");
+    }
+    d.rm(&id).await;
+}
+
+#[tokio::test]
+async fn exec_timeout_kills_the_whole_process_group() {
+    let d = shared();
+    let id = d.create(json!({})).await;
+    let t0 = std::time::Instant::now();
+    let v = d.exec(&id, json!({"cmd": "sleep 1000 & sleep 1000 & wait", "timeout_ms": 500})).await;
+    assert!(t0.elapsed() < Duration::from_secs(10));
+    assert_eq!(v["timed_out"], true, "{v}");
+    assert_eq!(v["exit_code"], 137);
+    // No sleeper survives.
+    let ps = d.ok(&id, "ps -o comm | grep -c sleep || true").await;
+    assert_eq!(ps.trim(), "0", "sleep processes left behind");
+    d.rm(&id).await;
+}
+
+#[tokio::test]
+async fn ndjson_streaming_exec() {
+    let d = shared();
+    let id = d.create(json!({})).await;
+    let (st, body) = d.raw("POST", &format!("/v1/sandboxes/{id}/exec?stream=true"), Bytes::from(json!({"cmd": "echo a; echo b >&2; exit 4"}).to_string())).await;
+    assert_eq!(st, 200);
+    let events: Vec<Value> = String::from_utf8_lossy(&body).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(events.first().unwrap()["type"], "started");
+    assert!(events.iter().any(|e| e["type"] == "stdout" && e["data"] == "a\n"));
+    assert!(events.iter().any(|e| e["type"] == "stderr" && e["data"] == "b\n"));
+    assert_eq!(events.last().unwrap()["type"], "exit");
+    assert_eq!(events.last().unwrap()["exit_code"], 4);
+    d.rm(&id).await;
+}
+
+#[tokio::test]
+async fn websocket_exec_with_streamed_stdin() {
+    let d = shared();
+    let id = d.create(json!({})).await;
+    let mut ws = d.ws_exec(&id, ExecRequest { argv: vec!["sh".into(), "-c".into(), "while read l; do echo got:$l; done; echo done >&2".into()], stdin: true, ..Default::default() }).await;
+    assert!(matches!(next_frame(&mut ws).await, Some(Frame::Started(_))));
+    ws.send(Message::Binary(Frame::Stdin(Bytes::from_static(b"one\n")).encode())).await.unwrap();
+    read_until(&mut ws, "got:one").await;
+    ws.send(Message::Binary(Frame::Stdin(Bytes::from_static(b"two\n")).encode())).await.unwrap();
+    read_until(&mut ws, "got:two").await;
+    ws.send(Message::Binary(Frame::StdinClose.encode())).await.unwrap();
+    let mut saw_done = false;
+    loop {
+        match next_frame(&mut ws).await {
+            Some(Frame::Stderr(b)) => saw_done |= b.as_ref() == b"done\n",
+            Some(Frame::Exit(e)) => {
+                assert_eq!(e.exit_code, 0);
+                break;
+            }
+            Some(_) => {}
+            None => panic!("no exit"),
+        }
+    }
+    assert!(saw_done, "stderr arrives separately");
+    d.rm(&id).await;
+}
+
+#[tokio::test]
+async fn foreground_exec_dies_with_its_client() {
+    let d = shared();
+    let id = d.create(json!({})).await;
+    let mut ws = d.ws_exec(&id, ExecRequest { cmd: Some("echo started; exec sleep 1000".into()), ..Default::default() }).await;
+    read_until(&mut ws, "started").await;
+    drop(ws);
+    eventually("sleep killed after the client left", 10, || async { d.ok(&id, "ps -o comm | grep -c sleep || true").await.trim() == "0" }).await;
+    d.rm(&id).await;
+}
+
+#[tokio::test]
+async fn background_processes_list_attach_stdin_signal() {
+    let d = shared();
+    let id = d.create(json!({})).await;
+    let mut ws = d.ws_exec(&id, ExecRequest { cmd: Some("while read l; do echo bg:$l; done".into()), background: true, stdin: true, ..Default::default() }).await;
+    let pid = match next_frame(&mut ws).await {
+        Some(Frame::Started(s)) => s.pid,
+        other => panic!("{other:?}"),
+    };
+    drop(ws); // a background process outlives its client
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (st, procs) = d.req("GET", &format!("/v1/sandboxes/{id}/processes"), None).await;
+    assert_eq!(st, 200);
+    let p = procs.as_array().unwrap().iter().find(|p| p["pid"] == pid).expect("listed");
+    assert_eq!((p["running"].as_bool(), p["background"].as_bool()), (Some(true), Some(true)));
+
+    // Feed stdin through the API, then re-attach and see the output replayed.
+    let (st, v) = d.raw("POST", &format!("/v1/sandboxes/{id}/processes/{pid}/stdin"), Bytes::from_static(b"x\n")).await;
+    assert_eq!(st, 200, "{v:?}");
+    let mut ws = d.ws(&format!("/v1/sandboxes/{id}/processes/{pid}/ws")).await;
+    read_until(&mut ws, "bg:x").await;
+    d.raw("POST", &format!("/v1/sandboxes/{id}/processes/{pid}/stdin"), Bytes::from_static(b"y\n")).await;
+    read_until(&mut ws, "bg:y").await;
+
+    let (st, _) = d.req("POST", &format!("/v1/sandboxes/{id}/processes/{pid}/signal"), Some(json!({"signal": 15}))).await;
+    assert_eq!(st, 200);
+    loop {
+        match next_frame(&mut ws).await {
+            Some(Frame::Exit(e)) => {
+                assert_eq!(e.signal, Some(15));
+                break;
+            }
+            Some(_) => {}
+            None => panic!("attach stream ended without exit"),
+        }
+    }
+    let (st, _) = d.req("POST", &format!("/v1/sandboxes/{id}/processes/999999/signal"), Some(json!({"signal": 15}))).await;
+    assert_eq!(st, 404);
+    let (st, _) = d.req("POST", &format!("/v1/sandboxes/{id}/processes/{pid}/signal"), Some(json!({"signal": 99}))).await;
+    assert_eq!(st, 400);
+    d.rm(&id).await;
+}
+
+#[tokio::test]
+async fn pty_size_resize_and_input() {
+    let d = shared();
+    let id = d.create(json!({})).await;
+    let mut ws = d.ws_exec(&id, ExecRequest { argv: vec!["/bin/sh".into()], pty: Some(PtySize { cols: 100, rows: 30 }), ..Default::default() }).await;
+    assert!(matches!(next_frame(&mut ws).await, Some(Frame::Started(_))));
+    ws.send(Message::Binary(Frame::Stdin(Bytes::from_static(b"tty; stty size; echo term=$TERM\n")).encode())).await.unwrap();
+    let out = read_until(&mut ws, "term=xterm-256color").await;
+    assert!(out.contains("/dev/pts/"), "{out}");
+    assert!(out.contains("30 100"), "{out}");
+    ws.send(Message::Binary(Frame::Resize(PtySize { cols: 120, rows: 40 }).encode())).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    ws.send(Message::Binary(Frame::Stdin(Bytes::from_static(b"stty size; exit 5\n")).encode())).await.unwrap();
+    read_until(&mut ws, "40 120").await;
+    loop {
+        match next_frame(&mut ws).await {
+            Some(Frame::Exit(e)) => {
+                assert_eq!(e.exit_code, 5);
+                break;
+            }
+            Some(_) => {}
+            None => panic!("pty stream ended without exit"),
+        }
+    }
+    // Signal frames reach the foreground process.
+    let mut ws = d.ws_exec(&id, ExecRequest { argv: vec!["sleep".into(), "100".into()], ..Default::default() }).await;
+    assert!(matches!(next_frame(&mut ws).await, Some(Frame::Started(_))));
+    ws.send(Message::Binary(Frame::Signal(SignalRequest { signal: 9 }).encode())).await.unwrap();
+    loop {
+        if let Some(Frame::Exit(e)) = next_frame(&mut ws).await {
+            assert_eq!(e.signal, Some(9));
+            break;
+        }
+    }
+    d.rm(&id).await;
+}
+
+#[tokio::test]
+async fn file_operations() {
+    let d = shared();
+    let id = d.create(json!({})).await;
+    let base = format!("/v1/sandboxes/{id}/files");
+    let (st, v) = d.raw("PUT", &format!("{base}?path=/data/a/b/hello.txt&mode=384"), Bytes::from_static(b"hi there")).await;
+    assert_eq!(st, 200, "{v:?}");
+    let (st, body) = d.raw("GET", &format!("{base}?path=/data/a/b/hello.txt"), Bytes::new()).await;
+    assert_eq!((st, body.as_ref()), (200, b"hi there".as_ref()));
+    let (_, s) = d.req("GET", &format!("{base}/stat?path=/data/a/b/hello.txt"), None).await;
+    assert_eq!((s["size"].as_u64(), s["mode"].as_u64(), s["kind"].as_str()), (Some(8), Some(0o600), Some("file")), "{s}");
+    assert_eq!(d.ok(&id, "cat /data/a/b/hello.txt").await, "hi there");
+
+    let (st, _) = d.req("POST", &format!("{base}/mkdir"), Some(json!({"path": "/data/x/y/z"}))).await;
+    assert_eq!(st, 200);
+    let (_, l) = d.req("GET", &format!("{base}/list?path=/data&depth=1"), None).await;
+    let names: Vec<&str> = l.as_array().unwrap().iter().map(|e| e["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["a", "x"]);
+    let (_, l) = d.req("GET", &format!("{base}/list?path=/data&depth=4"), None).await;
+    assert!(l.as_array().unwrap().iter().any(|e| e["path"] == "/data/a/b/hello.txt"), "{l}");
+    assert!(l.as_array().unwrap().iter().any(|e| e["path"] == "/data/x/y/z"), "{l}");
+
+    let (st, _) = d.req("POST", &format!("{base}/rename"), Some(json!({"from": "/data/a/b/hello.txt", "to": "/data/moved.txt"}))).await;
+    assert_eq!(st, 200);
+    let (st, s) = d.req("POST", &format!("{base}/chmod"), Some(json!({"path": "/data/moved.txt", "mode": 0o755}))).await;
+    assert_eq!((st, s["mode"].as_u64()), (200, Some(0o755)));
+    let (st, _) = d.req("POST", &format!("{base}/remove"), Some(json!({"path": "/data/x"}))).await;
+    assert_eq!(st, 409, "non-recursive remove of a non-empty dir refuses");
+    let (st, _) = d.req("POST", &format!("{base}/remove"), Some(json!({"path": "/data/x", "recursive": true}))).await;
+    assert_eq!(st, 200);
+    let (st, v) = d.req("GET", &format!("{base}/stat?path=/data/x"), None).await;
+    assert_eq!((st, v["code"].as_str()), (404, Some("not_found")));
+    let (st, _) = d.req("GET", &format!("{base}/stat?path=relative"), None).await;
+    assert_eq!(st, 400);
+    let (st, _) = d.req("POST", &format!("{base}/frobnicate"), Some(json!({"path": "/x"}))).await;
+    assert_eq!(st, 404);
+    let (st, _) = d.req("POST", &format!("{base}/mkdir"), Some(json!({"nopath": 1}))).await;
+    assert!(st == 400 || st == 422, "{st}");
+    d.rm(&id).await;
+}
+
+#[tokio::test]
+async fn paths_never_leave_the_sandbox() {
+    let d = shared();
+    let marker = format!("/tmp/spinup-host-marker-{}", std::process::id());
+    std::fs::write(&marker, "host secret").unwrap();
+    let id = d.create(json!({})).await;
+    let base = format!("/v1/sandboxes/{id}/files");
+    // Absolute and relative symlinks aimed at the host's file, and `..`.
+    d.ok(&id, &format!("ln -s {marker} /abs; ln -s ../../../../../../..{marker} /tmp/rel; mkdir -p /tmp/d; ln -s / /tmp/d/root")).await;
+    let paths = ["/abs".to_string(), "/tmp/rel".to_string(), format!("/../../../..{marker}"), format!("/tmp/d/root/..{marker}")];
+    for p in &paths {
+        let (st, body) = d.raw("GET", &format!("{base}?path={p}"), Bytes::new()).await;
+        assert_ne!(body.as_ref(), b"host secret", "{p} read the host file");
+        assert_eq!(st, 404, "{p}");
+        let (st, _) = d.req("GET", &format!("{base}/stat?path={p}/../x"), None).await;
+        assert_eq!(st, 404, "{p}");
+    }
+    for p in &paths {
+        let (st, _) = d.raw("PUT", &format!("{base}?path={p}"), Bytes::from_static(b"pwned")).await;
+        assert_eq!(st, 200, "{p}: writes land inside the sandbox");
+    }
+    assert_eq!(std::fs::read_to_string(&marker).unwrap(), "host secret", "host file untouched");
+    // The writes exist inside the sandbox instead.
+    assert_eq!(d.ok(&id, &format!("cat {marker}")).await, "pwned");
+    let (st, _) = d.req("POST", &format!("{base}/remove"), Some(json!({"path": "/tmp/d/root", "recursive": true}))).await;
+    assert_eq!(st, 200);
+    assert!(std::path::Path::new("/etc/passwd").exists(), "removing a symlink to / removed only the link");
+    std::fs::remove_file(&marker).unwrap();
+    d.rm(&id).await;
+}
+
+#[tokio::test]
+async fn isolation_processes_hostname_pid1_and_layers() {
+    let d = shared();
+    let a = d.create(json!({})).await;
+    let b = d.create(json!({})).await;
+    assert_eq!(d.ok(&a, "hostname").await.trim(), a);
+    assert_eq!(d.ok(&a, "cat /proc/1/cmdline | tr '\\0' ' '").await.trim(), "/run/spinup/spinup-agent --listen-fd 3");
+    // Only the sandbox's own processes are visible.
+    let ps = d.ok(&a, "ls /proc | grep -c '^[0-9]'").await;
+    assert!(ps.trim().parse::<u32>().unwrap() < 10, "sees {ps} processes");
+    let daemon_pid = d.pid();
+    let v = d.sh(&a, &format!("test -e /proc/{daemon_pid}/cmdline && cat /proc/{daemon_pid}/cmdline")).await;
+    assert!(!v["stdout"].as_str().unwrap().contains("spinup serve"), "daemon visible: {v}");
+    // A write to /usr is visible only where it was made.
+    d.ok(&a, "echo mine > /usr/bin/agent-was-here").await;
+    assert_eq!(d.sh(&b, "cat /usr/bin/agent-was-here").await["exit_code"], 1);
+    let env = d.req("GET", "/v1/environments/busybox", None).await.1;
+    let layer = env["layers"][0].as_str().unwrap().trim_start_matches("sha256:").to_string();
+    let lower = d.data().join("environments/layers").join(layer).join("usr/bin/agent-was-here");
+    assert!(!lower.exists(), "the shared layer was modified");
+    assert!(!std::path::Path::new("/usr/bin/agent-was-here").exists());
+    // Network is loopback only.
+    let ifs = d.ok(&a, "ls /sys/class/net").await;
+    assert_eq!(ifs.trim(), "lo");
+    d.rm(&a).await;
+    d.rm(&b).await;
+}
+
+#[tokio::test]
+async fn escape_classes_are_blocked() {
+    let d = shared();
+    let id = d.create(json!({})).await;
+    // CVE-2019-5736: the runtime/agent binary cannot be overwritten.
+    let v = d.sh(&id, "echo x > /proc/1/exe").await;
+    assert_ne!(v["exit_code"], 0, "{v}");
+    let v = d.sh(&id, "echo x > /run/spinup/spinup-agent").await;
+    assert_ne!(v["exit_code"], 0, "{v}");
+    // CVE-2022-0492: no new user namespace, no writable cgroupfs, no mounts.
+    let v = d.sh(&id, "unshare -U -r true").await;
+    assert_ne!(v["exit_code"], 0, "unshare -U allowed: {v}");
+    let v = d.sh(&id, "mkdir -p /tmp/m && mount -t tmpfs none /tmp/m").await;
+    assert_ne!(v["exit_code"], 0, "mount allowed: {v}");
+    let v = d.sh(&id, "for f in $(find /sys/fs/cgroup -mindepth 2 \\( -name release_agent -o -name notify_on_release -o -name cgroup.procs \\)); do echo 1 > $f 2>/dev/null && echo WROTE $f; done; for d in $(find /sys/fs/cgroup -mindepth 1 -maxdepth 1 -type d) /sys/fs/cgroup; do [ -e $d/cgroup.procs ] && mkdir $d/escape 2>/dev/null && echo WROTE $d; done; true").await;
+    assert_eq!(v["stdout"], "", "cgroupfs writable: {v}");
+    // CVE-2024-21626: no host fds leak into the sandbox.
+    let fds = d.ok(&id, "ls -l /proc/self/fd/ | grep -c -- '->'").await;
+    assert!(fds.trim().parse::<u32>().unwrap() <= 4, "leaked fds: {fds}");
+    let v = d.sh(&id, "ls -l /proc/1/fd | grep -v -e socket -e null -e pipe -e anon_inode -e '^total' -e ptmx").await;
+    assert_eq!(v["stdout"], "", "agent holds unexpected fds: {v}");
+    // Masked and read-only kernel interfaces.
+    assert_eq!(d.ok(&id, "cat /proc/kcore | wc -c").await.trim(), "0");
+    assert_ne!(d.sh(&id, "echo 1 > /proc/sys/kernel/panic").await["exit_code"], 0);
+    assert_ne!(d.sh(&id, "echo b > /proc/sysrq-trigger").await["exit_code"], 0);
+    // The agent's socket directory is read-only to the guest.
+    assert_ne!(d.sh(&id, "rm /run/spinup/agent.sock").await["exit_code"], 0);
+    // Capabilities: no CAP_SYS_ADMIN (bit 21) in the bounding set.
+    let capbnd = d.ok(&id, "grep CapBnd /proc/self/status | cut -f2").await;
+    let bits = u64::from_str_radix(capbnd.trim(), 16).unwrap();
+    assert_eq!(bits & (1 << 21), 0, "CAP_SYS_ADMIN present");
+    assert_eq!(d.ok(&id, "grep NoNewPrivs /proc/self/status | cut -f2").await.trim(), "1");
+    d.rm(&id).await;
+}
+
+#[tokio::test]
+async fn fork_bomb_stops_at_the_pids_limit() {
+    let d = shared();
+    let id = d.create(json!({"resources": {"pids": 64}})).await;
+    let cg = common::cgroup_dir("pids", &id).expect("pids cgroup of the sandbox");
+    assert_eq!(std::fs::read_to_string(cg.join("pids.max")).unwrap().trim(), "64");
+    let mut ws = d.ws_exec(&id, ExecRequest { cmd: Some("bomb() { bomb | bomb & }; bomb; sleep 100".into()), timeout_ms: Some(4000), ..Default::default() }).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let current: u64 = std::fs::read_to_string(cg.join("pids.current")).unwrap().trim().parse().unwrap();
+    assert!(current <= 64, "{current} pids under a limit of 64");
+    let events = std::fs::read_to_string(cg.join("pids.events")).unwrap_or_default();
+    let hits: u64 = events.split_whitespace().nth(1).and_then(|n| n.parse().ok()).unwrap_or(0);
+    assert!(hits > 0, "the bomb never reached the limit: {events}");
+    // The host and the daemon are fine meanwhile.
+    let (st, _) = d.req("GET", "/v1/drivers", None).await;
+    assert_eq!(st, 200);
+    // The timeout kills the bomb's process group; the sandbox recovers.
+    while let Some(f) = next_frame(&mut ws).await {
+        if let Frame::Exit(e) = f {
+            assert!(e.timed_out, "{e:?}");
+            break;
+        }
+    }
+    drop(ws);
+    eventually("the sandbox can fork again", 20, || async {
+        let (st, v) = d.req("POST", &format!("/v1/sandboxes/{id}/exec"), Some(json!({"cmd": "pkill sh; echo ok"}))).await;
+        st == 200 && v["stdout"].as_str().unwrap_or("").contains("ok")
+    })
+    .await;
+    d.rm(&id).await;
+}
+
+#[tokio::test]
+async fn memory_hog_is_killed_at_the_limit() {
+    let d = shared();
+    let id = d.create(json!({"resources": {"memory_mib": 64}})).await;
+    // Grow a shell variable well past 64 MiB.
+    let v = d.exec(&id, json!({"cmd": "x=$(head -c 300000000 /dev/zero | tr '\\0' a); echo survived ${#x}", "timeout_ms": 60000})).await;
+    assert_ne!(v["exit_code"], 0, "{v}");
+    assert!(!v["stdout"].as_str().unwrap().contains("survived"), "{v}");
+    let (st, info) = d.req("GET", &format!("/v1/sandboxes/{id}/info"), None).await;
+    assert_eq!(st, 200, "the agent survives its children being OOM-killed");
+    assert!(info["memory_bytes"].as_u64().unwrap_or(0) <= 64 << 20, "{info}");
+    d.rm(&id).await;
+}
+
+#[tokio::test]
+async fn agent_info_reports_version_and_usage() {
+    let d = shared();
+    let id = d.create(json!({})).await;
+    let (st, v) = d.req("GET", &format!("/v1/sandboxes/{id}/info"), None).await;
+    assert_eq!(st, 200);
+    assert_eq!(v["protocol"], spinup_protocol::PROTOCOL_VERSION);
+    assert_eq!(v["pid"], 1);
+    assert_eq!(v["hostname"], id.as_str());
+    assert!(v["agent_rss_bytes"].as_u64().unwrap() > 0);
+    assert!(v["memory_bytes"].as_u64().is_some(), "cgroup memory visible: {v}");
+    d.rm(&id).await;
+}
+
+#[tokio::test]
+async fn unknown_ids_and_bad_parameters() {
+    let d = shared();
+    for path in ["/v1/sandboxes/0123456789ab", "/v1/sandboxes/../../etc", "/v1/sandboxes/nope/info"] {
+        let (st, v) = d.req("GET", path, None).await;
+        assert_eq!(st, 404, "{path}: {v}");
+        assert!(v["message"].is_string() && v["code"].is_string(), "{v}");
+    }
+    let (st, _) = d.req("DELETE", "/v1/sandboxes/0123456789ab", None).await;
+    assert_eq!(st, 404);
+    let (st, _) = d.req("POST", "/v1/sandboxes/0123456789ab/exec", Some(json!({"argv": ["true"]}))).await;
+    assert_eq!(st, 404);
+    for body in [
+        json!({"resources": {"memory_mib": 1}}),
+        json!({"resources": {"vcpus": -1}}),
+        json!({"driver": "nosuchdriver"}),
+        json!({"env": "../../etc"}),
+        json!({"labels": {"bad key!": "x"}}),
+        json!({"unknown_field": 1}),
+        json!({"timeout_s": "soon"}),
+    ] {
+        let (st, v) = d.req("POST", "/v1/sandboxes", Some(body.clone())).await;
+        assert_eq!(st, 400, "{body}: {v}");
+    }
+    let (st, _) = d.req("POST", "/v1/sandboxes", Some(json!({"env": "no-such-env"}))).await;
+    assert_eq!(st, 404);
+    let (st, v) = d.raw("POST", "/v1/sandboxes", Bytes::from_static(b"{\"env\": ")).await;
+    assert_eq!(st, 400, "{v:?}");
+    let (st, _) = d.req("GET", "/v1/no/such/route", None).await;
+    assert_eq!(st, 404);
+}
+
+#[tokio::test]
+async fn labels_filter_and_timeouts() {
+    let d = shared();
+    let tag = format!("t{}", std::process::id());
+    let a = d.create(json!({"labels": {"group": tag, "n": "1"}})).await;
+    let b = d.create(json!({"labels": {"group": tag, "n": "2"}, "timeout_s": 2})).await;
+    let (_, v) = d.req("GET", &format!("/v1/sandboxes?label=group={tag}"), None).await;
+    assert_eq!(v.as_array().unwrap().len(), 2);
+    let (_, v) = d.req("GET", &format!("/v1/sandboxes?label=group={tag}&label=n=1"), None).await;
+    assert_eq!(v.as_array().unwrap().len(), 1);
+    assert_eq!(v[0]["id"], a.as_str());
+    let (st, _) = d.req("GET", "/v1/sandboxes?label=novalue", None).await;
+    assert_eq!(st, 400);
+    // b expires on its own; a's timeout is set, then cleared.
+    let (st, v) = d.req("PUT", &format!("/v1/sandboxes/{a}/timeout"), Some(json!({"timeout_s": 3600}))).await;
+    assert_eq!((st, v["timeout_s"].as_u64()), (200, Some(3600)));
+    assert!(v["expires_at"].as_i64().unwrap() > spinup_model::now_ms());
+    let (_, v) = d.req("PUT", &format!("/v1/sandboxes/{a}/timeout"), Some(json!({"timeout_s": 0}))).await;
+    assert!(v["expires_at"].is_null());
+    let (st, _) = d.req("PUT", &format!("/v1/sandboxes/{a}/timeout"), Some(json!({"seconds": 1}))).await;
+    assert_eq!(st, 400);
+    eventually("b destroyed by its timeout", 15, || async { d.req("GET", &format!("/v1/sandboxes/{b}"), None).await.0 == 404 }).await;
+    let (_, ev) = d.req("GET", &format!("/v1/sandboxes/{b}/events"), None).await;
+    let last = ev.as_array().unwrap().last().unwrap();
+    assert_eq!((last["to"].as_str(), last["reason"].as_str()), (Some("destroyed"), Some("timeout expired")), "{ev}");
+    d.rm(&a).await;
+}
+
+#[tokio::test]
+async fn running_sandbox_needs_force_to_remove() {
+    let d = shared();
+    let id = d.create(json!({})).await;
+    let (st, v) = d.req("DELETE", &format!("/v1/sandboxes/{id}"), None).await;
+    assert_eq!(st, 409, "{v}");
+    d.rm(&id).await;
+    let (st, _) = d.req("GET", &format!("/v1/sandboxes/{id}"), None).await;
+    assert_eq!(st, 404);
+}
+
+/// Kill the sandbox's init from the host, the way a crash or an operator would.
+fn kill_from_outside(d: &common::Daemon, id: &str) {
+    match driver().as_str() {
+        "container" => {
+            let pid: i32 = std::fs::read_to_string(d.data().join(format!("container/sandboxes/{id}/init.pid"))).unwrap().trim().parse().unwrap();
+            // SAFETY: plain kill(2).
+            assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
+        }
+        other => panic!("no outside-kill helper for driver {other}"),
+    }
+}
+
+#[tokio::test]
+async fn sandbox_killed_from_outside_is_stopped_with_a_reason() {
+    let d = shared();
+    let id = d.create(json!({})).await;
+    kill_from_outside(d, &id);
+    eventually("sandbox marked stopped", 10, || async { d.req("GET", &format!("/v1/sandboxes/{id}"), None).await.1["state"] == "stopped" }).await;
+    let (_, v) = d.req("GET", &format!("/v1/sandboxes/{id}"), None).await;
+    assert!(v["reason"].as_str().unwrap().contains("gone"), "{v}");
+    let (st, v) = d.req("POST", &format!("/v1/sandboxes/{id}/exec"), Some(json!({"argv": ["true"]}))).await;
+    assert_eq!(st, 409, "exec on a stopped sandbox: {v}");
+    let (st, _) = d.req("DELETE", &format!("/v1/sandboxes/{id}"), None).await;
+    assert_eq!(st, 204, "a stopped sandbox is removed without force");
+}
+
+#[tokio::test]
+async fn one_gib_file_streams_without_buffering() {
+    use http_body_util::BodyExt;
+    let d = shared();
+    let id = d.create(json!({"resources": {"memory_mib": 256}})).await;
+    const GIB: u64 = 1 << 30;
+    const CHUNK: usize = 1 << 20;
+    // Upload 1 GiB from a generator.
+    let s = tokio::net::UnixStream::connect(&d.sock).await.unwrap();
+    let (mut tx, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(s)).await.unwrap();
+    tokio::spawn(conn);
+    let chunk = Bytes::from(vec![b'z'; CHUNK]);
+    let stream = futures::stream::iter((0..(GIB as usize / CHUNK)).map(move |_| Ok::<_, std::io::Error>(hyper::body::Frame::data(chunk.clone()))));
+    let req = http::Request::builder()
+        .method("PUT")
+        .uri(format!("/v1/sandboxes/{id}/files?path=/big"))
+        .header("host", "localhost")
+        .body(http_body_util::StreamBody::new(stream))
+        .unwrap();
+    let resp = tx.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let st: Value = serde_json::from_slice(&resp.into_body().collect().await.unwrap().to_bytes()).unwrap();
+    assert_eq!(st["size"].as_u64(), Some(GIB));
+    // Download it and count.
+    let s = tokio::net::UnixStream::connect(&d.sock).await.unwrap();
+    let (mut tx, conn) = hyper::client::conn::http1::handshake::<_, http_body_util::Empty<Bytes>>(hyper_util::rt::TokioIo::new(s)).await.unwrap();
+    tokio::spawn(conn);
+    let req = http::Request::builder().uri(format!("/v1/sandboxes/{id}/files?path=/big")).header("host", "localhost").body(http_body_util::Empty::new()).unwrap();
+    let mut body = tx.send_request(req).await.unwrap().into_body();
+    let mut n = 0u64;
+    while let Some(f) = body.frame().await {
+        if let Ok(data) = f.unwrap().into_data() {
+            assert!(data.iter().all(|b| *b == b'z'));
+            n += data.len() as u64;
+        }
+    }
+    assert_eq!(n, GIB);
+    // Neither the daemon nor the agent held the file in memory.
+    let rss = |pid: u32| -> u64 {
+        let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        s.lines().find(|l| l.starts_with("VmHWM:")).unwrap().split_whitespace().nth(1).unwrap().parse::<u64>().unwrap() * 1024
+    };
+    assert!(rss(d.pid()) < 256 << 20, "daemon peak RSS {} MiB", rss(d.pid()) >> 20);
+    let (_, info) = d.req("GET", &format!("/v1/sandboxes/{id}/info"), None).await;
+    assert!(info["agent_rss_bytes"].as_u64().unwrap() < 64 << 20, "{info}");
+    d.rm(&id).await;
+}
+
+#[tokio::test]
+async fn cli_exec_cp_ls_inspect_rm() {
+    let d = shared();
+    let out = d.cli(&["create", "--label", "via=cli", "--driver", &driver()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let id = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    assert_eq!(id.len(), 12);
+    let out = d.cli(&["exec", &id, "--", "sh", "-c", "echo from-cli; exit 42"]);
+    assert_eq!(out.status.code(), Some(42));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "from-cli\n");
+    let out = d.cli(&["exec", &id, "--", "nosuchcmd"]);
+    assert_eq!(out.status.code(), Some(127));
+    let local = format!("/tmp/spinup-cli-cp-{}", std::process::id());
+    std::fs::write(&local, "copied in").unwrap();
+    assert!(d.cli(&["cp", &local, &format!("{id}:/tmp/")]).status.success());
+    let back = format!("{local}.back");
+    let name = std::path::Path::new(&local).file_name().unwrap().to_string_lossy().to_string();
+    assert!(d.cli(&["cp", &format!("{id}:/tmp/{name}"), &back]).status.success());
+    assert_eq!(std::fs::read_to_string(&back).unwrap(), "copied in");
+    let out = d.cli(&["ls", "--label", "via=cli"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&id));
+    let out = d.cli(&["--json", "inspect", &id]);
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["labels"]["via"], "cli");
+    let out = d.cli(&["inspect", "0123456789ab"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not found"));
+    let out = d.cli(&["rm", &id]);
+    assert!(!out.status.success(), "rm without -f refuses a running sandbox");
+    assert!(d.cli(&["rm", "-f", &id]).status.success());
+    let _ = std::fs::remove_file(&local);
+    let _ = std::fs::remove_file(&back);
+}
+
+#[tokio::test]
+async fn environments_import_directory_and_tarball() {
+    let d = shared();
+    // A rootfs directory: the busybox layer plus a marker file.
+    let env = d.req("GET", "/v1/environments/busybox", None).await.1;
+    let env = if env["layers"].is_array() { env } else {
+        let _ = d.create(json!({})).await; // builds busybox
+        d.req("GET", "/v1/environments/busybox", None).await.1
+    };
+    let layer = d.data().join("environments/layers").join(env["layers"][0].as_str().unwrap().trim_start_matches("sha256:"));
+    let src = std::path::PathBuf::from(format!("/tmp/spinup-envsrc-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&src);
+    assert!(std::process::Command::new("cp").arg("-a").arg(&layer).arg(&src).status().unwrap().success());
+    std::fs::write(src.join("etc/imported"), "yes").unwrap();
+    let name = format!("imp{}", std::process::id());
+    let out = d.cli(&["env", "import", &name, src.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let id = d.create(json!({"env": name})).await;
+    assert_eq!(d.ok(&id, "cat /etc/imported").await, "yes");
+    let (st, _) = d.req("DELETE", &format!("/v1/environments/{name}"), None).await;
+    assert_eq!(st, 409, "an environment in use cannot be removed");
+    d.rm(&id).await;
+    // The same tree as a tar.gz gives the same layer digest.
+    let tgz = format!("{}.tar.gz", src.display());
+    assert!(std::process::Command::new("tar").args(["-czf", &tgz, "-C"]).arg(&src).arg(".").status().unwrap().success());
+    let name2 = format!("{name}-tgz");
+    let (st, v) = d.raw("POST", &format!("/v1/environments/{name2}/import"), Bytes::from(std::fs::read(&tgz).unwrap())).await;
+    assert_eq!(st, 201, "{v:?}");
+    let id = d.create(json!({"env": name2})).await;
+    assert_eq!(d.ok(&id, "cat /etc/imported").await, "yes");
+    d.rm(&id).await;
+    // A hostile tarball cannot write outside the layer store.
+    let evil = format!("/tmp/spinup-evil-{}.tar", std::process::id());
+    {
+        let f = std::fs::File::create(&evil).unwrap();
+        let mut b = tar::Builder::new(f);
+        let mut h = tar::Header::new_gnu();
+        h.set_size(4);
+        h.set_mode(0o644);
+        h.set_entry_type(tar::EntryType::Regular);
+        // Bypass the builder's path checks to plant a traversal entry.
+        h.as_gnu_mut().unwrap().name[..22].copy_from_slice(b"../../../tmp/pwned-xyz");
+        h.set_cksum();
+        b.append(&h, &b"evil"[..]).unwrap();
+        b.finish().unwrap();
+    }
+    let (st, _) = d.raw("POST", "/v1/environments/evil/import", Bytes::from(std::fs::read(&evil).unwrap())).await;
+    assert!(!std::path::Path::new("/tmp/pwned-xyz").exists(), "tar traversal escaped");
+    assert!(st == 201 || st == 400, "{st}");
+    let _ = d.req("DELETE", "/v1/environments/evil", None).await;
+    for n in [&name, &name2] {
+        let (st, _) = d.req("DELETE", &format!("/v1/environments/{n}"), None).await;
+        assert_eq!(st, 204);
+    }
+    let (st, _) = d.raw("POST", "/v1/environments/bad/import", Bytes::from_static(b"this is not a tarball at all, not even close....")).await;
+    assert_eq!(st, 400);
+    let _ = std::fs::remove_dir_all(&src);
+    let _ = std::fs::remove_file(&tgz);
+    let _ = std::fs::remove_file(&evil);
+}
