@@ -49,6 +49,9 @@ enum Cmd {
         /// OCI runtime for the container driver (crun, runc or a path); probed when unset.
         #[arg(long, env = "SPINUP_RUNTIME")]
         runtime: Option<String>,
+        /// Parent cgroup for sandboxes.
+        #[arg(long, env = "SPINUP_CGROUP_PARENT", default_value = "spinup")]
+        cgroup_parent: String,
     },
     /// Create a sandbox and print its id.
     Create {
@@ -493,12 +496,12 @@ impl Client {
 fn main() {
     let cli = Cli::parse();
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("tokio runtime");
-    if let Cmd::Serve { data_dir, socket, tcp, runtime } = cli.cmd {
+    if let Cmd::Serve { data_dir, socket, tcp, runtime, cgroup_parent } = cli.cmd {
         tracing_subscriber::fmt()
             .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("SPINUP_LOG").unwrap_or_else(|_| "info".into()))
             .with_writer(std::io::stderr)
             .init();
-        let cfg = spinup_daemon::Config { data_dir, socket, tcp, api_key: cli.api_key, runtime, agent: AGENT.to_vec() };
+        let cfg = spinup_daemon::Config { data_dir, socket, tcp, api_key: cli.api_key, runtime, agent: AGENT.to_vec(), cgroup_parent };
         if let Err(e) = rt.block_on(spinup_daemon::run(cfg)) {
             eprintln!("spinup serve: {e:#}");
             std::process::exit(1);

@@ -28,6 +28,8 @@ pub struct Config {
     pub runtime: Option<String>,
     /// The static agent binary to put in every sandbox.
     pub agent: Vec<u8>,
+    /// Parent cgroup for sandboxes (`spinup` → /sys/fs/cgroup/.../spinup/<id>).
+    pub cgroup_parent: String,
 }
 
 /// Install the agent under the data dir, named by its content, so the hard
@@ -57,6 +59,10 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     if !nix::unistd::geteuid().is_root() {
         anyhow::bail!("spinup serve must run as root (it mounts overlayfs and runs an OCI runtime)");
     }
+    let cg = &cfg.cgroup_parent;
+    if cg.is_empty() || cg.split('/').any(|p| p.is_empty() || p == "." || p == "..") || !cg.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_./".contains(&b)) {
+        anyhow::bail!("--cgroup-parent '{cg}' must be a relative cgroup path like 'spinup' or 'agents/spinup'");
+    }
     std::fs::create_dir_all(&cfg.data_dir).with_context(|| format!("creating {}", cfg.data_dir.display()))?;
     std::fs::set_permissions(&cfg.data_dir, std::fs::Permissions::from_mode(0o711))?;
     let _lock = lock_data_dir(&cfg.data_dir)?;
@@ -67,6 +73,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         root: cfg.data_dir.join("container"),
         agent,
         runtime: cfg.runtime.clone(),
+        cgroup_parent: cfg.cgroup_parent.clone(),
     })
     .await;
     let drivers: Vec<Arc<dyn Driver>> = vec![Arc::new(container)];

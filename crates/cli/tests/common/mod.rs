@@ -27,13 +27,16 @@ pub struct Daemon {
     pub dir: PathBuf,
     pub sock: PathBuf,
     child: Mutex<Option<Child>>,
+    extra: Vec<String>,
+    envs: Vec<(String, String)>,
 }
 
 /// Spawn from a thread that never exits, so PDEATHSIG fires only when the
 /// whole test process ends (a daemon must not outlive its test run).
-fn spawn_daemon(dir: &Path, sock: &Path) -> Child {
+fn spawn_daemon(dir: &Path, sock: &Path, extra: &[String], envs: &[(String, String)]) -> Child {
     let (tx, rx) = std::sync::mpsc::channel();
     let (dir, sock) = (dir.to_path_buf(), sock.to_path_buf());
+    let (extra, envs) = (extra.to_vec(), envs.to_vec());
     std::thread::spawn(move || {
         use std::os::unix::process::CommandExt;
         let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("daemon.log")).unwrap();
@@ -42,6 +45,10 @@ fn spawn_daemon(dir: &Path, sock: &Path) -> Child {
             .arg(dir.join("data"))
             .arg("--socket")
             .arg(&sock)
+            .arg("--cgroup-parent")
+            .arg(cgroup_parent(&dir))
+            .args(&extra)
+            .envs(envs)
             .env("SPINUP_LOG", "info")
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
@@ -63,13 +70,25 @@ fn spawn_daemon(dir: &Path, sock: &Path) -> Child {
 
 impl Daemon {
     pub fn start(name: &str) -> Daemon {
+        Self::start_with(name, &[], &[])
+    }
+
+    pub fn start_with(name: &str, extra: &[&str], envs: &[(&str, &str)]) -> Daemon {
         let dir = PathBuf::from(format!("/tmp/spinup-test-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let sock = dir.join("spinup.sock");
-        let d = Daemon { child: Mutex::new(Some(spawn_daemon(&dir, &sock))), dir, sock };
+        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        let envs: Vec<(String, String)> = envs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let child = spawn_daemon(&dir, &sock, &extra, &envs);
+        let d = Daemon { child: Mutex::new(Some(child)), dir, sock, extra, envs };
         d.wait_ready();
         d
+    }
+
+    /// A client handle on a daemon someone else owns (no process control).
+    pub fn attach(sock: PathBuf) -> Daemon {
+        Daemon { dir: sock.parent().unwrap().to_path_buf(), sock, child: Mutex::new(None), extra: vec![], envs: vec![] }
     }
 
     pub fn data(&self) -> PathBuf {
@@ -112,7 +131,7 @@ impl Daemon {
 
     pub fn restart(&self) {
         self.kill9();
-        *self.child.lock().unwrap() = Some(spawn_daemon(&self.dir, &self.sock));
+        *self.child.lock().unwrap() = Some(spawn_daemon(&self.dir, &self.sock, &self.extra, &self.envs));
         self.wait_ready();
     }
 
@@ -235,10 +254,66 @@ where
     panic!("timed out waiting for: {what}");
 }
 
+/// Each test daemon gets its own parent cgroup, so leak checks of one
+/// never see another's sandboxes.
+pub fn cgroup_parent(dir: &Path) -> String {
+    format!("spinup-test/{}", dir.file_name().unwrap().to_string_lossy())
+}
+
 /// A sandbox's cgroup directory for `controller` on cgroup v1 or v2.
 pub fn cgroup_dir(controller: &str, id: &str) -> Option<PathBuf> {
-    [format!("/sys/fs/cgroup/spinup/{id}"), format!("/sys/fs/cgroup/{controller}/spinup/{id}")]
+    let parent = cgroup_parent(&shared().dir);
+    [format!("/sys/fs/cgroup/{parent}/{id}"), format!("/sys/fs/cgroup/{controller}/{parent}/{id}")]
         .into_iter()
         .map(PathBuf::from)
         .find(|p| p.join(format!("{controller}.max")).exists() || p.join(format!("{controller}.limit_in_bytes")).exists() || p.join("pids.max").exists())
+}
+
+/// Everything a destroyed sandbox could leave behind, for the container
+/// driver: mounts, cgroups, runtime state, sandbox dirs, agent processes.
+pub fn leftovers(d: &Daemon) -> Vec<String> {
+    let data = d.data();
+    let data_s = data.to_string_lossy().to_string();
+    let mut out = vec![];
+    for l in std::fs::read_to_string("/proc/self/mountinfo").unwrap().lines() {
+        if let Some(mp) = l.split_whitespace().nth(4) {
+            if mp.starts_with(&data_s) {
+                out.push(format!("mount {mp}"));
+            }
+        }
+    }
+    let parent = cgroup_parent(&d.dir);
+    let mut cg_roots = vec![PathBuf::from("/sys/fs/cgroup").join(&parent)];
+    if let Ok(rd) = std::fs::read_dir("/sys/fs/cgroup") {
+        cg_roots.extend(rd.flatten().map(|e| e.path().join(&parent)));
+    }
+    let ids: Vec<String> = std::fs::read_dir(data.join("container/sandboxes"))
+        .map(|rd| rd.flatten().map(|e| e.file_name().to_string_lossy().to_string()).collect())
+        .unwrap_or_default();
+    for id in &ids {
+        out.push(format!("sandbox dir {id}"));
+    }
+    for root in cg_roots {
+        if let Ok(rd) = std::fs::read_dir(&root) {
+            for e in rd.flatten() {
+                if e.path().is_dir() {
+                    out.push(format!("cgroup {}", e.path().display()));
+                }
+            }
+        }
+    }
+    let state = data.join("container/state");
+    if let Ok(rd) = std::fs::read_dir(&state) {
+        for e in rd.flatten() {
+            out.push(format!("runtime state {}", e.file_name().to_string_lossy()));
+        }
+    }
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        if let Ok(exe) = std::fs::read_link(e.path().join("exe")) {
+            if exe.to_string_lossy().starts_with(&data_s) {
+                out.push(format!("process {} {}", e.file_name().to_string_lossy(), exe.display()));
+            }
+        }
+    }
+    out
 }

@@ -36,11 +36,14 @@ pub struct Config {
     pub agent: PathBuf,
     /// Force a runtime binary (`crun`, `runc`, or a path) instead of probing.
     pub runtime: Option<String>,
+    /// Parent cgroup (relative to each hierarchy's root) for sandboxes.
+    pub cgroup_parent: String,
 }
 
 pub struct ContainerDriver {
     root: PathBuf,
     agent: PathBuf,
+    cgroup_parent: String,
     runtime: std::result::Result<Runtime, String>,
 }
 
@@ -64,7 +67,7 @@ impl ContainerDriver {
             Ok(r) => tracing::info!(runtime = %r.describe(), "container driver ready"),
             Err(e) => tracing::warn!("container driver unavailable: {e}"),
         }
-        ContainerDriver { root: cfg.root, agent: cfg.agent, runtime }
+        ContainerDriver { root: cfg.root, agent: cfg.agent, cgroup_parent: cfg.cgroup_parent, runtime }
     }
 
     fn dir(&self, id: &str) -> PathBuf {
@@ -167,7 +170,7 @@ impl Driver for ContainerDriver {
             .map_err(|e| Error::internal("placing the agent binary", e))?;
         mount_overlay(spec, &dir)?;
 
-        let config = spec::build(spec, &dir)?;
+        let config = spec::build(spec, &dir, &self.cgroup_parent)?;
         std::fs::write(dir.join("config.json"), config).map_err(|e| Error::internal("writing config.json", e))?;
 
         // Bind the agent's socket here, on the host, and hand the listening

@@ -83,7 +83,7 @@ fn seccomp() -> serde_json::Value {
 }
 
 /// Render `config.json` for a sandbox whose bundle lives in `dir`.
-pub fn build(spec: &SandboxSpec, dir: &Path) -> Result<String> {
+pub fn build(spec: &SandboxSpec, dir: &Path, cgroup_parent: &str) -> Result<String> {
     let r = spec.resources;
     let mib = 1024 * 1024;
     let period: u64 = 100_000;
@@ -119,7 +119,7 @@ pub fn build(spec: &SandboxSpec, dir: &Path) -> Result<String> {
                 {"type": "pid"}, {"type": "mount"}, {"type": "uts"}, {"type": "ipc"},
                 {"type": "network"}, {"type": "cgroup"}
             ],
-            "cgroupsPath": format!("/spinup/{}", spec.id),
+            "cgroupsPath": format!("/{}/{}", cgroup_parent.trim_matches('/'), spec.id),
             "resources": {
                 "devices": [{"allow": false, "access": "rwm"}],
                 "memory": {"limit": r.memory_mib * mib, "swap": r.memory_mib * mib},
@@ -151,12 +151,13 @@ mod tests {
             resources: Resources { vcpus: 0.5, memory_mib: 64, disk_mib: 100, pids: 32 },
             layers: vec![],
         };
-        let out = build(&s, Path::new("/var/lib/spinup/container/sandboxes/0123456789ab")).unwrap();
+        let out = build(&s, Path::new("/var/lib/spinup/container/sandboxes/0123456789ab"), "spinup").unwrap();
         let v: serde_json::Value = serde_json::from_str(&out).unwrap();
         assert_eq!(v["linux"]["resources"]["memory"]["limit"], 64 * 1024 * 1024);
         assert_eq!(v["linux"]["resources"]["pids"]["limit"], 32);
         assert_eq!(v["linux"]["resources"]["cpu"]["quota"], 50_000);
         assert_eq!(v["hostname"], "0123456789ab");
+        assert_eq!(v["linux"]["cgroupsPath"], "/spinup/0123456789ab");
         assert_eq!(v["process"]["noNewPrivileges"], true);
         let caps: Vec<String> = serde_json::from_value(v["process"]["capabilities"]["bounding"].clone()).unwrap();
         assert!(!caps.iter().any(|c| c == "CAP_SYS_ADMIN" || c == "CAP_NET_ADMIN"));

@@ -1,0 +1,137 @@
+//! Crash-only lifecycle: daemon restarts and kill -9 at awkward moments,
+//! leak checks over many cycles, and the TCP listener's API key. Each test
+//! owns its daemon, so killing it disturbs nobody else.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{eventually, leftovers, next_frame, Daemon};
+use serde_json::json;
+use spinup_protocol::{ExecRequest, Frame};
+
+/// Sandboxes the store knows, by state.
+async fn states(d: &Daemon) -> Vec<(String, String)> {
+    let (_, v) = d.req("GET", "/v1/sandboxes", None).await;
+    v.as_array().unwrap().iter().map(|s| (s["id"].as_str().unwrap().to_string(), s["state"].as_str().unwrap().to_string())).collect()
+}
+
+#[tokio::test]
+async fn daemon_restart_reattaches_and_timeouts_still_fire() {
+    let d = Daemon::start("restart");
+    let keep = d.create(json!({})).await;
+    let short = d.create(json!({"timeout_s": 4})).await;
+    // A background process that counts, to show it survives.
+    let mut ws = d.ws_exec(&keep, ExecRequest { cmd: Some("i=0; while true; do i=$((i+1)); echo $i > /tmp/count; sleep 0.1; done".into()), background: true, ..Default::default() }).await;
+    let pid = match next_frame(&mut ws).await {
+        Some(Frame::Started(s)) => s.pid,
+        other => panic!("{other:?}"),
+    };
+    drop(ws);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before: u64 = d.ok(&keep, "cat /tmp/count").await.trim().parse().unwrap();
+
+    d.kill9();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    d.restart();
+
+    let after: u64 = d.ok(&keep, "cat /tmp/count").await.trim().parse().unwrap();
+    assert!(after > before, "the counter kept running across the restart ({before} -> {after})");
+    let (_, procs) = d.req("GET", &format!("/v1/sandboxes/{keep}/processes"), None).await;
+    assert!(procs.as_array().unwrap().iter().any(|p| p["pid"] == pid && p["running"] == true), "{procs}");
+    eventually("the timeout fires after the restart", 20, || async { d.req("GET", &format!("/v1/sandboxes/{short}"), None).await.0 == 404 }).await;
+    d.rm(&keep).await;
+    assert_eq!(leftovers(&d), Vec::<String>::new());
+}
+
+#[tokio::test]
+async fn kill9_during_create_and_exec_loses_no_other_sandbox() {
+    let d = Daemon::start("kill9");
+    let survivor = d.create(json!({})).await;
+    d.ok(&survivor, "echo precious > /root/data").await;
+    for delay_ms in [5u64, 40, 120] {
+        // A create and a long exec in flight when the daemon dies.
+        let sock = d.sock.clone();
+        let creating = tokio::spawn(async move {
+            let d2 = Daemon::attach(sock);
+            d2.req("POST", "/v1/sandboxes", Some(json!({"env": "busybox", "driver": common::driver()}))).await
+        });
+        let sock = d.sock.clone();
+        let sid = survivor.clone();
+        let execing = tokio::spawn(async move {
+            let d2 = Daemon::attach(sock);
+            d2.req("POST", &format!("/v1/sandboxes/{sid}/exec"), Some(json!({"cmd": "sleep 30"}))).await
+        });
+        tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+        d.kill9();
+        let _ = creating.await;
+        let _ = execing.await;
+        d.restart();
+        // The survivor is intact; nothing is stuck in `creating`.
+        assert_eq!(d.ok(&survivor, "cat /root/data").await, "precious\n");
+        let st = states(&d).await;
+        assert!(st.iter().all(|(_, s)| s == "running"), "{st:?}");
+        for (id, _) in st {
+            if id != survivor {
+                d.rm(&id).await;
+            }
+        }
+    }
+    d.rm(&survivor).await;
+    assert_eq!(leftovers(&d), Vec::<String>::new());
+}
+
+#[tokio::test]
+async fn hundred_create_destroy_cycles_leak_nothing() {
+    let d = Daemon::start("leak");
+    // Warm up (builds the environment), then measure.
+    let id = d.create(json!({})).await;
+    d.rm(&id).await;
+    let fds_before = std::fs::read_dir(format!("/proc/{}/fd", d.pid())).unwrap().count();
+    for i in 0..100 {
+        let id = d.create(json!({"labels": {"cycle": i.to_string()}})).await;
+        if i % 10 == 0 {
+            d.ok(&id, "echo hi > /tmp/x && cat /tmp/x").await;
+        }
+        d.rm(&id).await;
+    }
+    assert_eq!(leftovers(&d), Vec::<String>::new());
+    assert!(states(&d).await.is_empty());
+    let fds_after = std::fs::read_dir(format!("/proc/{}/fd", d.pid())).unwrap().count();
+    assert!(fds_after <= fds_before + 4, "daemon fds grew from {fds_before} to {fds_after}");
+}
+
+#[tokio::test]
+async fn tcp_listener_requires_the_api_key() {
+    let port = 20000 + (std::process::id() % 20000) as u16;
+    let addr = format!("127.0.0.1:{port}");
+    let d = Daemon::start_with("tcp", &["--tcp", &addr], &[("SPINUP_API_KEY", "s3cret-key")]);
+    let get = |key: Option<&str>| {
+        let addr = addr.clone();
+        let key = key.map(str::to_string);
+        async move {
+            let s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+            let (mut tx, conn) = hyper::client::conn::http1::handshake::<_, http_body_util::Empty<bytes::Bytes>>(hyper_util::rt::TokioIo::new(s)).await.unwrap();
+            tokio::spawn(conn);
+            let mut req = http::Request::builder().uri("/v1/sandboxes").header("host", &addr);
+            if let Some(k) = key {
+                req = req.header("authorization", format!("Bearer {k}"));
+            }
+            tx.send_request(req.body(http_body_util::Empty::new()).unwrap()).await.unwrap().status().as_u16()
+        }
+    };
+    assert_eq!(get(None).await, 401);
+    assert_eq!(get(Some("wrong")).await, 401);
+    assert_eq!(get(Some("s3cret-key")).await, 200);
+    // The unix socket needs no key.
+    assert_eq!(d.req("GET", "/v1/sandboxes", None).await.0, 200);
+    // The CLI speaks TCP with the key from the environment.
+    let out = std::process::Command::new(common::BIN)
+        .args(["ls"])
+        .env("SPINUP_HOST", format!("http://{addr}"))
+        .env("SPINUP_API_KEY", "s3cret-key")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(!d.log().contains("s3cret-key"), "the key must not be logged");
+}
