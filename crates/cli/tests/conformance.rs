@@ -649,3 +649,25 @@ async fn environments_import_directory_and_tarball() {
     let _ = std::fs::remove_file(&tgz);
     let _ = std::fs::remove_file(&evil);
 }
+
+#[tokio::test]
+async fn debian_environment_runs_python_git_and_pip() {
+    // The first use builds the built-in `debian` recipe (mmdebstrap).
+    let d = shared();
+    let id = d.create(json!({"env": "debian", "resources": {"memory_mib": 1024}})).await;
+    let out = d.ok(&id, "python3 -c 'import sys; print(sys.version_info[:2] >= (3, 11))'; git --version; curl --version | head -1; pip3 --version").await;
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[0], "True", "{out}");
+    assert!(lines[1].starts_with("git version"), "{out}");
+    assert!(lines[2].starts_with("curl "), "{out}");
+    assert!(lines[3].starts_with("pip "), "{out}");
+    let base = format!("/v1/sandboxes/{id}/files");
+    let (st, _) = d.raw("PUT", &format!("{base}?path=/root/work/data.json"), Bytes::from_static(b"{\"answer\": 42}")).await;
+    assert_eq!(st, 200);
+    let v = d.exec(&id, json!({"argv": ["python3", "-c", "import json; d = json.load(open('data.json')); open('out.txt', 'w').write(str(d['answer'] * 2))"], "cwd": "/root/work"})).await;
+    assert_eq!(v["exit_code"], 0, "{v}");
+    let (st, body) = d.raw("GET", &format!("{base}?path=/root/work/out.txt"), Bytes::new()).await;
+    assert_eq!((st, body.as_ref()), (200, b"84".as_ref()));
+    assert_eq!(d.ok(&id, "id -un; cat /etc/os-release | grep VERSION_CODENAME").await, "root\nVERSION_CODENAME=bookworm\n");
+    d.rm(&id).await;
+}

@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Brings Spinup up on its embedded defaults and runs an example agent
+# session end to end: create a Debian sandbox, run Python in it, write and
+# read a file, remove it.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if [ "$(id -u)" != 0 ]; then
+    echo "spinup runs sandboxes as root: sudo $0" >&2
+    exit 1
+fi
+scripts/install-deps.sh
+cargo build --release
+spinup=target/release/spinup
+
+started=""
+if ! $spinup ls >/dev/null 2>&1; then
+    echo "== starting the daemon (data in /var/lib/spinup, log in /var/log/spinup.log)"
+    nohup $spinup serve >>/var/log/spinup.log 2>&1 &
+    started=$!
+    for _ in $(seq 100); do $spinup ls >/dev/null 2>&1 && break; sleep 0.1; done
+fi
+trap '[ -n "$started" ] && kill "$started"' EXIT
+
+$spinup drivers
+echo "== create a Debian sandbox (the first run builds the environment)"
+id=$($spinup create --env debian --memory 1024 --label demo=quickstart)
+echo "sandbox $id"
+echo "== run Python in it"
+$spinup exec "$id" -- python3 -c 'import platform, socket; print("python", platform.python_version(), "on", socket.gethostname())'
+echo "== write a file into it, read it back from inside and out"
+printf 'hello from the host\n' > /tmp/spinup-demo.txt
+$spinup cp /tmp/spinup-demo.txt "$id:/root/notes.txt"
+$spinup exec "$id" -w /root -- python3 -c 'open("answer.txt", "w").write(open("notes.txt").read().upper())'
+$spinup cp "$id:/root/answer.txt" -
+$spinup ls
+echo "== remove it"
+$spinup rm -f "$id"
+echo "demo finished"
