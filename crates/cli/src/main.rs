@@ -1,6 +1,7 @@
 //! `spinup`: `spinup serve` runs the daemon; every other verb is a client
 //! of its API. `--json` prints the API's answer as is.
 
+mod bench;
 mod client;
 mod exec;
 
@@ -134,6 +135,22 @@ enum Cmd {
     Env(EnvCmd),
     /// The drivers and their capability matrix.
     Drivers,
+    /// Measure create→first exec, exec round trip and idle memory against
+    /// runc and bwrap baselines taken in the same run (needs root, runc, bwrap).
+    Bench {
+        #[arg(long, default_value_t = 30)]
+        iterations: usize,
+        #[arg(long, default_value_t = 300)]
+        exec_iterations: usize,
+        /// Idle sandboxes for the memory figure.
+        #[arg(long, default_value_t = 10)]
+        idle: usize,
+        /// The running daemon's data dir (to find the busybox layer).
+        #[arg(long, env = "SPINUP_DATA_DIR", default_value = spinup_daemon::DEFAULT_DATA_DIR)]
+        data_dir: PathBuf,
+        #[arg(long)]
+        driver: Option<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -451,6 +468,14 @@ async fn run(cli: Cli) -> Result<i32> {
                 print_json(&v);
             } else {
                 println!("{} {}", v["name"].as_str().unwrap_or(""), v["digest"].as_str().unwrap_or(""));
+            }
+        }
+        Cmd::Bench { iterations, exec_iterations, idle, data_dir, driver } => {
+            let v = bench::run(&c, bench::Opts { iterations, exec_iterations, idle, data_dir, driver }).await?;
+            if cli.json {
+                print_json(&v);
+            } else {
+                bench::print_table(&v);
             }
         }
         Cmd::Drivers => {

@@ -1,0 +1,262 @@
+//! `spinup bench`: Spinup's figures next to baselines measured in the same
+//! run on the same rootfs (`runc run` of /bin/true, `bwrap --unshare-all
+//! /bin/true`). Ratios matter here; absolute times on shared machines do not.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
+use serde_json::{json, Value};
+
+use crate::client::Client;
+
+pub struct Opts {
+    pub iterations: usize,
+    pub exec_iterations: usize,
+    pub idle: usize,
+    pub data_dir: PathBuf,
+    pub driver: Option<String>,
+}
+
+#[derive(Clone, Copy)]
+struct Stats {
+    p50: f64,
+    p95: f64,
+    mean: f64,
+}
+
+fn stats(mut v: Vec<Duration>) -> Stats {
+    v.sort();
+    let ms: Vec<f64> = v.iter().map(|d| d.as_secs_f64() * 1000.0).collect();
+    let pct = |p: f64| ms[((ms.len() as f64 - 1.0) * p).round() as usize];
+    Stats { p50: pct(0.50), p95: pct(0.95), mean: ms.iter().sum::<f64>() / ms.len() as f64 }
+}
+
+/// One keep-alive HTTP/1.1 connection, so exec timings are not connection setup.
+struct Conn {
+    tx: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+}
+
+impl Conn {
+    async fn open(c: &Client) -> Result<Conn> {
+        let io = c.connect().await?;
+        let (tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io)).await?;
+        tokio::spawn(conn);
+        Ok(Conn { tx })
+    }
+
+    async fn call(&mut self, method: &str, path: &str, body: Value) -> Result<(u16, Value)> {
+        self.tx.ready().await?;
+        let req = http::Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", "localhost")
+            .body(Full::new(Bytes::from(body.to_string())))?;
+        let resp = self.tx.send_request(req).await?;
+        let st = resp.status().as_u16();
+        let b = resp.into_body().collect().await?.to_bytes();
+        Ok((st, if b.is_empty() { Value::Null } else { serde_json::from_slice(&b)? }))
+    }
+}
+
+fn rss_kib(pid: u32, field: &str) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).or_else(|_| std::fs::read_to_string(format!("/proc/{pid}/status"))).unwrap_or_default();
+    s.lines()
+        .find(|l| l.starts_with(field))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Host pids whose executable lives under `dir` (the agents), or the daemon.
+fn pids_where(pred: impl Fn(&Path, &str) -> bool) -> Vec<u32> {
+    let mut out = vec![];
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else { continue };
+        let exe = std::fs::read_link(e.path().join("exe")).unwrap_or_default();
+        let cmd = std::fs::read_to_string(e.path().join("cmdline")).unwrap_or_default().replace('\0', " ");
+        if pred(&exe, &cmd) {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+fn time_cmd(n: usize, mut mk: impl FnMut(usize) -> Command) -> Result<Vec<Duration>> {
+    let mut v = vec![];
+    for i in 0..n {
+        let mut cmd = mk(i);
+        cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
+        let t = Instant::now();
+        let out = cmd.output()?;
+        let d = t.elapsed();
+        if !out.status.success() {
+            bail!("baseline {:?} failed: {}", cmd.get_program(), String::from_utf8_lossy(&out.stderr).trim());
+        }
+        v.push(d);
+    }
+    Ok(v)
+}
+
+pub async fn run(c: &Client, o: Opts) -> Result<Value> {
+    let mut conn = Conn::open(c).await?;
+    let env = c.json(http::Method::GET, "/v1/environments/busybox", None).await;
+    if env.is_err() {
+        eprintln!("building the busybox environment first");
+        let mut tmp = Conn::open(c).await?;
+        let (st, v) = tmp.call("POST", "/v1/sandboxes", json!({"env": "busybox"})).await?;
+        if st != 201 {
+            bail!("create failed: {v}");
+        }
+        tmp.call("DELETE", &format!("/v1/sandboxes/{}?force=true", v["id"].as_str().unwrap_or("")), json!(null)).await?;
+    }
+    let env = c.json(http::Method::GET, "/v1/environments/busybox", None).await?;
+    let layer = o.data_dir.join("environments/layers").join(env["layers"][0].as_str().unwrap_or("").trim_start_matches("sha256:"));
+    if !layer.join("bin/busybox").exists() {
+        bail!("busybox layer not found at {} (pass --data-dir of the running daemon)", layer.display());
+    }
+    let mut create_body = json!({"env": "busybox"});
+    if let Some(d) = &o.driver {
+        create_body["driver"] = d.clone().into();
+    }
+
+    // Baseline 1: runc run /bin/true on the same rootfs, same namespaces.
+    let work = std::env::temp_dir().join(format!("spinup-bench-{}", std::process::id()));
+    std::fs::create_dir_all(work.join("rootfs"))?;
+    let config = json!({
+        "ociVersion": "1.0.2",
+        "process": {"user": {"uid": 0, "gid": 0}, "args": ["/bin/true"], "cwd": "/", "env": ["PATH=/bin"]},
+        "root": {"path": layer, "readonly": true},
+        "hostname": "bench",
+        "mounts": [{"destination": "/proc", "type": "proc", "source": "proc"}],
+        "linux": {"namespaces": [{"type": "pid"}, {"type": "mount"}, {"type": "uts"}, {"type": "ipc"}, {"type": "network"}, {"type": "cgroup"}],
+                  "cgroupsPath": "/spinup-bench/b", "resources": {"pids": {"limit": 64}, "memory": {"limit": 268435456}}}
+    });
+    std::fs::write(work.join("config.json"), config.to_string())?;
+    let runc = time_cmd(o.iterations, |i| {
+        let mut cmd = Command::new("runc");
+        cmd.arg("--root").arg(work.join("state")).args(["run", "--bundle"]).arg(&work).arg(format!("bench-{i}"));
+        cmd
+    })
+    .context("runc run baseline (is runc installed?)")?;
+    // Baseline 2: bwrap, the floor for namespace creation.
+    let bwrap = time_cmd(o.iterations, |_| {
+        let mut cmd = Command::new("bwrap");
+        cmd.args(["--unshare-all", "--ro-bind"]).arg(&layer).args(["/", "/bin/true"]);
+        cmd
+    })
+    .context("bwrap baseline (is bubblewrap installed?)")?;
+    let _ = std::fs::remove_dir_all(&work);
+
+    // Spinup: create → first exec of /bin/true.
+    let mut create_exec = vec![];
+    let mut ids = vec![];
+    for _ in 0..o.iterations {
+        let t = Instant::now();
+        let (st, v) = conn.call("POST", "/v1/sandboxes", create_body.clone()).await?;
+        if st != 201 {
+            bail!("create failed: {v}");
+        }
+        let id = v["id"].as_str().unwrap_or_default().to_string();
+        let (st, v) = conn.call("POST", &format!("/v1/sandboxes/{id}/exec"), json!({"argv": ["/bin/true"]})).await?;
+        if st != 200 || v["exit_code"] != 0 {
+            bail!("first exec failed: {v}");
+        }
+        create_exec.push(t.elapsed());
+        ids.push(id);
+        conn.call("DELETE", &format!("/v1/sandboxes/{}?force=true", ids.pop().unwrap()), json!(null)).await?;
+    }
+
+    // Exec round trip of /bin/true on one sandbox.
+    let (_, v) = conn.call("POST", "/v1/sandboxes", create_body.clone()).await?;
+    let id = v["id"].as_str().unwrap_or_default().to_string();
+    let mut rtt = vec![];
+    for i in 0..o.exec_iterations + 10 {
+        let t = Instant::now();
+        let (st, v) = conn.call("POST", &format!("/v1/sandboxes/{id}/exec"), json!({"argv": ["/bin/true"]})).await?;
+        if st != 200 || v["exit_code"] != 0 {
+            bail!("exec failed: {v}");
+        }
+        if i >= 10 {
+            rtt.push(t.elapsed());
+        }
+    }
+    conn.call("DELETE", &format!("/v1/sandboxes/{id}?force=true"), json!(null)).await?;
+
+    // Host memory per idle sandbox.
+    let daemon: Vec<u32> = pids_where(|_, cmd| cmd.contains("spinup") && cmd.contains(" serve"));
+    let daemon_pid = *daemon.first().context("cannot find the spinup serve process")?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let daemon_before = rss_kib(daemon_pid, "Rss:");
+    let agents_dir = o.data_dir.join("container");
+    let mut idle_ids = vec![];
+    for _ in 0..o.idle {
+        let (_, v) = conn.call("POST", "/v1/sandboxes", create_body.clone()).await?;
+        let id = v["id"].as_str().unwrap_or_default().to_string();
+        conn.call("POST", &format!("/v1/sandboxes/{id}/exec"), json!({"argv": ["/bin/true"]})).await?;
+        idle_ids.push(id);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let daemon_after = rss_kib(daemon_pid, "Rss:");
+    let agent_pids = pids_where(|exe, _| exe.starts_with(&agents_dir) || exe.to_string_lossy().contains("/run/spinup/spinup-agent"));
+    let agent_pids: Vec<u32> = agent_pids
+        .into_iter()
+        .filter(|p| std::fs::read_to_string(format!("/proc/{p}/cmdline")).unwrap_or_default().starts_with("/run/spinup/spinup-agent"))
+        .collect();
+    let agent_pss: u64 = agent_pids.iter().map(|p| rss_kib(*p, "Pss:")).sum();
+    let agent_rss: u64 = agent_pids.iter().map(|p| rss_kib(*p, "Rss:")).sum();
+    for id in &idle_ids {
+        conn.call("DELETE", &format!("/v1/sandboxes/{id}?force=true"), json!(null)).await?;
+    }
+    let n = o.idle.max(1) as f64;
+    let daemon_share = daemon_after.saturating_sub(daemon_before) as f64 / n / 1024.0;
+    let agent_each_pss = agent_pss as f64 / agent_pids.len().max(1) as f64 / 1024.0;
+    let agent_each_rss = agent_rss as f64 / agent_pids.len().max(1) as f64 / 1024.0;
+
+    let (ce, rt, rn, bw) = (stats(create_exec), stats(rtt), stats(runc), stats(bwrap));
+    Ok(json!({
+        "iterations": o.iterations,
+        "exec_iterations": o.exec_iterations,
+        "idle_sandboxes": o.idle,
+        "create_to_first_exec_ms": {"p50": ce.p50, "p95": ce.p95, "mean": ce.mean},
+        "exec_round_trip_ms": {"p50": rt.p50, "p95": rt.p95, "mean": rt.mean},
+        "runc_run_true_ms": {"p50": rn.p50, "p95": rn.p95, "mean": rn.mean},
+        "bwrap_true_ms": {"p50": bw.p50, "p95": bw.p95, "mean": bw.mean},
+        "ratio_create_exec_vs_runc_p50": ce.p50 / rn.p50,
+        "ratio_create_exec_vs_bwrap_p50": ce.p50 / bw.p50,
+        "idle_memory_mib": {
+            "daemon_share_per_sandbox": daemon_share,
+            "agent_pss_per_sandbox": agent_each_pss,
+            "agent_rss_per_sandbox": agent_each_rss,
+            "agents_seen": agent_pids.len(),
+            "total_per_sandbox_pss": daemon_share + agent_each_pss,
+        }
+    }))
+}
+
+pub fn print_table(v: &Value) {
+    let row = |name: &str, k: &str| {
+        println!("| {name} | {:.2} | {:.2} |", v[k]["p50"].as_f64().unwrap_or(0.0), v[k]["p95"].as_f64().unwrap_or(0.0));
+    };
+    println!("| measure (ms) | p50 | p95 |");
+    println!("|---|---|---|");
+    row("spinup create → first exec (/bin/true)", "create_to_first_exec_ms");
+    row("spinup exec round trip (/bin/true)", "exec_round_trip_ms");
+    row("baseline: runc run /bin/true", "runc_run_true_ms");
+    row("baseline: bwrap --unshare-all /bin/true", "bwrap_true_ms");
+    println!();
+    println!("create → first exec vs runc run: {:.2}×", v["ratio_create_exec_vs_runc_p50"].as_f64().unwrap_or(0.0));
+    println!("create → first exec vs bwrap: {:.2}×", v["ratio_create_exec_vs_bwrap_p50"].as_f64().unwrap_or(0.0));
+    let m = &v["idle_memory_mib"];
+    println!(
+        "idle sandbox host memory: daemon share {:.2} MiB + agent {:.2} MiB PSS ({:.2} MiB RSS) = {:.2} MiB",
+        m["daemon_share_per_sandbox"].as_f64().unwrap_or(0.0),
+        m["agent_pss_per_sandbox"].as_f64().unwrap_or(0.0),
+        m["agent_rss_per_sandbox"].as_f64().unwrap_or(0.0),
+        m["total_per_sandbox_pss"].as_f64().unwrap_or(0.0)
+    );
+}
