@@ -150,6 +150,30 @@ pub async fn run(c: &Client, o: Opts) -> Result<Value> {
         cmd
     })
     .context("bwrap baseline (is bubblewrap installed?)")?;
+    // Baseline 3: runc run /bin/true with exactly the spec a Spinup sandbox
+    // gets (seccomp, masked paths, capabilities, cgroup limits), so the
+    // ratio against it is the cost of Spinup itself, not of the hardening.
+    let hard = work.join("hardened");
+    std::fs::create_dir_all(hard.join("run"))?;
+    let spec = spinup_model::SandboxSpec {
+        id: "bench".into(),
+        hostname: "bench".into(),
+        resources: spinup_model::Resources::default(),
+        layers: vec![],
+    };
+    let mut cfg: Value = serde_json::from_str(&spinup_driver_container::spec::build(&spec, &hard, "spinup-bench")?)?;
+    cfg["root"] = json!({"path": layer, "readonly": true});
+    cfg["process"]["args"] = json!(["/bin/true"]);
+    if let Some(m) = cfg["mounts"].as_array_mut() {
+        m.retain(|m| m["destination"] != "/run/spinup");
+    }
+    std::fs::write(hard.join("config.json"), cfg.to_string())?;
+    let runc_hard = time_cmd(o.iterations, |i| {
+        let mut cmd = Command::new("runc");
+        cmd.arg("--root").arg(work.join("state")).args(["run", "--bundle"]).arg(&hard).arg(format!("bench-h-{i}"));
+        cmd
+    })
+    .context("runc run (Spinup's spec) baseline")?;
     let _ = std::fs::remove_dir_all(&work);
 
     // Spinup: create → first exec of /bin/true.
@@ -185,7 +209,23 @@ pub async fn run(c: &Client, o: Opts) -> Result<Value> {
             rtt.push(t.elapsed());
         }
     }
+    // The protocol alone: a unary daemon → agent call, no process.
+    let mut info = vec![];
+    for _ in 0..o.exec_iterations {
+        let t = Instant::now();
+        let (st, v) = conn.call("GET", &format!("/v1/sandboxes/{id}/info"), json!(null)).await?;
+        if st != 200 {
+            bail!("info failed: {v}");
+        }
+        info.push(t.elapsed());
+    }
     conn.call("DELETE", &format!("/v1/sandboxes/{id}?force=true"), json!(null)).await?;
+    // The floor under any exec: fork + exec + wait of /bin/true on the host.
+    let spawn = time_cmd(o.exec_iterations, |_| {
+        let mut cmd = Command::new(layer.join("bin/busybox"));
+        cmd.arg("true");
+        cmd
+    })?;
 
     // Host memory per idle sandbox.
     let daemon: Vec<u32> = pids_where(|_, cmd| cmd.contains("spinup") && cmd.contains(" serve"));
@@ -217,7 +257,7 @@ pub async fn run(c: &Client, o: Opts) -> Result<Value> {
     let agent_each_pss = agent_pss as f64 / agent_pids.len().max(1) as f64 / 1024.0;
     let agent_each_rss = agent_rss as f64 / agent_pids.len().max(1) as f64 / 1024.0;
 
-    let (ce, rt, rn, bw) = (stats(create_exec), stats(rtt), stats(runc), stats(bwrap));
+    let (ce, rt, rn, bw, inf, sp, rh) = (stats(create_exec), stats(rtt), stats(runc), stats(bwrap), stats(info), stats(spawn), stats(runc_hard));
     Ok(json!({
         "iterations": o.iterations,
         "exec_iterations": o.exec_iterations,
@@ -226,7 +266,12 @@ pub async fn run(c: &Client, o: Opts) -> Result<Value> {
         "exec_round_trip_ms": {"p50": rt.p50, "p95": rt.p95, "mean": rt.mean},
         "runc_run_true_ms": {"p50": rn.p50, "p95": rn.p95, "mean": rn.mean},
         "bwrap_true_ms": {"p50": bw.p50, "p95": bw.p95, "mean": bw.mean},
+        "info_round_trip_ms": {"p50": inf.p50, "p95": inf.p95, "mean": inf.mean},
+        "host_spawn_true_ms": {"p50": sp.p50, "p95": sp.p95, "mean": sp.mean},
+        "ratio_exec_vs_host_spawn_p50": rt.p50 / sp.p50,
+        "runc_run_true_spinup_spec_ms": {"p50": rh.p50, "p95": rh.p95, "mean": rh.mean},
         "ratio_create_exec_vs_runc_p50": ce.p50 / rn.p50,
+        "ratio_create_exec_vs_runc_spinup_spec_p50": ce.p50 / rh.p50,
         "ratio_create_exec_vs_bwrap_p50": ce.p50 / bw.p50,
         "idle_memory_mib": {
             "daemon_share_per_sandbox": daemon_share,
@@ -246,11 +291,16 @@ pub fn print_table(v: &Value) {
     println!("|---|---|---|");
     row("spinup create → first exec (/bin/true)", "create_to_first_exec_ms");
     row("spinup exec round trip (/bin/true)", "exec_round_trip_ms");
-    row("baseline: runc run /bin/true", "runc_run_true_ms");
+    row("baseline: runc run /bin/true (minimal spec)", "runc_run_true_ms");
+    row("baseline: runc run /bin/true (Spinup's spec)", "runc_run_true_spinup_spec_ms");
     row("baseline: bwrap --unshare-all /bin/true", "bwrap_true_ms");
+    row("spinup agent info round trip (no process)", "info_round_trip_ms");
+    row("baseline: host fork+exec+wait of busybox true", "host_spawn_true_ms");
     println!();
-    println!("create → first exec vs runc run: {:.2}×", v["ratio_create_exec_vs_runc_p50"].as_f64().unwrap_or(0.0));
+    println!("create → first exec vs runc run (minimal spec): {:.2}×", v["ratio_create_exec_vs_runc_p50"].as_f64().unwrap_or(0.0));
+    println!("create → first exec vs runc run (Spinup's spec): {:.2}×", v["ratio_create_exec_vs_runc_spinup_spec_p50"].as_f64().unwrap_or(0.0));
     println!("create → first exec vs bwrap: {:.2}×", v["ratio_create_exec_vs_bwrap_p50"].as_f64().unwrap_or(0.0));
+    println!("exec round trip vs a bare host spawn: {:.2}×", v["ratio_exec_vs_host_spawn_p50"].as_f64().unwrap_or(0.0));
     let m = &v["idle_memory_mib"];
     println!(
         "idle sandbox host memory: daemon share {:.2} MiB + agent {:.2} MiB PSS ({:.2} MiB RSS) = {:.2} MiB",

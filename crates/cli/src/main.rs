@@ -520,12 +520,12 @@ impl Client {
 
 fn main() {
     let cli = Cli::parse();
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("tokio runtime");
     if let Cmd::Serve { data_dir, socket, tcp, runtime, cgroup_parent } = cli.cmd {
         tracing_subscriber::fmt()
             .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("SPINUP_LOG").unwrap_or_else(|_| "info".into()))
             .with_writer(std::io::stderr)
             .init();
+        let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
         let cfg = spinup_daemon::Config { data_dir, socket, tcp, api_key: cli.api_key, runtime, agent: AGENT.to_vec(), cgroup_parent };
         if let Err(e) = rt.block_on(spinup_daemon::run(cfg)) {
             eprintln!("spinup serve: {e:#}");
@@ -533,6 +533,8 @@ fn main() {
         }
         return;
     }
+    // A client makes one call at a time: one thread keeps latency low.
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime");
     let code = match rt.block_on(run(cli)) {
         Ok(c) => c,
         Err(e) => {

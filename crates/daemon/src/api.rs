@@ -206,14 +206,13 @@ struct ExecQuery {
 }
 
 /// Fill in what the request leaves open from the environment's defaults.
-fn apply_defaults(m: &Manager, id: &str, req: &mut ExecRequest) -> ApiResult<()> {
+fn apply_defaults(m: &Manager, sb: &Sandbox, req: &mut ExecRequest) -> ApiResult<()> {
     if req.argv.is_empty() && req.cmd.as_deref().is_none_or(str::is_empty) {
         return Err(ApiError(Error::InvalidArgument("exec needs argv or cmd".into())));
     }
     if req.argv.iter().any(|a| a.contains('\0')) || req.cmd.as_deref().is_some_and(|c| c.contains('\0')) {
         return Err(ApiError(Error::InvalidArgument("command contains a NUL byte".into())));
     }
-    let sb = m.get(id)?;
     if let Ok(env) = m.envs.get(&sb.env) {
         for kv in &env.config.env {
             if let Some((k, v)) = kv.split_once('=') {
@@ -260,12 +259,13 @@ fn ndjson_event(f: &Frame) -> Option<serde_json::Value> {
 async fn exec(State(m): M, Path(id): Path<String>, q: Result<Query<ExecQuery>, axum::extract::rejection::QueryRejection>, body: Bytes) -> ApiResult<Response> {
     let stream = q.map(|q| q.stream).map_err(|e| ApiError(Error::InvalidArgument(e.body_text())))?;
     let mut api: ApiExec = parse(&body)?;
-    apply_defaults(&m, &id, &mut api.req)?;
+    let sb = m.get(&id)?;
+    apply_defaults(&m, &sb, &mut api.req)?;
     api.req.stdin = api.input.is_some();
     if api.req.pty.is_some() {
         return Err(ApiError(Error::InvalidArgument("a pty needs the WebSocket endpoint (/exec/ws)".into())));
     }
-    let c = m.agent(&id).await?;
+    let c = m.agent_for(&sb).await?;
     let (tx, mut rx) = c.process_stream("/v1/exec", Some(Frame::Start(api.req))).await?;
     if let Some(input) = api.input {
         let _ = tx.send(Frame::Stdin(Bytes::from(input))).await;
@@ -340,7 +340,8 @@ where
 }
 
 async fn exec_ws(State(m): M, Path(id): Path<String>, ws: WebSocketUpgrade) -> ApiResult<Response> {
-    let c = m.agent(&id).await?;
+    let sb = m.get(&id)?;
+    let c = m.agent_for(&sb).await?;
     Ok(ws.on_upgrade(move |socket| async move {
         let (mut sink, mut stream) = socket.split();
         // The first message must be a Start frame.
@@ -359,7 +360,7 @@ async fn exec_ws(State(m): M, Path(id): Path<String>, ws: WebSocketUpgrade) -> A
                 return;
             }
         };
-        if let Err(ApiError(e)) = apply_defaults(&m, &id, &mut req) {
+        if let Err(ApiError(e)) = apply_defaults(&m, &sb, &mut req) {
             let f = Frame::Error(spinup_protocol::ErrorBody { code: e.code().into(), message: e.to_string() });
             let _ = sink.send(Message::Binary(f.encode())).await;
             return;

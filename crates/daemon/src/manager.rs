@@ -205,9 +205,14 @@ impl Manager {
 
     /// A connected agent for a running sandbox.
     pub async fn agent(&self, id: &str) -> Result<AgentClient> {
-        let sb = self.get(id)?;
+        self.agent_for(&self.get(id)?).await
+    }
+
+    /// A connected agent for `sb`, which must be running.
+    pub async fn agent_for(&self, sb: &Sandbox) -> Result<AgentClient> {
+        let id = sb.id.as_str();
         if sb.state != SandboxState::Running {
-            let why = sb.reason.map(|r| format!(" ({r})")).unwrap_or_default();
+            let why = sb.reason.as_ref().map(|r| format!(" ({r})")).unwrap_or_default();
             return Err(Error::Conflict(format!("sandbox {id} is {}{why}", sb.state)));
         }
         if let Some(c) = self.agents.lock().unwrap().get(id).filter(|c| !c.is_closed()).cloned() {

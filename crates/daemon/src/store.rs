@@ -1,6 +1,9 @@
-//! All daemon state, in one embedded SQLite database (WAL, synchronous
-//! writes). Every sandbox transition is a row in `transitions`, written in
-//! the same transaction as the new state.
+//! All daemon state, in one embedded SQLite database. Every sandbox
+//! transition is a row in `transitions`, written in the same transaction as
+//! the new state. WAL with synchronous=NORMAL: a committed transaction
+//! survives the daemon being killed at any point (kill -9); only a power
+//! loss can drop the last few, which `recover` then treats like a crash
+//! during create.
 
 use std::path::Path;
 use std::sync::Mutex;
@@ -30,7 +33,7 @@ impl Store {
         let conn = Connection::open(path).map_err(|e| Error::internal(format!("opening {}", path.display()), e))?;
         conn.execute_batch(
             "PRAGMA journal_mode=WAL;
-             PRAGMA synchronous=FULL;
+             PRAGMA synchronous=NORMAL;
              PRAGMA busy_timeout=5000;
              CREATE TABLE IF NOT EXISTS sandboxes (
                  id TEXT PRIMARY KEY,

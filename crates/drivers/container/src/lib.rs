@@ -17,7 +17,7 @@
 //! ```
 
 mod probe;
-mod spec;
+pub mod spec;
 
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
