@@ -12,7 +12,13 @@ use std::process::Command;
 fn main() {
     let manifest = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap());
     let root = manifest.parent().unwrap().parent().unwrap().to_path_buf();
-    for p in ["crates/agent/src", "crates/agent/Cargo.toml", "crates/protocol/src", "crates/protocol/Cargo.toml", "Cargo.lock"] {
+    for p in [
+        "crates/agent/src",
+        "crates/agent/Cargo.toml",
+        "crates/protocol/src",
+        "crates/protocol/Cargo.toml",
+        "Cargo.lock",
+    ] {
         println!("cargo:rerun-if-changed={}", root.join(p).display());
     }
     let out_dir = PathBuf::from(std::env::var("OUT_DIR").unwrap());
@@ -28,7 +34,10 @@ fn main() {
     cmd.current_dir(&root)
         .args(["build", "-p", "spinup-agent", "--bin", "spinup-agent", "--target", triple, "--target-dir"])
         .arg(&agent_target)
-        .env(format!("CARGO_TARGET_{}_RUSTFLAGS", triple.to_uppercase().replace('-', "_")), "-C target-feature=+crt-static")
+        .env(
+            format!("CARGO_TARGET_{}_RUSTFLAGS", triple.to_uppercase().replace('-', "_")),
+            "-C target-feature=+crt-static",
+        )
         .env_remove("CARGO_ENCODED_RUSTFLAGS")
         .env_remove("RUSTFLAGS")
         .env_remove("CARGO_BUILD_TARGET");

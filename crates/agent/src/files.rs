@@ -73,7 +73,11 @@ pub fn stat_of(path: &Path) -> io::Result<FileStat> {
     Ok(FileStat {
         path: path.to_string_lossy().into_owned(),
         name: path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "/".into()),
-        symlink_target: if ft.is_symlink() { std::fs::read_link(path).ok().map(|t| t.to_string_lossy().into_owned()) } else { None },
+        symlink_target: if ft.is_symlink() {
+            std::fs::read_link(path).ok().map(|t| t.to_string_lossy().into_owned())
+        } else {
+            None
+        },
         kind,
         size: m.len(),
         mode: m.mode() & 0o7777,
@@ -83,7 +87,9 @@ pub fn stat_of(path: &Path) -> io::Result<FileStat> {
     })
 }
 
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, AgentError> + Send + 'static) -> Result<T, AgentError> {
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, AgentError> + Send + 'static,
+) -> Result<T, AgentError> {
     tokio::task::spawn_blocking(f).await.map_err(|e| AgentError::bad(format!("task failed: {e}")))?
 }
 
@@ -118,7 +124,10 @@ async fn write(Query(q): Query<PathQuery>, body: Body) -> Result<Json<FileStat>,
     let name = path.file_name().ok_or_else(|| AgentError::bad("cannot write to /"))?.to_string_lossy().into_owned();
     let mut nonce = [0u8; 6];
     let _ = std::fs::File::open("/dev/urandom").and_then(|mut f| io::Read::read_exact(&mut f, &mut nonce));
-    let tmp = parent.join(format!(".{name}.spinup-{:x}", u64::from_le_bytes([nonce[0], nonce[1], nonce[2], nonce[3], nonce[4], nonce[5], 0, 0])));
+    let tmp = parent.join(format!(
+        ".{name}.spinup-{:x}",
+        u64::from_le_bytes([nonce[0], nonce[1], nonce[2], nonce[3], nonce[4], nonce[5], 0, 0])
+    ));
     let (par, tmp2, dest) = (parent.clone(), tmp.clone(), path.clone());
     let mode = q.mode;
     let file = blocking(move || {
@@ -175,7 +184,10 @@ fn walk(dir: &Path, depth: usize, out: &mut Vec<FileStat>) -> Result<(), AgentEr
     names.sort();
     for p in names {
         if out.len() >= MAX_LIST {
-            return Err(AgentError::bad(format!("list {}: more than {MAX_LIST} entries; use a smaller depth", dir.display())));
+            return Err(AgentError::bad(format!(
+                "list {}: more than {MAX_LIST} entries; use a smaller depth",
+                dir.display()
+            )));
         }
         let Ok(st) = stat_of(&p) else { continue };
         let is_dir = st.kind == FileKind::Dir;
@@ -213,7 +225,8 @@ async fn mkdir(body: bytes::Bytes) -> Result<Json<FileStat>, AgentError> {
     blocking(move || {
         std::fs::create_dir_all(&path).map_err(|e| io_err("mkdir", &path, e))?;
         if let Some(m) = r.mode {
-            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(m & 0o7777)).map_err(|e| io_err("chmod", &path, e))?;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(m & 0o7777))
+                .map_err(|e| io_err("chmod", &path, e))?;
         }
         stat_of(&path).map_err(|e| io_err("stat", &path, e))
     })
@@ -262,7 +275,8 @@ async fn chmod(body: bytes::Bytes) -> Result<Json<FileStat>, AgentError> {
         return Err(AgentError::bad(format!("mode {:o} is out of range", r.mode)));
     }
     blocking(move || {
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(r.mode)).map_err(|e| io_err("chmod", &path, e))?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(r.mode))
+            .map_err(|e| io_err("chmod", &path, e))?;
         stat_of(&path).map_err(|e| io_err("stat", &path, e))
     })
     .await

@@ -83,7 +83,8 @@ struct User {
 fn resolve_user(spec: Option<&str>) -> Result<User, String> {
     let spec = spec.unwrap_or("root");
     let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
-    let entries: Vec<Vec<&str>> = passwd.lines().map(|l| l.split(':').collect()).filter(|f: &Vec<&str>| f.len() >= 7).collect();
+    let entries: Vec<Vec<&str>> =
+        passwd.lines().map(|l| l.split(':').collect()).filter(|f: &Vec<&str>| f.len() >= 7).collect();
     let (user_part, group_part) = match spec.split_once(':') {
         Some((u, g)) => (u, Some(g)),
         None => (spec, None),
@@ -136,7 +137,13 @@ impl Table {
             return Err(SpawnError::Invalid("empty command".into()));
         }
         let user = resolve_user(req.user.as_deref()).map_err(SpawnError::Invalid)?;
-        let cwd = req.cwd.clone().unwrap_or_else(|| if std::path::Path::new(&user.home).is_dir() { user.home.clone() } else { "/".into() });
+        let cwd = req.cwd.clone().unwrap_or_else(|| {
+            if std::path::Path::new(&user.home).is_dir() {
+                user.home.clone()
+            } else {
+                "/".into()
+            }
+        });
         if !std::path::Path::new(&cwd).is_dir() {
             return Err(SpawnError::Invalid(format!("working directory '{cwd}' does not exist in the sandbox")));
         }
@@ -154,7 +161,9 @@ impl Table {
 
         let (uid, gid, groups) = (user.uid, user.gid, user.groups.clone());
         let pty_pair = match req.pty {
-            Some(size) => Some(pty::Master::open(size).map_err(|e| SpawnError::Invalid(format!("cannot open a pty: {e}")))?),
+            Some(size) => {
+                Some(pty::Master::open(size).map_err(|e| SpawnError::Invalid(format!("cannot open a pty: {e}")))?)
+            }
             None => None,
         };
         let is_pty = pty_pair.is_some();
@@ -176,23 +185,23 @@ impl Table {
         // setgid, setuid) run between fork and exec.
         if !already_root {
             unsafe {
-            cmd.pre_exec(move || {
-                if is_pty {
-                    if libc::setsid() < 0 {
+                cmd.pre_exec(move || {
+                    if is_pty {
+                        if libc::setsid() < 0 {
+                            return Err(io::Error::last_os_error());
+                        }
+                        if libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
+                            return Err(io::Error::last_os_error());
+                        }
+                    }
+                    if libc::setgroups(groups.len(), groups.as_ptr()) < 0 {
                         return Err(io::Error::last_os_error());
                     }
-                    if libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
+                    if libc::setgid(gid) < 0 || libc::setuid(uid) < 0 {
                         return Err(io::Error::last_os_error());
                     }
-                }
-                if libc::setgroups(groups.len(), groups.as_ptr()) < 0 {
-                    return Err(io::Error::last_os_error());
-                }
-                if libc::setgid(gid) < 0 || libc::setuid(uid) < 0 {
-                    return Err(io::Error::last_os_error());
-                }
-                Ok(())
-            });
+                    Ok(())
+                });
             }
         }
 
@@ -266,7 +275,13 @@ impl Table {
         }
         // `child` is dropped without waiting: the reaper owns exit statuses.
         drop(child);
-        tokio::spawn(supervise(self.clone(), proc.clone(), exit_rx, readers, req.timeout_ms.map(Duration::from_millis)));
+        tokio::spawn(supervise(
+            self.clone(),
+            proc.clone(),
+            exit_rx,
+            readers,
+            req.timeout_ms.map(Duration::from_millis),
+        ));
         Ok(proc)
     }
 
@@ -393,7 +408,9 @@ async fn supervise(
     }
     let mut exit = match status {
         Some(WaitStatus::Exited(_, code)) => ExitStatus { exit_code: code, ..Default::default() },
-        Some(WaitStatus::Signaled(_, sig, _)) => ExitStatus { exit_code: 128 + sig as i32, signal: Some(sig as i32), ..Default::default() },
+        Some(WaitStatus::Signaled(_, sig, _)) => {
+            ExitStatus { exit_code: 128 + sig as i32, signal: Some(sig as i32), ..Default::default() }
+        }
         _ => ExitStatus { exit_code: 255, message: Some("exit status lost".into()), ..Default::default() },
     };
     exit.timed_out = timed_out;

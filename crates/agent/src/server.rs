@@ -70,7 +70,9 @@ async fn check_version(req: Request, next: Next) -> Response {
         return AgentError {
             status: StatusCode::BAD_REQUEST,
             code: "protocol_mismatch",
-            message: format!("agent speaks protocol {PROTOCOL_VERSION}, request has {v:?}; upgrade the host or the agent"),
+            message: format!(
+                "agent speaks protocol {PROTOCOL_VERSION}, request has {v:?}; upgrade the host or the agent"
+            ),
         }
         .into_response();
     }
@@ -86,7 +88,8 @@ async fn list(State(s): State<AppState>) -> Json<Vec<spinup_protocol::ProcessInf
 }
 
 fn frame_body(rx: mpsc::Receiver<Bytes>) -> Response {
-    let stream = futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|b| (Ok::<_, std::io::Error>(b), rx)) });
+    let stream =
+        futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|b| (Ok::<_, std::io::Error>(b), rx)) });
     Body::from_stream(stream).into_response()
 }
 
@@ -107,7 +110,8 @@ async fn exec(State(s): State<AppState>, body: Body) -> Result<Response, AgentEr
         }
         Err(SpawnError::Exec { exit_code, message }) => {
             let _ = tx.try_send(Frame::Stderr(Bytes::from(format!("{message}\n"))).encode());
-            let _ = tx.try_send(Frame::Exit(ExitStatus { exit_code, message: Some(message), ..Default::default() }).encode());
+            let _ = tx
+                .try_send(Frame::Exit(ExitStatus { exit_code, message: Some(message), ..Default::default() }).encode());
         }
         Err(SpawnError::Invalid(m)) => return Err(AgentError::bad(m)),
     }
@@ -183,14 +187,22 @@ pub fn parse<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, AgentErr
     serde_json::from_slice(body).map_err(|e| AgentError::bad(format!("malformed JSON body: {e}")))
 }
 
-async fn signal(State(s): State<AppState>, Path(pid): Path<u32>, body: Bytes) -> Result<Json<serde_json::Value>, AgentError> {
+async fn signal(
+    State(s): State<AppState>,
+    Path(pid): Path<u32>,
+    body: Bytes,
+) -> Result<Json<serde_json::Value>, AgentError> {
     let req: SignalRequest = parse(&body)?;
     if !(1..=64).contains(&req.signal) {
         return Err(AgentError::bad(format!("signal {} is out of range 1-64", req.signal)));
     }
     let p = s.table.get(pid).ok_or_else(|| AgentError::not_found(format!("no process with pid {pid}")))?;
     if !p.is_running() {
-        return Err(AgentError { status: StatusCode::CONFLICT, code: "conflict", message: format!("process {pid} has exited") });
+        return Err(AgentError {
+            status: StatusCode::CONFLICT,
+            code: "conflict",
+            message: format!("process {pid} has exited"),
+        });
     }
     p.signal(req.signal);
     Ok(Json(serde_json::json!({})))
@@ -202,13 +214,22 @@ struct StdinQuery {
     close: bool,
 }
 
-async fn stdin(State(s): State<AppState>, Path(pid): Path<u32>, Query(q): Query<StdinQuery>, body: Body) -> Result<Json<serde_json::Value>, AgentError> {
+async fn stdin(
+    State(s): State<AppState>,
+    Path(pid): Path<u32>,
+    Query(q): Query<StdinQuery>,
+    body: Body,
+) -> Result<Json<serde_json::Value>, AgentError> {
     let p = s.table.get(pid).ok_or_else(|| AgentError::not_found(format!("no process with pid {pid}")))?;
     let mut data = body.into_data_stream();
     while let Some(chunk) = data.next().await {
         let chunk = chunk.map_err(|e| AgentError::bad(format!("stdin body: {e}")))?;
         if !p.write_stdin(chunk) {
-            return Err(AgentError { status: StatusCode::CONFLICT, code: "conflict", message: format!("stdin of process {pid} is closed") });
+            return Err(AgentError {
+                status: StatusCode::CONFLICT,
+                code: "conflict",
+                message: format!("stdin of process {pid} is closed"),
+            });
         }
     }
     if q.close {

@@ -64,7 +64,9 @@ impl Conn {
 }
 
 fn rss_kib(pid: u32, field: &str) -> u64 {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).or_else(|_| std::fs::read_to_string(format!("/proc/{pid}/status"))).unwrap_or_default();
+    let s = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))
+        .or_else(|_| std::fs::read_to_string(format!("/proc/{pid}/status")))
+        .unwrap_or_default();
     s.lines()
         .find(|l| l.starts_with(field))
         .and_then(|l| l.split_whitespace().nth(1))
@@ -112,10 +114,14 @@ pub async fn run(c: &Client, o: Opts) -> Result<Value> {
         if st != 201 {
             bail!("create failed: {v}");
         }
-        tmp.call("DELETE", &format!("/v1/sandboxes/{}?force=true", v["id"].as_str().unwrap_or("")), json!(null)).await?;
+        tmp.call("DELETE", &format!("/v1/sandboxes/{}?force=true", v["id"].as_str().unwrap_or("")), json!(null))
+            .await?;
     }
     let env = c.json(http::Method::GET, "/v1/environments/busybox", None).await?;
-    let layer = o.data_dir.join("environments/layers").join(env["layers"][0].as_str().unwrap_or("").trim_start_matches("sha256:"));
+    let layer = o
+        .data_dir
+        .join("environments/layers")
+        .join(env["layers"][0].as_str().unwrap_or("").trim_start_matches("sha256:"));
     if !layer.join("bin/busybox").exists() {
         bail!("busybox layer not found at {} (pass --data-dir of the running daemon)", layer.display());
     }
@@ -242,10 +248,15 @@ pub async fn run(c: &Client, o: Opts) -> Result<Value> {
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
     let daemon_after = rss_kib(daemon_pid, "Rss:");
-    let agent_pids = pids_where(|exe, _| exe.starts_with(&agents_dir) || exe.to_string_lossy().contains("/run/spinup/spinup-agent"));
+    let agent_pids =
+        pids_where(|exe, _| exe.starts_with(&agents_dir) || exe.to_string_lossy().contains("/run/spinup/spinup-agent"));
     let agent_pids: Vec<u32> = agent_pids
         .into_iter()
-        .filter(|p| std::fs::read_to_string(format!("/proc/{p}/cmdline")).unwrap_or_default().starts_with("/run/spinup/spinup-agent"))
+        .filter(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/cmdline"))
+                .unwrap_or_default()
+                .starts_with("/run/spinup/spinup-agent")
+        })
         .collect();
     let agent_pss: u64 = agent_pids.iter().map(|p| rss_kib(*p, "Pss:")).sum();
     let agent_rss: u64 = agent_pids.iter().map(|p| rss_kib(*p, "Rss:")).sum();
@@ -257,7 +268,8 @@ pub async fn run(c: &Client, o: Opts) -> Result<Value> {
     let agent_each_pss = agent_pss as f64 / agent_pids.len().max(1) as f64 / 1024.0;
     let agent_each_rss = agent_rss as f64 / agent_pids.len().max(1) as f64 / 1024.0;
 
-    let (ce, rt, rn, bw, inf, sp, rh) = (stats(create_exec), stats(rtt), stats(runc), stats(bwrap), stats(info), stats(spawn), stats(runc_hard));
+    let (ce, rt, rn, bw, inf, sp, rh) =
+        (stats(create_exec), stats(rtt), stats(runc), stats(bwrap), stats(info), stats(spawn), stats(runc_hard));
     Ok(json!({
         "iterations": o.iterations,
         "exec_iterations": o.exec_iterations,
@@ -285,7 +297,11 @@ pub async fn run(c: &Client, o: Opts) -> Result<Value> {
 
 pub fn print_table(v: &Value) {
     let row = |name: &str, k: &str| {
-        println!("| {name} | {:.2} | {:.2} |", v[k]["p50"].as_f64().unwrap_or(0.0), v[k]["p95"].as_f64().unwrap_or(0.0));
+        println!(
+            "| {name} | {:.2} | {:.2} |",
+            v[k]["p50"].as_f64().unwrap_or(0.0),
+            v[k]["p95"].as_f64().unwrap_or(0.0)
+        );
     };
     println!("| measure (ms) | p50 | p95 |");
     println!("|---|---|---|");
@@ -297,8 +313,14 @@ pub fn print_table(v: &Value) {
     row("spinup agent info round trip (no process)", "info_round_trip_ms");
     row("baseline: host fork+exec+wait of busybox true", "host_spawn_true_ms");
     println!();
-    println!("create → first exec vs runc run (minimal spec): {:.2}×", v["ratio_create_exec_vs_runc_p50"].as_f64().unwrap_or(0.0));
-    println!("create → first exec vs runc run (Spinup's spec): {:.2}×", v["ratio_create_exec_vs_runc_spinup_spec_p50"].as_f64().unwrap_or(0.0));
+    println!(
+        "create → first exec vs runc run (minimal spec): {:.2}×",
+        v["ratio_create_exec_vs_runc_p50"].as_f64().unwrap_or(0.0)
+    );
+    println!(
+        "create → first exec vs runc run (Spinup's spec): {:.2}×",
+        v["ratio_create_exec_vs_runc_spinup_spec_p50"].as_f64().unwrap_or(0.0)
+    );
     println!("create → first exec vs bwrap: {:.2}×", v["ratio_create_exec_vs_bwrap_p50"].as_f64().unwrap_or(0.0));
     println!("exec round trip vs a bare host spawn: {:.2}×", v["ratio_exec_vs_host_spawn_p50"].as_f64().unwrap_or(0.0));
     let m = &v["idle_memory_mib"];

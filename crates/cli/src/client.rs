@@ -44,7 +44,9 @@ impl Client {
     pub fn new(host: Option<String>, api_key: Option<String>) -> Result<Client> {
         let target = match host {
             None => Target::Unix(PathBuf::from(spinup_daemon::DEFAULT_SOCKET)),
-            Some(h) if h.starts_with("http://") => Target::Tcp { authority: h.trim_start_matches("http://").trim_end_matches('/').to_string() },
+            Some(h) if h.starts_with("http://") => {
+                Target::Tcp { authority: h.trim_start_matches("http://").trim_end_matches('/').to_string() }
+            }
             Some(h) if h.starts_with("unix://") => Target::Unix(PathBuf::from(h.trim_start_matches("unix://"))),
             Some(h) if h.starts_with('/') => Target::Unix(PathBuf::from(h)),
             Some(h) => bail!("--host '{h}' must be a socket path, unix://PATH or http://HOST:PORT"),
@@ -58,7 +60,9 @@ impl Client {
                 format!("cannot reach the spinup daemon at {} (is `spinup serve` running? are you root?)", p.display())
             })?)),
             Target::Tcp { authority } => Ok(Box::new(
-                tokio::net::TcpStream::connect(authority).await.with_context(|| format!("cannot reach the spinup daemon at {authority}"))?,
+                tokio::net::TcpStream::connect(authority)
+                    .await
+                    .with_context(|| format!("cannot reach the spinup daemon at {authority}"))?,
             )),
         }
     }

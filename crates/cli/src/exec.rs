@@ -129,7 +129,9 @@ where
     if tty {
         let tx = tx.clone();
         tokio::spawn(async move {
-            let Ok(mut winch) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::window_change()) else { return };
+            let Ok(mut winch) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::window_change()) else {
+                return;
+            };
             while winch.recv().await.is_some() {
                 if tx.send(Frame::Resize(term_size())).await.is_err() {
                     break;

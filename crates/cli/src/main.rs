@@ -157,16 +157,27 @@ enum Cmd {
 enum EnvCmd {
     Ls,
     /// Import a rootfs directory or tarball (tar, tar.gz).
-    Import { name: String, path: PathBuf },
+    Import {
+        name: String,
+        path: PathBuf,
+    },
     /// Build a built-in recipe (busybox, debian).
-    Build { name: String },
-    Rm { name: String },
+    Build {
+        name: String,
+    },
+    Rm {
+        name: String,
+    },
 }
 
 fn labels_map(labels: &[String]) -> Result<BTreeMap<String, String>> {
     labels
         .iter()
-        .map(|l| l.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())).with_context(|| format!("label '{l}' must be key=value")))
+        .map(|l| {
+            l.split_once('=')
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .with_context(|| format!("label '{l}' must be key=value"))
+        })
         .collect()
 }
 
@@ -204,9 +215,13 @@ fn ago(ms: i64) -> String {
 /// Build a built-in environment with a progress spinner.
 async fn build_env(c: &Client, name: &str, quiet_json: bool) -> Result<Value> {
     use futures::StreamExt;
-    let resp = c.request(Method::POST, &format!("/v1/environments/{}/build", enc(name)), spinup_protocol::client::empty_body()).await?;
+    let resp = c
+        .request(Method::POST, &format!("/v1/environments/{}/build", enc(name)), spinup_protocol::client::empty_body())
+        .await?;
     let pb = indicatif::ProgressBar::new_spinner();
-    pb.set_style(indicatif::ProgressStyle::with_template("{spinner} [{elapsed}] building {prefix}: {wide_msg}").unwrap());
+    pb.set_style(
+        indicatif::ProgressStyle::with_template("{spinner} [{elapsed}] building {prefix}: {wide_msg}").unwrap(),
+    );
     pb.set_prefix(name.to_string());
     pb.enable_steady_tick(std::time::Duration::from_millis(120));
     if quiet_json {
@@ -250,7 +265,13 @@ async fn cp(c: &Client, src: &str, dst: &str) -> Result<()> {
         (Some(_), Some(_)) => bail!("copying between two sandboxes is not supported; copy through the host"),
         (None, None) => bail!("one of SRC and DST must be ID:/path"),
         (Some((id, path)), None) => {
-            let resp = c.request(Method::GET, &format!("/v1/sandboxes/{id}/files?path={}", enc(path)), spinup_protocol::client::empty_body()).await?;
+            let resp = c
+                .request(
+                    Method::GET,
+                    &format!("/v1/sandboxes/{id}/files?path={}", enc(path)),
+                    spinup_protocol::client::empty_body(),
+                )
+                .await?;
             let mut body = resp.into_body().into_data_stream();
             let mut out: Box<dyn tokio::io::AsyncWrite + Unpin> = if dst == "-" {
                 Box::new(tokio::io::stdout())
@@ -259,7 +280,9 @@ async fn cp(c: &Client, src: &str, dst: &str) -> Result<()> {
                 if local.is_dir() {
                     local = local.join(std::path::Path::new(path).file_name().context("source has no file name")?);
                 }
-                Box::new(tokio::fs::File::create(&local).await.with_context(|| format!("creating {}", local.display()))?)
+                Box::new(
+                    tokio::fs::File::create(&local).await.with_context(|| format!("creating {}", local.display()))?,
+                )
             };
             while let Some(chunk) = body.next().await {
                 out.write_all(&chunk?).await?;
@@ -271,7 +294,9 @@ async fn cp(c: &Client, src: &str, dst: &str) -> Result<()> {
             if path.ends_with('/') {
                 let name = std::path::Path::new(src).file_name().context("source has no file name")?;
                 path.push_str(&name.to_string_lossy());
-            } else if let Ok(st) = c.json(Method::GET, &format!("/v1/sandboxes/{id}/files/stat?path={}", enc(&path)), None).await {
+            } else if let Ok(st) =
+                c.json(Method::GET, &format!("/v1/sandboxes/{id}/files/stat?path={}", enc(&path)), None).await
+            {
                 if st["kind"] == "dir" {
                     let name = std::path::Path::new(src).file_name().context("source has no file name")?;
                     path = format!("{}/{}", path.trim_end_matches('/'), name.to_string_lossy());
@@ -282,7 +307,9 @@ async fn cp(c: &Client, src: &str, dst: &str) -> Result<()> {
             } else {
                 let m = std::fs::metadata(src).with_context(|| format!("reading {src}"))?;
                 if m.is_dir() {
-                    bail!("{src} is a directory; cp copies files (use `spinup env import` or tar through exec for trees)");
+                    bail!(
+                        "{src} is a directory; cp copies files (use `spinup env import` or tar through exec for trees)"
+                    );
                 }
                 use std::os::unix::fs::PermissionsExt;
                 Some(m.permissions().mode() & 0o7777)
@@ -301,7 +328,9 @@ async fn cp(c: &Client, src: &str, dst: &str) -> Result<()> {
     Ok(())
 }
 
-fn tokio_util_stream(r: Box<dyn tokio::io::AsyncRead + Unpin + Send>) -> impl futures::Stream<Item = std::io::Result<Bytes>> + Send {
+fn tokio_util_stream(
+    r: Box<dyn tokio::io::AsyncRead + Unpin + Send>,
+) -> impl futures::Stream<Item = std::io::Result<Bytes>> + Send {
     tokio_util::io::ReaderStream::with_capacity(r, 256 * 1024)
 }
 
@@ -316,7 +345,12 @@ async fn run(cli: Cli) -> Result<i32> {
                 build_env(&c, &env, cli.json).await?;
             }
             let mut resources = serde_json::Map::new();
-            for (k, v) in [("memory_mib", memory.map(Value::from)), ("vcpus", cpus.map(Value::from)), ("pids", pids.map(Value::from)), ("disk_mib", disk.map(Value::from))] {
+            for (k, v) in [
+                ("memory_mib", memory.map(Value::from)),
+                ("vcpus", cpus.map(Value::from)),
+                ("pids", pids.map(Value::from)),
+                ("disk_mib", disk.map(Value::from)),
+            ] {
                 if let Some(v) = v {
                     resources.insert(k.into(), v);
                 }
@@ -363,16 +397,42 @@ async fn run(cli: Cli) -> Result<i32> {
             if cli.json {
                 print_json(&v);
             } else {
-                let rows = v.as_array().cloned().unwrap_or_default().iter().map(|p| {
-                    let state = if p["running"] == true { "running".to_string() } else { format!("exited({})", p["exit"]["exit_code"]) };
-                    let argv: Vec<String> = p["argv"].as_array().cloned().unwrap_or_default().iter().map(|a| a.as_str().unwrap_or("").to_string()).collect();
-                    vec![p["pid"].to_string(), state, if p["background"] == true { "yes".into() } else { "no".into() }, argv.join(" ")]
-                }).collect();
+                let rows = v
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default()
+                    .iter()
+                    .map(|p| {
+                        let state = if p["running"] == true {
+                            "running".to_string()
+                        } else {
+                            format!("exited({})", p["exit"]["exit_code"])
+                        };
+                        let argv: Vec<String> = p["argv"]
+                            .as_array()
+                            .cloned()
+                            .unwrap_or_default()
+                            .iter()
+                            .map(|a| a.as_str().unwrap_or("").to_string())
+                            .collect();
+                        vec![
+                            p["pid"].to_string(),
+                            state,
+                            if p["background"] == true { "yes".into() } else { "no".into() },
+                            argv.join(" "),
+                        ]
+                    })
+                    .collect();
                 table(&["PID", "STATE", "BACKGROUND", "COMMAND"], rows);
             }
         }
         Cmd::Kill { id, pid, signal } => {
-            c.json(Method::POST, &format!("/v1/sandboxes/{}/processes/{pid}/signal", enc(&id)), Some(json!({"signal": signal}))).await?;
+            c.json(
+                Method::POST,
+                &format!("/v1/sandboxes/{}/processes/{pid}/signal", enc(&id)),
+                Some(json!({"signal": signal})),
+            )
+            .await?;
         }
         Cmd::Ls { labels } => {
             let q: Vec<String> = labels.iter().map(|l| format!("label={}", enc(l))).collect();
@@ -380,17 +440,26 @@ async fn run(cli: Cli) -> Result<i32> {
             if cli.json {
                 print_json(&v);
             } else {
-                let rows = v.as_array().cloned().unwrap_or_default().iter().map(|s| {
-                    let labels: Vec<String> = s["labels"].as_object().map(|m| m.iter().map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or(""))).collect()).unwrap_or_default();
-                    vec![
-                        s["id"].as_str().unwrap_or("").into(),
-                        s["env"].as_str().unwrap_or("").into(),
-                        s["driver"].as_str().unwrap_or("").into(),
-                        s["state"].as_str().unwrap_or("").into(),
-                        ago(s["created_at"].as_i64().unwrap_or(0)),
-                        labels.join(","),
-                    ]
-                }).collect();
+                let rows = v
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default()
+                    .iter()
+                    .map(|s| {
+                        let labels: Vec<String> = s["labels"]
+                            .as_object()
+                            .map(|m| m.iter().map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or(""))).collect())
+                            .unwrap_or_default();
+                        vec![
+                            s["id"].as_str().unwrap_or("").into(),
+                            s["env"].as_str().unwrap_or("").into(),
+                            s["driver"].as_str().unwrap_or("").into(),
+                            s["state"].as_str().unwrap_or("").into(),
+                            ago(s["created_at"].as_i64().unwrap_or(0)),
+                            labels.join(","),
+                        ]
+                    })
+                    .collect();
                 table(&["ID", "ENV", "DRIVER", "STATE", "CREATED", "LABELS"], rows);
             }
         }
@@ -409,7 +478,9 @@ async fn run(cli: Cli) -> Result<i32> {
             return Ok(if failed { 1 } else { 0 });
         }
         Cmd::Timeout { id, seconds } => {
-            let v = c.json(Method::PUT, &format!("/v1/sandboxes/{}/timeout", enc(&id)), Some(json!({"timeout_s": seconds}))).await?;
+            let v = c
+                .json(Method::PUT, &format!("/v1/sandboxes/{}/timeout", enc(&id)), Some(json!({"timeout_s": seconds})))
+                .await?;
             if cli.json {
                 print_json(&v);
             }
@@ -420,15 +491,21 @@ async fn run(cli: Cli) -> Result<i32> {
             if cli.json {
                 print_json(&v);
             } else {
-                let rows = v["environments"].as_array().cloned().unwrap_or_default().iter().map(|e| {
-                    vec![
-                        e["name"].as_str().unwrap_or("").into(),
-                        e["digest"].as_str().unwrap_or("").chars().take(19).collect(),
-                        e["layers"].as_array().map(|l| l.len()).unwrap_or(0).to_string(),
-                        format!("{} MiB", e["size_bytes"].as_u64().unwrap_or(0) >> 20),
-                        ago(e["created_at"].as_i64().unwrap_or(0)),
-                    ]
-                }).collect();
+                let rows = v["environments"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default()
+                    .iter()
+                    .map(|e| {
+                        vec![
+                            e["name"].as_str().unwrap_or("").into(),
+                            e["digest"].as_str().unwrap_or("").chars().take(19).collect(),
+                            e["layers"].as_array().map(|l| l.len()).unwrap_or(0).to_string(),
+                            format!("{} MiB", e["size_bytes"].as_u64().unwrap_or(0) >> 20),
+                            ago(e["created_at"].as_i64().unwrap_or(0)),
+                        ]
+                    })
+                    .collect();
                 table(&["NAME", "DIGEST", "LAYERS", "SIZE", "CREATED"], rows);
             }
         }
@@ -460,9 +537,18 @@ async fn run(cli: Cli) -> Result<i32> {
             let pb = indicatif::ProgressBar::new_spinner();
             pb.set_message(format!("importing {} as {name}", path.display()));
             pb.enable_steady_tick(std::time::Duration::from_millis(120));
-            let res = c.json_body(Method::POST, &format!("/v1/environments/{}/import", enc(&name)), spinup_protocol::client::channel_body(rx)).await;
+            let res = c
+                .json_body(
+                    Method::POST,
+                    &format!("/v1/environments/{}/import", enc(&name)),
+                    spinup_protocol::client::channel_body(rx),
+                )
+                .await;
             pb.finish_and_clear();
-            producer.join().map_err(|_| anyhow::anyhow!("tar thread panicked"))?.with_context(|| format!("reading {}", path.display()))?;
+            producer
+                .join()
+                .map_err(|_| anyhow::anyhow!("tar thread panicked"))?
+                .with_context(|| format!("reading {}", path.display()))?;
             let v = res?;
             if cli.json {
                 print_json(&v);
@@ -484,18 +570,24 @@ async fn run(cli: Cli) -> Result<i32> {
                 print_json(&v);
             } else {
                 let yn = |b: &Value| if b == true { "yes" } else { "no" }.to_string();
-                let rows = v.as_array().cloned().unwrap_or_default().iter().map(|d| {
-                    let mut r = vec![
-                        d["driver"].as_str().unwrap_or("").to_string(),
-                        yn(&d["available"]),
-                        d["isolation"].as_str().unwrap_or("").to_string(),
-                        d["backend"].as_str().unwrap_or("-").to_string(),
-                    ];
-                    for cap in spinup_model::Capabilities::NAMES {
-                        r.push(yn(&d[cap]));
-                    }
-                    r
-                }).collect();
+                let rows = v
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default()
+                    .iter()
+                    .map(|d| {
+                        let mut r = vec![
+                            d["driver"].as_str().unwrap_or("").to_string(),
+                            yn(&d["available"]),
+                            d["isolation"].as_str().unwrap_or("").to_string(),
+                            d["backend"].as_str().unwrap_or("-").to_string(),
+                        ];
+                        for cap in spinup_model::Capabilities::NAMES {
+                            r.push(yn(&d[cap]));
+                        }
+                        r
+                    })
+                    .collect();
                 let mut headers = vec!["DRIVER", "AVAILABLE", "ISOLATION", "BACKEND"];
                 headers.extend(spinup_model::Capabilities::NAMES);
                 table(&headers, rows);
@@ -522,11 +614,21 @@ fn main() {
     let cli = Cli::parse();
     if let Cmd::Serve { data_dir, socket, tcp, runtime, cgroup_parent } = cli.cmd {
         tracing_subscriber::fmt()
-            .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("SPINUP_LOG").unwrap_or_else(|_| "info".into()))
+            .with_env_filter(
+                tracing_subscriber::EnvFilter::try_from_env("SPINUP_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .with_writer(std::io::stderr)
             .init();
         let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
-        let cfg = spinup_daemon::Config { data_dir, socket, tcp, api_key: cli.api_key, runtime, agent: AGENT.to_vec(), cgroup_parent };
+        let cfg = spinup_daemon::Config {
+            data_dir,
+            socket,
+            tcp,
+            api_key: cli.api_key,
+            runtime,
+            agent: AGENT.to_vec(),
+            cgroup_parent,
+        };
         if let Err(e) = rt.block_on(spinup_daemon::run(cfg)) {
             eprintln!("spinup serve: {e:#}");
             std::process::exit(1);

@@ -35,7 +35,10 @@ async fn exec_streams_exit_codes_env_cwd_user() {
     let d = shared();
     let id = d.create(json!({"labels": {"suite": "exec"}})).await;
     let v = d.sh(&id, "echo out; echo err >&2; exit 7").await;
-    assert_eq!((v["stdout"].as_str(), v["stderr"].as_str(), v["exit_code"].as_i64()), (Some("out\n"), Some("err\n"), Some(7)));
+    assert_eq!(
+        (v["stdout"].as_str(), v["stderr"].as_str(), v["exit_code"].as_i64()),
+        (Some("out\n"), Some("err\n"), Some(7))
+    );
 
     let v = d.exec(&id, json!({"argv": ["sh", "-c", "echo $FOO; pwd; id -u"], "env": {"FOO": "bar"}, "cwd": "/tmp", "user": "nobody"})).await;
     assert_eq!(v["stdout"], "bar\n/tmp\n65534\n", "{v}");
@@ -86,7 +89,13 @@ async fn exec_timeout_kills_the_whole_process_group() {
 async fn ndjson_streaming_exec() {
     let d = shared();
     let id = d.create(json!({})).await;
-    let (st, body) = d.raw("POST", &format!("/v1/sandboxes/{id}/exec?stream=true"), Bytes::from(json!({"cmd": "echo a; echo b >&2; exit 4"}).to_string())).await;
+    let (st, body) = d
+        .raw(
+            "POST",
+            &format!("/v1/sandboxes/{id}/exec?stream=true"),
+            Bytes::from(json!({"cmd": "echo a; echo b >&2; exit 4"}).to_string()),
+        )
+        .await;
     assert_eq!(st, 200);
     let events: Vec<Value> = String::from_utf8_lossy(&body).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(events.first().unwrap()["type"], "started");
@@ -101,7 +110,16 @@ async fn ndjson_streaming_exec() {
 async fn websocket_exec_with_streamed_stdin() {
     let d = shared();
     let id = d.create(json!({})).await;
-    let mut ws = d.ws_exec(&id, ExecRequest { argv: vec!["sh".into(), "-c".into(), "while read l; do echo got:$l; done; echo done >&2".into()], stdin: true, ..Default::default() }).await;
+    let mut ws = d
+        .ws_exec(
+            &id,
+            ExecRequest {
+                argv: vec!["sh".into(), "-c".into(), "while read l; do echo got:$l; done; echo done >&2".into()],
+                stdin: true,
+                ..Default::default()
+            },
+        )
+        .await;
     assert!(matches!(next_frame(&mut ws).await, Some(Frame::Started(_))));
     ws.send(Message::Binary(Frame::Stdin(Bytes::from_static(b"one\n")).encode())).await.unwrap();
     read_until(&mut ws, "got:one").await;
@@ -128,10 +146,14 @@ async fn websocket_exec_with_streamed_stdin() {
 async fn foreground_exec_dies_with_its_client() {
     let d = shared();
     let id = d.create(json!({})).await;
-    let mut ws = d.ws_exec(&id, ExecRequest { cmd: Some("echo started; exec sleep 1000".into()), ..Default::default() }).await;
+    let mut ws =
+        d.ws_exec(&id, ExecRequest { cmd: Some("echo started; exec sleep 1000".into()), ..Default::default() }).await;
     read_until(&mut ws, "started").await;
     drop(ws);
-    eventually("sleep killed after the client left", 10, || async { d.ok(&id, "ps -o comm | grep -c sleep || true").await.trim() == "0" }).await;
+    eventually("sleep killed after the client left", 10, || async {
+        d.ok(&id, "ps -o comm | grep -c sleep || true").await.trim() == "0"
+    })
+    .await;
     d.rm(&id).await;
 }
 
@@ -139,7 +161,17 @@ async fn foreground_exec_dies_with_its_client() {
 async fn background_processes_list_attach_stdin_signal() {
     let d = shared();
     let id = d.create(json!({})).await;
-    let mut ws = d.ws_exec(&id, ExecRequest { cmd: Some("while read l; do echo bg:$l; done".into()), background: true, stdin: true, ..Default::default() }).await;
+    let mut ws = d
+        .ws_exec(
+            &id,
+            ExecRequest {
+                cmd: Some("while read l; do echo bg:$l; done".into()),
+                background: true,
+                stdin: true,
+                ..Default::default()
+            },
+        )
+        .await;
     let pid = match next_frame(&mut ws).await {
         Some(Frame::Started(s)) => s.pid,
         other => panic!("{other:?}"),
@@ -159,7 +191,8 @@ async fn background_processes_list_attach_stdin_signal() {
     d.raw("POST", &format!("/v1/sandboxes/{id}/processes/{pid}/stdin"), Bytes::from_static(b"y\n")).await;
     read_until(&mut ws, "bg:y").await;
 
-    let (st, _) = d.req("POST", &format!("/v1/sandboxes/{id}/processes/{pid}/signal"), Some(json!({"signal": 15}))).await;
+    let (st, _) =
+        d.req("POST", &format!("/v1/sandboxes/{id}/processes/{pid}/signal"), Some(json!({"signal": 15}))).await;
     assert_eq!(st, 200);
     loop {
         match next_frame(&mut ws).await {
@@ -171,9 +204,11 @@ async fn background_processes_list_attach_stdin_signal() {
             None => panic!("attach stream ended without exit"),
         }
     }
-    let (st, _) = d.req("POST", &format!("/v1/sandboxes/{id}/processes/999999/signal"), Some(json!({"signal": 15}))).await;
+    let (st, _) =
+        d.req("POST", &format!("/v1/sandboxes/{id}/processes/999999/signal"), Some(json!({"signal": 15}))).await;
     assert_eq!(st, 404);
-    let (st, _) = d.req("POST", &format!("/v1/sandboxes/{id}/processes/{pid}/signal"), Some(json!({"signal": 99}))).await;
+    let (st, _) =
+        d.req("POST", &format!("/v1/sandboxes/{id}/processes/{pid}/signal"), Some(json!({"signal": 99}))).await;
     assert_eq!(st, 400);
     d.rm(&id).await;
 }
@@ -182,9 +217,20 @@ async fn background_processes_list_attach_stdin_signal() {
 async fn pty_size_resize_and_input() {
     let d = shared();
     let id = d.create(json!({})).await;
-    let mut ws = d.ws_exec(&id, ExecRequest { argv: vec!["/bin/sh".into()], pty: Some(PtySize { cols: 100, rows: 30 }), ..Default::default() }).await;
+    let mut ws = d
+        .ws_exec(
+            &id,
+            ExecRequest {
+                argv: vec!["/bin/sh".into()],
+                pty: Some(PtySize { cols: 100, rows: 30 }),
+                ..Default::default()
+            },
+        )
+        .await;
     assert!(matches!(next_frame(&mut ws).await, Some(Frame::Started(_))));
-    ws.send(Message::Binary(Frame::Stdin(Bytes::from_static(b"tty; stty size; echo term=$TERM\n")).encode())).await.unwrap();
+    ws.send(Message::Binary(Frame::Stdin(Bytes::from_static(b"tty; stty size; echo term=$TERM\n")).encode()))
+        .await
+        .unwrap();
     let out = read_until(&mut ws, "term=xterm-256color").await;
     assert!(out.contains("/dev/pts/"), "{out}");
     assert!(out.contains("30 100"), "{out}");
@@ -220,12 +266,17 @@ async fn file_operations() {
     let d = shared();
     let id = d.create(json!({})).await;
     let base = format!("/v1/sandboxes/{id}/files");
-    let (st, v) = d.raw("PUT", &format!("{base}?path=/data/a/b/hello.txt&mode=384"), Bytes::from_static(b"hi there")).await;
+    let (st, v) =
+        d.raw("PUT", &format!("{base}?path=/data/a/b/hello.txt&mode=384"), Bytes::from_static(b"hi there")).await;
     assert_eq!(st, 200, "{v:?}");
     let (st, body) = d.raw("GET", &format!("{base}?path=/data/a/b/hello.txt"), Bytes::new()).await;
     assert_eq!((st, body.as_ref()), (200, b"hi there".as_ref()));
     let (_, s) = d.req("GET", &format!("{base}/stat?path=/data/a/b/hello.txt"), None).await;
-    assert_eq!((s["size"].as_u64(), s["mode"].as_u64(), s["kind"].as_str()), (Some(8), Some(0o600), Some("file")), "{s}");
+    assert_eq!(
+        (s["size"].as_u64(), s["mode"].as_u64(), s["kind"].as_str()),
+        (Some(8), Some(0o600), Some("file")),
+        "{s}"
+    );
     assert_eq!(d.ok(&id, "cat /data/a/b/hello.txt").await, "hi there");
 
     let (st, _) = d.req("POST", &format!("{base}/mkdir"), Some(json!({"path": "/data/x/y/z"}))).await;
@@ -237,9 +288,12 @@ async fn file_operations() {
     assert!(l.as_array().unwrap().iter().any(|e| e["path"] == "/data/a/b/hello.txt"), "{l}");
     assert!(l.as_array().unwrap().iter().any(|e| e["path"] == "/data/x/y/z"), "{l}");
 
-    let (st, _) = d.req("POST", &format!("{base}/rename"), Some(json!({"from": "/data/a/b/hello.txt", "to": "/data/moved.txt"}))).await;
+    let (st, _) = d
+        .req("POST", &format!("{base}/rename"), Some(json!({"from": "/data/a/b/hello.txt", "to": "/data/moved.txt"})))
+        .await;
     assert_eq!(st, 200);
-    let (st, s) = d.req("POST", &format!("{base}/chmod"), Some(json!({"path": "/data/moved.txt", "mode": 0o755}))).await;
+    let (st, s) =
+        d.req("POST", &format!("{base}/chmod"), Some(json!({"path": "/data/moved.txt", "mode": 0o755}))).await;
     assert_eq!((st, s["mode"].as_u64()), (200, Some(0o755)));
     let (st, _) = d.req("POST", &format!("{base}/remove"), Some(json!({"path": "/data/x"}))).await;
     assert_eq!(st, 409, "non-recursive remove of a non-empty dir refuses");
@@ -264,8 +318,19 @@ async fn paths_never_leave_the_sandbox() {
     let id = d.create(json!({})).await;
     let base = format!("/v1/sandboxes/{id}/files");
     // Absolute and relative symlinks aimed at the host's file, and `..`.
-    d.ok(&id, &format!("ln -s {marker} /abs; ln -s ../../../../../../..{marker} /tmp/rel; mkdir -p /tmp/d; ln -s / /tmp/d/root")).await;
-    let paths = ["/abs".to_string(), "/tmp/rel".to_string(), format!("/../../../..{marker}"), format!("/tmp/d/root/..{marker}")];
+    d.ok(
+        &id,
+        &format!(
+            "ln -s {marker} /abs; ln -s ../../../../../../..{marker} /tmp/rel; mkdir -p /tmp/d; ln -s / /tmp/d/root"
+        ),
+    )
+    .await;
+    let paths = [
+        "/abs".to_string(),
+        "/tmp/rel".to_string(),
+        format!("/../../../..{marker}"),
+        format!("/tmp/d/root/..{marker}"),
+    ];
     for p in &paths {
         let (st, body) = d.raw("GET", &format!("{base}?path={p}"), Bytes::new()).await;
         assert_ne!(body.as_ref(), b"host secret", "{p} read the host file");
@@ -280,7 +345,8 @@ async fn paths_never_leave_the_sandbox() {
     assert_eq!(std::fs::read_to_string(&marker).unwrap(), "host secret", "host file untouched");
     // The writes exist inside the sandbox instead.
     assert_eq!(d.ok(&id, &format!("cat {marker}")).await, "pwned");
-    let (st, _) = d.req("POST", &format!("{base}/remove"), Some(json!({"path": "/tmp/d/root", "recursive": true}))).await;
+    let (st, _) =
+        d.req("POST", &format!("{base}/remove"), Some(json!({"path": "/tmp/d/root", "recursive": true}))).await;
     assert_eq!(st, 200);
     assert!(std::path::Path::new("/etc/passwd").exists(), "removing a symlink to / removed only the link");
     std::fs::remove_file(&marker).unwrap();
@@ -335,7 +401,12 @@ async fn escape_classes_are_blocked() {
     let fds = d.ok(&id, "ls -l /proc/self/fd/ | grep -c -- '->'").await;
     assert!(fds.trim().parse::<u32>().unwrap() <= 4, "leaked fds: {fds}");
     // No process in the sandbox holds a directory fd (a way out of the root).
-    let v = d.sh(&id, "for f in /proc/[0-9]*/fd/* /proc/[0-9]*/cwd; do [ -d $f ] && echo \"$f -> $(readlink $f)\"; done; true").await;
+    let v = d
+        .sh(
+            &id,
+            "for f in /proc/[0-9]*/fd/* /proc/[0-9]*/cwd; do [ -d $f ] && echo \"$f -> $(readlink $f)\"; done; true",
+        )
+        .await;
     let dirs: Vec<&str> = v["stdout"].as_str().unwrap().lines().filter(|l| !l.contains("/cwd ->")).collect();
     assert!(dirs.is_empty(), "directory fds inside the sandbox: {dirs:?}");
     assert!(!v["stdout"].as_str().unwrap().contains("/cwd -> /tmp/spinup"), "a cwd points at a host path: {v}");
@@ -359,7 +430,16 @@ async fn fork_bomb_stops_at_the_pids_limit() {
     let id = d.create(json!({"resources": {"pids": 64}})).await;
     let cg = common::cgroup_dir("pids", &id).expect("pids cgroup of the sandbox");
     assert_eq!(std::fs::read_to_string(cg.join("pids.max")).unwrap().trim(), "64");
-    let mut ws = d.ws_exec(&id, ExecRequest { cmd: Some("bomb() { bomb | bomb & }; bomb; sleep 100".into()), timeout_ms: Some(4000), ..Default::default() }).await;
+    let mut ws = d
+        .ws_exec(
+            &id,
+            ExecRequest {
+                cmd: Some("bomb() { bomb | bomb & }; bomb; sleep 100".into()),
+                timeout_ms: Some(4000),
+                ..Default::default()
+            },
+        )
+        .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let current: u64 = std::fs::read_to_string(cg.join("pids.current")).unwrap().trim().parse().unwrap();
     assert!(current <= 64, "{current} pids under a limit of 64");
@@ -387,7 +467,12 @@ async fn memory_hog_is_killed_at_the_limit() {
     let d = shared();
     let id = d.create(json!({"resources": {"memory_mib": 64}})).await;
     // Grow a shell variable well past 64 MiB.
-    let v = d.exec(&id, json!({"cmd": "x=$(head -c 300000000 /dev/zero | tr '\\0' a); echo survived ${#x}", "timeout_ms": 60000})).await;
+    let v = d
+        .exec(
+            &id,
+            json!({"cmd": "x=$(head -c 300000000 /dev/zero | tr '\\0' a); echo survived ${#x}", "timeout_ms": 60000}),
+        )
+        .await;
     assert_ne!(v["exit_code"], 0, "{v}");
     assert!(!v["stdout"].as_str().unwrap().contains("survived"), "{v}");
     let (st, info) = d.req("GET", &format!("/v1/sandboxes/{id}/info"), None).await;
@@ -463,7 +548,10 @@ async fn labels_filter_and_timeouts() {
     assert!(v["expires_at"].is_null());
     let (st, _) = d.req("PUT", &format!("/v1/sandboxes/{a}/timeout"), Some(json!({"seconds": 1}))).await;
     assert_eq!(st, 400);
-    eventually("b destroyed by its timeout", 15, || async { d.req("GET", &format!("/v1/sandboxes/{b}"), None).await.0 == 404 }).await;
+    eventually("b destroyed by its timeout", 15, || async {
+        d.req("GET", &format!("/v1/sandboxes/{b}"), None).await.0 == 404
+    })
+    .await;
     let (_, ev) = d.req("GET", &format!("/v1/sandboxes/{b}/events"), None).await;
     let last = ev.as_array().unwrap().last().unwrap();
     assert_eq!((last["to"].as_str(), last["reason"].as_str()), (Some("destroyed"), Some("timeout expired")), "{ev}");
@@ -485,7 +573,11 @@ async fn running_sandbox_needs_force_to_remove() {
 fn kill_from_outside(d: &common::Daemon, id: &str) {
     match driver().as_str() {
         "container" => {
-            let pid: i32 = std::fs::read_to_string(d.data().join(format!("container/sandboxes/{id}/init.pid"))).unwrap().trim().parse().unwrap();
+            let pid: i32 = std::fs::read_to_string(d.data().join(format!("container/sandboxes/{id}/init.pid")))
+                .unwrap()
+                .trim()
+                .parse()
+                .unwrap();
             // SAFETY: plain kill(2).
             assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
         }
@@ -498,7 +590,10 @@ async fn sandbox_killed_from_outside_is_stopped_with_a_reason() {
     let d = shared();
     let id = d.create(json!({})).await;
     kill_from_outside(d, &id);
-    eventually("sandbox marked stopped", 10, || async { d.req("GET", &format!("/v1/sandboxes/{id}"), None).await.1["state"] == "stopped" }).await;
+    eventually("sandbox marked stopped", 10, || async {
+        d.req("GET", &format!("/v1/sandboxes/{id}"), None).await.1["state"] == "stopped"
+    })
+    .await;
     let (_, v) = d.req("GET", &format!("/v1/sandboxes/{id}"), None).await;
     assert!(v["reason"].as_str().unwrap().contains("gone"), "{v}");
     let (st, v) = d.req("POST", &format!("/v1/sandboxes/{id}/exec"), Some(json!({"argv": ["true"]}))).await;
@@ -519,7 +614,9 @@ async fn one_gib_file_streams_without_buffering() {
     let (mut tx, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(s)).await.unwrap();
     tokio::spawn(conn);
     let chunk = Bytes::from(vec![b'z'; CHUNK]);
-    let stream = futures::stream::iter((0..(GIB as usize / CHUNK)).map(move |_| Ok::<_, std::io::Error>(hyper::body::Frame::data(chunk.clone()))));
+    let stream = futures::stream::iter(
+        (0..(GIB as usize / CHUNK)).map(move |_| Ok::<_, std::io::Error>(hyper::body::Frame::data(chunk.clone()))),
+    );
     let req = http::Request::builder()
         .method("PUT")
         .uri(format!("/v1/sandboxes/{id}/files?path=/big"))
@@ -532,9 +629,16 @@ async fn one_gib_file_streams_without_buffering() {
     assert_eq!(st["size"].as_u64(), Some(GIB));
     // Download it and count.
     let s = tokio::net::UnixStream::connect(&d.sock).await.unwrap();
-    let (mut tx, conn) = hyper::client::conn::http1::handshake::<_, http_body_util::Empty<Bytes>>(hyper_util::rt::TokioIo::new(s)).await.unwrap();
+    let (mut tx, conn) =
+        hyper::client::conn::http1::handshake::<_, http_body_util::Empty<Bytes>>(hyper_util::rt::TokioIo::new(s))
+            .await
+            .unwrap();
     tokio::spawn(conn);
-    let req = http::Request::builder().uri(format!("/v1/sandboxes/{id}/files?path=/big")).header("host", "localhost").body(http_body_util::Empty::new()).unwrap();
+    let req = http::Request::builder()
+        .uri(format!("/v1/sandboxes/{id}/files?path=/big"))
+        .header("host", "localhost")
+        .body(http_body_util::Empty::new())
+        .unwrap();
     let mut body = tx.send_request(req).await.unwrap().into_body();
     let mut n = 0u64;
     while let Some(f) = body.frame().await {
@@ -547,7 +651,8 @@ async fn one_gib_file_streams_without_buffering() {
     // Neither the daemon nor the agent held the file in memory.
     let rss = |pid: u32| -> u64 {
         let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-        s.lines().find(|l| l.starts_with("VmHWM:")).unwrap().split_whitespace().nth(1).unwrap().parse::<u64>().unwrap() * 1024
+        s.lines().find(|l| l.starts_with("VmHWM:")).unwrap().split_whitespace().nth(1).unwrap().parse::<u64>().unwrap()
+            * 1024
     };
     assert!(rss(d.pid()) < 256 << 20, "daemon peak RSS {} MiB", rss(d.pid()) >> 20);
     let (_, info) = d.req("GET", &format!("/v1/sandboxes/{id}/info"), None).await;
@@ -594,11 +699,14 @@ async fn environments_import_directory_and_tarball() {
     let d = shared();
     // A rootfs directory: the busybox layer plus a marker file.
     let env = d.req("GET", "/v1/environments/busybox", None).await.1;
-    let env = if env["layers"].is_array() { env } else {
+    let env = if env["layers"].is_array() {
+        env
+    } else {
         let _ = d.create(json!({})).await; // builds busybox
         d.req("GET", "/v1/environments/busybox", None).await.1
     };
-    let layer = d.data().join("environments/layers").join(env["layers"][0].as_str().unwrap().trim_start_matches("sha256:"));
+    let layer =
+        d.data().join("environments/layers").join(env["layers"][0].as_str().unwrap().trim_start_matches("sha256:"));
     let src = std::path::PathBuf::from(format!("/tmp/spinup-envsrc-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&src);
     assert!(std::process::Command::new("cp").arg("-a").arg(&layer).arg(&src).status().unwrap().success());
@@ -613,9 +721,16 @@ async fn environments_import_directory_and_tarball() {
     d.rm(&id).await;
     // The same tree as a tar.gz gives the same layer digest.
     let tgz = format!("{}.tar.gz", src.display());
-    assert!(std::process::Command::new("tar").args(["-czf", &tgz, "-C"]).arg(&src).arg(".").status().unwrap().success());
+    assert!(std::process::Command::new("tar")
+        .args(["-czf", &tgz, "-C"])
+        .arg(&src)
+        .arg(".")
+        .status()
+        .unwrap()
+        .success());
     let name2 = format!("{name}-tgz");
-    let (st, v) = d.raw("POST", &format!("/v1/environments/{name2}/import"), Bytes::from(std::fs::read(&tgz).unwrap())).await;
+    let (st, v) =
+        d.raw("POST", &format!("/v1/environments/{name2}/import"), Bytes::from(std::fs::read(&tgz).unwrap())).await;
     assert_eq!(st, 201, "{v:?}");
     let id = d.create(json!({"env": name2})).await;
     assert_eq!(d.ok(&id, "cat /etc/imported").await, "yes");
@@ -643,7 +758,13 @@ async fn environments_import_directory_and_tarball() {
         let (st, _) = d.req("DELETE", &format!("/v1/environments/{n}"), None).await;
         assert_eq!(st, 204);
     }
-    let (st, _) = d.raw("POST", "/v1/environments/bad/import", Bytes::from_static(b"this is not a tarball at all, not even close....")).await;
+    let (st, _) = d
+        .raw(
+            "POST",
+            "/v1/environments/bad/import",
+            Bytes::from_static(b"this is not a tarball at all, not even close...."),
+        )
+        .await;
     assert_eq!(st, 400);
     let _ = std::fs::remove_dir_all(&src);
     let _ = std::fs::remove_file(&tgz);
@@ -662,12 +783,16 @@ async fn debian_environment_runs_python_git_and_pip() {
     assert!(lines[2].starts_with("curl "), "{out}");
     assert!(lines[3].starts_with("pip "), "{out}");
     let base = format!("/v1/sandboxes/{id}/files");
-    let (st, _) = d.raw("PUT", &format!("{base}?path=/root/work/data.json"), Bytes::from_static(b"{\"answer\": 42}")).await;
+    let (st, _) =
+        d.raw("PUT", &format!("{base}?path=/root/work/data.json"), Bytes::from_static(b"{\"answer\": 42}")).await;
     assert_eq!(st, 200);
     let v = d.exec(&id, json!({"argv": ["python3", "-c", "import json; d = json.load(open('data.json')); open('out.txt', 'w').write(str(d['answer'] * 2))"], "cwd": "/root/work"})).await;
     assert_eq!(v["exit_code"], 0, "{v}");
     let (st, body) = d.raw("GET", &format!("{base}?path=/root/work/out.txt"), Bytes::new()).await;
     assert_eq!((st, body.as_ref()), (200, b"84".as_ref()));
-    assert_eq!(d.ok(&id, "id -un; cat /etc/os-release | grep VERSION_CODENAME").await, "root\nVERSION_CODENAME=bookworm\n");
+    assert_eq!(
+        d.ok(&id, "id -un; cat /etc/os-release | grep VERSION_CODENAME").await,
+        "root\nVERSION_CODENAME=bookworm\n"
+    );
     d.rm(&id).await;
 }

@@ -13,7 +13,11 @@ use spinup_protocol::{ExecRequest, Frame};
 /// Sandboxes the store knows, by state.
 async fn states(d: &Daemon) -> Vec<(String, String)> {
     let (_, v) = d.req("GET", "/v1/sandboxes", None).await;
-    v.as_array().unwrap().iter().map(|s| (s["id"].as_str().unwrap().to_string(), s["state"].as_str().unwrap().to_string())).collect()
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|s| (s["id"].as_str().unwrap().to_string(), s["state"].as_str().unwrap().to_string()))
+        .collect()
 }
 
 #[tokio::test]
@@ -22,7 +26,16 @@ async fn daemon_restart_reattaches_and_timeouts_still_fire() {
     let keep = d.create(json!({})).await;
     let short = d.create(json!({"timeout_s": 4})).await;
     // A background process that counts, to show it survives.
-    let mut ws = d.ws_exec(&keep, ExecRequest { cmd: Some("i=0; while true; do i=$((i+1)); echo $i > /tmp/count; sleep 0.1; done".into()), background: true, ..Default::default() }).await;
+    let mut ws = d
+        .ws_exec(
+            &keep,
+            ExecRequest {
+                cmd: Some("i=0; while true; do i=$((i+1)); echo $i > /tmp/count; sleep 0.1; done".into()),
+                background: true,
+                ..Default::default()
+            },
+        )
+        .await;
     let pid = match next_frame(&mut ws).await {
         Some(Frame::Started(s)) => s.pid,
         other => panic!("{other:?}"),
@@ -39,7 +52,10 @@ async fn daemon_restart_reattaches_and_timeouts_still_fire() {
     assert!(after > before, "the counter kept running across the restart ({before} -> {after})");
     let (_, procs) = d.req("GET", &format!("/v1/sandboxes/{keep}/processes"), None).await;
     assert!(procs.as_array().unwrap().iter().any(|p| p["pid"] == pid && p["running"] == true), "{procs}");
-    eventually("the timeout fires after the restart", 20, || async { d.req("GET", &format!("/v1/sandboxes/{short}"), None).await.0 == 404 }).await;
+    eventually("the timeout fires after the restart", 20, || async {
+        d.req("GET", &format!("/v1/sandboxes/{short}"), None).await.0 == 404
+    })
+    .await;
     d.rm(&keep).await;
     assert_eq!(leftovers(&d), Vec::<String>::new());
 }
@@ -111,7 +127,11 @@ async fn tcp_listener_requires_the_api_key() {
         let key = key.map(str::to_string);
         async move {
             let s = tokio::net::TcpStream::connect(&addr).await.unwrap();
-            let (mut tx, conn) = hyper::client::conn::http1::handshake::<_, http_body_util::Empty<bytes::Bytes>>(hyper_util::rt::TokioIo::new(s)).await.unwrap();
+            let (mut tx, conn) = hyper::client::conn::http1::handshake::<_, http_body_util::Empty<bytes::Bytes>>(
+                hyper_util::rt::TokioIo::new(s),
+            )
+            .await
+            .unwrap();
             tokio::spawn(conn);
             let mut req = http::Request::builder().uri("/v1/sandboxes").header("host", &addr);
             if let Some(k) = key {

@@ -137,7 +137,9 @@ async fn list(State(m): M, Query(q): Query<Vec<(String, String)>>) -> ApiResult<
         if k != "label" {
             return Err(ApiError(Error::InvalidArgument(format!("unknown query parameter '{k}'"))));
         }
-        let (lk, lv) = v.split_once('=').ok_or_else(|| ApiError(Error::InvalidArgument(format!("label filter '{v}' must be key=value"))))?;
+        let (lk, lv) = v
+            .split_once('=')
+            .ok_or_else(|| ApiError(Error::InvalidArgument(format!("label filter '{v}' must be key=value"))))?;
         labels.insert(lk.to_string(), lv.to_string());
     }
     Ok(Json(m.list(&labels)?))
@@ -158,7 +160,11 @@ struct ForceQuery {
     force: bool,
 }
 
-async fn remove(State(m): M, Path(id): Path<String>, q: Result<Query<ForceQuery>, axum::extract::rejection::QueryRejection>) -> ApiResult<StatusCode> {
+async fn remove(
+    State(m): M,
+    Path(id): Path<String>,
+    q: Result<Query<ForceQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<StatusCode> {
     let force = q.map(|q| q.force).map_err(|e| ApiError(Error::InvalidArgument(e.body_text())))?;
     m.destroy(&id, force).await?;
     Ok(StatusCode::NO_CONTENT)
@@ -250,13 +256,20 @@ fn ndjson_event(f: &Frame) -> Option<serde_json::Value> {
             v["type"] = "stderr".into();
             v
         }
-        Frame::Exit(e) => json!({"type": "exit", "exit_code": e.exit_code, "signal": e.signal, "timed_out": e.timed_out, "message": e.message}),
+        Frame::Exit(e) => {
+            json!({"type": "exit", "exit_code": e.exit_code, "signal": e.signal, "timed_out": e.timed_out, "message": e.message})
+        }
         Frame::Error(e) => json!({"type": "error", "code": e.code, "message": e.message}),
         _ => return None,
     })
 }
 
-async fn exec(State(m): M, Path(id): Path<String>, q: Result<Query<ExecQuery>, axum::extract::rejection::QueryRejection>, body: Bytes) -> ApiResult<Response> {
+async fn exec(
+    State(m): M,
+    Path(id): Path<String>,
+    q: Result<Query<ExecQuery>, axum::extract::rejection::QueryRejection>,
+    body: Bytes,
+) -> ApiResult<Response> {
     let stream = q.map(|q| q.stream).map_err(|e| ApiError(Error::InvalidArgument(e.body_text())))?;
     let mut api: ApiExec = parse(&body)?;
     let sb = m.get(&id)?;
@@ -355,7 +368,10 @@ async fn exec_ws(State(m): M, Path(id): Path<String>, ws: WebSocketUpgrade) -> A
         let mut req = match start {
             Ok(Frame::Start(r)) => r,
             _ => {
-                let f = Frame::Error(spinup_protocol::ErrorBody { code: "invalid_argument".into(), message: "the first message must be a Start frame".into() });
+                let f = Frame::Error(spinup_protocol::ErrorBody {
+                    code: "invalid_argument".into(),
+                    message: "the first message must be a Start frame".into(),
+                });
                 let _ = sink.send(Message::Binary(f.encode())).await;
                 return;
             }
@@ -408,7 +424,9 @@ async fn pump(
         while let Some(Ok(msg)) = stream.next().await {
             match msg {
                 Message::Binary(b) => {
-                    if let Ok(f @ (Frame::Stdin(_) | Frame::StdinClose | Frame::Signal(_) | Frame::Resize(_))) = Frame::decode(b) {
+                    if let Ok(f @ (Frame::Stdin(_) | Frame::StdinClose | Frame::Signal(_) | Frame::Resize(_))) =
+                        Frame::decode(b)
+                    {
                         if tx.send(f).await.is_err() {
                             break;
                         }
@@ -431,7 +449,10 @@ async fn pump(
                 return true;
             }
         }
-        let f = Frame::Error(spinup_protocol::ErrorBody { code: "agent_error".into(), message: "the process stream ended without an exit status (sandbox stopped?)".into() });
+        let f = Frame::Error(spinup_protocol::ErrorBody {
+            code: "agent_error".into(),
+            message: "the process stream ended without an exit status (sandbox stopped?)".into(),
+        });
         let _ = sink.send(Message::Binary(f.encode())).await;
         true
     };
@@ -454,14 +475,23 @@ fn pid_of(pid: &str) -> ApiResult<u32> {
     pid.parse().map_err(|_| ApiError(Error::InvalidArgument(format!("pid '{pid}' is not a number"))))
 }
 
-async fn proc_signal(State(m): M, Path((id, pid)): Path<(String, String)>, body: Bytes) -> ApiResult<Json<serde_json::Value>> {
+async fn proc_signal(
+    State(m): M,
+    Path((id, pid)): Path<(String, String)>,
+    body: Bytes,
+) -> ApiResult<Json<serde_json::Value>> {
     let pid = pid_of(&pid)?;
     let req: spinup_protocol::SignalRequest = parse(&body)?;
     let c = m.agent(&id).await?;
     Ok(Json(c.call(http::Method::POST, &format!("/v1/processes/{pid}/signal"), Some(&req)).await?))
 }
 
-async fn proc_stdin(State(m): M, Path((id, pid)): Path<(String, String)>, RawQuery(q): RawQuery, body: Body) -> ApiResult<Response> {
+async fn proc_stdin(
+    State(m): M,
+    Path((id, pid)): Path<(String, String)>,
+    RawQuery(q): RawQuery,
+    body: Body,
+) -> ApiResult<Response> {
     let pid = pid_of(&pid)?;
     let c = m.agent(&id).await?;
     let uri = format!("/v1/processes/{pid}/stdin?{}", q.unwrap_or_default());
@@ -541,7 +571,11 @@ async fn env_remove(State(m): M, Path(name): Path<String>) -> ApiResult<StatusCo
 }
 
 /// Body: a rootfs tarball (tar or tar.gz), streamed.
-async fn env_import(State(m): M, Path(name): Path<String>, body: Body) -> ApiResult<(StatusCode, Json<spinup_model::Environment>)> {
+async fn env_import(
+    State(m): M,
+    Path(name): Path<String>,
+    body: Body,
+) -> ApiResult<(StatusCode, Json<spinup_model::Environment>)> {
     crate::envs::validate_name(&name)?;
     let stream = body.into_data_stream().map(|r| r.map_err(std::io::Error::other));
     let reader = tokio_util::io::StreamReader::new(stream);
@@ -560,7 +594,10 @@ async fn env_import(State(m): M, Path(name): Path<String>, body: Body) -> ApiRes
 async fn env_build(State(m): M, Path(name): Path<String>) -> ApiResult<Response> {
     crate::envs::validate_name(&name)?;
     if !crate::envs::BUILTINS.contains(&name.as_str()) {
-        return Err(ApiError(Error::InvalidArgument(format!("no built-in recipe '{name}'; recipes: {}", crate::envs::BUILTINS.join(", ")))));
+        return Err(ApiError(Error::InvalidArgument(format!(
+            "no built-in recipe '{name}'; recipes: {}",
+            crate::envs::BUILTINS.join(", ")
+        ))));
     }
     let s = async_stream(move |out| async move {
         let (ptx, mut prx) = tokio::sync::mpsc::unbounded_channel::<String>();

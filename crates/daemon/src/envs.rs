@@ -43,7 +43,9 @@ pub fn validate_name(name: &str) -> Result<()> {
     if ok {
         Ok(())
     } else {
-        Err(Error::InvalidArgument(format!("environment name '{name}' must be 1-64 characters of [a-z0-9-_.], not starting with '.'")))
+        Err(Error::InvalidArgument(format!(
+            "environment name '{name}' must be 1-64 characters of [a-z0-9-_.], not starting with '.'"
+        )))
     }
 }
 
@@ -85,7 +87,8 @@ fn dir_size(p: &Path) -> u64 {
 impl EnvStore {
     pub fn new(root: PathBuf, store: Arc<Store>) -> Result<EnvStore> {
         for d in ["layers", "tmp"] {
-            std::fs::create_dir_all(root.join(d)).map_err(|e| Error::internal(format!("creating {}", root.join(d).display()), e))?;
+            std::fs::create_dir_all(root.join(d))
+                .map_err(|e| Error::internal(format!("creating {}", root.join(d).display()), e))?;
         }
         // Half-finished imports from a killed daemon.
         if let Ok(rd) = std::fs::read_dir(root.join("tmp")) {
@@ -146,7 +149,7 @@ impl EnvStore {
                 }
                 entry.unpack_in(&staging)?;
                 n += 1;
-                if n % 5000 == 0 {
+                if n.is_multiple_of(5000) {
                     say(progress, format!("unpacked {n} files"));
                 }
             }
@@ -225,7 +228,10 @@ impl EnvStore {
     /// Build a built-in recipe (once; concurrent callers wait for it).
     pub async fn build(&self, name: &str, progress: Progress) -> Result<Environment> {
         if !BUILTINS.contains(&name) {
-            return Err(Error::InvalidArgument(format!("no built-in recipe '{name}'; recipes: {}", BUILTINS.join(", "))));
+            return Err(Error::InvalidArgument(format!(
+                "no built-in recipe '{name}'; recipes: {}",
+                BUILTINS.join(", ")
+            )));
         }
         let lock = self.building.lock().await.entry(name.to_string()).or_default().clone();
         let _guard = lock.lock().await;
@@ -243,18 +249,19 @@ impl EnvStore {
     }
 
     async fn build_busybox(&self, staging: &Path, progress: &Progress) -> Result<Environment> {
-        let busybox = ["/bin/busybox", "/usr/bin/busybox"]
-            .into_iter()
-            .map(PathBuf::from)
-            .find(|p| p.is_file())
-            .ok_or_else(|| Error::Unavailable("busybox is not installed; run: apt-get install busybox-static".into()))?;
+        let busybox =
+            ["/bin/busybox", "/usr/bin/busybox"].into_iter().map(PathBuf::from).find(|p| p.is_file()).ok_or_else(
+                || Error::Unavailable("busybox is not installed; run: apt-get install busybox-static".into()),
+            )?;
         say(progress, format!("building busybox from {}", busybox.display()));
         let list = tokio::process::Command::new(&busybox).arg("--list-full").output().await?;
         if !list.status.success() {
             return Err(Error::Unavailable(format!("{} --list-full failed", busybox.display())));
         }
         let root = staging.join("rootfs");
-        for d in ["bin", "sbin", "usr/bin", "usr/sbin", "etc", "proc", "sys", "dev", "tmp", "root", "run", "home", "var/tmp"] {
+        for d in
+            ["bin", "sbin", "usr/bin", "usr/sbin", "etc", "proc", "sys", "dev", "tmp", "root", "run", "home", "var/tmp"]
+        {
             std::fs::create_dir_all(root.join(d))?;
         }
         use std::os::unix::fs::PermissionsExt;
@@ -272,7 +279,10 @@ impl EnvStore {
                 let _ = std::os::unix::fs::symlink("/bin/busybox", &link);
             }
         }
-        std::fs::write(root.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/home:/bin/sh\n")?;
+        std::fs::write(
+            root.join("etc/passwd"),
+            "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/home:/bin/sh\n",
+        )?;
         std::fs::write(root.join("etc/group"), "root:x:0:\ntty:x:5:\nnogroup:x:65534:\n")?;
         std::fs::write(root.join("etc/hosts"), "127.0.0.1 localhost\n::1 localhost\n")?;
         let env = self.import_dir("busybox", &root, progress)?;
@@ -281,15 +291,24 @@ impl EnvStore {
     }
 
     async fn build_debian(&self, staging: &Path, progress: &Progress) -> Result<Environment> {
-        let tool = which("mmdebstrap").ok_or_else(|| Error::Unavailable("mmdebstrap is not installed; run: apt-get install mmdebstrap".into()))?;
+        let tool = which("mmdebstrap")
+            .ok_or_else(|| Error::Unavailable("mmdebstrap is not installed; run: apt-get install mmdebstrap".into()))?;
         let mirror = debian_mirror().ok_or_else(|| {
-            Error::Unavailable("no Debian mirror found in /etc/apt/sources.list*; set SPINUP_DEBIAN_MIRROR to your mirror's URL".into())
+            Error::Unavailable(
+                "no Debian mirror found in /etc/apt/sources.list*; set SPINUP_DEBIAN_MIRROR to your mirror's URL"
+                    .into(),
+            )
         })?;
         std::fs::create_dir_all(staging)?;
         let tarball = staging.join("rootfs.tar");
         say(progress, format!("building debian (bookworm + python3, pip, git, curl) with mmdebstrap from {mirror}"));
         let mut child = tokio::process::Command::new(tool)
-            .args(["--variant=minbase", "--include=python3,python3-pip,python3-venv,git,curl,ca-certificates,procps", "--mode=root", "bookworm"])
+            .args([
+                "--variant=minbase",
+                "--include=python3,python3-pip,python3-venv,git,curl,ca-certificates,procps",
+                "--mode=root",
+                "bookworm",
+            ])
             .arg(&tarball)
             .arg(&mirror)
             .stdin(std::process::Stdio::null())
@@ -367,7 +386,7 @@ fn debian_mirror() -> Option<String> {
             }
             // deb822 format
             if let Some(u) = line.strip_prefix("URIs:") {
-                let u = u.trim().split_whitespace().next().unwrap_or("");
+                let u = u.split_whitespace().next().unwrap_or("");
                 if u.starts_with("http") && !u.contains("security") {
                     return Some(u.to_string());
                 }

@@ -60,7 +60,10 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         anyhow::bail!("spinup serve must run as root (it mounts overlayfs and runs an OCI runtime)");
     }
     let cg = &cfg.cgroup_parent;
-    if cg.is_empty() || cg.split('/').any(|p| p.is_empty() || p == "." || p == "..") || !cg.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_./".contains(&b)) {
+    if cg.is_empty()
+        || cg.split('/').any(|p| p.is_empty() || p == "." || p == "..")
+        || !cg.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_./".contains(&b))
+    {
         anyhow::bail!("--cgroup-parent '{cg}' must be a relative cgroup path like 'spinup' or 'agents/spinup'");
     }
     std::fs::create_dir_all(&cfg.data_dir).with_context(|| format!("creating {}", cfg.data_dir.display()))?;
@@ -85,7 +88,8 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         std::fs::create_dir_all(dir)?;
     }
     let _ = std::fs::remove_file(&cfg.socket);
-    let unix = tokio::net::UnixListener::bind(&cfg.socket).with_context(|| format!("binding {}", cfg.socket.display()))?;
+    let unix =
+        tokio::net::UnixListener::bind(&cfg.socket).with_context(|| format!("binding {}", cfg.socket.display()))?;
     std::fs::set_permissions(&cfg.socket, std::fs::Permissions::from_mode(0o600))?;
     tracing::info!(socket = %cfg.socket.display(), data_dir = %cfg.data_dir.display(), "spinup daemon listening");
     let app = api::router(m.clone());

@@ -88,7 +88,13 @@ impl Manager {
         Ok(self.store.list_sandboxes()?.into_iter().map(|(s, _)| s).filter(|s| s.matches_labels(labels)).collect())
     }
 
-    fn set_state(&self, sb: &mut Sandbox, to: SandboxState, reason: Option<String>, ds: Option<&serde_json::Value>) -> Result<()> {
+    fn set_state(
+        &self,
+        sb: &mut Sandbox,
+        to: SandboxState,
+        reason: Option<String>,
+        ds: Option<&serde_json::Value>,
+    ) -> Result<()> {
         let from = sb.state;
         sb.state = from.transition(to)?;
         sb.reason = reason;
@@ -187,7 +193,12 @@ impl Manager {
         let mut last = String::new();
         while tokio::time::Instant::now() < deadline {
             match self.connect(driver, id).await {
-                Ok(c) => match tokio::time::timeout(Duration::from_secs(5), c.call::<spinup_protocol::AgentInfo>(http::Method::GET, "/v1/info", None::<&()>)).await {
+                Ok(c) => match tokio::time::timeout(
+                    Duration::from_secs(5),
+                    c.call::<spinup_protocol::AgentInfo>(http::Method::GET, "/v1/info", None::<&()>),
+                )
+                .await
+                {
                     Ok(Ok(_)) => {
                         self.agents.lock().unwrap().insert(id.to_string(), c);
                         return Ok(());

@@ -77,13 +77,23 @@ impl Store {
     }
 
     /// Persist `sb` (whose state may have changed from `from`).
-    pub fn update_sandbox(&self, sb: &Sandbox, from: SandboxState, driver_state: Option<&serde_json::Value>) -> Result<()> {
+    pub fn update_sandbox(
+        &self,
+        sb: &Sandbox,
+        from: SandboxState,
+        driver_state: Option<&serde_json::Value>,
+    ) -> Result<()> {
         let mut c = self.conn.lock().unwrap();
         let tx = c.transaction().map_err(db_err)?;
         let n = tx
             .execute(
                 "UPDATE sandboxes SET state = ?2, body = ?3, driver_state = COALESCE(?4, driver_state) WHERE id = ?1",
-                params![sb.id, sb.state.as_str(), serde_json::to_string(sb).unwrap(), driver_state.map(|v| v.to_string())],
+                params![
+                    sb.id,
+                    sb.state.as_str(),
+                    serde_json::to_string(sb).unwrap(),
+                    driver_state.map(|v| v.to_string())
+                ],
             )
             .map_err(db_err)?;
         if n == 0 {
@@ -129,9 +139,8 @@ impl Store {
     pub fn list_sandboxes(&self) -> Result<Vec<(Sandbox, Option<serde_json::Value>)>> {
         let c = self.conn.lock().unwrap();
         let mut st = c.prepare("SELECT body, driver_state FROM sandboxes").map_err(db_err)?;
-        let rows = st
-            .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, Option<String>>(1)?)))
-            .map_err(db_err)?;
+        let rows =
+            st.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, Option<String>>(1)?))).map_err(db_err)?;
         let mut out = vec![];
         for row in rows {
             let (body, ds) = row.map_err(db_err)?;
@@ -148,7 +157,9 @@ impl Store {
             .prepare("SELECT from_state, to_state, reason, at FROM transitions WHERE sandbox_id = ?1 ORDER BY seq")
             .map_err(db_err)?;
         let rows = st
-            .query_map(params![id], |r| Ok(Transition { from: r.get(0)?, to: r.get(1)?, reason: r.get(2)?, at: r.get(3)? }))
+            .query_map(params![id], |r| {
+                Ok(Transition { from: r.get(0)?, to: r.get(1)?, reason: r.get(2)?, at: r.get(3)? })
+            })
             .map_err(db_err)?;
         rows.collect::<std::result::Result<Vec<_>, _>>().map_err(db_err)
     }
@@ -178,7 +189,9 @@ impl Store {
         let rows = st.query_map([], |r| r.get::<_, String>(0)).map_err(db_err)?;
         let mut out = vec![];
         for b in rows {
-            out.push(serde_json::from_str(&b.map_err(db_err)?).map_err(|e| Error::internal("corrupt environment row", e))?);
+            out.push(
+                serde_json::from_str(&b.map_err(db_err)?).map_err(|e| Error::internal("corrupt environment row", e))?,
+            );
         }
         Ok(out)
     }
@@ -233,7 +246,10 @@ mod tests {
         assert!(st.get_sandbox("0123456789ab").unwrap().is_none());
         let t: Vec<String> = st.transitions("0123456789ab").unwrap().into_iter().map(|t| t.to).collect();
         assert_eq!(t, ["creating", "running", "destroyed"]);
-        assert!(matches!(st.update_sandbox(&sb("ffffffffffff"), SandboxState::Creating, None), Err(Error::NotFound { .. })));
+        assert!(matches!(
+            st.update_sandbox(&sb("ffffffffffff"), SandboxState::Creating, None),
+            Err(Error::NotFound { .. })
+        ));
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -10,15 +10,10 @@ pub mod sandbox;
 
 pub use driver::{AgentEndpoint, Capabilities, Driver, DriverStatus, IsolationClass, SandboxSpec};
 pub use error::{Error, Result};
-pub use sandbox::{
-    validate_id, validate_label, Environment, EnvironmentConfig, Resources, Sandbox, SandboxState,
-};
+pub use sandbox::{validate_id, validate_label, Environment, EnvironmentConfig, Resources, Sandbox, SandboxState};
 
 /// Milliseconds since the Unix epoch; the one clock the store uses.
 pub fn now_ms() -> i64 {
     use std::time::{SystemTime, UNIX_EPOCH};
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }

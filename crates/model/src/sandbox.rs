@@ -64,11 +64,7 @@ impl SandboxState {
         if self.can_transition(to) {
             Ok(to)
         } else {
-            Err(Error::Conflict(format!(
-                "sandbox cannot go from {} to {}",
-                self.as_str(),
-                to.as_str()
-            )))
+            Err(Error::Conflict(format!("sandbox cannot go from {} to {}", self.as_str(), to.as_str())))
         }
     }
 
@@ -114,10 +110,7 @@ impl Default for Resources {
 impl Resources {
     pub fn validate(&self) -> Result<()> {
         if !(self.vcpus.is_finite() && self.vcpus >= 0.01 && self.vcpus <= 256.0) {
-            return Err(Error::InvalidArgument(format!(
-                "vcpus must be between 0.01 and 256, got {}",
-                self.vcpus
-            )));
+            return Err(Error::InvalidArgument(format!("vcpus must be between 0.01 and 256, got {}", self.vcpus)));
         }
         if self.memory_mib < 16 || self.memory_mib > 1 << 20 {
             return Err(Error::InvalidArgument(format!(
@@ -126,16 +119,10 @@ impl Resources {
             )));
         }
         if self.pids < 8 || self.pids > 1 << 22 {
-            return Err(Error::InvalidArgument(format!(
-                "pids must be between 8 and 4194304, got {}",
-                self.pids
-            )));
+            return Err(Error::InvalidArgument(format!("pids must be between 8 and 4194304, got {}", self.pids)));
         }
         if self.disk_mib < 16 {
-            return Err(Error::InvalidArgument(format!(
-                "disk_mib must be at least 16, got {}",
-                self.disk_mib
-            )));
+            return Err(Error::InvalidArgument(format!("disk_mib must be at least 16, got {}", self.disk_mib)));
         }
         Ok(())
     }
@@ -205,18 +192,12 @@ pub fn validate_id(id: &str) -> Result<()> {
 
 /// Label keys and values: printable, bounded, no control characters.
 pub fn validate_label(k: &str, v: &str) -> Result<()> {
-    let ok_key = !k.is_empty()
-        && k.len() <= 63
-        && k.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_./".contains(&b));
+    let ok_key = !k.is_empty() && k.len() <= 63 && k.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_./".contains(&b));
     if !ok_key {
-        return Err(Error::InvalidArgument(format!(
-            "label key '{k}' must be 1-63 characters of [A-Za-z0-9-_./]"
-        )));
+        return Err(Error::InvalidArgument(format!("label key '{k}' must be 1-63 characters of [A-Za-z0-9-_./]")));
     }
     if v.len() > 255 || v.chars().any(|c| c.is_control()) {
-        return Err(Error::InvalidArgument(format!(
-            "label value for '{k}' must be at most 255 printable characters"
-        )));
+        return Err(Error::InvalidArgument(format!("label value for '{k}' must be at most 255 printable characters")));
     }
     Ok(())
 }

@@ -242,7 +242,10 @@ mod tests {
         dec.push(&[0x11, 0xff, 0xff, 0xff, 0xff]);
         assert!(matches!(dec.next_frame(), Err(FrameError::TooLarge(_))));
         assert!(matches!(Frame::decode(Bytes::from_static(&[0x77, 0, 0, 0, 0])), Err(FrameError::UnknownKind(0x77))));
-        assert!(matches!(Frame::decode(Bytes::from_static(&[0x01, 0, 0, 0, 2, b'{', b'x'])), Err(FrameError::Payload(_))));
+        assert!(matches!(
+            Frame::decode(Bytes::from_static(&[0x01, 0, 0, 0, 2, b'{', b'x'])),
+            Err(FrameError::Payload(_))
+        ));
         assert!(matches!(Frame::decode(Bytes::from_static(&[0x11, 0, 0, 0, 9, 1])), Err(FrameError::Truncated)));
     }
 }

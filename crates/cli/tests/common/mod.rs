@@ -139,7 +139,12 @@ impl Daemon {
         let s = tokio::net::UnixStream::connect(&self.sock).await.expect("connect daemon");
         let (mut tx, conn) = hyper::client::conn::http1::handshake::<_, Full<Bytes>>(TokioIo::new(s)).await.unwrap();
         tokio::spawn(conn);
-        let req = http::Request::builder().method(method).uri(path).header("host", "localhost").body(Full::new(body)).unwrap();
+        let req = http::Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", "localhost")
+            .body(Full::new(body))
+            .unwrap();
         let resp = tx.send_request(req).await.expect("daemon request");
         let status = resp.status().as_u16();
         (status, resp.into_body().collect().await.unwrap().to_bytes())
@@ -148,7 +153,11 @@ impl Daemon {
     pub async fn req(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
         let b = body.map(|v| Bytes::from(v.to_string())).unwrap_or_default();
         let (st, bytes) = self.raw(method, path, b).await;
-        let v = if bytes.is_empty() { Value::Null } else { serde_json::from_slice(&bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into())) };
+        let v = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()))
+        };
         (st, v)
     }
 
@@ -195,7 +204,11 @@ impl Daemon {
         ws
     }
 
-    pub async fn ws_exec(&self, id: &str, req: ExecRequest) -> tokio_tungstenite::WebSocketStream<tokio::net::UnixStream> {
+    pub async fn ws_exec(
+        &self,
+        id: &str,
+        req: ExecRequest,
+    ) -> tokio_tungstenite::WebSocketStream<tokio::net::UnixStream> {
         let mut ws = self.ws(&format!("/v1/sandboxes/{id}/exec/ws")).await;
         ws.send(Message::Binary(Frame::Start(req).encode())).await.unwrap();
         ws
@@ -266,7 +279,11 @@ pub fn cgroup_dir(controller: &str, id: &str) -> Option<PathBuf> {
     [format!("/sys/fs/cgroup/{parent}/{id}"), format!("/sys/fs/cgroup/{controller}/{parent}/{id}")]
         .into_iter()
         .map(PathBuf::from)
-        .find(|p| p.join(format!("{controller}.max")).exists() || p.join(format!("{controller}.limit_in_bytes")).exists() || p.join("pids.max").exists())
+        .find(|p| {
+            p.join(format!("{controller}.max")).exists()
+                || p.join(format!("{controller}.limit_in_bytes")).exists()
+                || p.join("pids.max").exists()
+        })
 }
 
 /// Everything a destroyed sandbox could leave behind, for the container

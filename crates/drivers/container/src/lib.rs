@@ -113,7 +113,9 @@ fn mount_overlay(spec: &SandboxSpec, dir: &Path) -> Result<()> {
     for l in &spec.layers {
         let s = l.to_string_lossy();
         if s.contains(',') || s.contains(':') {
-            return Err(Error::InvalidArgument(format!("layer path {s} contains ',' or ':', which overlayfs cannot take")));
+            return Err(Error::InvalidArgument(format!(
+                "layer path {s} contains ',' or ':', which overlayfs cannot take"
+            )));
         }
     }
     // overlayfs lists lowerdirs top first; our layers are bottom first.
@@ -124,8 +126,14 @@ fn mount_overlay(spec: &SandboxSpec, dir: &Path) -> Result<()> {
         dir.join("upper").display(),
         dir.join("work").display()
     );
-    nix::mount::mount(Some("overlay"), &dir.join("rootfs"), Some("overlay"), nix::mount::MsFlags::empty(), Some(opts.as_str()))
-        .map_err(|e| Error::internal("mounting the sandbox's overlayfs rootfs (is the overlay module loaded?)", e))
+    nix::mount::mount(
+        Some("overlay"),
+        &dir.join("rootfs"),
+        Some("overlay"),
+        nix::mount::MsFlags::empty(),
+        Some(opts.as_str()),
+    )
+    .map_err(|e| Error::internal("mounting the sandbox's overlayfs rootfs (is the overlay module loaded?)", e))
 }
 
 #[async_trait]
@@ -163,7 +171,8 @@ impl Driver for ContainerDriver {
         let rt = self.runtime()?.clone();
         let dir = self.dir(&spec.id);
         for sub in ["upper", "work", "rootfs", "run"] {
-            std::fs::create_dir_all(dir.join(sub)).map_err(|e| Error::internal(format!("creating {}", dir.join(sub).display()), e))?;
+            std::fs::create_dir_all(dir.join(sub))
+                .map_err(|e| Error::internal(format!("creating {}", dir.join(sub).display()), e))?;
         }
         std::fs::hard_link(&self.agent, dir.join("run/spinup-agent"))
             .or_else(|_| std::fs::copy(&self.agent, dir.join("run/spinup-agent")).map(|_| ()))
@@ -177,7 +186,8 @@ impl Driver for ContainerDriver {
         // fd to the agent: the path is never resolved inside the guest.
         let sock = dir.join("run/agent.sock");
         let _ = std::fs::remove_file(&sock);
-        let listener = std::os::unix::net::UnixListener::bind(&sock).map_err(|e| Error::internal("binding the agent socket", e))?;
+        let listener = std::os::unix::net::UnixListener::bind(&sock)
+            .map_err(|e| Error::internal("binding the agent socket", e))?;
         let console = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -207,7 +217,8 @@ impl Driver for ContainerDriver {
                 Ok(())
             });
         }
-        let status = cmd.status().await.map_err(|e| Error::Unavailable(format!("cannot run {}: {e}", rt.path.display())))?;
+        let status =
+            cmd.status().await.map_err(|e| Error::Unavailable(format!("cannot run {}: {e}", rt.path.display())))?;
         drop(listener);
         if !status.success() {
             let msg = self.console_tail(&spec.id).unwrap_or_default();
@@ -228,7 +239,10 @@ impl Driver for ContainerDriver {
             Some(t) if t == st.starttime => DriverStatus::Running,
             _ => {
                 let tail = self.console_tail(id).map(|t| format!("; last output: {t}")).unwrap_or_default();
-                DriverStatus::Exited(format!("sandbox init (pid {}) is gone: killed from outside or crashed{tail}", st.pid))
+                DriverStatus::Exited(format!(
+                    "sandbox init (pid {}) is gone: killed from outside or crashed{tail}",
+                    st.pid
+                ))
             }
         }
     }
@@ -251,7 +265,8 @@ impl Driver for ContainerDriver {
         if dir.exists() {
             // The mount point must be empty now; never recurse through a mount.
             if rootfs.exists() {
-                std::fs::remove_dir(&rootfs).map_err(|e| Error::internal(format!("removing {}", rootfs.display()), e))?;
+                std::fs::remove_dir(&rootfs)
+                    .map_err(|e| Error::internal(format!("removing {}", rootfs.display()), e))?;
             }
             std::fs::remove_dir_all(&dir).map_err(|e| Error::internal(format!("removing {}", dir.display()), e))?;
         }

@@ -72,7 +72,8 @@ async fn try_runtime(root: &Path, agent: &Path, candidate: &str) -> Result<Runti
         .output()
         .await
         .map_err(|e| format!("{name}: {e}"));
-    let _ = tokio::process::Command::new(&path).arg("--root").arg(&state).args(["delete", "--force", &id]).output().await;
+    let _ =
+        tokio::process::Command::new(&path).arg("--root").arg(&state).args(["delete", "--force", &id]).output().await;
     let _ = std::fs::remove_dir_all(&bundle);
     let out = out?;
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -80,7 +81,10 @@ async fn try_runtime(root: &Path, agent: &Path, candidate: &str) -> Result<Runti
         Ok(Runtime { name, path, version })
     } else {
         let err = String::from_utf8_lossy(&out.stderr);
-        Err(format!("{name} {version} cannot run a container here: {}", err.trim().lines().last().unwrap_or("no output")))
+        Err(format!(
+            "{name} {version} cannot run a container here: {}",
+            err.trim().lines().last().unwrap_or("no output")
+        ))
     }
 }
 
