@@ -33,7 +33,7 @@ impl Master {
         nix::fcntl::fcntl(pair.master.as_raw_fd(), nix::fcntl::FcntlArg::F_SETFL(flags))?;
         // SAFETY: the master fd is owned by the AsyncFd for its whole life
         // and is never closed or replaced while registered.
-        let fd = unsafe { AsyncFd::register(pair.master) }.map_err(|e| io::Error::from(e))?;
+        let fd = unsafe { AsyncFd::register(pair.master) }.map_err(io::Error::from)?;
         Ok((Master { fd }, pair.slave))
     }
 

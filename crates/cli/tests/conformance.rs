@@ -796,3 +796,75 @@ async fn debian_environment_runs_python_git_and_pip() {
     );
     d.rm(&id).await;
 }
+
+#[tokio::test]
+async fn pid1_reaps_orphans_and_forwards_signals() {
+    let d = shared();
+    let id = d.create(json!({})).await;
+    // Orphans re-parented to PID 1 are reaped: no zombies linger.
+    d.ok(&id, "for i in 1 2 3 4 5; do (sleep 0.2 &) ; done").await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let zombies = d.ok(&id, "ps -o stat,comm | awk '$1 ~ /^Z/' | wc -l").await;
+    assert_eq!(zombies.trim(), "0", "zombies left");
+    // A signal sent to PID 1 reaches the processes the agent runs.
+    let mut ws = d
+        .ws_exec(
+            &id,
+            ExecRequest {
+                cmd: Some("trap 'echo got-usr1 > /tmp/usr1' USR1; echo ready; while true; do sleep 0.1; done".into()),
+                background: true,
+                ..Default::default()
+            },
+        )
+        .await;
+    read_until(&mut ws, "ready").await;
+    d.ok(&id, "kill -USR1 1").await;
+    eventually("USR1 forwarded", 10, || async { d.sh(&id, "cat /tmp/usr1").await["stdout"] == "got-usr1\n" }).await;
+    drop(ws);
+    d.rm(&id).await;
+}
+
+#[tokio::test]
+async fn limits_land_in_the_sandbox_cgroup() {
+    let d = shared();
+    let id = d.create(json!({"resources": {"memory_mib": 96, "vcpus": 0.5, "pids": 100}})).await;
+    let read = |ctl: &str, files: &[&str]| -> String {
+        let dir = common::cgroup_dir(ctl, &id).unwrap_or_else(|| panic!("{ctl} cgroup"));
+        files.iter().find_map(|f| std::fs::read_to_string(dir.join(f)).ok()).unwrap_or_default().trim().to_string()
+    };
+    let mem = read("memory", &["memory.max", "memory.limit_in_bytes"]);
+    assert_eq!(mem, (96u64 << 20).to_string());
+    let cpu = read("cpu", &["cpu.max", "cpu.cfs_quota_us"]);
+    assert!(cpu == "50000" || cpu.starts_with("50000 100000"), "cpu quota {cpu}");
+    assert_eq!(read("pids", &["pids.max"]), "100");
+    // CPU time is really throttled: two busy loops for 1 s of wall time use
+    // about half a CPU second.
+    let v = d.exec(&id, json!({"cmd": "(timeout 1 sh -c 'while :; do :; done' &); timeout 1 sh -c 'while :; do :; done'; sleep 0.2; cat /sys/fs/cgroup/cpu.stat /sys/fs/cgroup/cpuacct/cpuacct.usage 2>/dev/null"})).await;
+    let out = v["stdout"].as_str().unwrap();
+    let used_us: u64 = out
+        .lines()
+        .find_map(|l| l.strip_prefix("usage_usec ").map(|v| v.trim().parse().unwrap()))
+        .or_else(|| out.lines().last().and_then(|l| l.trim().parse::<u64>().ok()).map(|ns| ns / 1000))
+        .unwrap_or(0);
+    assert!(used_us > 0 && used_us < 800_000, "used {used_us} µs of CPU in 1 s under a 0.5 vCPU quota: {v}");
+    d.rm(&id).await;
+}
+
+#[tokio::test]
+async fn cli_interactive_terminal() {
+    let d = shared();
+    let id = d.create(json!({})).await;
+    // `script` gives the CLI a real terminal, as a person at a shell has.
+    let cmd = format!("printf 'tty\\nstty size\\nexit 3\\n' | {} exec -it {id} -- /bin/sh", common::BIN);
+    let out = std::process::Command::new("script")
+        .args(["-qec", &cmd, "/dev/null"])
+        .env("SPINUP_HOST", &d.sock)
+        .env("COLUMNS", "91")
+        .env("LINES", "27")
+        .output()
+        .expect("script(1) from util-linux");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("/dev/pts/"), "{text}");
+    assert_eq!(out.status.code(), Some(3), "{text}");
+    d.rm(&id).await;
+}

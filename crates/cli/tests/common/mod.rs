@@ -276,14 +276,14 @@ pub fn cgroup_parent(dir: &Path) -> String {
 /// A sandbox's cgroup directory for `controller` on cgroup v1 or v2.
 pub fn cgroup_dir(controller: &str, id: &str) -> Option<PathBuf> {
     let parent = cgroup_parent(&shared().dir);
-    [format!("/sys/fs/cgroup/{parent}/{id}"), format!("/sys/fs/cgroup/{controller}/{parent}/{id}")]
+    let v2 = PathBuf::from(format!("/sys/fs/cgroup/{parent}/{id}"));
+    if v2.join("cgroup.controllers").exists() {
+        return Some(v2);
+    }
+    [controller.to_string(), format!("{controller},cpuacct"), format!("cpu,{controller}")]
         .into_iter()
-        .map(PathBuf::from)
-        .find(|p| {
-            p.join(format!("{controller}.max")).exists()
-                || p.join(format!("{controller}.limit_in_bytes")).exists()
-                || p.join("pids.max").exists()
-        })
+        .map(|c| PathBuf::from(format!("/sys/fs/cgroup/{c}/{parent}/{id}")))
+        .find(|p| p.is_dir())
 }
 
 /// Everything a destroyed sandbox could leave behind, for the container
