@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Installs, from Debian's packages, everything Spinup and its tests use:
-# runc (container driver), busybox-static (the `busybox` environment),
+# runc (container driver), runsc (gvisor driver), busybox-static (the `busybox` environment),
 # mmdebstrap (the `debian` environment), bubblewrap and hyperfine (bench
 # baselines). Idempotent.
 set -euo pipefail
-pkgs=(runc busybox-static mmdebstrap bubblewrap hyperfine ca-certificates)
+pkgs=(runc runsc busybox-static mmdebstrap bubblewrap hyperfine ca-certificates)
 missing=()
 for p in "${pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

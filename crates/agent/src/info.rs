@@ -8,9 +8,21 @@ fn read_u64(path: &str) -> Option<u64> {
     std::fs::read_to_string(path).ok()?.trim().parse().ok()
 }
 
-/// Memory charged to this sandbox's cgroup (v2 first, then v1).
+/// Memory charged to this sandbox's cgroup (v2 first, then v1); where no
+/// cgroupfs is visible (a user-space kernel accounts for itself), the
+/// kernel's own used memory.
 fn cgroup_memory() -> Option<u64> {
-    read_u64("/sys/fs/cgroup/memory.current").or_else(|| read_u64("/sys/fs/cgroup/memory/memory.usage_in_bytes"))
+    read_u64("/sys/fs/cgroup/memory.current")
+        .or_else(|| read_u64("/sys/fs/cgroup/memory/memory.usage_in_bytes"))
+        .or_else(meminfo_used)
+}
+
+fn meminfo_used() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let field = |name: &str| -> Option<u64> {
+        s.lines().find(|l| l.starts_with(name))?.split_whitespace().nth(1)?.parse::<u64>().ok().map(|kb| kb * 1024)
+    };
+    Some(field("MemTotal:")?.saturating_sub(field("MemAvailable:")?))
 }
 
 /// CPU time of this sandbox's cgroup in microseconds.

@@ -3,8 +3,8 @@
 //! It reaps zombies, forwards signals to the processes it started, and
 //! serves the Spinup protocol (HTTP/2) on one byte stream handed to it by
 //! the driver: an inherited listening unix socket (`--listen-fd`), a socket
-//! path (`--listen`), or a character device such as a virtio-serial port
-//! (`--serial`).
+//! path (`--listen`), a host socket the agent dials out to (`--dial`), or a
+//! character device such as a virtio-serial port (`--serial`).
 
 mod files;
 mod info;
@@ -20,11 +20,12 @@ use tokio::signal::unix::{signal, SignalKind};
 enum Listen {
     Fd(i32),
     Path(String),
+    Dial(String),
     Serial(String),
 }
 
 fn usage() -> ! {
-    eprintln!("usage: spinup-agent [--listen-fd N | --listen PATH | --serial DEV]\n       spinup-agent --version");
+    eprintln!("usage: spinup-agent [--listen-fd N | --listen PATH | --dial PATH | --serial DEV]\n       spinup-agent --version");
     std::process::exit(2)
 }
 
@@ -38,6 +39,7 @@ fn parse_args() -> Listen {
         [] => Listen::Fd(spinup_protocol::LISTEN_FD),
         ["--listen-fd", n] => Listen::Fd(n.parse().unwrap_or_else(|_| usage())),
         ["--listen", p] => Listen::Path(p.to_string()),
+        ["--dial", p] => Listen::Dial(p.to_string()),
         ["--serial", p] => Listen::Serial(p.to_string()),
         _ => usage(),
     }
@@ -108,6 +110,7 @@ async fn run(listen: Listen) -> i32 {
                 let l = tokio::net::UnixListener::bind(&p).expect("bind agent socket");
                 server::serve_listener(l, app).await
             }
+            Listen::Dial(p) => server::serve_dial(&p, app).await,
             Listen::Serial(dev) => server::serve_serial(&dev, app).await,
         }
     };

@@ -267,6 +267,22 @@ pub async fn serve_listener(l: tokio::net::UnixListener, app: Router) {
     }
 }
 
+/// Dial the host's socket and serve the protocol on that connection; when
+/// it drops (say, the daemon restarted), dial again, backing off to 1 s.
+pub async fn serve_dial(path: &str, app: Router) {
+    let mut backoff = std::time::Duration::from_millis(10);
+    loop {
+        match tokio::net::UnixStream::connect(path).await {
+            Ok(s) => {
+                backoff = std::time::Duration::from_millis(10);
+                serve_conn(s, app.clone()).await;
+            }
+            Err(_) => backoff = (backoff * 2).min(std::time::Duration::from_secs(1)),
+        }
+        tokio::time::sleep(backoff).await;
+    }
+}
+
 /// Serve one connection at a time on a character device (virtio-serial):
 /// when the host side goes away, reopen and wait for the next one.
 pub async fn serve_serial(dev: &str, app: Router) {

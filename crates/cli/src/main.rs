@@ -47,9 +47,18 @@ enum Cmd {
         /// Also listen on TCP (every request needs SPINUP_API_KEY as a bearer token).
         #[arg(long)]
         tcp: Option<std::net::SocketAddr>,
+        /// Daemon config file (TOML); a missing default file is fine.
+        #[arg(long, env = "SPINUP_CONFIG")]
+        config: Option<PathBuf>,
         /// OCI runtime for the container driver (crun, runc or a path); probed when unset.
         #[arg(long, env = "SPINUP_RUNTIME")]
         runtime: Option<String>,
+        /// gVisor platform (systrap, ptrace, kvm); probed when unset.
+        #[arg(long, env = "SPINUP_GVISOR_PLATFORM")]
+        gvisor_platform: Option<String>,
+        /// Driver used when a create names none: container, gvisor or auto.
+        #[arg(long, env = "SPINUP_DEFAULT_DRIVER")]
+        default_driver: Option<String>,
         /// Parent cgroup for sandboxes.
         #[arg(long, env = "SPINUP_CGROUP_PARENT", default_value = "spinup")]
         cgroup_parent: String,
@@ -612,7 +621,9 @@ impl Client {
 
 fn main() {
     let cli = Cli::parse();
-    if let Cmd::Serve { data_dir, socket, tcp, runtime, cgroup_parent } = cli.cmd {
+    if let Cmd::Serve { data_dir, socket, tcp, config, runtime, gvisor_platform, default_driver, cgroup_parent } =
+        cli.cmd
+    {
         tracing_subscriber::fmt()
             .with_env_filter(
                 tracing_subscriber::EnvFilter::try_from_env("SPINUP_LOG").unwrap_or_else(|_| "info".into()),
@@ -620,12 +631,24 @@ fn main() {
             .with_writer(std::io::stderr)
             .init();
         let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+        let explicit = config.is_some();
+        let path = config.unwrap_or_else(|| PathBuf::from(spinup_daemon::DEFAULT_CONFIG));
+        let mut file = match spinup_daemon::FileConfig::load(&path, explicit) {
+            Ok(f) => f,
+            Err(e) => {
+                eprintln!("spinup serve: {e:#}");
+                std::process::exit(1);
+            }
+        };
+        file.container.runtime = runtime.or(file.container.runtime);
+        file.gvisor.platform = gvisor_platform.or(file.gvisor.platform);
+        file.default_driver = default_driver.or(file.default_driver);
         let cfg = spinup_daemon::Config {
             data_dir,
             socket,
             tcp,
             api_key: cli.api_key,
-            runtime,
+            file,
             agent: AGENT.to_vec(),
             cgroup_parent,
         };

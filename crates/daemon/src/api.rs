@@ -90,6 +90,16 @@ pub fn router(m: Arc<Manager>) -> Router {
         .route("/v1/sandboxes/{id}/timeout", put(set_timeout))
         .route("/v1/sandboxes/{id}/info", get(info))
         .route("/v1/sandboxes/{id}/events", get(events))
+        .route("/v1/sandboxes/{id}/pause", post(|s: M, p: Path<String>| gated(s, p, "pause_resume")))
+        .route("/v1/sandboxes/{id}/resume", post(|s: M, p: Path<String>| gated(s, p, "pause_resume")))
+        .route("/v1/sandboxes/{id}/snapshot", post(snapshot))
+        .route("/v1/sandboxes/{id}/fork", post(|s: M, p: Path<String>| gated(s, p, "fork")))
+        .route(
+            "/v1/sandboxes/{id}/resources",
+            axum::routing::patch(|s: M, p: Path<String>| gated(s, p, "live_resource_update")),
+        )
+        .route("/v1/sandboxes/{id}/network", put(|s: M, p: Path<String>| gated(s, p, "network_policy")))
+        .route("/v1/sandboxes/{id}/ports", post(|s: M, p: Path<String>| gated(s, p, "port_exposure")))
         .route("/v1/sandboxes/{id}/exec", post(exec))
         .route("/v1/sandboxes/{id}/exec/ws", get(exec_ws))
         .route("/v1/sandboxes/{id}/processes", get(processes))
@@ -125,6 +135,28 @@ pub fn with_api_key(r: Router, key: String) -> Router {
             }
         }
     }))
+}
+
+/// Operations whose capability no driver implements yet: the answer comes
+/// from the sandbox's driver's declaration (501 `unsupported` with the
+/// driver and capability), never a silent no-op.
+async fn gated(State(m): M, Path(id): Path<String>, capability: &'static str) -> ApiResult<Response> {
+    let sb = m.get(&id)?;
+    m.require(&sb, capability)?;
+    Err(ApiError(Error::Unsupported { driver: sb.driver, capability: capability.into() }))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+struct SnapshotBody {
+    name: Option<String>,
+    memory: bool,
+}
+
+async fn snapshot(m: M, Path(id): Path<String>, body: Bytes) -> ApiResult<Response> {
+    let b: SnapshotBody = parse(&body)?;
+    let _ = b.name;
+    gated(m, Path(id), if b.memory { "memory_snapshot" } else { "fs_snapshot" }).await
 }
 
 async fn drivers(State(m): M) -> Json<Vec<spinup_model::Capabilities>> {
@@ -366,6 +398,12 @@ async fn exec_ws(State(m): M, Path(id): Path<String>, ws: WebSocketUpgrade) -> A
             }
         };
         let mut req = match start {
+            Ok(Frame::Start(r)) if r.pty.is_some() && m.require(&sb, "pty").is_err() => {
+                let e = Error::Unsupported { driver: sb.driver.clone(), capability: "pty".into() };
+                let f = Frame::Error(spinup_protocol::ErrorBody { code: e.code().into(), message: e.to_string() });
+                let _ = sink.send(Message::Binary(f.encode())).await;
+                return;
+            }
             Ok(Frame::Start(r)) => r,
             _ => {
                 let f = Frame::Error(spinup_protocol::ErrorBody {

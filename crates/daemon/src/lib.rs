@@ -18,14 +18,55 @@ use spinup_model::Driver;
 
 pub const DEFAULT_DATA_DIR: &str = "/var/lib/spinup";
 pub const DEFAULT_SOCKET: &str = "/run/spinup/spinup.sock";
+pub const DEFAULT_CONFIG: &str = "/etc/spinup/config.toml";
+
+/// The daemon's configuration file (TOML). Every key is optional; command
+/// line flags override it. See README.md for an example.
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FileConfig {
+    /// `container`, `gvisor`, or `auto` (the strongest isolation available).
+    pub default_driver: Option<String>,
+    pub defaults: DefaultsConfig,
+    pub container: RuntimeConfig,
+    pub gvisor: RuntimeConfig,
+}
+
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DefaultsConfig {
+    pub vcpus: Option<f64>,
+    pub memory_mib: Option<u64>,
+    pub disk_mib: Option<u64>,
+    pub pids: Option<u64>,
+}
+
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RuntimeConfig {
+    /// Runtime binary (name or path).
+    pub runtime: Option<String>,
+    /// gVisor platform: systrap, ptrace or kvm.
+    pub platform: Option<String>,
+}
+
+impl FileConfig {
+    /// Read `path`; a missing file at the default location is no error.
+    pub fn load(path: &Path, explicit: bool) -> anyhow::Result<FileConfig> {
+        match std::fs::read_to_string(path) {
+            Ok(s) => toml::from_str(&s).with_context(|| format!("{} is not a valid config file", path.display())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !explicit => Ok(FileConfig::default()),
+            Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+        }
+    }
+}
 
 pub struct Config {
     pub data_dir: PathBuf,
     pub socket: PathBuf,
     pub tcp: Option<SocketAddr>,
     pub api_key: Option<String>,
-    /// Force an OCI runtime for the container driver.
-    pub runtime: Option<String>,
+    pub file: FileConfig,
     /// The static agent binary to put in every sandbox.
     pub agent: Vec<u8>,
     /// Parent cgroup for sandboxes (`spinup` → /sys/fs/cgroup/.../spinup/<id>).
@@ -72,15 +113,33 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let agent = install_agent(&cfg.data_dir, &cfg.agent).context("installing the agent binary")?;
     let store = Arc::new(store::Store::open(&cfg.data_dir.join("state.db"))?);
     let envs = envs::EnvStore::new(cfg.data_dir.join("environments"), store.clone())?;
-    let container = spinup_driver_container::ContainerDriver::new(spinup_driver_container::Config {
-        root: cfg.data_dir.join("container"),
-        agent,
-        runtime: cfg.runtime.clone(),
-        cgroup_parent: cfg.cgroup_parent.clone(),
-    })
-    .await;
-    let drivers: Vec<Arc<dyn Driver>> = vec![Arc::new(container)];
-    let m = Arc::new(manager::Manager::new(store, envs, drivers, "container"));
+    // Probe the drivers side by side: each runs a real sandbox to find out.
+    let (container, gvisor) = tokio::join!(
+        spinup_driver_container::ContainerDriver::new(spinup_driver_container::Config {
+            root: cfg.data_dir.join("container"),
+            agent: agent.clone(),
+            runtime: cfg.file.container.runtime.clone(),
+            cgroup_parent: cfg.cgroup_parent.clone(),
+        }),
+        spinup_driver_gvisor::GvisorDriver::new(spinup_driver_gvisor::Config {
+            root: cfg.data_dir.join("gvisor"),
+            agent,
+            runtime: cfg.file.gvisor.runtime.clone(),
+            platform: cfg.file.gvisor.platform.clone(),
+            cgroup_parent: cfg.cgroup_parent.clone(),
+        }),
+    );
+    let drivers: Vec<Arc<dyn Driver>> = vec![Arc::new(container), Arc::new(gvisor)];
+    let d = &cfg.file.defaults;
+    let defaults =
+        manager::ResourcesPatch { vcpus: d.vcpus, memory_mib: d.memory_mib, disk_mib: d.disk_mib, pids: d.pids }
+            .over(spinup_model::Resources::default());
+    defaults.validate().context("[defaults] in the config file")?;
+    let default_driver = cfg.file.default_driver.clone().unwrap_or_else(|| "container".into());
+    let m = Arc::new(manager::Manager::new(store, envs, drivers, &default_driver, defaults));
+    if default_driver != "auto" {
+        m.driver(&default_driver).context("default_driver in the config file")?;
+    }
     m.recover().await.context("recovering sandboxes from the store")?;
     m.spawn_monitor();
 

@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use spinup_model::{
-    now_ms, validate_id, validate_label, AgentEndpoint, Driver, DriverStatus, Error, Resources, Result, Sandbox,
-    SandboxSpec, SandboxState,
+    now_ms, validate_id, validate_label, Driver, DriverStatus, Error, Resources, Result, Sandbox, SandboxSpec,
+    SandboxState,
 };
 use spinup_protocol::AgentClient;
 
@@ -30,8 +30,29 @@ pub struct CreateRequest {
     pub env: Option<String>,
     pub driver: Option<String>,
     pub timeout_s: Option<u64>,
-    pub resources: Option<Resources>,
+    pub resources: Option<ResourcesPatch>,
     pub labels: BTreeMap<String, String>,
+}
+
+/// Resources as a request gives them: unset fields take the daemon's defaults.
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ResourcesPatch {
+    pub vcpus: Option<f64>,
+    pub memory_mib: Option<u64>,
+    pub disk_mib: Option<u64>,
+    pub pids: Option<u64>,
+}
+
+impl ResourcesPatch {
+    pub fn over(self, d: Resources) -> Resources {
+        Resources {
+            vcpus: self.vcpus.unwrap_or(d.vcpus),
+            memory_mib: self.memory_mib.unwrap_or(d.memory_mib),
+            disk_mib: self.disk_mib.unwrap_or(d.disk_mib),
+            pids: self.pids.unwrap_or(d.pids),
+        }
+    }
 }
 
 pub struct Manager {
@@ -39,6 +60,7 @@ pub struct Manager {
     pub envs: EnvStore,
     drivers: BTreeMap<String, Arc<dyn Driver>>,
     default_driver: String,
+    default_resources: Resources,
     agents: std::sync::Mutex<HashMap<String, AgentClient>>,
     /// Serializes lifecycle operations per sandbox.
     locks: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
@@ -51,12 +73,19 @@ fn new_id() -> String {
 }
 
 impl Manager {
-    pub fn new(store: Arc<Store>, envs: EnvStore, drivers: Vec<Arc<dyn Driver>>, default_driver: &str) -> Self {
+    pub fn new(
+        store: Arc<Store>,
+        envs: EnvStore,
+        drivers: Vec<Arc<dyn Driver>>,
+        default_driver: &str,
+        default_resources: Resources,
+    ) -> Self {
         Manager {
             store,
             envs,
             drivers: drivers.into_iter().map(|d| (d.name().to_string(), d)).collect(),
             default_driver: default_driver.to_string(),
+            default_resources,
             agents: Default::default(),
             locks: Default::default(),
         }
@@ -102,11 +131,33 @@ impl Manager {
         self.store.update_sandbox(sb, from, ds)
     }
 
-    pub async fn create(&self, req: CreateRequest, progress: Progress) -> Result<Sandbox> {
-        let driver_name = match req.driver.as_deref() {
-            None | Some("auto") => self.default_driver.clone(),
-            Some(d) => d.to_string(),
+    /// The available driver with the strongest isolation.
+    pub fn strongest(&self) -> Result<String> {
+        let rank = |c: &spinup_model::Capabilities| match c.isolation {
+            spinup_model::IsolationClass::HardwareVirtualization => 3,
+            spinup_model::IsolationClass::UserSpaceKernel => 2,
+            spinup_model::IsolationClass::SharedKernel => 1,
         };
+        self.drivers()
+            .into_iter()
+            .filter(|c| c.available)
+            .max_by_key(rank)
+            .map(|c| c.driver)
+            .ok_or_else(|| Error::Unavailable("no driver is available on this host; see `spinup drivers`".into()))
+    }
+
+    /// Refuse, with the API's 501, what `sb`'s driver declares it cannot do.
+    pub fn require(&self, sb: &Sandbox, capability: &str) -> Result<()> {
+        let caps = self.driver(&sb.driver)?.capabilities();
+        match caps.get(capability) {
+            Some(true) => Ok(()),
+            _ => Err(Error::Unsupported { driver: sb.driver.clone(), capability: capability.to_string() }),
+        }
+    }
+
+    pub async fn create(&self, req: CreateRequest, progress: Progress) -> Result<Sandbox> {
+        let requested = req.driver.clone().unwrap_or_else(|| self.default_driver.clone());
+        let driver_name = if requested == "auto" { self.strongest()? } else { requested };
         let driver = self.driver(&driver_name)?;
         let caps = driver.capabilities();
         if !caps.available {
@@ -115,7 +166,7 @@ impl Manager {
                 caps.reason.unwrap_or_default()
             )));
         }
-        let resources = req.resources.unwrap_or_default();
+        let resources = req.resources.unwrap_or_default().over(self.default_resources);
         resources.validate()?;
         for (k, v) in &req.labels {
             validate_label(k, v)?;
@@ -180,11 +231,8 @@ impl Manager {
     }
 
     async fn connect(&self, driver: &dyn Driver, id: &str) -> Result<AgentClient> {
-        let c = match driver.agent_endpoint(id) {
-            AgentEndpoint::Unix(p) => AgentClient::connect_unix(&p).await,
-        }
-        .map_err(|e| Error::Agent(e.to_string()))?;
-        Ok(c)
+        let io = driver.connect_agent(id).await?;
+        AgentClient::connect(io).await.map_err(|e| Error::Agent(e.to_string()))
     }
 
     /// Connect to a fresh sandbox's agent and wait for its first answer.
@@ -226,6 +274,13 @@ impl Manager {
             let why = sb.reason.as_ref().map(|r| format!(" ({r})")).unwrap_or_default();
             return Err(Error::Conflict(format!("sandbox {id} is {}{why}", sb.state)));
         }
+        if let Some(c) = self.agents.lock().unwrap().get(id).filter(|c| !c.is_closed()).cloned() {
+            return Ok(c);
+        }
+        // One connection attempt at a time per sandbox (a dialling agent
+        // brings exactly one connection).
+        let lock = self.lock_for(id);
+        let _g = lock.lock().await;
         if let Some(c) = self.agents.lock().unwrap().get(id).filter(|c| !c.is_closed()).cloned() {
             return Ok(c);
         }

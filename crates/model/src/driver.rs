@@ -79,14 +79,11 @@ impl Capabilities {
     ];
 }
 
-/// Where the host reaches a sandbox's agent. One byte stream per connection;
-/// the protocol on top is the same for every variant.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case", tag = "kind", content = "path")]
-pub enum AgentEndpoint {
-    /// A unix stream socket on the host (container; virtio-serial chardev).
-    Unix(PathBuf),
-}
+/// One byte stream to a sandbox's agent; the protocol on top is the same
+/// whatever carries it (unix socket, virtio-serial, vsock).
+pub trait AgentIo: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> AgentIo for T {}
+pub type AgentStream = Box<dyn AgentIo>;
 
 /// Everything a driver needs to start one sandbox.
 #[derive(Debug, Clone)]
@@ -128,8 +125,8 @@ pub trait Driver: Send + Sync {
     /// state, writable layer. Idempotent: destroying what is gone succeeds.
     async fn destroy(&self, id: &str) -> Result<()>;
 
-    /// Where the agent listens.
-    fn agent_endpoint(&self, id: &str) -> AgentEndpoint;
+    /// Open a byte stream to the sandbox's agent.
+    async fn connect_agent(&self, id: &str) -> Result<AgentStream>;
 
     /// The last lines the sandbox's init wrote, for failure reasons.
     fn console_tail(&self, _id: &str) -> Option<String> {

@@ -8,7 +8,7 @@ pub mod driver;
 pub mod error;
 pub mod sandbox;
 
-pub use driver::{AgentEndpoint, Capabilities, Driver, DriverStatus, IsolationClass, SandboxSpec};
+pub use driver::{AgentIo, AgentStream, Capabilities, Driver, DriverStatus, IsolationClass, SandboxSpec};
 pub use error::{Error, Result};
 pub use sandbox::{validate_id, validate_label, Environment, EnvironmentConfig, Resources, Sandbox, SandboxState};
 

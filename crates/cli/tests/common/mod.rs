@@ -18,9 +18,21 @@ use tokio_tungstenite::tungstenite::Message;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_spinup");
 
-/// The driver under test: the conformance suite runs once per driver.
+thread_local! {
+    static DRIVER: std::cell::RefCell<Option<String>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Select the driver under test for this test (its thread).
+pub fn set_driver(d: &str) {
+    DRIVER.with(|c| *c.borrow_mut() = Some(d.to_string()));
+}
+
+/// The driver under test: the suites run once per driver.
 pub fn driver() -> String {
-    std::env::var("SPINUP_TEST_DRIVER").unwrap_or_else(|_| "container".into())
+    DRIVER
+        .with(|c| c.borrow().clone())
+        .or_else(|| std::env::var("SPINUP_TEST_DRIVER").ok())
+        .unwrap_or_else(|| "container".into())
 }
 
 pub struct Daemon {
@@ -304,9 +316,11 @@ pub fn leftovers(d: &Daemon) -> Vec<String> {
     if let Ok(rd) = std::fs::read_dir("/sys/fs/cgroup") {
         cg_roots.extend(rd.flatten().map(|e| e.path().join(&parent)));
     }
-    let ids: Vec<String> = std::fs::read_dir(data.join("container/sandboxes"))
-        .map(|rd| rd.flatten().map(|e| e.file_name().to_string_lossy().to_string()).collect())
-        .unwrap_or_default();
+    let ids: Vec<String> = ["container", "gvisor"]
+        .iter()
+        .flat_map(|drv| std::fs::read_dir(data.join(drv).join("sandboxes")).into_iter().flatten().flatten())
+        .map(|e| e.file_name().to_string_lossy().to_string())
+        .collect();
     for id in &ids {
         out.push(format!("sandbox dir {id}"));
     }
@@ -319,10 +333,11 @@ pub fn leftovers(d: &Daemon) -> Vec<String> {
             }
         }
     }
-    let state = data.join("container/state");
-    if let Ok(rd) = std::fs::read_dir(&state) {
-        for e in rd.flatten() {
-            out.push(format!("runtime state {}", e.file_name().to_string_lossy()));
+    for drv in ["container", "gvisor"] {
+        if let Ok(rd) = std::fs::read_dir(data.join(drv).join("state")) {
+            for e in rd.flatten() {
+                out.push(format!("{drv} runtime state {}", e.file_name().to_string_lossy()));
+            }
         }
     }
     for e in std::fs::read_dir("/proc").unwrap().flatten() {

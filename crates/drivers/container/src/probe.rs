@@ -31,7 +31,12 @@ fn which(bin: &str) -> Option<PathBuf> {
 
 /// Try `candidate` end to end: run the agent's `--version` in a minimal
 /// bundle with every namespace and a cgroup.
-async fn try_runtime(root: &Path, agent: &Path, candidate: &str) -> Result<Runtime, String> {
+pub async fn try_runtime(
+    root: &Path,
+    agent: &Path,
+    candidate: &str,
+    global_args: &[String],
+) -> Result<Runtime, String> {
     let path = which(candidate).ok_or_else(|| format!("{candidate}: not installed (apt-get install {candidate})"))?;
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| candidate.into());
     let v = tokio::process::Command::new(&path).arg("--version").output().await.map_err(|e| format!("{name}: {e}"))?;
@@ -57,7 +62,7 @@ async fn try_runtime(root: &Path, agent: &Path, candidate: &str) -> Result<Runti
         "linux": {
             "namespaces": [{"type": "pid"}, {"type": "mount"}, {"type": "uts"}, {"type": "ipc"}, {"type": "network"}, {"type": "cgroup"}],
             "cgroupsPath": format!("/spinup/{id}"),
-            "resources": {"pids": {"limit": 16}, "memory": {"limit": 67108864}}
+            "resources": {"pids": {"limit": 256}, "memory": {"limit": 268435456}}
         }
     });
     std::fs::write(bundle.join("config.json"), config.to_string()).map_err(|e| format!("probe bundle: {e}"))?;
@@ -65,6 +70,7 @@ async fn try_runtime(root: &Path, agent: &Path, candidate: &str) -> Result<Runti
     let out = tokio::process::Command::new(&path)
         .arg("--root")
         .arg(&state)
+        .args(global_args)
         .args(["run", "--bundle"])
         .arg(&bundle)
         .arg(&id)
@@ -89,17 +95,18 @@ async fn try_runtime(root: &Path, agent: &Path, candidate: &str) -> Result<Runti
 }
 
 /// The first runtime that really runs a container, or why none does.
-pub async fn detect(root: &Path, agent: &Path, forced: Option<&str>) -> Result<Runtime, String> {
+pub async fn detect(
+    root: &Path,
+    agent: &Path,
+    candidates: &[String],
+    global_args: &[String],
+) -> Result<Runtime, String> {
     if !agent.is_file() {
         return Err(format!("agent binary {} is missing; build it with `cargo build --release`", agent.display()));
     }
-    let candidates: Vec<&str> = match forced {
-        Some(f) => vec![f],
-        None => vec!["crun", "runc"],
-    };
     let mut why = vec![];
     for c in candidates {
-        match try_runtime(root, agent, c).await {
+        match try_runtime(root, agent, c, global_args).await {
             Ok(r) => return Ok(r),
             Err(e) => why.push(e),
         }

@@ -1,0 +1,325 @@
+//! The parts of an OCI-runtime driver that do not depend on which runtime
+//! runs the bundle: sandbox directories, the overlay rootfs, the spec, the
+//! runtime process, agent transport, liveness and teardown. The
+//! `container` driver (crun/runc) and the `gvisor` driver (runsc) are thin
+//! configurations of it.
+//!
+//! Layout under the driver's root:
+//!
+//! ```text
+//! state/                     the OCI runtime's --root (ours alone)
+//! sandboxes/<id>/upper       writable layer
+//! sandboxes/<id>/work        overlayfs work dir
+//! sandboxes/<id>/rootfs      overlay mount point (the sandbox's /)
+//! sandboxes/<id>/config.json the OCI bundle
+//! sandboxes/<id>/init.pid    the runtime's init (or sandbox) process
+//! sandboxes/<id>/run/        bind-mounted read-only at /run/spinup:
+//!     agent.sock | host.sock bound by the host (see Transport)
+//!     spinup-agent           hard link of the agent binary
+//! sandboxes/<id>/console.log the agent's stdout/stderr
+//! ```
+
+use std::collections::HashMap;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use spinup_model::{AgentStream, DriverStatus, Error, Result, SandboxSpec};
+
+use crate::probe::Runtime;
+use crate::spec;
+
+/// How the host and the agent find each other over a unix socket. In both,
+/// the host binds the socket, so the guest never chooses where the host
+/// connects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// The host binds `run/agent.sock` and the agent inherits the listening
+    /// fd (`--preserve-fds`).
+    InheritListener,
+    /// The host listens on `run/host.sock` and the agent dials out to it,
+    /// for runtimes that cannot pass fds (runsc, with `--host-uds=open`).
+    AgentDials,
+}
+
+/// How long a dialling agent has to connect.
+const DIAL_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub struct OciEngine {
+    root: PathBuf,
+    agent: PathBuf,
+    cgroup_parent: String,
+    pub runtime: std::result::Result<Runtime, String>,
+    /// Flags before the runtime's verb (e.g. `--platform=ptrace`).
+    global_args: Vec<String>,
+    transport: Transport,
+    listeners: Mutex<HashMap<String, Arc<tokio::net::UnixListener>>>,
+}
+
+/// What the store keeps for one sandbox between daemon restarts.
+#[derive(Debug, Serialize, Deserialize)]
+struct State {
+    pid: i32,
+    /// Start time of `pid` (clock ticks since boot), so a reused pid is
+    /// never mistaken for our init.
+    starttime: u64,
+    runtime: String,
+}
+
+/// Start time of a process from /proc/<pid>/stat (field 22).
+pub fn proc_starttime(pid: i32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // comm may contain spaces and parens: fields start after the last ')'.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+fn mounted(path: &Path) -> bool {
+    let Ok(mounts) = std::fs::read_to_string("/proc/self/mountinfo") else { return false };
+    let p = path.to_string_lossy();
+    mounts.lines().any(|l| l.split_whitespace().nth(4) == Some(&p))
+}
+
+fn mount_overlay(spec: &SandboxSpec, dir: &Path) -> Result<()> {
+    for l in &spec.layers {
+        let s = l.to_string_lossy();
+        if s.contains(',') || s.contains(':') {
+            return Err(Error::InvalidArgument(format!(
+                "layer path {s} contains ',' or ':', which overlayfs cannot take"
+            )));
+        }
+    }
+    // overlayfs lists lowerdirs top first; our layers are bottom first.
+    let lower: Vec<String> = spec.layers.iter().rev().map(|p| p.to_string_lossy().into_owned()).collect();
+    let opts = format!(
+        "lowerdir={},upperdir={},workdir={}",
+        lower.join(":"),
+        dir.join("upper").display(),
+        dir.join("work").display()
+    );
+    nix::mount::mount(
+        Some("overlay"),
+        &dir.join("rootfs"),
+        Some("overlay"),
+        nix::mount::MsFlags::empty(),
+        Some(opts.as_str()),
+    )
+    .map_err(|e| Error::internal("mounting the sandbox's overlayfs rootfs (is the overlay module loaded?)", e))
+}
+
+impl OciEngine {
+    pub fn new(
+        root: PathBuf,
+        agent: PathBuf,
+        cgroup_parent: String,
+        runtime: std::result::Result<Runtime, String>,
+        global_args: Vec<String>,
+        transport: Transport,
+    ) -> Self {
+        let _ = std::fs::create_dir_all(root.join("sandboxes"));
+        let _ = std::fs::create_dir_all(root.join("state"));
+        OciEngine { root, agent, cgroup_parent, runtime, global_args, transport, listeners: Default::default() }
+    }
+
+    fn dir(&self, id: &str) -> PathBuf {
+        self.root.join("sandboxes").join(id)
+    }
+
+    fn runtime(&self) -> Result<&Runtime> {
+        self.runtime.as_ref().map_err(|e| Error::Unavailable(e.clone()))
+    }
+
+    fn command(&self, rt: &Runtime) -> tokio::process::Command {
+        let mut cmd = tokio::process::Command::new(&rt.path);
+        cmd.arg("--root").arg(self.root.join("state")).args(&self.global_args);
+        cmd
+    }
+
+    /// (available, reason, backend) for a capability declaration.
+    pub fn availability(&self) -> (bool, Option<String>, Option<String>) {
+        match &self.runtime {
+            Ok(r) => (true, None, Some(r.describe())),
+            Err(e) => (false, Some(e.clone()), None),
+        }
+    }
+
+    /// Start a sandbox whose PID 1 is `agent_args`; `tweak` may adjust the
+    /// generated OCI spec for this runtime.
+    pub async fn create(
+        &self,
+        spec: &SandboxSpec,
+        agent_args: &[&str],
+        tweak: impl FnOnce(&mut serde_json::Value),
+    ) -> Result<serde_json::Value> {
+        let rt = self.runtime()?.clone();
+        let dir = self.dir(&spec.id);
+        for sub in ["upper", "work", "rootfs", "run"] {
+            std::fs::create_dir_all(dir.join(sub))
+                .map_err(|e| Error::internal(format!("creating {}", dir.join(sub).display()), e))?;
+        }
+        std::fs::hard_link(&self.agent, dir.join("run/spinup-agent"))
+            .or_else(|_| std::fs::copy(&self.agent, dir.join("run/spinup-agent")).map(|_| ()))
+            .map_err(|e| Error::internal("placing the agent binary", e))?;
+        mount_overlay(spec, &dir)?;
+
+        let mut config: serde_json::Value = serde_json::from_str(&spec::build(spec, &dir, &self.cgroup_parent)?)
+            .map_err(|e| Error::internal("OCI spec", e))?;
+        config["process"]["args"] = serde_json::json!(agent_args);
+        tweak(&mut config);
+        std::fs::write(dir.join("config.json"), config.to_string())
+            .map_err(|e| Error::internal("writing config.json", e))?;
+
+        let sock = dir.join(match self.transport {
+            Transport::InheritListener => "run/agent.sock",
+            Transport::AgentDials => "run/host.sock",
+        });
+        let _ = std::fs::remove_file(&sock);
+        let listener = std::os::unix::net::UnixListener::bind(&sock)
+            .map_err(|e| Error::internal("binding the agent socket", e))?;
+        let console = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("console.log"))
+            .map_err(|e| Error::internal("opening console.log", e))?;
+        let pid_file = dir.join("init.pid");
+        let lfd = listener.as_raw_fd();
+        let mut cmd = self.command(&rt);
+        cmd.args(["run", "--detach"]);
+        if self.transport == Transport::InheritListener {
+            cmd.args(["--preserve-fds", "1"]);
+            // SAFETY: dup2 is async-signal-safe; it places the listener at
+            // the fd the agent expects (and clears CLOEXEC on the copy).
+            unsafe {
+                cmd.pre_exec(move || {
+                    if libc::dup2(lfd, spinup_protocol::LISTEN_FD) < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        cmd.arg("--bundle")
+            .arg(&dir)
+            .arg("--pid-file")
+            .arg(&pid_file)
+            .arg(&spec.id)
+            .stdin(Stdio::null())
+            // The sandbox inherits these: they must not be pipes anyone waits on.
+            .stdout(console.try_clone().map_err(|e| Error::internal("console.log", e))?)
+            .stderr(console);
+        let status =
+            cmd.status().await.map_err(|e| Error::Unavailable(format!("cannot run {}: {e}", rt.path.display())))?;
+        match self.transport {
+            Transport::InheritListener => drop(listener),
+            Transport::AgentDials => {
+                listener.set_nonblocking(true).map_err(|e| Error::internal("agent listener", e))?;
+                let l =
+                    tokio::net::UnixListener::from_std(listener).map_err(|e| Error::internal("agent listener", e))?;
+                self.listeners.lock().unwrap().insert(spec.id.clone(), Arc::new(l));
+            }
+        }
+        if !status.success() {
+            let msg = self.console_tail(&spec.id).unwrap_or_default();
+            let _ = self.destroy(&spec.id).await;
+            return Err(Error::Internal(format!("{} run failed: {msg}", rt.name)));
+        }
+        let pid: i32 = std::fs::read_to_string(&pid_file)
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .ok_or_else(|| Error::Internal(format!("{} did not write a pid file", rt.name)))?;
+        let starttime = proc_starttime(pid).unwrap_or(0);
+        Ok(serde_json::to_value(State { pid, starttime, runtime: rt.name.clone() }).expect("state serializes"))
+    }
+
+    pub async fn status(&self, id: &str, state: &serde_json::Value) -> DriverStatus {
+        let Ok(st) = serde_json::from_value::<State>(state.clone()) else { return DriverStatus::Missing };
+        match proc_starttime(st.pid) {
+            Some(t) if t == st.starttime => DriverStatus::Running,
+            _ => {
+                let tail = self.console_tail(id).map(|t| format!("; last output: {t}")).unwrap_or_default();
+                DriverStatus::Exited(format!(
+                    "sandbox init (pid {}) is gone: killed from outside or crashed{tail}",
+                    st.pid
+                ))
+            }
+        }
+    }
+
+    /// Idempotent: kill, delete runtime state and cgroup, unmount, remove.
+    pub async fn destroy(&self, id: &str) -> Result<()> {
+        let dir = self.dir(id);
+        self.listeners.lock().unwrap().remove(id);
+        if let Ok(rt) = self.runtime() {
+            // `delete --force` kills every process and removes the cgroup.
+            let out = self
+                .command(rt)
+                .args(["delete", "--force", id])
+                .stdin(Stdio::null())
+                .output()
+                .await
+                .map_err(|e| Error::Internal(format!("{}: {e}", rt.path.display())))?;
+            let err = String::from_utf8_lossy(&out.stderr);
+            if !out.status.success() && !err.contains("does not exist") && !err.contains("not exist") {
+                return Err(Error::Internal(format!("deleting sandbox {id}: {}", err.trim())));
+            }
+        }
+        let rootfs = dir.join("rootfs");
+        if mounted(&rootfs) {
+            nix::mount::umount2(&rootfs, nix::mount::MntFlags::MNT_DETACH)
+                .map_err(|e| Error::internal(format!("unmounting {}", rootfs.display()), e))?;
+        }
+        if dir.exists() {
+            // The mount point must be empty now; never recurse through a mount.
+            if rootfs.exists() {
+                std::fs::remove_dir(&rootfs)
+                    .map_err(|e| Error::internal(format!("removing {}", rootfs.display()), e))?;
+            }
+            std::fs::remove_dir_all(&dir).map_err(|e| Error::internal(format!("removing {}", dir.display()), e))?;
+        }
+        Ok(())
+    }
+
+    pub async fn connect_agent(&self, id: &str) -> Result<AgentStream> {
+        match self.transport {
+            Transport::InheritListener => {
+                let p = self.dir(id).join("run/agent.sock");
+                let s = tokio::net::UnixStream::connect(&p)
+                    .await
+                    .map_err(|e| Error::Agent(format!("connecting to {}: {e}", p.display())))?;
+                Ok(Box::new(s))
+            }
+            Transport::AgentDials => {
+                let existing = self.listeners.lock().unwrap().get(id).cloned();
+                let l = match existing {
+                    Some(l) => l,
+                    None => {
+                        // After a daemon restart: listen again where the
+                        // agent keeps dialling.
+                        let p = self.dir(id).join("run/host.sock");
+                        let _ = std::fs::remove_file(&p);
+                        let l = Arc::new(
+                            tokio::net::UnixListener::bind(&p)
+                                .map_err(|e| Error::internal("re-binding the agent socket", e))?,
+                        );
+                        self.listeners.lock().unwrap().insert(id.to_string(), l.clone());
+                        l
+                    }
+                };
+                match tokio::time::timeout(DIAL_TIMEOUT, l.accept()).await {
+                    Ok(Ok((s, _))) => Ok(Box::new(s)),
+                    Ok(Err(e)) => Err(Error::Agent(format!("accepting the agent's connection: {e}"))),
+                    Err(_) => Err(Error::Agent(format!("the agent did not dial in within {DIAL_TIMEOUT:?}"))),
+                }
+            }
+        }
+    }
+
+    pub fn console_tail(&self, id: &str) -> Option<String> {
+        let s = std::fs::read(self.dir(id).join("console.log")).ok()?;
+        let tail = String::from_utf8_lossy(&s[s.len().saturating_sub(1024)..]).trim().to_string();
+        (!tail.is_empty()).then_some(tail)
+    }
+}
