@@ -268,6 +268,7 @@ pub async fn run(c: &Client, o: Opts) -> Result<Value> {
     let agent_each_pss = agent_pss as f64 / agent_pids.len().max(1) as f64 / 1024.0;
     let agent_each_rss = agent_rss as f64 / agent_pids.len().max(1) as f64 / 1024.0;
 
+    let gvisor = bench_gvisor(c, &mut conn, &layer, &o).await?;
     let (ce, rt, rn, bw, inf, sp, rh) =
         (stats(create_exec), stats(rtt), stats(runc), stats(bwrap), stats(info), stats(spawn), stats(runc_hard));
     Ok(json!({
@@ -285,6 +286,7 @@ pub async fn run(c: &Client, o: Opts) -> Result<Value> {
         "ratio_create_exec_vs_runc_p50": ce.p50 / rn.p50,
         "ratio_create_exec_vs_runc_spinup_spec_p50": ce.p50 / rh.p50,
         "ratio_create_exec_vs_bwrap_p50": ce.p50 / bw.p50,
+        "gvisor": gvisor,
         "idle_memory_mib": {
             "daemon_share_per_sandbox": daemon_share,
             "agent_pss_per_sandbox": agent_each_pss,
@@ -292,6 +294,73 @@ pub async fn run(c: &Client, o: Opts) -> Result<Value> {
             "agents_seen": agent_pids.len(),
             "total_per_sandbox_pss": daemon_share + agent_each_pss,
         }
+    }))
+}
+
+/// gVisor next to the container driver and `runsc run` of /bin/true on the
+/// same rootfs and platform, in the same run. Null when gVisor is unavailable.
+async fn bench_gvisor(c: &Client, conn: &mut Conn, layer: &Path, o: &Opts) -> Result<Value> {
+    let drivers = c.json(http::Method::GET, "/v1/drivers", None).await?;
+    let Some(g) = drivers.as_array().and_then(|d| d.iter().find(|d| d["driver"] == "gvisor" && d["available"] == true))
+    else {
+        return Ok(Value::Null);
+    };
+    let platform = g["backend"]
+        .as_str()
+        .and_then(|b| b.rsplit('(').next())
+        .map(|p| p.trim_end_matches(')'))
+        .unwrap_or("ptrace")
+        .to_string();
+    let n = (o.iterations / 3).max(5);
+    let work = std::env::temp_dir().join(format!("spinup-bench-gv-{}", std::process::id()));
+    std::fs::create_dir_all(&work)?;
+    let config = json!({
+        "ociVersion": "1.0.2",
+        "process": {"user": {"uid": 0, "gid": 0}, "args": ["/bin/true"], "cwd": "/", "env": ["PATH=/bin"]},
+        "root": {"path": layer, "readonly": true},
+        "mounts": [{"destination": "/proc", "type": "proc", "source": "proc"}],
+        "linux": {"namespaces": [{"type": "pid"}, {"type": "mount"}, {"type": "uts"}, {"type": "ipc"}, {"type": "network"}],
+                  "cgroupsPath": "/spinup-bench/gv", "resources": {"pids": {"limit": 256}, "memory": {"limit": 268435456}}}
+    });
+    std::fs::write(work.join("config.json"), config.to_string())?;
+    let runsc = time_cmd(n, |i| {
+        let mut cmd = Command::new("runsc");
+        cmd.arg("--root").arg(work.join("state")).arg(format!("--platform={platform}")).arg("--network=none");
+        cmd.args(["run", "--bundle"]).arg(&work).arg(format!("bench-gv-{i}"));
+        cmd
+    })
+    .context("runsc run baseline")?;
+    let _ = std::fs::remove_dir_all(&work);
+    let mut create_exec = vec![];
+    for _ in 0..n {
+        let t = Instant::now();
+        let (st, v) = conn.call("POST", "/v1/sandboxes", json!({"env": "busybox", "driver": "gvisor"})).await?;
+        if st != 201 {
+            bail!("gvisor create failed: {v}");
+        }
+        let id = v["id"].as_str().unwrap_or_default().to_string();
+        conn.call("POST", &format!("/v1/sandboxes/{id}/exec"), json!({"argv": ["/bin/true"]})).await?;
+        create_exec.push(t.elapsed());
+        conn.call("DELETE", &format!("/v1/sandboxes/{id}?force=true"), json!(null)).await?;
+    }
+    let (_, v) = conn.call("POST", "/v1/sandboxes", json!({"env": "busybox", "driver": "gvisor"})).await?;
+    let id = v["id"].as_str().unwrap_or_default().to_string();
+    let mut rtt = vec![];
+    for i in 0..(o.exec_iterations / 3).max(20) + 5 {
+        let t = Instant::now();
+        conn.call("POST", &format!("/v1/sandboxes/{id}/exec"), json!({"argv": ["/bin/true"]})).await?;
+        if i >= 5 {
+            rtt.push(t.elapsed());
+        }
+    }
+    conn.call("DELETE", &format!("/v1/sandboxes/{id}?force=true"), json!(null)).await?;
+    let (ce, rt, rs) = (stats(create_exec), stats(rtt), stats(runsc));
+    Ok(json!({
+        "platform": platform,
+        "create_to_first_exec_ms": {"p50": ce.p50, "p95": ce.p95, "mean": ce.mean},
+        "exec_round_trip_ms": {"p50": rt.p50, "p95": rt.p95, "mean": rt.mean},
+        "runsc_run_true_ms": {"p50": rs.p50, "p95": rs.p95, "mean": rs.mean},
+        "ratio_create_exec_vs_runsc_p50": ce.p50 / rs.p50,
     }))
 }
 
@@ -323,6 +392,35 @@ pub fn print_table(v: &Value) {
     );
     println!("create → first exec vs bwrap: {:.2}×", v["ratio_create_exec_vs_bwrap_p50"].as_f64().unwrap_or(0.0));
     println!("exec round trip vs a bare host spawn: {:.2}×", v["ratio_exec_vs_host_spawn_p50"].as_f64().unwrap_or(0.0));
+    let g = &v["gvisor"];
+    if !g.is_null() {
+        println!();
+        println!("| gvisor ({}) (ms) | p50 | p95 |", g["platform"].as_str().unwrap_or("?"));
+        println!("|---|---|---|");
+        for (name, k) in [
+            ("spinup gvisor create → first exec", "create_to_first_exec_ms"),
+            ("spinup gvisor exec round trip", "exec_round_trip_ms"),
+            ("baseline: runsc run /bin/true", "runsc_run_true_ms"),
+        ] {
+            println!(
+                "| {name} | {:.2} | {:.2} |",
+                g[k]["p50"].as_f64().unwrap_or(0.0),
+                g[k]["p95"].as_f64().unwrap_or(0.0)
+            );
+        }
+        println!();
+        println!(
+            "gvisor create → first exec vs runsc run: {:.2}×",
+            g["ratio_create_exec_vs_runsc_p50"].as_f64().unwrap_or(0.0)
+        );
+        println!(
+            "gvisor vs container driver, create → first exec: {:.2}×, exec round trip: {:.2}×",
+            g["create_to_first_exec_ms"]["p50"].as_f64().unwrap_or(0.0)
+                / v["create_to_first_exec_ms"]["p50"].as_f64().unwrap_or(1.0),
+            g["exec_round_trip_ms"]["p50"].as_f64().unwrap_or(0.0)
+                / v["exec_round_trip_ms"]["p50"].as_f64().unwrap_or(1.0)
+        );
+    }
     let m = &v["idle_memory_mib"];
     println!(
         "idle sandbox host memory: daemon share {:.2} MiB + agent {:.2} MiB PSS ({:.2} MiB RSS) = {:.2} MiB",
