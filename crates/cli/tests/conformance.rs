@@ -2,6 +2,7 @@
 //! run per driver (SPINUP_TEST_DRIVER, default `container`), as root,
 //! against the real runtime. Every test cleans up its sandboxes.
 
+#[macro_use]
 mod common;
 
 use std::time::Duration;
@@ -187,16 +188,7 @@ async fn background_processes_list_attach_stdin_signal() {
     let (st, _) =
         d.req("POST", &format!("/v1/sandboxes/{id}/processes/{pid}/signal"), Some(json!({"signal": 15}))).await;
     assert_eq!(st, 200);
-    loop {
-        match next_frame(&mut ws).await {
-            Some(Frame::Exit(e)) => {
-                assert_eq!(e.signal, Some(15));
-                break;
-            }
-            Some(_) => {}
-            None => panic!("attach stream ended without exit"),
-        }
-    }
+    assert_eq!(common::wait_exit(&mut ws).await.signal, Some(15));
     let (st, _) =
         d.req("POST", &format!("/v1/sandboxes/{id}/processes/999999/signal"), Some(json!({"signal": 15}))).await;
     assert_eq!(st, 404);
@@ -230,26 +222,12 @@ async fn pty_size_resize_and_input() {
     tokio::time::sleep(Duration::from_millis(100)).await;
     ws.send(Message::Binary(Frame::Stdin(Bytes::from_static(b"stty size; exit 5\n")).encode())).await.unwrap();
     read_until(&mut ws, "40 120").await;
-    loop {
-        match next_frame(&mut ws).await {
-            Some(Frame::Exit(e)) => {
-                assert_eq!(e.exit_code, 5);
-                break;
-            }
-            Some(_) => {}
-            None => panic!("pty stream ended without exit"),
-        }
-    }
+    assert_eq!(common::wait_exit(&mut ws).await.exit_code, 5);
     // Signal frames reach the foreground process.
     let mut ws = d.ws_exec(&id, ExecRequest { argv: vec!["sleep".into(), "100".into()], ..Default::default() }).await;
     assert!(matches!(next_frame(&mut ws).await, Some(Frame::Started(_))));
     ws.send(Message::Binary(Frame::Signal(SignalRequest { signal: 9 }).encode())).await.unwrap();
-    loop {
-        if let Some(Frame::Exit(e)) = next_frame(&mut ws).await {
-            assert_eq!(e.signal, Some(9));
-            break;
-        }
-    }
+    assert_eq!(common::wait_exit(&mut ws).await.signal, Some(9));
     d.rm(&id).await;
 }
 
@@ -900,21 +878,6 @@ async fn cli_interactive_terminal() {
     assert!(text.contains("/dev/pts/"), "{text}");
     assert_eq!(out.status.code(), Some(3), "{text}");
     d.rm(&id).await;
-}
-
-/// One test module per driver: `container::exec_…`, `gvisor::exec_…`.
-macro_rules! for_driver {
-    ($driver:ident: $($test:ident),* $(,)?) => {
-        mod $driver {
-            $(
-                #[tokio::test]
-                async fn $test() {
-                    crate::common::set_driver(stringify!($driver));
-                    super::$test().await
-                }
-            )*
-        }
-    };
 }
 
 macro_rules! suite {

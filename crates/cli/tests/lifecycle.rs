@@ -2,6 +2,7 @@
 //! leak checks over many cycles, and the TCP listener's API key. Each test
 //! owns its daemon, so killing it disturbs nobody else.
 
+#[macro_use]
 mod common;
 
 use std::time::Duration;
@@ -155,21 +156,6 @@ async fn tcp_listener_requires_the_api_key() {
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(!d.log().contains("s3cret-key"), "the key must not be logged");
-}
-
-/// One test module per driver: `container::exec_…`, `gvisor::exec_…`.
-macro_rules! for_driver {
-    ($driver:ident: $($test:ident),* $(,)?) => {
-        mod $driver {
-            $(
-                #[tokio::test]
-                async fn $test() {
-                    crate::common::set_driver(stringify!($driver));
-                    super::$test().await
-                }
-            )*
-        }
-    };
 }
 
 macro_rules! suite {

@@ -18,6 +18,23 @@ use tokio_tungstenite::tungstenite::Message;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_spinup");
 
+/// One test module per driver (`container::…`, `gvisor::…`), each test
+/// body run with that driver selected.
+#[macro_export]
+macro_rules! for_driver {
+    ($driver:ident: $($test:ident),* $(,)?) => {
+        mod $driver {
+            $(
+                #[tokio::test]
+                async fn $test() {
+                    crate::common::set_driver(stringify!($driver));
+                    super::$test().await
+                }
+            )*
+        }
+    };
+}
+
 thread_local! {
     static DRIVER: std::cell::RefCell<Option<String>> = const { std::cell::RefCell::new(None) };
 }
@@ -238,6 +255,19 @@ pub async fn next_frame(ws: &mut tokio_tungstenite::WebSocketStream<tokio::net::
             Ok(Message::Binary(b)) => return Some(Frame::decode(b).unwrap()),
             Ok(Message::Close(_)) | Err(_) => return None,
             Ok(_) => continue,
+        }
+    }
+}
+
+/// Skip frames until the process's exit status.
+pub async fn wait_exit(
+    ws: &mut tokio_tungstenite::WebSocketStream<tokio::net::UnixStream>,
+) -> spinup_protocol::ExitStatus {
+    loop {
+        match next_frame(ws).await {
+            Some(Frame::Exit(e)) => return e,
+            Some(_) => {}
+            None => panic!("the stream ended without an exit status"),
         }
     }
 }

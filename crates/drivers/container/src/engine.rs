@@ -27,7 +27,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use spinup_model::{AgentStream, DriverStatus, Error, Result, SandboxSpec};
+use spinup_model::{AgentStream, Capabilities, DriverStatus, Error, IsolationClass, Result, SandboxSpec};
 
 use crate::probe::Runtime;
 use crate::spec;
@@ -138,11 +138,31 @@ impl OciEngine {
         cmd
     }
 
-    /// (available, reason, backend) for a capability declaration.
-    pub fn availability(&self) -> (bool, Option<String>, Option<String>) {
-        match &self.runtime {
+    /// What a driver built on this engine can do: availability comes from
+    /// the runtime probe; exec, PTY and files from the agent, which every
+    /// engine-based driver runs; the rest is not implemented yet.
+    pub fn capabilities(&self, driver: &str, isolation: IsolationClass, own_kernel: bool) -> Capabilities {
+        let (available, reason, backend) = match &self.runtime {
             Ok(r) => (true, None, Some(r.describe())),
             Err(e) => (false, Some(e.clone()), None),
+        };
+        Capabilities {
+            driver: driver.into(),
+            isolation,
+            available,
+            reason,
+            backend,
+            exec: true,
+            pty: true,
+            files: true,
+            fs_snapshot: false,
+            memory_snapshot: false,
+            fork: false,
+            pause_resume: false,
+            network_policy: false,
+            port_exposure: false,
+            live_resource_update: false,
+            own_kernel,
         }
     }
 

@@ -55,25 +55,7 @@ impl Driver for ContainerDriver {
     }
 
     fn capabilities(&self) -> Capabilities {
-        let (available, reason, backend) = self.engine.availability();
-        Capabilities {
-            driver: "container".into(),
-            isolation: IsolationClass::SharedKernel,
-            available,
-            reason,
-            backend,
-            exec: true,
-            pty: true,
-            files: true,
-            fs_snapshot: false,
-            memory_snapshot: false,
-            fork: false,
-            pause_resume: false,
-            network_policy: false,
-            port_exposure: false,
-            live_resource_update: false,
-            own_kernel: false,
-        }
+        self.engine.capabilities("container", IsolationClass::SharedKernel, false)
     }
 
     async fn create(&self, spec: &SandboxSpec) -> Result<serde_json::Value> {

@@ -91,25 +91,7 @@ impl Driver for GvisorDriver {
     }
 
     fn capabilities(&self) -> Capabilities {
-        let (available, reason, backend) = self.engine.availability();
-        Capabilities {
-            driver: "gvisor".into(),
-            isolation: IsolationClass::UserSpaceKernel,
-            available,
-            reason,
-            backend,
-            exec: true,
-            pty: true,
-            files: true,
-            fs_snapshot: false,
-            memory_snapshot: false,
-            fork: false,
-            pause_resume: false,
-            network_policy: false,
-            port_exposure: false,
-            live_resource_update: false,
-            own_kernel: true,
-        }
+        self.engine.capabilities("gvisor", IsolationClass::UserSpaceKernel, true)
     }
 
     async fn create(&self, spec: &SandboxSpec) -> Result<serde_json::Value> {
