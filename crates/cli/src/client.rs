@@ -102,7 +102,12 @@ impl Client {
             Some(v) => full_body(serde_json::to_vec(&v)?),
             None => empty_body(),
         };
-        let resp = self.request(method, path, b).await?;
+        self.json_body(method, path, b).await
+    }
+
+    /// Any request body; the answer parsed as JSON (`null` when empty).
+    pub async fn json_body(&self, method: Method, path: &str, body: Body) -> Result<serde_json::Value> {
+        let resp = self.request(method, path, body).await?;
         let bytes = resp.into_body().collect().await?.to_bytes();
         if bytes.is_empty() {
             return Ok(serde_json::Value::Null);

@@ -611,14 +611,6 @@ async fn run(cli: Cli) -> Result<i32> {
     Ok(0)
 }
 
-impl Client {
-    async fn json_body(&self, method: Method, path: &str, body: spinup_protocol::client::Body) -> Result<Value> {
-        let resp = self.request(method, path, body).await?;
-        let bytes = resp.into_body().collect().await?.to_bytes();
-        Ok(serde_json::from_slice(&bytes)?)
-    }
-}
-
 fn main() {
     let cli = Cli::parse();
     if let Cmd::Serve { data_dir, socket, tcp, config, runtime, gvisor_platform, default_driver, cgroup_parent } =

@@ -116,7 +116,7 @@ async fn websocket_exec_with_streamed_stdin() {
             },
         )
         .await;
-    assert!(matches!(next_frame(&mut ws).await, Some(Frame::Started(_))));
+    common::wait_started(&mut ws).await;
     ws.send(Message::Binary(Frame::Stdin(Bytes::from_static(b"one\n")).encode())).await.unwrap();
     read_until(&mut ws, "got:one").await;
     ws.send(Message::Binary(Frame::Stdin(Bytes::from_static(b"two\n")).encode())).await.unwrap();
@@ -166,10 +166,7 @@ async fn background_processes_list_attach_stdin_signal() {
             },
         )
         .await;
-    let pid = match next_frame(&mut ws).await {
-        Some(Frame::Started(s)) => s.pid,
-        other => panic!("{other:?}"),
-    };
+    let pid = common::wait_started(&mut ws).await;
     drop(ws); // a background process outlives its client
     tokio::time::sleep(Duration::from_millis(200)).await;
     let (st, procs) = d.req("GET", &format!("/v1/sandboxes/{id}/processes"), None).await;
@@ -211,7 +208,7 @@ async fn pty_size_resize_and_input() {
             },
         )
         .await;
-    assert!(matches!(next_frame(&mut ws).await, Some(Frame::Started(_))));
+    common::wait_started(&mut ws).await;
     ws.send(Message::Binary(Frame::Stdin(Bytes::from_static(b"tty; stty size; echo term=$TERM\n")).encode()))
         .await
         .unwrap();
@@ -225,7 +222,7 @@ async fn pty_size_resize_and_input() {
     assert_eq!(common::wait_exit(&mut ws).await.exit_code, 5);
     // Signal frames reach the foreground process.
     let mut ws = d.ws_exec(&id, ExecRequest { argv: vec!["sleep".into(), "100".into()], ..Default::default() }).await;
-    assert!(matches!(next_frame(&mut ws).await, Some(Frame::Started(_))));
+    common::wait_started(&mut ws).await;
     ws.send(Message::Binary(Frame::Signal(SignalRequest { signal: 9 }).encode())).await.unwrap();
     assert_eq!(common::wait_exit(&mut ws).await.signal, Some(9));
     d.rm(&id).await;

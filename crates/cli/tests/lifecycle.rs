@@ -7,9 +7,9 @@ mod common;
 
 use std::time::Duration;
 
-use common::{eventually, leftovers, next_frame, Daemon};
+use common::{eventually, leftovers, Daemon};
 use serde_json::json;
-use spinup_protocol::{ExecRequest, Frame};
+use spinup_protocol::ExecRequest;
 
 /// Sandboxes the store knows, by state.
 async fn states(d: &Daemon) -> Vec<(String, String)> {
@@ -36,10 +36,7 @@ async fn daemon_restart_reattaches_and_timeouts_still_fire() {
             },
         )
         .await;
-    let pid = match next_frame(&mut ws).await {
-        Some(Frame::Started(s)) => s.pid,
-        other => panic!("{other:?}"),
-    };
+    let pid = common::wait_started(&mut ws).await;
     drop(ws);
     tokio::time::sleep(Duration::from_millis(500)).await;
     let before: u64 = d.ok(&keep, "cat /tmp/count").await.trim().parse().unwrap();

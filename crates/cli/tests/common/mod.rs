@@ -27,7 +27,7 @@ macro_rules! for_driver {
             $(
                 #[tokio::test]
                 async fn $test() {
-                    crate::common::set_driver(stringify!($driver));
+                    $crate::common::set_driver(stringify!($driver));
                     super::$test().await
                 }
             )*
@@ -256,6 +256,14 @@ pub async fn next_frame(ws: &mut tokio_tungstenite::WebSocketStream<tokio::net::
             Ok(Message::Close(_)) | Err(_) => return None,
             Ok(_) => continue,
         }
+    }
+}
+
+/// The first frame of an exec stream must be `Started`; its pid.
+pub async fn wait_started(ws: &mut tokio_tungstenite::WebSocketStream<tokio::net::UnixStream>) -> u32 {
+    match next_frame(ws).await {
+        Some(Frame::Started(s)) => s.pid,
+        other => panic!("expected Started, got {other:?}"),
     }
 }
 
