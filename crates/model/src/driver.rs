@@ -43,6 +43,11 @@ pub struct Capabilities {
     pub port_exposure: bool,
     pub live_resource_update: bool,
     pub own_kernel: bool,
+    /// A process that goes over the sandbox's pids or memory limit fails on
+    /// its own (fork gets EAGAIN, the OOM killer picks it). When false the
+    /// limits bound the whole sandbox, its kernel included, and going over
+    /// them stops the sandbox, with the limit named in the reason.
+    pub per_process_limits: bool,
 }
 
 impl Capabilities {
@@ -60,11 +65,12 @@ impl Capabilities {
             "port_exposure" => self.port_exposure,
             "live_resource_update" => self.live_resource_update,
             "own_kernel" => self.own_kernel,
+            "per_process_limits" => self.per_process_limits,
             _ => return None,
         })
     }
 
-    pub const NAMES: [&'static str; 11] = [
+    pub const NAMES: [&'static str; 12] = [
         "exec",
         "pty",
         "files",
@@ -76,6 +82,7 @@ impl Capabilities {
         "port_exposure",
         "live_resource_update",
         "own_kernel",
+        "per_process_limits",
     ];
 }
 

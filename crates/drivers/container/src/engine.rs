@@ -163,7 +163,35 @@ impl OciEngine {
             port_exposure: false,
             live_resource_update: false,
             own_kernel,
+            per_process_limits: true,
         }
+    }
+
+    /// The sandbox's cgroup limits that were hit, in words (v2 or v1 layout).
+    fn limits_hit(&self, id: &str) -> Vec<String> {
+        let rel = format!("{}/{id}", self.cgroup_parent.trim_matches('/'));
+        let count = |files: &[String], key: &str| -> u64 {
+            files
+                .iter()
+                .filter_map(|f| std::fs::read_to_string(format!("/sys/fs/cgroup/{f}")).ok())
+                .flat_map(|s| {
+                    s.lines()
+                        .filter_map(|l| l.strip_prefix(key)?.trim().parse::<u64>().ok())
+                        .collect::<Vec<_>>()
+                })
+                .max()
+                .unwrap_or(0)
+        };
+        let mut hit = vec![];
+        let pids = count(&[format!("{rel}/pids.events"), format!("pids/{rel}/pids.events")], "max ");
+        if pids > 0 {
+            hit.push(format!("pids limit reached {pids} times"));
+        }
+        let oom = count(&[format!("{rel}/memory.events"), format!("memory/{rel}/memory.oom_control")], "oom_kill ");
+        if oom > 0 {
+            hit.push(format!("memory limit: {oom} processes OOM-killed"));
+        }
+        hit
     }
 
     /// Start a sandbox whose PID 1 is `agent_args`; `tweak` may adjust the
@@ -260,10 +288,9 @@ impl OciEngine {
             Some(t) if t == st.starttime => DriverStatus::Running,
             _ => {
                 let tail = self.console_tail(id).map(|t| format!("; last output: {t}")).unwrap_or_default();
-                DriverStatus::Exited(format!(
-                    "sandbox init (pid {}) is gone: killed from outside or crashed{tail}",
-                    st.pid
-                ))
+                let hit = self.limits_hit(id);
+                let why = if hit.is_empty() { "killed from outside or crashed".to_string() } else { hit.join(", ") };
+                DriverStatus::Exited(format!("sandbox init (pid {}) is gone: {why}{tail}", st.pid))
             }
         }
     }

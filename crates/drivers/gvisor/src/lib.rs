@@ -91,7 +91,11 @@ impl Driver for GvisorDriver {
     }
 
     fn capabilities(&self) -> Capabilities {
-        self.engine.capabilities("gvisor", IsolationClass::UserSpaceKernel, true)
+        // The host cgroup bounds the Sentry as a whole: a guest fork bomb or
+        // memory hog that reaches a limit takes the sandbox down (runsc of
+        // Debian bookworm has no pids controller and applies no limits in
+        // its own cgroupfs), and the daemon reports which limit was hit.
+        Capabilities { per_process_limits: false, ..self.engine.capabilities("gvisor", IsolationClass::UserSpaceKernel, true) }
     }
 
     async fn create(&self, spec: &SandboxSpec) -> Result<serde_json::Value> {
