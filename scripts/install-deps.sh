@@ -1,19 +1,37 @@
 #!/usr/bin/env bash
 # Installs, from Debian's packages, everything Spinup and its tests use:
 # runc (container driver), runsc (gvisor driver), busybox-static (the `busybox` environment),
-# mmdebstrap (the `debian` environment), bubblewrap and hyperfine (bench
-# baselines). Idempotent.
+# mmdebstrap (the `debian` environment), qemu-system-x86 + qemu-utils +
+# e2fsprogs (microvm driver: the VMM, qcow2 overlays, ext4 root images),
+# bubblewrap and hyperfine (bench baselines). Idempotent. The microVM guest
+# kernel is not installed here: the daemon downloads Debian's cloud kernel
+# package into its data dir on first use (never into the host's /boot).
 set -euo pipefail
-pkgs=(runc runsc busybox-static mmdebstrap bubblewrap hyperfine ca-certificates)
+pkgs=(runc runsc busybox-static mmdebstrap e2fsprogs bubblewrap hyperfine ca-certificates)
+export DEBIAN_FRONTEND=noninteractive
+updated=
+update() { [ -n "$updated" ] || apt-get update -qq; updated=1; }
 missing=()
 for p in "${pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
 if ((${#missing[@]})); then
     echo "installing: ${missing[*]}"
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq
+    update
     apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+# qemu-img must come from the same QEMU as qemu-system-x86: a newer
+# backported qemu-utils "Breaks" bookworm's qemu-system-common, so pin it
+# to qemu-system-x86's version (a downgrade where a backport is installed).
+qv=$(apt-cache policy qemu-system-x86 | awk '/Candidate:/ {print $2}')
+if [ -z "$qv" ] || [ "$qv" = "(none)" ]; then
+    update
+    qv=$(apt-cache policy qemu-system-x86 | awk '/Candidate:/ {print $2}')
+fi
+if ! dpkg-query -W -f='${Status}' qemu-system-x86 2>/dev/null | grep -q "install ok installed" ||
+    [ "$(dpkg-query -W -f='${Version}' qemu-utils 2>/dev/null)" != "$qv" ]; then
+    echo "installing: qemu-system-x86 qemu-utils ($qv)"
+    apt-get install -y -qq --no-install-recommends --allow-downgrades "qemu-system-x86=$qv" "qemu-utils=$qv" >/dev/null
 fi
 # overlayfs is what every container sandbox's rootfs is made of.
 grep -qw overlay /proc/filesystems || modprobe overlay

@@ -10,7 +10,9 @@ mod files;
 mod info;
 mod process;
 mod pty;
+mod serial;
 mod server;
+mod vminit;
 
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::sync::Arc;
@@ -22,10 +24,12 @@ enum Listen {
     Path(String),
     Dial(String),
     Serial(String),
+    /// PID 1 of a microVM: boot the guest, then serve on its serial port.
+    Vm,
 }
 
 fn usage() -> ! {
-    eprintln!("usage: spinup-agent [--listen-fd N | --listen PATH | --dial PATH | --serial DEV]\n       spinup-agent --version");
+    eprintln!("usage: spinup-agent [--listen-fd N | --listen PATH | --dial PATH | --serial DEV | --vm]\n       spinup-agent --version");
     std::process::exit(2)
 }
 
@@ -41,12 +45,16 @@ fn parse_args() -> Listen {
         ["--listen", p] => Listen::Path(p.to_string()),
         ["--dial", p] => Listen::Dial(p.to_string()),
         ["--serial", p] => Listen::Serial(p.to_string()),
+        ["--vm"] => Listen::Vm,
         _ => usage(),
     }
 }
 
 fn main() {
-    let listen = parse_args();
+    let mut listen = parse_args();
+    if let Listen::Vm = listen {
+        listen = Listen::Serial(vminit::boot());
+    }
     // One thread: an idle sandbox should cost next to nothing. Blocking file
     // I/O goes to tokio's blocking pool.
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -112,6 +120,7 @@ async fn run(listen: Listen) -> i32 {
             }
             Listen::Dial(p) => server::serve_dial(&p, app).await,
             Listen::Serial(dev) => server::serve_serial(&dev, app).await,
+            Listen::Vm => unreachable!("booted before the runtime starts"),
         }
     };
     tokio::select! {

@@ -283,14 +283,33 @@ pub async fn serve_dial(path: &str, app: Router) {
     }
 }
 
-/// Serve one connection at a time on a character device (virtio-serial):
-/// when the host side goes away, reopen and wait for the next one.
+/// Serve the protocol on a virtio-serial port, one host session at a time.
+/// A read of 0 bytes means no host is connected; when one appears, say
+/// hello and serve HTTP/2 until it goes away (EOF) or sends garbage.
 pub async fn serve_serial(dev: &str, app: Router) {
     loop {
-        match tokio::fs::OpenOptions::new().read(true).write(true).open(dev).await {
-            Ok(f) => serve_conn(f, app.clone()).await,
-            Err(e) => eprintln!("spinup-agent: open {dev}: {e}"),
+        let port = match crate::serial::Port::open(dev) {
+            Ok(p) => p,
+            Err(e) => {
+                eprintln!("spinup-agent: open {dev}: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        loop {
+            match port.host_connected() {
+                Ok(true) => break,
+                Ok(false) => tokio::time::sleep(std::time::Duration::from_millis(5)).await,
+                Err(e) => {
+                    eprintln!("spinup-agent: {dev}: {e}");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+            }
         }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        if let Err(e) = port.write_all_blocking(spinup_protocol::SERIAL_HELLO).await {
+            eprintln!("spinup-agent: hello on {dev}: {e}");
+            continue;
+        }
+        serve_conn(port, app.clone()).await;
     }
 }

@@ -56,9 +56,21 @@ enum Cmd {
         /// gVisor platform (systrap, ptrace, kvm); probed when unset.
         #[arg(long, env = "SPINUP_GVISOR_PLATFORM")]
         gvisor_platform: Option<String>,
-        /// Driver used when a create names none: container, gvisor or auto.
+        /// Driver used when a create names none: container, gvisor, microvm or auto.
         #[arg(long, env = "SPINUP_DEFAULT_DRIVER")]
         default_driver: Option<String>,
+        /// microVM accelerator: auto (KVM if a probe guest boots under it, else TCG), kvm or tcg.
+        #[arg(long, env = "SPINUP_ACCEL")]
+        accel: Option<String>,
+        /// microVM guest kernel to use instead of Debian's cloud kernel.
+        #[arg(long, env = "SPINUP_KERNEL")]
+        kernel: Option<PathBuf>,
+        /// microVM initramfs (its /init must be spinup-agent); needs --kernel.
+        #[arg(long, env = "SPINUP_INITRD")]
+        initrd: Option<PathBuf>,
+        /// Where the downloaded guest kernel lives (default <data-dir>/microvm/kernel).
+        #[arg(long, env = "SPINUP_KERNEL_DIR")]
+        kernel_dir: Option<PathBuf>,
         /// Parent cgroup for sandboxes.
         #[arg(long, env = "SPINUP_CGROUP_PARENT", default_value = "spinup")]
         cgroup_parent: String,
@@ -613,8 +625,20 @@ async fn run(cli: Cli) -> Result<i32> {
 
 fn main() {
     let cli = Cli::parse();
-    if let Cmd::Serve { data_dir, socket, tcp, config, runtime, gvisor_platform, default_driver, cgroup_parent } =
-        cli.cmd
+    if let Cmd::Serve {
+        data_dir,
+        socket,
+        tcp,
+        config,
+        runtime,
+        gvisor_platform,
+        default_driver,
+        accel,
+        kernel,
+        initrd,
+        kernel_dir,
+        cgroup_parent,
+    } = cli.cmd
     {
         tracing_subscriber::fmt()
             .with_env_filter(
@@ -635,6 +659,10 @@ fn main() {
         file.container.runtime = runtime.or(file.container.runtime);
         file.gvisor.platform = gvisor_platform.or(file.gvisor.platform);
         file.default_driver = default_driver.or(file.default_driver);
+        file.microvm.accel = accel.or(file.microvm.accel);
+        file.microvm.kernel = kernel.or(file.microvm.kernel);
+        file.microvm.initrd = initrd.or(file.microvm.initrd);
+        file.microvm.kernel_dir = kernel_dir.or(file.microvm.kernel_dir);
         let cfg = spinup_daemon::Config {
             data_dir,
             socket,

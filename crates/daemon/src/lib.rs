@@ -30,6 +30,23 @@ pub struct FileConfig {
     pub defaults: DefaultsConfig,
     pub container: RuntimeConfig,
     pub gvisor: RuntimeConfig,
+    pub microvm: MicrovmConfig,
+}
+
+/// `[microvm]`: the VMM and guest kernel.
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MicrovmConfig {
+    /// `auto` (KVM if a probe guest boots under it, else TCG), `kvm`, `tcg`.
+    pub accel: Option<String>,
+    /// Your own guest kernel; with `initrd`, your own initramfs (its /init
+    /// must be spinup-agent, run as `/init --vm`).
+    pub kernel: Option<PathBuf>,
+    pub initrd: Option<PathBuf>,
+    /// Where Debian's cloud kernel is downloaded (default `<data-dir>/microvm/kernel`).
+    pub kernel_dir: Option<PathBuf>,
+    /// The QEMU binary.
+    pub qemu: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, serde::Deserialize)]
@@ -114,7 +131,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let store = Arc::new(store::Store::open(&cfg.data_dir.join("state.db"))?);
     let envs = envs::EnvStore::new(cfg.data_dir.join("environments"), store.clone())?;
     // Probe the drivers side by side: each runs a real sandbox to find out.
-    let (container, gvisor) = tokio::join!(
+    let (container, gvisor, microvm) = tokio::join!(
         spinup_driver_container::ContainerDriver::new(spinup_driver_container::Config {
             root: cfg.data_dir.join("container"),
             agent: agent.clone(),
@@ -123,13 +140,22 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         }),
         spinup_driver_gvisor::GvisorDriver::new(spinup_driver_gvisor::Config {
             root: cfg.data_dir.join("gvisor"),
-            agent,
+            agent: agent.clone(),
             runtime: cfg.file.gvisor.runtime.clone(),
             platform: cfg.file.gvisor.platform.clone(),
             cgroup_parent: cfg.cgroup_parent.clone(),
         }),
+        spinup_driver_microvm::MicrovmDriver::new(spinup_driver_microvm::Config {
+            root: cfg.data_dir.join("microvm"),
+            agent,
+            accel: cfg.file.microvm.accel.clone(),
+            kernel: cfg.file.microvm.kernel.clone(),
+            initrd: cfg.file.microvm.initrd.clone(),
+            kernel_dir: cfg.file.microvm.kernel_dir.clone(),
+            qemu: cfg.file.microvm.qemu.clone(),
+        }),
     );
-    let drivers: Vec<Arc<dyn Driver>> = vec![Arc::new(container), Arc::new(gvisor)];
+    let drivers: Vec<Arc<dyn Driver>> = vec![Arc::new(container), Arc::new(gvisor), Arc::new(microvm)];
     let d = &cfg.file.defaults;
     let defaults =
         manager::ResourcesPatch { vcpus: d.vcpus, memory_mib: d.memory_mib, disk_mib: d.disk_mib, pids: d.pids }

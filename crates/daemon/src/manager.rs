@@ -20,7 +20,6 @@ use crate::envs::{EnvStore, Progress};
 use crate::store::Store;
 
 /// How long a new sandbox's agent has to answer.
-const AGENT_READY_TIMEOUT: Duration = Duration::from_secs(15);
 /// How often running sandboxes are checked and timeouts fired.
 const MONITOR_INTERVAL: Duration = Duration::from_millis(500);
 
@@ -237,7 +236,8 @@ impl Manager {
 
     /// Connect to a fresh sandbox's agent and wait for its first answer.
     async fn wait_agent(&self, driver: &dyn Driver, id: &str) -> Result<()> {
-        let deadline = tokio::time::Instant::now() + AGENT_READY_TIMEOUT;
+        let bound = driver.ready_timeout();
+        let deadline = tokio::time::Instant::now() + bound;
         let mut last = String::new();
         while tokio::time::Instant::now() < deadline {
             match self.connect(driver, id).await {
@@ -259,7 +259,7 @@ impl Manager {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         let console = driver.console_tail(id).map(|t| format!("; sandbox output: {t}")).unwrap_or_default();
-        Err(Error::Agent(format!("the agent did not become ready within {AGENT_READY_TIMEOUT:?}: {last}{console}")))
+        Err(Error::Agent(format!("the agent did not become ready within {bound:?}: {last}{console}")))
     }
 
     /// A connected agent for a running sandbox.

@@ -135,6 +135,11 @@ pub trait Driver: Send + Sync {
     /// Open a byte stream to the sandbox's agent.
     async fn connect_agent(&self, id: &str) -> Result<AgentStream>;
 
+    /// How long a new sandbox may take until its agent answers.
+    fn ready_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(15)
+    }
+
     /// The last lines the sandbox's init wrote, for failure reasons.
     fn console_tail(&self, _id: &str) -> Option<String> {
         None

@@ -37,6 +37,8 @@ pub use types::*;
 
 /// Bumped on any incompatible change. Sent by both sides in
 /// [`PROTOCOL_HEADER`]; the agent refuses other versions.
+pub mod guest_policy;
+
 pub const PROTOCOL_VERSION: u32 = 1;
 pub const PROTOCOL_HEADER: &str = "x-spinup-protocol";
 
@@ -44,3 +46,18 @@ pub const PROTOCOL_HEADER: &str = "x-spinup-protocol";
 pub const GUEST_RUN_DIR: &str = "/run/spinup";
 /// Fd on which the agent inherits its already-bound listening socket.
 pub const LISTEN_FD: i32 = 3;
+
+/// The name of a microVM's virtio-serial port for the agent.
+pub const VM_AGENT_PORT: &str = "spinup.agent";
+/// What a probe guest's agent (`spinup.probe=1`) prints on the console
+/// before it powers the guest off.
+pub const VM_PROBE_MARKER: &str = "SPINUP-PROBE-OK";
+
+/// On a serial byte stream (virtio-serial) there are no connections: the
+/// agent writes this line each time a host side appears, and the host
+/// starts HTTP/2 only after it, discarding whatever came before.
+pub const SERIAL_HELLO: &[u8] = b"\nSPINUP-AGENT-READY 1\n";
+/// What a host waiting for [`SERIAL_HELLO`] writes now and then: bytes that
+/// are no valid HTTP/2, so an agent still in a stale session drops it and
+/// says hello again.
+pub const SERIAL_POKE: &[u8] = b"\0\0\0\x07\0\0\0\0\0SPINUP-POKE\n";

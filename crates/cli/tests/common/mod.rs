@@ -17,6 +17,8 @@ use spinup_protocol::{ExecRequest, Frame};
 use tokio_tungstenite::tungstenite::Message;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_spinup");
+/// Shared by every test daemon (and kept between runs).
+pub const KERNEL_CACHE: &str = "/var/tmp/spinup-test-kernel";
 
 /// One test module per driver (`container::…`, `gvisor::…`), each test
 /// body run with that driver selected.
@@ -79,6 +81,8 @@ fn spawn_daemon(dir: &Path, sock: &Path, extra: &[String], envs: &[(String, Stri
             .args(&extra)
             .envs(envs)
             .env("SPINUP_LOG", "info")
+            // The microVM guest kernel is downloaded once for all test daemons.
+            .env("SPINUP_KERNEL_DIR", KERNEL_CACHE)
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log);

@@ -175,9 +175,7 @@ impl OciEngine {
                 .iter()
                 .filter_map(|f| std::fs::read_to_string(format!("/sys/fs/cgroup/{f}")).ok())
                 .flat_map(|s| {
-                    s.lines()
-                        .filter_map(|l| l.strip_prefix(key)?.trim().parse::<u64>().ok())
-                        .collect::<Vec<_>>()
+                    s.lines().filter_map(|l| l.strip_prefix(key)?.trim().parse::<u64>().ok()).collect::<Vec<_>>()
                 })
                 .max()
                 .unwrap_or(0)

@@ -95,7 +95,10 @@ impl Driver for GvisorDriver {
         // memory hog that reaches a limit takes the sandbox down (runsc of
         // Debian bookworm has no pids controller and applies no limits in
         // its own cgroupfs), and the daemon reports which limit was hit.
-        Capabilities { per_process_limits: false, ..self.engine.capabilities("gvisor", IsolationClass::UserSpaceKernel, true) }
+        Capabilities {
+            per_process_limits: false,
+            ..self.engine.capabilities("gvisor", IsolationClass::UserSpaceKernel, true)
+        }
     }
 
     async fn create(&self, spec: &SandboxSpec) -> Result<serde_json::Value> {

@@ -1,0 +1,337 @@
+//! The agent as a microVM's init (`/init --vm` in the initramfs): load the
+//! modules the guest needs, mount the root disk, move into it and stay PID 1.
+//!
+//! Settings come from the kernel command line (`spinup.hostname=...`,
+//! `spinup.pids=...`, `spinup.cpu=...`, `spinup.mem=...`); the host writes nothing into the
+//! guest any other way.
+
+use std::ffi::CString;
+use std::os::fd::AsRawFd;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use nix::mount::{mount, MsFlags};
+
+use spinup_protocol::VM_AGENT_PORT as PORT_NAME;
+
+fn log(msg: &str) {
+    eprintln!("spinup-agent: {msg}");
+}
+
+fn fail(msg: &str) -> ! {
+    // The host reports the console's last lines, this one among them.
+    log(&format!("vm init failed: {msg}"));
+    power_off()
+}
+
+/// End the guest: a reboot, which QEMU (-no-reboot, reboot=t) turns into
+/// its own exit; microvm without ACPI has no power-off device.
+pub fn power_off() -> ! {
+    // SAFETY: sync and reboot take no pointers.
+    unsafe {
+        libc::sync();
+        libc::reboot(libc::RB_AUTOBOOT);
+    }
+    std::process::exit(1)
+}
+
+fn cmdline_value<'a>(cmdline: &'a str, key: &str) -> Option<&'a str> {
+    cmdline.split_whitespace().find_map(|w| w.strip_prefix(key)?.strip_prefix('='))
+}
+
+fn mnt(src: &str, target: &str, fstype: &str, flags: MsFlags, data: Option<&str>) {
+    let _ = std::fs::create_dir_all(target);
+    if let Err(e) = mount(Some(src), target, Some(fstype), flags, data) {
+        fail(&format!("mount {fstype} on {target}: {e}"));
+    }
+}
+
+/// Load each module listed (in dependency order) in /modules/order.
+fn load_modules() {
+    let order = std::fs::read_to_string("/modules/order").unwrap_or_default();
+    for rel in order.lines().filter(|l| !l.is_empty()) {
+        let path = format!("/modules/{rel}");
+        let f = match std::fs::File::open(&path) {
+            Ok(f) => f,
+            Err(e) => fail(&format!("open {path}: {e}")),
+        };
+        let params = CString::default();
+        // SAFETY: finit_module reads the open module file and the empty
+        // parameter string; both outlive the call.
+        let r = unsafe { libc::syscall(libc::SYS_finit_module, f.as_raw_fd(), params.as_ptr(), 0) };
+        if r != 0 {
+            let e = std::io::Error::last_os_error();
+            if e.raw_os_error() != Some(libc::EEXIST) {
+                fail(&format!("loading {rel}: {e}"));
+            }
+        }
+    }
+}
+
+fn wait_for(path: &str, bound: Duration) {
+    let start = Instant::now();
+    while !Path::new(path).exists() {
+        if start.elapsed() > bound {
+            fail(&format!("{path} did not appear within {bound:?}"));
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// The device node of the virtio-serial port named `name`.
+fn find_port(name: &str) -> Option<String> {
+    for e in std::fs::read_dir("/sys/class/virtio-ports").ok()?.flatten() {
+        if std::fs::read_to_string(e.path().join("name")).ok()?.trim() == name {
+            return Some(format!("/dev/{}", e.file_name().to_string_lossy()));
+        }
+    }
+    None
+}
+
+/// Bring the loopback interface up (the kernel starts with it down).
+fn loopback_up() {
+    // SAFETY: plain socket + ioctl on a zeroed ifreq naming "lo".
+    unsafe {
+        let s = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+        if s < 0 {
+            return;
+        }
+        let mut ifr: libc::ifreq = std::mem::zeroed();
+        for (i, b) in b"lo\0".iter().enumerate() {
+            ifr.ifr_name[i] = *b as libc::c_char;
+        }
+        if libc::ioctl(s, libc::SIOCGIFFLAGS, &mut ifr) == 0 {
+            ifr.ifr_ifru.ifru_flags |= (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
+            libc::ioctl(s, libc::SIOCSIFFLAGS, &ifr);
+        }
+        libc::close(s);
+    }
+}
+
+/// Grow the root ext4 filesystem online to the size of its disk (the disk
+/// limit; the environment's image is only as big as its content).
+fn grow_root() {
+    const EXT4_IOC_RESIZE_FS: libc::c_ulong = 0x4008_6610;
+    let Ok(sectors) = std::fs::read_to_string("/sys/block/vda/size") else { return };
+    let Ok(sectors) = sectors.trim().parse::<u64>() else { return };
+    let Ok(st) = nix::sys::statvfs::statvfs("/") else { return };
+    let bsize = st.fragment_size() as u64;
+    let want = sectors * 512 / bsize;
+    if want <= st.blocks() as u64 {
+        return;
+    }
+    let Ok(f) = std::fs::File::open("/") else { return };
+    // SAFETY: EXT4_IOC_RESIZE_FS takes a pointer to the new block count.
+    let r = unsafe { libc::ioctl(f.as_raw_fd(), EXT4_IOC_RESIZE_FS, &want) };
+    if r != 0 {
+        log(&format!("growing / to {want} blocks: {}", std::io::Error::last_os_error()));
+    }
+}
+
+/// Put the agent (and so everything it starts) in a cgroup with the
+/// sandbox's pids and CPU limits, in a cgroup namespace, so the guest sees
+/// its limits at /sys/fs/cgroup as it does in a container.
+fn limits(cmdline: &str) {
+    mnt("cgroup2", "/sys/fs/cgroup", "cgroup2", MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC, None);
+    let _ = std::fs::write("/sys/fs/cgroup/cgroup.subtree_control", "+pids +memory +cpu");
+    let dir = "/sys/fs/cgroup/sandbox";
+    let _ = std::fs::create_dir_all(dir);
+    if let Some(p) = cmdline_value(cmdline, "spinup.pids") {
+        let _ = std::fs::write(format!("{dir}/pids.max"), p);
+    }
+    if let Some(m) = cmdline_value(cmdline, "spinup.mem") {
+        let _ = std::fs::write(format!("{dir}/memory.max"), m);
+        let _ = std::fs::write(format!("{dir}/memory.swap.max"), "0");
+    }
+    if let Some(q) = cmdline_value(cmdline, "spinup.cpu") {
+        let _ = std::fs::write(format!("{dir}/cpu.max"), format!("{q} 100000"));
+    }
+    if let Err(e) = std::fs::write(format!("{dir}/cgroup.procs"), "0") {
+        log(&format!("entering the sandbox cgroup: {e}"));
+    }
+    let _ = nix::mount::umount("/sys/fs/cgroup");
+    if nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWCGROUP).is_ok() {
+        mnt("cgroup2", "/sys/fs/cgroup", "cgroup2", MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC, None);
+    }
+}
+
+/// Least privilege, as the OCI drivers give a container: hidden and
+/// read-only kernel interfaces, no new user namespaces, a read-only
+/// cgroupfs, Docker's capability set and no_new_privs for the agent and so
+/// for everything it starts. (No seccomp filter: the kernel is the guest's
+/// own; the VM is the boundary.)
+fn lockdown() {
+    use spinup_protocol::guest_policy::{CAPABILITY_NUMBERS, MASKED_PATHS, READONLY_PATHS};
+    let _ = std::fs::write("/proc/sys/user/max_user_namespaces", "0");
+    for p in MASKED_PATHS {
+        let Ok(m) = std::fs::metadata(p) else { continue };
+        let r = if m.is_dir() {
+            mount(Some("tmpfs"), p, Some("tmpfs"), MsFlags::MS_RDONLY, Some("size=0"))
+        } else {
+            mount(Some("/dev/null"), p, None::<&str>, MsFlags::MS_BIND, None::<&str>)
+        };
+        if let Err(e) = r {
+            log(&format!("masking {p}: {e}"));
+        }
+    }
+    for p in READONLY_PATHS.iter().copied().chain(["/sys", "/sys/fs/cgroup"]) {
+        if !Path::new(p).exists() {
+            continue;
+        }
+        let flags = MsFlags::MS_BIND | MsFlags::MS_REC;
+        let ro = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
+        if let Err(e) = mount(Some(p), p, None::<&str>, flags, None::<&str>)
+            .and_then(|_| mount(None::<&str>, p, None::<&str>, ro, None::<&str>))
+        {
+            log(&format!("making {p} read-only: {e}"));
+        }
+    }
+    // Capabilities: drop everything outside Docker's set from the bounding
+    // set, then keep only that set.
+    let keep: u64 = CAPABILITY_NUMBERS.iter().fold(0, |m, c| m | (1u64 << c));
+    let last = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
+        .ok()
+        .and_then(|s| s.trim().parse::<u32>().ok())
+        .unwrap_or(40);
+    for cap in 0..=last {
+        if keep & (1 << cap) == 0 {
+            // SAFETY: prctl with integer arguments.
+            unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) };
+        }
+    }
+    #[repr(C)]
+    struct Header {
+        version: u32,
+        pid: i32,
+    }
+    #[repr(C)]
+    #[derive(Clone, Copy)]
+    struct Data {
+        effective: u32,
+        permitted: u32,
+        inheritable: u32,
+    }
+    let hdr = Header { version: 0x2008_0522, pid: 0 };
+    let half =
+        |shift: u32| Data { effective: (keep >> shift) as u32, permitted: (keep >> shift) as u32, inheritable: 0 };
+    let data = [half(0), half(32)];
+    // SAFETY: capset reads the header and two data structs (version 3).
+    let r = unsafe { libc::syscall(libc::SYS_capset, &hdr as *const Header, data.as_ptr()) };
+    if r != 0 {
+        fail(&format!("dropping capabilities: {}", std::io::Error::last_os_error()));
+    }
+    // SAFETY: prctl with integer arguments.
+    if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
+        fail("setting no_new_privs");
+    }
+}
+
+/// Serve from a PID namespace of our own, as in a container: the guest's
+/// processes see the agent as PID 1 and nothing else (no kernel threads).
+/// The real init stays behind only to end the VM if the agent ever exits.
+fn own_pid_namespace() {
+    use nix::sys::wait::{waitpid, WaitStatus};
+    if let Err(e) = nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWPID) {
+        fail(&format!("new pid namespace: {e}"));
+    }
+    // SAFETY: single-threaded here (the async runtime starts after boot).
+    match unsafe { nix::unistd::fork() } {
+        Ok(nix::unistd::ForkResult::Child) => {
+            let _ = nix::mount::umount2("/proc", nix::mount::MntFlags::MNT_DETACH);
+            mnt("proc", "/proc", "proc", MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC, None);
+        }
+        Ok(nix::unistd::ForkResult::Parent { child }) => loop {
+            match waitpid(None, None) {
+                Ok(WaitStatus::Exited(pid, code)) if pid == child => {
+                    log(&format!("agent exited ({code}); powering off"));
+                    power_off();
+                }
+                Ok(WaitStatus::Signaled(pid, sig, _)) if pid == child => {
+                    log(&format!("agent killed by {sig}; powering off"));
+                    power_off();
+                }
+                Err(nix::errno::Errno::ECHILD) => power_off(),
+                _ => {}
+            }
+        },
+        Err(e) => fail(&format!("fork: {e}")),
+    }
+}
+
+/// Boot the guest; returns the agent's serial device.
+pub fn boot() -> String {
+    let t0 = Instant::now();
+    let nodev = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    mnt("devtmpfs", "/dev", "devtmpfs", MsFlags::MS_NOSUID, None);
+    mnt("proc", "/proc", "proc", nodev, None);
+    mnt("sysfs", "/sys", "sysfs", nodev, None);
+    let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+    load_modules();
+    if cmdline_value(&cmdline, "spinup.probe").is_some() {
+        log(&format!("{} in {} ms", spinup_protocol::VM_PROBE_MARKER, t0.elapsed().as_millis()));
+        power_off();
+    }
+    wait_for("/dev/vda", Duration::from_secs(10));
+    mnt("/dev/vda", "/newroot", "ext4", MsFlags::empty(), None);
+    // Move into the root disk: the initramfs stays underneath, emptied.
+    for f in ["/run", "/modules"] {
+        let _ = std::fs::remove_dir_all(f).or_else(|_| std::fs::remove_file(f));
+    }
+    for m in ["/dev", "/proc", "/sys"] {
+        let target = format!("/newroot{m}");
+        let _ = std::fs::create_dir_all(&target);
+        if let Err(e) = mount(Some(m), target.as_str(), None::<&str>, MsFlags::MS_MOVE, None::<&str>) {
+            fail(&format!("moving {m}: {e}"));
+        }
+    }
+    if let Err(e) = std::env::set_current_dir("/newroot") {
+        fail(&format!("chdir /newroot: {e}"));
+    }
+    if let Err(e) = mount(Some("."), "/", None::<&str>, MsFlags::MS_MOVE, None::<&str>) {
+        fail(&format!("moving the root: {e}"));
+    }
+    if let Err(e) = nix::unistd::chroot(".") {
+        fail(&format!("chroot: {e}"));
+    }
+    let _ = std::env::set_current_dir("/");
+    grow_root();
+    mnt(
+        "devpts",
+        "/dev/pts",
+        "devpts",
+        MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+        Some("newinstance,ptmxmode=0666,mode=0620"),
+    );
+    let _ = std::fs::remove_file("/dev/ptmx");
+    let _ = std::os::unix::fs::symlink("pts/ptmx", "/dev/ptmx");
+    mnt("shm", "/dev/shm", "tmpfs", nodev, Some("mode=1777,size=65536k"));
+    mnt("tmpfs", "/run", "tmpfs", MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some("mode=755"));
+    limits(&cmdline);
+    if let Some(h) = cmdline_value(&cmdline, "spinup.hostname") {
+        let _ = nix::unistd::sethostname(h);
+    }
+    // A fresh machine-id for every guest.
+    let mut id = [0u8; 16];
+    let _ = getrandom(&mut id);
+    let hex: String = id.iter().map(|b| format!("{b:02x}")).collect();
+    let _ = std::fs::write("/etc/machine-id", format!("{hex}\n"));
+    loopback_up();
+    let port = loop {
+        if let Some(p) = find_port(PORT_NAME) {
+            break p;
+        }
+        if t0.elapsed() > Duration::from_secs(10) {
+            fail(&format!("no virtio-serial port named {PORT_NAME}"));
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    };
+    own_pid_namespace();
+    lockdown();
+    log(&format!("guest ready in {} ms; serving on {port}", t0.elapsed().as_millis()));
+    port
+}
+
+fn getrandom(buf: &mut [u8]) -> std::io::Result<()> {
+    use std::io::Read;
+    std::fs::File::open("/dev/urandom")?.read_exact(buf)
+}

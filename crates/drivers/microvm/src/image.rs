@@ -1,0 +1,113 @@
+//! Root disks: one ext4 image per environment (built with `mkfs.ext4 -d`,
+//! no loop mount), cached by the environment's layers, and one qcow2
+//! copy-on-write overlay per sandbox backed by it (no copy).
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+
+use sha2::{Digest, Sha256};
+use spinup_model::{Error, Result};
+
+async fn run(cmd: &mut tokio::process::Command, what: &str) -> Result<()> {
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .map_err(|e| Error::Unavailable(format!("{what}: {e} (scripts/install-deps.sh installs it)")))?;
+    if !out.status.success() {
+        return Err(Error::Internal(format!("{what} failed: {}", String::from_utf8_lossy(&out.stderr).trim())));
+    }
+    Ok(())
+}
+
+fn du(dir: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let mut total = 0;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let Ok(m) = e.path().symlink_metadata() else { continue };
+            total += m.blocks() * 512 + 4096;
+            if m.is_dir() {
+                stack.push(e.path());
+            }
+        }
+    }
+    total
+}
+
+/// The ext4 image of `layers` (lowest first), built once under `dir`.
+/// Several layers are merged through a read-only overlay mount first.
+pub async fn environment_image(dir: &Path, layers: &[PathBuf]) -> Result<PathBuf> {
+    let mut h = Sha256::new();
+    for l in layers {
+        h.update(l.as_os_str().as_encoded_bytes());
+        h.update([0]);
+    }
+    let key = hex::encode(h.finalize());
+    let path = dir.join(format!("{}.ext4", &key[..24]));
+    if path.is_file() {
+        return Ok(path);
+    }
+    std::fs::create_dir_all(dir).map_err(|e| Error::Internal(format!("image dir: {e}")))?;
+    let tmp = dir.join(format!(".{}.{}.tmp", &key[..24], std::process::id()));
+    let merged = dir.join(format!(".{}.{}.merged", &key[..24], std::process::id()));
+    let source = match layers {
+        [one] => one.clone(),
+        [] => return Err(Error::InvalidArgument("an environment without layers".into())),
+        many => {
+            std::fs::create_dir_all(&merged).map_err(|e| Error::Internal(format!("image dir: {e}")))?;
+            let lower: Vec<String> = many.iter().rev().map(|l| l.to_string_lossy().into_owned()).collect();
+            nix::mount::mount(
+                Some("overlay"),
+                &merged,
+                Some("overlay"),
+                nix::mount::MsFlags::MS_RDONLY,
+                Some(format!("lowerdir={}", lower.join(":")).as_str()),
+            )
+            .map_err(|e| Error::Internal(format!("merging layers: {e}")))?;
+            merged.clone()
+        }
+    };
+    // Content plus room for metadata; each sandbox's disk grows from here to
+    // its own disk limit (the guest resizes the filesystem at boot).
+    let size_mib = du(&source) * 5 / 4 / (1 << 20) + 64;
+    let r = run(
+        tokio::process::Command::new("mkfs.ext4")
+            .args(["-q", "-F", "-m", "0", "-L", "spinup-root", "-E", "lazy_itable_init=0", "-d"])
+            .arg(&source)
+            .arg(&tmp)
+            .arg(format!("{size_mib}M")),
+        "mkfs.ext4",
+    )
+    .await;
+    if source == merged {
+        let _ = nix::mount::umount2(&merged, nix::mount::MntFlags::MNT_DETACH);
+        let _ = std::fs::remove_dir(&merged);
+    }
+    if let Err(e) = r {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
+    std::fs::rename(&tmp, &path).map_err(|e| Error::Internal(format!("image: {e}")))?;
+    Ok(path)
+}
+
+/// A sandbox's own disk: a qcow2 overlay of `base`, `size_mib` big.
+pub async fn overlay(base: &Path, disk: &Path, size_mib: u64) -> Result<()> {
+    let base_mib = std::fs::metadata(base).map(|m| m.len() >> 20).unwrap_or(0);
+    if size_mib < base_mib {
+        return Err(Error::InvalidArgument(format!(
+            "disk_mib {size_mib} is smaller than the environment's image ({base_mib} MiB)"
+        )));
+    }
+    run(
+        tokio::process::Command::new("qemu-img")
+            .args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"])
+            .arg(base)
+            .arg(disk)
+            .arg(format!("{size_mib}M")),
+        "qemu-img create",
+    )
+    .await
+}

@@ -1,0 +1,382 @@
+//! The `microvm` driver: every sandbox is a guest with its own kernel under
+//! QEMU's `microvm` machine. KVM where a probe guest proves it works,
+//! otherwise TCG (software emulation), said so in the capabilities.
+//!
+//! Data: `<root>/kernel/<release>/{vmlinuz,modules}` (Debian's cloud
+//! kernel, fetched once), `<root>/initramfs-*.cpio` (agent as /init),
+//! `<root>/images/*.ext4` (one per environment), and per sandbox
+//! `<root>/sandboxes/<id>/{disk.qcow2,console.log,run/{agent.sock,qmp.sock,qemu.pid}}`.
+
+pub mod cpio;
+pub mod image;
+pub mod kernel;
+pub mod vmm;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use spinup_driver_container::proc_starttime;
+use spinup_model::{AgentStream, Capabilities, Driver, DriverStatus, Error, IsolationClass, Result, SandboxSpec};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use vmm::{Accel, Qemu, VmConfig, Vmm};
+
+pub struct Config {
+    /// Directory the driver owns (`<data-dir>/microvm`).
+    pub root: PathBuf,
+    /// The static agent binary (becomes the initramfs's /init).
+    pub agent: PathBuf,
+    /// `auto` (default), `kvm` or `tcg`.
+    pub accel: Option<String>,
+    /// Bring your own kernel (and initramfs, whose /init must be the agent).
+    pub kernel: Option<PathBuf>,
+    pub initrd: Option<PathBuf>,
+    /// Where the downloaded kernel lives (default `<root>/kernel`).
+    pub kernel_dir: Option<PathBuf>,
+    /// The QEMU binary (default `qemu-system-x86_64`).
+    pub qemu: Option<String>,
+}
+
+struct Ready {
+    vmm: Box<dyn Vmm>,
+    accel: Accel,
+    /// Why this accelerator (shown in `spinup drivers` and the logs).
+    accel_note: String,
+    kernel: PathBuf,
+    initrd: PathBuf,
+}
+
+pub struct MicrovmDriver {
+    root: PathBuf,
+    ready: std::result::Result<Ready, String>,
+}
+
+/// How long a KVM probe guest may take before KVM is judged unusable.
+const KVM_PROBE_BOUND: Duration = Duration::from_secs(10);
+/// How long a TCG probe guest may take (software emulation, busy host).
+const TCG_PROBE_BOUND: Duration = Duration::from_secs(90);
+
+/// Guest RAM on top of the sandbox's memory limit, for the guest kernel,
+/// its page cache floor and the agent.
+pub const GUEST_KERNEL_MIB: u64 = 96;
+
+#[derive(Serialize, Deserialize)]
+struct State {
+    pid: i32,
+    starttime: u64,
+    accel: Accel,
+}
+
+impl MicrovmDriver {
+    pub async fn new(cfg: Config) -> Self {
+        let root = cfg.root.clone();
+        let ready = Self::prepare(cfg).await;
+        match &ready {
+            Ok(r) => {
+                tracing::info!(vmm = r.vmm.version(), accel = r.accel.as_str(), note = %r.accel_note, "microvm driver ready")
+            }
+            Err(e) => tracing::warn!("microvm driver unavailable: {e}"),
+        }
+        MicrovmDriver { root, ready }
+    }
+
+    async fn prepare(cfg: Config) -> std::result::Result<Ready, String> {
+        let _ = std::fs::create_dir_all(cfg.root.join("sandboxes"));
+        let qemu = Qemu::find(cfg.qemu.as_deref()).await.map_err(|e| e.to_string())?;
+        for tool in ["qemu-img", "mkfs.ext4"] {
+            which(tool).ok_or_else(|| {
+                format!("{tool} not found; install qemu-utils and e2fsprogs (scripts/install-deps.sh)")
+            })?;
+        }
+        let (kernel, initrd) = match (cfg.kernel, cfg.initrd) {
+            (Some(k), Some(i)) => (k, i),
+            (k, None) => {
+                let kernel = match k {
+                    Some(path) => kernel::Kernel { vmlinuz: path, modules: None, release: "custom".into() },
+                    None => kernel::ensure(&cfg.kernel_dir.clone().unwrap_or_else(|| cfg.root.join("kernel")))
+                        .await
+                        .map_err(|e| format!("guest kernel: {e}"))?,
+                };
+                let initrd =
+                    kernel::initramfs(&cfg.root, &kernel, &cfg.agent).map_err(|e| format!("initramfs: {e}"))?;
+                (kernel.vmlinuz, initrd)
+            }
+            (None, Some(_)) => return Err("--initrd needs --kernel too".into()),
+        };
+        let probes = cfg.kernel_dir.clone().unwrap_or_else(|| cfg.root.join("kernel"));
+        let (accel, accel_note) =
+            choose_accel(&qemu, cfg.accel.as_deref(), &kernel, &initrd, &cfg.root, &probes).await?;
+        Ok(Ready { vmm: Box::new(qemu), accel, accel_note, kernel, initrd })
+    }
+
+    fn ready(&self) -> Result<&Ready> {
+        self.ready.as_ref().map_err(|e| Error::Unavailable(format!("microvm driver: {e}")))
+    }
+
+    fn dir(&self, id: &str) -> PathBuf {
+        self.root.join("sandboxes").join(id)
+    }
+
+    /// How long a guest may take to boot to its agent.
+    fn boot_bound(&self) -> Duration {
+        match self.ready.as_ref().map(|r| r.accel) {
+            Ok(Accel::Kvm) => Duration::from_secs(15),
+            _ => Duration::from_secs(90),
+        }
+    }
+}
+
+fn which(tool: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH")?.to_str()?.split(':').map(|d| Path::new(d).join(tool)).find(|p| p.is_file())
+}
+
+/// `auto` uses KVM only once a probe guest has booted under it within a
+/// bound; otherwise TCG, and the note says why. Results are cached per host
+/// boot, QEMU version and kernel, so a restart does not pay for the probe.
+async fn choose_accel(
+    qemu: &Qemu,
+    wanted: Option<&str>,
+    kernel: &Path,
+    initrd: &Path,
+    root: &Path,
+    cache_dir: &Path,
+) -> std::result::Result<(Accel, String), String> {
+    let boot_id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap_or_default();
+    let key = {
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        for part in [
+            boot_id.trim().as_bytes(),
+            qemu.version.as_bytes(),
+            kernel.as_os_str().as_encoded_bytes(),
+            initrd.as_os_str().as_encoded_bytes(),
+        ] {
+            h.update(part);
+            h.update([0]);
+        }
+        hex::encode(h.finalize())[..16].to_string()
+    };
+    let _ = std::fs::create_dir_all(cache_dir);
+    let probe = |accel: Accel, bound: Duration| {
+        let cache = cache_dir.join(format!("probe-{key}-{}.json", accel.as_str()));
+        let dir = root.join(format!("probe-{}", accel.as_str()));
+        async move {
+            if let Some(r) = std::fs::read_to_string(&cache)
+                .ok()
+                .and_then(|s| serde_json::from_str::<std::result::Result<u64, String>>(&s).ok())
+            {
+                return r;
+            }
+            tracing::info!(accel = accel.as_str(), "booting a probe guest");
+            let r = vmm::probe(qemu, accel, kernel, initrd, &dir, bound).await.map(|d| d.as_millis() as u64);
+            let _ = std::fs::write(&cache, serde_json::to_string(&r).unwrap_or_default());
+            r
+        }
+    };
+    match wanted.unwrap_or("auto") {
+        "kvm" => Ok((Accel::Kvm, "KVM (forced by configuration)".into())),
+        "tcg" => {
+            probe(Accel::Tcg, TCG_PROBE_BOUND).await.map_err(|e| format!("a guest does not boot under TCG: {e}"))?;
+            Ok((Accel::Tcg, "TCG (forced by configuration)".into()))
+        }
+        "auto" => {
+            let kvm_why = match std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm") {
+                Err(e) => format!("/dev/kvm: {e}"),
+                Ok(_) => match probe(Accel::Kvm, KVM_PROBE_BOUND).await {
+                    Ok(ms) => return Ok((Accel::Kvm, format!("KVM (probe guest booted in {ms} ms)"))),
+                    Err(e) => format!("KVM probe failed: {e}"),
+                },
+            };
+            let ms = probe(Accel::Tcg, TCG_PROBE_BOUND).await.map_err(|e| format!("{kvm_why}; TCG: {e}"))?;
+            tracing::warn!("microvm: {kvm_why}; falling back to TCG (software emulation, slow)");
+            Ok((Accel::Tcg, format!("TCG, software emulation ({kvm_why}); probe guest booted in {ms} ms")))
+        }
+        other => Err(format!("unknown accelerator '{other}' (auto, kvm or tcg)")),
+    }
+}
+
+#[async_trait]
+impl Driver for MicrovmDriver {
+    fn name(&self) -> &'static str {
+        "microvm"
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        let (available, reason, backend) = match &self.ready {
+            Ok(r) => (true, None, Some(format!("{} microvm, {}", r.vmm.version(), r.accel_note))),
+            Err(e) => (false, Some(e.clone()), None),
+        };
+        Capabilities {
+            driver: "microvm".into(),
+            isolation: IsolationClass::HardwareVirtualization,
+            available,
+            reason,
+            backend,
+            exec: true,
+            pty: true,
+            files: true,
+            fs_snapshot: false,
+            memory_snapshot: false,
+            fork: false,
+            pause_resume: false,
+            network_policy: false,
+            port_exposure: false,
+            live_resource_update: false,
+            own_kernel: true,
+            // The guest kernel enforces pids (a cgroup in the guest) and
+            // memory (its RAM): the OOM killer picks one process.
+            per_process_limits: true,
+        }
+    }
+
+    fn ready_timeout(&self) -> Duration {
+        self.boot_bound()
+    }
+
+    async fn create(&self, spec: &SandboxSpec) -> Result<serde_json::Value> {
+        let r = self.ready()?;
+        let dir = self.dir(&spec.id);
+        let run = dir.join("run");
+        std::fs::create_dir_all(&run).map_err(|e| Error::Internal(format!("sandbox dir: {e}")))?;
+        let base = image::environment_image(&self.root.join("images"), &spec.layers).await?;
+        let disk = dir.join("disk.qcow2");
+        image::overlay(&base, &disk, spec.resources.disk_mib).await?;
+        let res = &spec.resources;
+        let vcpus = (res.vcpus.ceil() as u32).max(1);
+        let quota = ((res.vcpus * 100_000.0) as u64).max(1000);
+        let vm = VmConfig {
+            kernel: r.kernel.clone(),
+            initrd: r.initrd.clone(),
+            cmdline: format!(
+                "spinup.hostname={} spinup.pids={} spinup.cpu={quota} spinup.mem={}",
+                spec.hostname,
+                res.pids,
+                res.memory_mib << 20
+            ),
+            disk: Some(disk),
+            vcpus,
+            // The sandbox's memory limit is a cgroup in the guest, as in a
+            // container; the guest kernel and agent get room of their own.
+            memory_mib: res.memory_mib + GUEST_KERNEL_MIB,
+            agent_socket: Some(run.join("agent.sock")),
+            qmp_socket: Some(run.join("qmp.sock")),
+            console: dir.join("console.log"),
+            pidfile: run.join("qemu.pid"),
+        };
+        let out = r
+            .vmm
+            .command(&vm, r.accel)
+            .output()
+            .await
+            .map_err(|e| Error::Unavailable(format!("starting {}: {e}", r.vmm.name())))?;
+        if !out.status.success() {
+            return Err(Error::Internal(format!(
+                "{} did not start the guest: {}",
+                r.vmm.name(),
+                String::from_utf8_lossy(&out.stderr).trim()
+            )));
+        }
+        let pid: i32 = std::fs::read_to_string(&vm.pidfile)
+            .ok()
+            .and_then(|p| p.trim().parse().ok())
+            .ok_or_else(|| Error::Internal("the VMM wrote no pid file".into()))?;
+        let starttime = proc_starttime(pid).ok_or_else(|| {
+            Error::Internal(format!(
+                "the VMM exited at once{}",
+                self.console_tail(&spec.id).map(|t| format!(": {t}")).unwrap_or_default()
+            ))
+        })?;
+        Ok(serde_json::to_value(State { pid, starttime, accel: r.accel }).unwrap_or_default())
+    }
+
+    async fn status(&self, id: &str, state: &serde_json::Value) -> DriverStatus {
+        let Ok(st) = serde_json::from_value::<State>(state.clone()) else { return DriverStatus::Missing };
+        match proc_starttime(st.pid) {
+            Some(t) if t == st.starttime => DriverStatus::Running,
+            _ => {
+                let tail = self.console_tail(id).map(|t| format!("; last console lines: {t}")).unwrap_or_default();
+                DriverStatus::Exited(format!(
+                    "the VM (pid {}) is gone: the guest powered off or panicked, or the VMM was killed{tail}",
+                    st.pid
+                ))
+            }
+        }
+    }
+
+    async fn destroy(&self, id: &str) -> Result<()> {
+        let dir = self.dir(id);
+        let pidfile = dir.join("run/qemu.pid");
+        if let Some(pid) = std::fs::read_to_string(&pidfile).ok().and_then(|p| p.trim().parse::<i32>().ok()) {
+            // Only our VMM: its command line names this sandbox's dir.
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let ours = String::from_utf8_lossy(&cmdline).contains(&*dir.to_string_lossy());
+            if ours {
+                let p = nix::unistd::Pid::from_raw(pid);
+                let _ = nix::sys::signal::kill(p, nix::sys::signal::Signal::SIGTERM);
+                let deadline = std::time::Instant::now() + Duration::from_secs(3);
+                while proc_starttime(pid).is_some() && std::time::Instant::now() < deadline {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                if proc_starttime(pid).is_some() {
+                    let _ = nix::sys::signal::kill(p, nix::sys::signal::Signal::SIGKILL);
+                    while proc_starttime(pid).is_some() {
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                }
+            }
+        }
+        match std::fs::remove_dir_all(&dir) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(Error::Internal(format!("removing {}: {e}", dir.display()))),
+        }
+    }
+
+    async fn connect_agent(&self, id: &str) -> Result<AgentStream> {
+        let sock = self.dir(id).join("run/agent.sock");
+        let mut s = tokio::net::UnixStream::connect(&sock)
+            .await
+            .map_err(|e| Error::Agent(format!("connecting to the VM's serial port {}: {e}", sock.display())))?;
+        // Wait for the agent's hello; what comes before it is stale.
+        let hello = spinup_protocol::SERIAL_HELLO;
+        let deadline = tokio::time::Instant::now() + self.boot_bound();
+        let mut matched = 0;
+        let mut byte = [0u8; 1];
+        let mut last_data = tokio::time::Instant::now();
+        while matched < hello.len() {
+            if tokio::time::Instant::now() > deadline {
+                return Err(Error::Agent(format!("no agent hello from the VM within {:?}", self.boot_bound())));
+            }
+            match tokio::time::timeout(Duration::from_millis(500), s.read(&mut byte)).await {
+                Ok(Ok(0)) => return Err(Error::Agent("the VM's serial port closed (VM gone?)".into())),
+                Ok(Ok(_)) => {
+                    last_data = tokio::time::Instant::now();
+                    matched = if byte[0] == hello[matched] {
+                        matched + 1
+                    } else if byte[0] == hello[0] {
+                        1
+                    } else {
+                        0
+                    };
+                }
+                Ok(Err(e)) => return Err(Error::Agent(format!("reading the VM's serial port: {e}"))),
+                Err(_) => {
+                    // A guest stuck in a stale session (a host that left and
+                    // came back unseen) drops it on bytes that are no HTTP/2.
+                    if last_data.elapsed() > Duration::from_secs(3) {
+                        let _ = s.write_all(spinup_protocol::SERIAL_POKE).await;
+                        last_data = tokio::time::Instant::now();
+                    }
+                }
+            }
+        }
+        Ok(Box::new(s))
+    }
+
+    fn console_tail(&self, id: &str) -> Option<String> {
+        let text = std::fs::read_to_string(self.dir(id).join("console.log")).ok()?;
+        let lines: Vec<&str> = text.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+        (!lines.is_empty()).then(|| lines[lines.len().saturating_sub(8)..].join(" | "))
+    }
+}
