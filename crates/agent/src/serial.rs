@@ -1,12 +1,16 @@
 //! A virtio-serial port as an async byte stream. The port has no
 //! connections, only a "host connected" flag: a read returns 0 while no
-//! host is attached, and EAGAIN when one is attached with nothing to say.
+//! host is attached. Sessions are delimited by a handshake (see
+//! [`spinup_protocol::SERIAL_RESET`]).
 
+use std::future::Future;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
+use std::time::Duration;
 
+use spinup_protocol::{H2_PREFACE, SERIAL_HELLO, SERIAL_READY};
 use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
@@ -26,37 +30,119 @@ impl Port {
         Ok(Port { fd: AsyncFd::new(owned)? })
     }
 
-    /// Whether a host is attached now. Stale bytes from an earlier session
-    /// (a host that went away mid-request) are read and dropped.
-    pub fn host_connected(&self) -> io::Result<bool> {
-        let mut buf = [0u8; 4096];
+    /// Read what is there; `Ok(None)` while no host is attached.
+    async fn read_some(&self, buf: &mut [u8]) -> io::Result<Option<usize>> {
         loop {
-            match nix::unistd::read(self.fd.as_raw_fd(), &mut buf) {
-                Ok(0) => return Ok(false),
-                Ok(_) => continue,
-                Err(nix::errno::Errno::EAGAIN) => return Ok(true),
+            match nix::unistd::read(self.fd.as_raw_fd(), buf) {
+                Ok(0) => {
+                    // No host: poll, cheaply, for one to appear.
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                    return Ok(None);
+                }
+                Ok(n) => return Ok(Some(n)),
+                Err(nix::errno::Errno::EAGAIN) => {
+                    let mut g = self.fd.readable().await?;
+                    g.clear_ready();
+                    // Readiness is edge-triggered and a host appearing is no
+                    // edge on every kernel: look again at least every 50 ms.
+                    let _ = tokio::time::timeout(Duration::from_millis(50), self.fd.readable()).await;
+                }
                 Err(e) => return Err(e.into()),
             }
         }
     }
 
-    pub async fn write_all_blocking(&self, mut data: &[u8]) -> io::Result<()> {
+    async fn write_all(&self, mut data: &[u8]) -> io::Result<()> {
         while !data.is_empty() {
-            let mut g = self.fd.writable().await?;
-            match g.try_io(|fd| Ok(nix::unistd::write(fd, data)?)) {
-                Ok(Ok(n)) => data = &data[n..],
-                Ok(Err(e)) => return Err(e),
-                Err(_would_block) => continue,
+            match nix::unistd::write(&self.fd, data) {
+                Ok(n) => data = &data[n..],
+                Err(nix::errno::Errno::EAGAIN) => {
+                    let _ = tokio::time::timeout(Duration::from_millis(50), self.fd.writable()).await;
+                }
+                Err(e) => return Err(e.into()),
             }
         }
         Ok(())
     }
+
+    /// Wait for a host's hello, answer it, and return the bytes from the
+    /// start of its HTTP/2 preface on. Anything else is stale and dropped;
+    /// a newer hello (the host retried) is answered again.
+    pub async fn handshake(&self) -> io::Result<Vec<u8>> {
+        let mut buf: Vec<u8> = Vec::with_capacity(1024);
+        let mut chunk = [0u8; 4096];
+        let mut answered = false;
+        // A host repeats its hello until answered: answer each nonce once.
+        let mut last_nonce = String::new();
+        loop {
+            let Some(n) = self.read_some(&mut chunk).await? else {
+                // The host went away mid-handshake: start over.
+                buf.clear();
+                answered = false;
+                last_nonce.clear();
+                continue;
+            };
+            buf.extend_from_slice(&chunk[..n]);
+            if answered {
+                if let Some(at) = find(&buf, H2_PREFACE) {
+                    return Ok(buf.split_off(at));
+                }
+            }
+            // Answer the last complete hello line, if any.
+            while let Some(at) = find(&buf, SERIAL_HELLO.as_bytes()) {
+                let rest = &buf[at + SERIAL_HELLO.len()..];
+                let Some(end) = rest.iter().position(|&b| b == b'\n') else { break };
+                let nonce = String::from_utf8_lossy(&rest[..end]).to_string();
+                buf.drain(..at + SERIAL_HELLO.len() + end + 1);
+                if nonce.len() <= 64 && nonce != last_nonce {
+                    self.write_all(format!("{SERIAL_READY}{nonce}\n").as_bytes()).await?;
+                    answered = true;
+                    last_nonce = nonce;
+                }
+            }
+            if answered {
+                if let Some(at) = find(&buf, H2_PREFACE) {
+                    return Ok(buf.split_off(at));
+                }
+            }
+            // Keep only a tail that could still begin a hello or preface.
+            if buf.len() > 256 {
+                buf.drain(..buf.len() - 64);
+            }
+        }
+    }
 }
 
-impl AsyncRead for Port {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+/// The port, with bytes already read put back in front.
+pub struct Prefixed {
+    head: Vec<u8>,
+    pos: usize,
+    port: std::sync::Arc<Port>,
+    /// Writes that would block are retried on this timer as well as on
+    /// readiness: a port the host throttled may wake nobody when it opens.
+    retry: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl Prefixed {
+    pub fn new(head: Vec<u8>, port: std::sync::Arc<Port>) -> Self {
+        Prefixed { head, pos: 0, port, retry: None }
+    }
+}
+
+impl AsyncRead for Prefixed {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        if self.pos < self.head.len() {
+            let n = buf.remaining().min(self.head.len() - self.pos);
+            buf.put_slice(&self.head[self.pos..self.pos + n]);
+            self.pos += n;
+            return Poll::Ready(Ok(()));
+        }
         loop {
-            let mut g = ready!(self.fd.poll_read_ready(cx))?;
+            let mut g = ready!(self.port.fd.poll_read_ready(cx))?;
             let unfilled = buf.initialize_unfilled();
             match g.try_io(|fd| Ok(nix::unistd::read(fd.as_raw_fd(), unfilled)?)) {
                 Ok(Ok(n)) => {
@@ -70,14 +156,25 @@ impl AsyncRead for Port {
     }
 }
 
-impl AsyncWrite for Port {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
+impl AsyncWrite for Prefixed {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
         loop {
-            let mut g = ready!(self.fd.poll_write_ready(cx))?;
-            match g.try_io(|fd| Ok(nix::unistd::write(fd, data)?)) {
-                Ok(r) => return Poll::Ready(r),
-                Err(_would_block) => continue,
+            match nix::unistd::write(&self.port.fd, data) {
+                Ok(n) => {
+                    self.retry = None;
+                    return Poll::Ready(Ok(n));
+                }
+                Err(nix::errno::Errno::EAGAIN) => {}
+                Err(e) => return Poll::Ready(Err(e.into())),
             }
+            // Wait for readiness or the retry timer, whichever comes first.
+            if let Poll::Ready(g) = self.port.fd.poll_write_ready(cx) {
+                g?.clear_ready();
+                continue;
+            }
+            let retry = self.retry.get_or_insert_with(|| Box::pin(tokio::time::sleep(Duration::from_millis(20))));
+            ready!(retry.as_mut().poll(cx));
+            self.retry = None;
         }
     }
 

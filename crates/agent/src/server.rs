@@ -283,13 +283,12 @@ pub async fn serve_dial(path: &str, app: Router) {
     }
 }
 
-/// Serve the protocol on a virtio-serial port, one host session at a time.
-/// A read of 0 bytes means no host is connected; when one appears, say
-/// hello and serve HTTP/2 until it goes away (EOF) or sends garbage.
+/// Serve the protocol on a virtio-serial port, one host session at a time
+/// (see [`spinup_protocol::SERIAL_RESET`] for the handshake).
 pub async fn serve_serial(dev: &str, app: Router) {
     loop {
         let port = match crate::serial::Port::open(dev) {
-            Ok(p) => p,
+            Ok(p) => std::sync::Arc::new(p),
             Err(e) => {
                 eprintln!("spinup-agent: open {dev}: {e}");
                 tokio::time::sleep(std::time::Duration::from_millis(100)).await;
@@ -297,19 +296,14 @@ pub async fn serve_serial(dev: &str, app: Router) {
             }
         };
         loop {
-            match port.host_connected() {
-                Ok(true) => break,
-                Ok(false) => tokio::time::sleep(std::time::Duration::from_millis(5)).await,
+            match port.handshake().await {
+                Ok(rest) => serve_conn(crate::serial::Prefixed::new(rest, port.clone()), app.clone()).await,
                 Err(e) => {
                     eprintln!("spinup-agent: {dev}: {e}");
-                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    break;
                 }
             }
         }
-        if let Err(e) = port.write_all_blocking(spinup_protocol::SERIAL_HELLO).await {
-            eprintln!("spinup-agent: hello on {dev}: {e}");
-            continue;
-        }
-        serve_conn(port, app.clone()).await;
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
 }

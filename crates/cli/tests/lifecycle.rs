@@ -101,8 +101,13 @@ async fn hundred_create_destroy_cycles_leak_nothing() {
     d.rm(&id).await;
     let fds_before = std::fs::read_dir(format!("/proc/{}/fd", d.pid())).unwrap().count();
     // 100 cycles on the container driver (the figure); 25 on gVisor,
-    // whose ptrace platform makes each cycle ~4x slower, to bound CI time.
-    let cycles = if common::driver() == "gvisor" { 25 } else { 100 };
+    // whose ptrace platform makes each cycle ~4x slower, and 10 microVM
+    // boots (seconds each under TCG), to bound CI time.
+    let cycles = match common::driver().as_str() {
+        "gvisor" => 25,
+        "microvm" => 10,
+        _ => 100,
+    };
     for i in 0..cycles {
         let id = d.create(json!({"labels": {"cycle": i.to_string()}})).await;
         if i % 10 == 0 {
@@ -159,6 +164,7 @@ macro_rules! suite {
     ($($test:ident),* $(,)?) => {
         for_driver!(container: $($test),*);
         for_driver!(gvisor: $($test),*);
+        for_driver!(microvm: $($test),*);
     };
 }
 

@@ -53,11 +53,15 @@ pub const VM_AGENT_PORT: &str = "spinup.agent";
 /// before it powers the guest off.
 pub const VM_PROBE_MARKER: &str = "SPINUP-PROBE-OK";
 
-/// On a serial byte stream (virtio-serial) there are no connections: the
-/// agent writes this line each time a host side appears, and the host
-/// starts HTTP/2 only after it, discarding whatever came before.
-pub const SERIAL_HELLO: &[u8] = b"\nSPINUP-AGENT-READY 1\n";
-/// What a host waiting for [`SERIAL_HELLO`] writes now and then: bytes that
-/// are no valid HTTP/2, so an agent still in a stale session drops it and
-/// says hello again.
-pub const SERIAL_POKE: &[u8] = b"\0\0\0\x07\0\0\0\0\0SPINUP-POKE\n";
+/// A serial byte stream (virtio-serial) has no connections, and a guest
+/// cannot always tell that its host went away and came back. So each host
+/// session starts with a handshake: the host writes [`SERIAL_RESET`] (bytes
+/// that are no valid HTTP/2: a guest still in a stale session drops it)
+/// and `SPINUP-HELLO <nonce>\n`, repeating the hello until the agent answers
+/// `SPINUP-READY <nonce>\n`. Both sides discard whatever precedes those
+/// lines; the agent then also discards anything before the HTTP/2 preface.
+pub const SERIAL_RESET: &[u8] = b"\0\0\0\x07\0\0\0\0\0SPINUP-RESET\n";
+pub const SERIAL_HELLO: &str = "SPINUP-HELLO ";
+pub const SERIAL_READY: &str = "SPINUP-READY ";
+/// What an HTTP/2 client sends first.
+pub const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";

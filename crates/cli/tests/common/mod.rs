@@ -358,7 +358,7 @@ pub fn leftovers(d: &Daemon) -> Vec<String> {
     if let Ok(rd) = std::fs::read_dir("/sys/fs/cgroup") {
         cg_roots.extend(rd.flatten().map(|e| e.path().join(&parent)));
     }
-    let ids: Vec<String> = ["container", "gvisor"]
+    let ids: Vec<String> = ["container", "gvisor", "microvm"]
         .iter()
         .flat_map(|drv| std::fs::read_dir(data.join(drv).join("sandboxes")).into_iter().flatten().flatten())
         .map(|e| e.file_name().to_string_lossy().to_string())
@@ -387,6 +387,11 @@ pub fn leftovers(d: &Daemon) -> Vec<String> {
             if exe.to_string_lossy().starts_with(&data_s) {
                 out.push(format!("process {} {}", e.file_name().to_string_lossy(), exe.display()));
             }
+        }
+        // A VMM of one of this daemon's guests.
+        let cmdline = String::from_utf8_lossy(&std::fs::read(e.path().join("cmdline")).unwrap_or_default()).to_string();
+        if cmdline.contains(&format!("{data_s}/microvm/sandboxes/")) {
+            out.push(format!("vmm {} {}", e.file_name().to_string_lossy(), cmdline.replace('\0', " ")));
         }
     }
     out

@@ -338,37 +338,52 @@ impl Driver for MicrovmDriver {
         let mut s = tokio::net::UnixStream::connect(&sock)
             .await
             .map_err(|e| Error::Agent(format!("connecting to the VM's serial port {}: {e}", sock.display())))?;
-        // Wait for the agent's hello; what comes before it is stale.
-        let hello = spinup_protocol::SERIAL_HELLO;
+        // The handshake (see spinup_protocol::SERIAL_RESET): reset any
+        // stale session, say hello with a fresh nonce, and wait for the
+        // agent's answer; whatever comes before it is stale.
+        let nonce = format!("{:016x}", {
+            use std::hash::{BuildHasher, Hasher};
+            let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+            h.write_u128(
+                std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos(),
+            );
+            h.finish()
+        });
+        let hello = format!("{}{nonce}\n", spinup_protocol::SERIAL_HELLO);
+        let ready = format!("{}{nonce}\n", spinup_protocol::SERIAL_READY).into_bytes();
+        let io_err = |e: std::io::Error| Error::Agent(format!("the VM's serial port: {e}"));
+        s.write_all(spinup_protocol::SERIAL_RESET).await.map_err(io_err)?;
+        s.write_all(hello.as_bytes()).await.map_err(io_err)?;
         let deadline = tokio::time::Instant::now() + self.boot_bound();
-        let mut matched = 0;
-        let mut byte = [0u8; 1];
-        let mut last_data = tokio::time::Instant::now();
-        while matched < hello.len() {
+        let mut seen: Vec<u8> = vec![];
+        let mut chunk = [0u8; 4096];
+        let mut last_hello = tokio::time::Instant::now();
+        loop {
             if tokio::time::Instant::now() > deadline {
-                return Err(Error::Agent(format!("no agent hello from the VM within {:?}", self.boot_bound())));
+                return Err(Error::Agent(format!("no answer from the VM's agent within {:?}", self.boot_bound())));
             }
-            match tokio::time::timeout(Duration::from_millis(500), s.read(&mut byte)).await {
+            match tokio::time::timeout(Duration::from_millis(200), s.read(&mut chunk)).await {
                 Ok(Ok(0)) => return Err(Error::Agent("the VM's serial port closed (VM gone?)".into())),
-                Ok(Ok(_)) => {
-                    last_data = tokio::time::Instant::now();
-                    matched = if byte[0] == hello[matched] {
-                        matched + 1
-                    } else if byte[0] == hello[0] {
-                        1
-                    } else {
-                        0
-                    };
-                }
-                Ok(Err(e)) => return Err(Error::Agent(format!("reading the VM's serial port: {e}"))),
-                Err(_) => {
-                    // A guest stuck in a stale session (a host that left and
-                    // came back unseen) drops it on bytes that are no HTTP/2.
-                    if last_data.elapsed() > Duration::from_secs(3) {
-                        let _ = s.write_all(spinup_protocol::SERIAL_POKE).await;
-                        last_data = tokio::time::Instant::now();
+                Ok(Ok(n)) => {
+                    seen.extend_from_slice(&chunk[..n]);
+                    if let Some(at) = seen.windows(ready.len()).position(|w| w == ready) {
+                        if at + ready.len() < seen.len() {
+                            // The agent says nothing after READY until our preface.
+                            return Err(Error::Agent("unexpected bytes after the agent's answer".into()));
+                        }
+                        break;
+                    }
+                    if seen.len() > 4096 {
+                        seen.drain(..seen.len() - ready.len());
                     }
                 }
+                Ok(Err(e)) => return Err(io_err(e)),
+                Err(_) => {}
+            }
+            // Booting, or the hello went to a stale session: say it again.
+            if last_hello.elapsed() > Duration::from_secs(1) {
+                s.write_all(hello.as_bytes()).await.map_err(io_err)?;
+                last_hello = tokio::time::Instant::now();
             }
         }
         Ok(Box::new(s))
