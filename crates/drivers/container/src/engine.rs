@@ -69,11 +69,17 @@ struct State {
     runtime: String,
 }
 
-/// Start time of a process from /proc/<pid>/stat (field 22).
+/// Start time of a live process from /proc/<pid>/stat (field 22); None
+/// when it is gone (zombies included).
 pub fn proc_starttime(pid: i32) -> Option<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // comm may contain spaces and parens: fields start after the last ')'.
     let rest = &stat[stat.rfind(')')? + 2..];
+    // A zombie is gone: it waits only for its (re)parent to reap it, and a
+    // daemonized VMM's parent is the host's init, which may take seconds.
+    if matches!(rest.split_whitespace().next(), Some("Z" | "X")) {
+        return None;
+    }
     rest.split_whitespace().nth(19)?.parse().ok()
 }
 

@@ -185,12 +185,18 @@ async fn choose_accel(
                 Err(e) => format!("/dev/kvm: {e}"),
                 Ok(_) => match probe(Accel::Kvm, KVM_PROBE_BOUND).await {
                     Ok(ms) => return Ok((Accel::Kvm, format!("KVM (probe guest booted in {ms} ms)"))),
-                    Err(e) => format!("KVM probe failed: {e}"),
+                    Err(e) => {
+                        tracing::warn!("microvm: the KVM probe guest failed: {e}");
+                        // The first line says it; the log has the rest.
+                        let first = e.lines().next().unwrap_or("").trim_start_matches("qemu-system-x86_64: ");
+                        let first: String = first.chars().take(80).collect();
+                        format!("KVM unusable: {first}")
+                    }
                 },
             };
             let ms = probe(Accel::Tcg, TCG_PROBE_BOUND).await.map_err(|e| format!("{kvm_why}; TCG: {e}"))?;
             tracing::warn!("microvm: {kvm_why}; falling back to TCG (software emulation, slow)");
-            Ok((Accel::Tcg, format!("TCG, software emulation ({kvm_why}); probe guest booted in {ms} ms")))
+            Ok((Accel::Tcg, format!("TCG ({kvm_why}; TCG probe guest up in {ms} ms)")))
         }
         other => Err(format!("unknown accelerator '{other}' (auto, kvm or tcg)")),
     }
