@@ -170,7 +170,10 @@ async fn choose_accel(
             }
             tracing::info!(accel = accel.as_str(), "booting a probe guest");
             let r = vmm::probe(qemu, accel, kernel, initrd, &dir, bound).await.map(|d| d.as_millis() as u64);
-            let _ = std::fs::write(&cache, serde_json::to_string(&r).unwrap_or_default());
+            let tmp = cache.with_extension(format!("{}.tmp", std::process::id()));
+            if std::fs::write(&tmp, serde_json::to_string(&r).unwrap_or_default()).is_ok() {
+                let _ = std::fs::rename(&tmp, &cache);
+            }
             r
         }
     };
