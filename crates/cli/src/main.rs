@@ -149,6 +149,10 @@ enum Cmd {
     },
     /// Set a sandbox's timeout (seconds from now; 0 clears it).
     Timeout { id: String, seconds: u64 },
+    /// Freeze every process of a sandbox in place (memory kept).
+    Pause { id: String },
+    /// Continue a paused sandbox.
+    Resume { id: String },
     /// Copy a file between the host and a sandbox: SRC DST, one of them ID:/path ('-' is stdin/stdout).
     Cp { src: String, dst: String },
     /// Environments: ls | import NAME PATH | build NAME | rm NAME.
@@ -506,6 +510,8 @@ async fn run(cli: Cli) -> Result<i32> {
                 print_json(&v);
             }
         }
+        Cmd::Pause { id } => freeze(&c, &id, "pause", cli.json).await?,
+        Cmd::Resume { id } => freeze(&c, &id, "resume", cli.json).await?,
         Cmd::Cp { src, dst } => cp(&c, &src, &dst).await?,
         Cmd::Env(EnvCmd::Ls) => {
             let v = c.json(Method::GET, "/v1/environments", None).await?;
@@ -621,6 +627,15 @@ async fn run(cli: Cli) -> Result<i32> {
         }
     }
     Ok(0)
+}
+
+/// `spinup pause|resume ID`.
+async fn freeze(c: &Client, id: &str, verb: &str, json: bool) -> Result<()> {
+    let v = c.json(Method::POST, &format!("/v1/sandboxes/{}/{verb}", enc(id)), None).await?;
+    if json {
+        print_json(&v);
+    }
+    Ok(())
 }
 
 fn main() {

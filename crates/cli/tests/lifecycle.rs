@@ -57,6 +57,23 @@ async fn daemon_restart_reattaches_and_timeouts_still_fire() {
     assert_eq!(leftovers(&d), Vec::<String>::new());
 }
 
+async fn paused_sandbox_stays_paused_across_a_daemon_restart() {
+    let d = Daemon::start("paused");
+    let id = d.create(json!({})).await;
+    d.ok(&id, "echo 41 > /tmp/n").await;
+    let (st, v) = d.req("POST", &format!("/v1/sandboxes/{id}/pause"), None).await;
+    assert_eq!(st, 200, "{v}");
+    d.kill9();
+    d.restart();
+    let (_, v) = d.req("GET", &format!("/v1/sandboxes/{id}"), None).await;
+    assert_eq!(v["state"], "paused", "{v}");
+    let (st, v) = d.req("POST", &format!("/v1/sandboxes/{id}/resume"), None).await;
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(d.ok(&id, "cat /tmp/n").await, "41\n");
+    d.rm(&id).await;
+    assert_eq!(leftovers(&d), Vec::<String>::new());
+}
+
 #[tokio::test]
 async fn kill9_during_create_and_exec_loses_no_other_sandbox() {
     let d = Daemon::start("kill9");
@@ -168,4 +185,8 @@ macro_rules! suite {
     };
 }
 
-suite!(daemon_restart_reattaches_and_timeouts_still_fire, hundred_create_destroy_cycles_leak_nothing,);
+suite!(
+    daemon_restart_reattaches_and_timeouts_still_fire,
+    hundred_create_destroy_cycles_leak_nothing,
+    paused_sandbox_stays_paused_across_a_daemon_restart,
+);

@@ -17,7 +17,7 @@ use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
 use http_body_util::BodyExt;
 use serde::Deserialize;
-use spinup_model::{Error, Sandbox};
+use spinup_model::{Error, Sandbox, SandboxState};
 use spinup_protocol::client::full_body;
 use spinup_protocol::{AgentClient, ClientError, ExecRequest, Frame};
 
@@ -90,8 +90,18 @@ pub fn router(m: Arc<Manager>) -> Router {
         .route("/v1/sandboxes/{id}/timeout", put(set_timeout))
         .route("/v1/sandboxes/{id}/info", get(info))
         .route("/v1/sandboxes/{id}/events", get(events))
-        .route("/v1/sandboxes/{id}/pause", post(|s: M, p: Path<String>| gated(s, p, "pause_resume")))
-        .route("/v1/sandboxes/{id}/resume", post(|s: M, p: Path<String>| gated(s, p, "pause_resume")))
+        .route(
+            "/v1/sandboxes/{id}/pause",
+            post(|State(m): M, Path(id): Path<String>| async move {
+                Ok::<_, ApiError>(Json(m.freeze(&id, SandboxState::Paused).await?))
+            }),
+        )
+        .route(
+            "/v1/sandboxes/{id}/resume",
+            post(|State(m): M, Path(id): Path<String>| async move {
+                Ok::<_, ApiError>(Json(m.freeze(&id, SandboxState::Running).await?))
+            }),
+        )
         .route("/v1/sandboxes/{id}/snapshot", post(snapshot))
         .route("/v1/sandboxes/{id}/fork", post(|s: M, p: Path<String>| gated(s, p, "fork")))
         .route(

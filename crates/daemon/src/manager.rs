@@ -290,10 +290,44 @@ impl Manager {
         Ok(c)
     }
 
+    /// Pause (`to` = Paused) or resume (`to` = Running) a sandbox in place.
+    pub async fn freeze(&self, id: &str, to: SandboxState) -> Result<Sandbox> {
+        let sb = self.get(id)?;
+        self.require(&sb, "pause_resume")?;
+        let lock = self.lock_for(id);
+        let _g = lock.lock().await;
+        let mut sb = self.get(id)?;
+        let from = if to == SandboxState::Paused { SandboxState::Running } else { SandboxState::Paused };
+        if sb.state != from {
+            let why = sb.reason.as_ref().map(|r| format!(" ({r})")).unwrap_or_default();
+            return Err(Error::Conflict(format!(
+                "sandbox {id} is {}{why}; only a {from} sandbox can be {}",
+                sb.state,
+                if to == SandboxState::Paused { "paused" } else { "resumed" }
+            )));
+        }
+        let driver = self.driver(&sb.driver)?;
+        if to == SandboxState::Paused {
+            driver.pause(id).await?;
+            // Calls in flight on the agent's connection would hang on a
+            // frozen guest: start afresh after resume.
+            self.agents.lock().unwrap().remove(id);
+            self.set_state(&mut sb, SandboxState::Paused, Some("paused by request".into()), None)?;
+        } else {
+            driver.resume(id).await?;
+            self.set_state(&mut sb, SandboxState::Running, None, None)?;
+        }
+        tracing::info!(id, state = %sb.state, "sandbox {}", sb.state);
+        Ok(sb)
+    }
+
     pub async fn destroy(&self, id: &str, force: bool) -> Result<()> {
         let sb = self.get(id)?;
-        if sb.state == SandboxState::Running && !force {
-            return Err(Error::Conflict(format!("sandbox {id} is running; stop it or remove it with force (rm -f)")));
+        if matches!(sb.state, SandboxState::Running | SandboxState::Paused) && !force {
+            return Err(Error::Conflict(format!(
+                "sandbox {id} is {}; stop it or remove it with force (rm -f)",
+                sb.state
+            )));
         }
         let lock = self.lock_for(id);
         let _g = lock.lock().await;
@@ -303,6 +337,10 @@ impl Manager {
     async fn destroy_locked(&self, sb: &Sandbox, reason: &str) -> Result<()> {
         let driver = self.driver(&sb.driver)?;
         self.agents.lock().unwrap().remove(&sb.id);
+        if sb.state == SandboxState::Paused {
+            // Frozen processes cannot act on a kill: thaw, then destroy.
+            let _ = driver.resume(&sb.id).await;
+        }
         driver.destroy(&sb.id).await?;
         self.store.delete_sandbox(&sb.id, sb.state, Some(reason))?;
         self.locks.lock().unwrap().remove(&sb.id);
@@ -338,14 +376,14 @@ impl Manager {
                     let _ = driver.destroy(&sb.id).await;
                     self.store.delete_sandbox(&sb.id, sb.state, Some("daemon restarted during create"))?;
                 }
-                SandboxState::Running => self.check(&sb, ds.as_ref(), &*driver).await?,
+                SandboxState::Running | SandboxState::Paused => self.check(&sb, ds.as_ref(), &*driver).await?,
                 _ => {}
             }
         }
         Ok(())
     }
 
-    /// Move a running sandbox whose init is gone to `stopped`, with why.
+    /// Move a running or paused sandbox whose init is gone to `stopped`, with why.
     async fn check(&self, sb: &Sandbox, ds: Option<&serde_json::Value>, driver: &dyn Driver) -> Result<()> {
         let status = driver.status(&sb.id, ds.unwrap_or(&serde_json::Value::Null)).await;
         let reason = match status {
@@ -357,7 +395,7 @@ impl Manager {
         let _g = lock.lock().await;
         // Re-read under the lock: it may have been destroyed meanwhile.
         let Some((mut sb, _)) = self.store.get_sandbox(&sb.id)? else { return Ok(()) };
-        if sb.state != SandboxState::Running {
+        if !matches!(sb.state, SandboxState::Running | SandboxState::Paused) {
             return Ok(());
         }
         tracing::warn!(id = %sb.id, "sandbox stopped: {reason}");
@@ -381,7 +419,7 @@ impl Manager {
                 }
                 continue;
             }
-            if sb.state == SandboxState::Running {
+            if matches!(sb.state, SandboxState::Running | SandboxState::Paused) {
                 if let Err(e) = self.check(&sb, ds.as_ref(), &*driver).await {
                     tracing::warn!(id = %sb.id, "monitor: {e}");
                 }

@@ -13,7 +13,11 @@ pub const ROUTES: &[(&str, &str, &str)] = &[
     ("put", "/v1/sandboxes/{id}/timeout", "Set the timeout {timeout_s}, counted from now; 0 clears it"),
     ("get", "/v1/sandboxes/{id}/info", "Agent version, uptime and resource usage"),
     ("get", "/v1/sandboxes/{id}/events", "Recorded lifecycle transitions"),
-    ("post", "/v1/sandboxes/{id}/pause", "Pause (capability pause_resume; 501 unsupported where the driver lacks it)"),
+    (
+        "post",
+        "/v1/sandboxes/{id}/pause",
+        "Pause in place, memory kept (capability pause_resume; 501 unsupported where the driver lacks it)",
+    ),
     ("post", "/v1/sandboxes/{id}/resume", "Resume (capability pause_resume)"),
     ("post", "/v1/sandboxes/{id}/snapshot", "Snapshot {name, memory} (capability fs_snapshot or memory_snapshot)"),
     ("post", "/v1/sandboxes/{id}/fork", "Fork (capability fork)"),

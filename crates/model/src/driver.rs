@@ -132,6 +132,16 @@ pub trait Driver: Send + Sync {
     /// state, writable layer. Idempotent: destroying what is gone succeeds.
     async fn destroy(&self, id: &str) -> Result<()>;
 
+    /// Freeze every process of a running sandbox in place (memory kept).
+    async fn pause(&self, _id: &str) -> Result<()> {
+        Err(crate::Error::Unsupported { driver: self.name().into(), capability: "pause_resume".into() })
+    }
+
+    /// Continue a paused sandbox's processes where they were.
+    async fn resume(&self, _id: &str) -> Result<()> {
+        Err(crate::Error::Unsupported { driver: self.name().into(), capability: "pause_resume".into() })
+    }
+
     /// Open a byte stream to the sandbox's agent.
     async fn connect_agent(&self, id: &str) -> Result<AgentStream>;
 

@@ -164,7 +164,9 @@ impl OciEngine {
             fs_snapshot: false,
             memory_snapshot: false,
             fork: false,
-            pause_resume: false,
+            // The runtime's pause/resume (cgroup freezer; runsc stops the
+            // Sentry's tasks), exercised by the conformance suite.
+            pause_resume: true,
             network_policy: false,
             port_exposure: false,
             live_resource_update: false,
@@ -297,6 +299,22 @@ impl OciEngine {
                 DriverStatus::Exited(format!("sandbox init (pid {}) is gone: {why}{tail}", st.pid))
             }
         }
+    }
+
+    /// `pause` or `resume` through the runtime.
+    pub async fn freeze(&self, id: &str, verb: &str) -> Result<()> {
+        let rt = self.runtime()?;
+        let out = self
+            .command(rt)
+            .args([verb, id])
+            .stdin(Stdio::null())
+            .output()
+            .await
+            .map_err(|e| Error::Internal(format!("{}: {e}", rt.path.display())))?;
+        if !out.status.success() {
+            return Err(Error::Internal(format!("{verb} {id}: {}", String::from_utf8_lossy(&out.stderr).trim())));
+        }
+        Ok(())
     }
 
     /// Idempotent: kill, delete runtime state and cgroup, unmount, remove.

@@ -75,6 +75,14 @@ impl Driver for ContainerDriver {
         self.engine.connect_agent(id).await
     }
 
+    async fn pause(&self, id: &str) -> Result<()> {
+        self.engine.freeze(id, "pause").await
+    }
+
+    async fn resume(&self, id: &str) -> Result<()> {
+        self.engine.freeze(id, "resume").await
+    }
+
     fn console_tail(&self, id: &str) -> Option<String> {
         self.engine.console_tail(id)
     }

@@ -10,6 +10,7 @@
 pub mod cpio;
 pub mod image;
 pub mod kernel;
+pub mod qmp;
 pub mod vmm;
 
 use std::path::{Path, PathBuf};
@@ -228,7 +229,8 @@ impl Driver for MicrovmDriver {
             fs_snapshot: false,
             memory_snapshot: false,
             fork: false,
-            pause_resume: false,
+            // QEMU stop/cont in place (QMP); the guest's RAM stays.
+            pause_resume: true,
             network_policy: false,
             port_exposure: false,
             live_resource_update: false,
@@ -396,6 +398,14 @@ impl Driver for MicrovmDriver {
             }
         }
         Ok(Box::new(s))
+    }
+
+    async fn pause(&self, id: &str) -> Result<()> {
+        qmp::execute(&self.dir(id).join("run/qmp.sock"), "stop").await.map(|_| ())
+    }
+
+    async fn resume(&self, id: &str) -> Result<()> {
+        qmp::execute(&self.dir(id).join("run/qmp.sock"), "cont").await.map(|_| ())
     }
 
     fn console_tail(&self, id: &str) -> Option<String> {
