@@ -17,7 +17,9 @@ if ! $spinup ls >/dev/null 2>&1; then
     echo "== starting the daemon (data in /var/lib/spinup, log in /var/log/spinup.log)"
     nohup $spinup serve >>/var/log/spinup.log 2>&1 &
     started=$!
-    for _ in $(seq 100); do $spinup ls >/dev/null 2>&1 && break; sleep 0.1; done
+    # The first start downloads the microVM guest kernel and boots probe
+    # guests to pick drivers and accelerators: allow it a couple of minutes.
+    for _ in $(seq 1200); do $spinup ls >/dev/null 2>&1 && break; sleep 0.1; done
 fi
 trap '[ -n "$started" ] && kill "$started"' EXIT
 
@@ -35,4 +37,10 @@ $spinup cp "$id:/root/answer.txt" -
 $spinup ls
 echo "== remove it"
 $spinup rm -f "$id"
+if $spinup drivers --json | python3 -c 'import json,sys; sys.exit(0 if any(d["driver"] == "microvm" and d["available"] for d in json.load(sys.stdin)) else 1)'; then
+    echo "== the same model in a microVM with its own kernel"
+    vm=$($spinup create --driver microvm --label demo=quickstart)
+    $spinup exec "$vm" -- sh -c 'echo "kernel $(uname -r) on $(hostname)"'
+    $spinup rm -f "$vm"
+fi
 echo "demo finished"
