@@ -41,11 +41,11 @@ impl Port {
                 }
                 Ok(n) => return Ok(Some(n)),
                 Err(nix::errno::Errno::EAGAIN) => {
-                    let mut g = self.fd.readable().await?;
-                    g.clear_ready();
                     // Readiness is edge-triggered and a host appearing is no
                     // edge on every kernel: look again at least every 50 ms.
-                    let _ = tokio::time::timeout(Duration::from_millis(50), self.fd.readable()).await;
+                    if let Ok(Ok(mut g)) = tokio::time::timeout(Duration::from_millis(50), self.fd.readable()).await {
+                        g.clear_ready();
+                    }
                 }
                 Err(e) => return Err(e.into()),
             }

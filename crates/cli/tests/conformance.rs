@@ -952,7 +952,7 @@ async fn pause_resume_keeps_processes_and_files() {
         .ws_exec(
             &id,
             ExecRequest {
-                cmd: Some("i=0; while true; do i=$((i+1)); echo $i > /tmp/count; sleep 0.1; done".into()),
+                cmd: Some("i=0; while true; do i=$((i+1)); echo $i > /tmp/count.new && mv /tmp/count.new /tmp/count; sleep 0.1; done".into()),
                 background: true,
                 ..Default::default()
             },

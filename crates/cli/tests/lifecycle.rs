@@ -30,7 +30,7 @@ async fn daemon_restart_reattaches_and_timeouts_still_fire() {
         .ws_exec(
             &keep,
             ExecRequest {
-                cmd: Some("i=0; while true; do i=$((i+1)); echo $i > /tmp/count; sleep 0.1; done".into()),
+                cmd: Some("i=0; while true; do i=$((i+1)); echo $i > /tmp/count.new && mv /tmp/count.new /tmp/count; sleep 0.1; done".into()),
                 background: true,
                 ..Default::default()
             },
