@@ -7,6 +7,7 @@ use std::future::Future;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
@@ -16,6 +17,8 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 pub struct Port {
     fd: AsyncFd<OwnedFd>,
+    /// How long (ms) to wait before looking for a host again.
+    idle_ms: AtomicU64,
 }
 
 impl Port {
@@ -27,7 +30,7 @@ impl Port {
         )?;
         // SAFETY: open just returned this fd and nothing else owns it.
         let owned = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
-        Ok(Port { fd: AsyncFd::new(owned)? })
+        Ok(Port { fd: AsyncFd::new(owned)?, idle_ms: AtomicU64::new(5) })
     }
 
     /// Read what is there; `Ok(None)` while no host is attached.
@@ -35,11 +38,18 @@ impl Port {
         loop {
             match nix::unistd::read(self.fd.as_raw_fd(), buf) {
                 Ok(0) => {
-                    // No host: poll, cheaply, for one to appear.
-                    tokio::time::sleep(Duration::from_millis(5)).await;
+                    // No host: poll, cheaply, for one to appear (backing
+                    // off to 100 ms while none does).
+                    let idle = self.idle_ms.load(Ordering::Relaxed);
+                    tokio::time::sleep(Duration::from_millis(idle)).await;
+                    self.idle_ms.store((idle * 2).min(100), Ordering::Relaxed);
                     return Ok(None);
                 }
-                Ok(n) => return Ok(Some(n)),
+                Ok(n) if n > 0 => {
+                    self.idle_ms.store(5, Ordering::Relaxed);
+                    return Ok(Some(n));
+                }
+                Ok(_) => unreachable!("0 is handled above"),
                 Err(nix::errno::Errno::EAGAIN) => {
                     // Readiness is edge-triggered and a host appearing is no
                     // edge on every kernel: look again at least every 50 ms.

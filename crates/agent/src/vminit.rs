@@ -133,22 +133,28 @@ fn grow_root() {
 /// its limits at /sys/fs/cgroup as it does in a container.
 fn limits(cmdline: &str) {
     mnt("cgroup2", "/sys/fs/cgroup", "cgroup2", MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC, None);
-    let _ = std::fs::write("/sys/fs/cgroup/cgroup.subtree_control", "+pids +memory +cpu");
+    // A limit that cannot be set is a failed boot, not an unlimited sandbox.
+    let set = |file: &str, value: &str| {
+        if let Err(e) = std::fs::write(file, value) {
+            fail(&format!("{file} = {value}: {e}"));
+        }
+    };
+    set("/sys/fs/cgroup/cgroup.subtree_control", "+pids +memory +cpu");
     let dir = "/sys/fs/cgroup/sandbox";
-    let _ = std::fs::create_dir_all(dir);
+    if let Err(e) = std::fs::create_dir_all(dir) {
+        fail(&format!("{dir}: {e}"));
+    }
     if let Some(p) = cmdline_value(cmdline, "spinup.pids") {
-        let _ = std::fs::write(format!("{dir}/pids.max"), p);
+        set(&format!("{dir}/pids.max"), p);
     }
     if let Some(m) = cmdline_value(cmdline, "spinup.mem") {
-        let _ = std::fs::write(format!("{dir}/memory.max"), m);
+        set(&format!("{dir}/memory.max"), m);
         let _ = std::fs::write(format!("{dir}/memory.swap.max"), "0");
     }
     if let Some(q) = cmdline_value(cmdline, "spinup.cpu") {
-        let _ = std::fs::write(format!("{dir}/cpu.max"), format!("{q} 100000"));
+        set(&format!("{dir}/cpu.max"), &format!("{q} 100000"));
     }
-    if let Err(e) = std::fs::write(format!("{dir}/cgroup.procs"), "0") {
-        log(&format!("entering the sandbox cgroup: {e}"));
-    }
+    set(&format!("{dir}/cgroup.procs"), "0");
     let _ = nix::mount::umount("/sys/fs/cgroup");
     if nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWCGROUP).is_ok() {
         mnt("cgroup2", "/sys/fs/cgroup", "cgroup2", MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC, None);
@@ -162,7 +168,21 @@ fn limits(cmdline: &str) {
 /// own; the VM is the boundary.)
 fn lockdown() {
     use spinup_protocol::guest_policy::{CAPABILITY_NUMBERS, MASKED_PATHS, READONLY_PATHS};
-    let _ = std::fs::write("/proc/sys/user/max_user_namespaces", "0");
+    for (knob, value) in [
+        ("/proc/sys/user/max_user_namespaces", "0"),
+        // No module loading and no modprobe helper from here on.
+        ("/proc/sys/kernel/modprobe", "\n"),
+        ("/proc/sys/kernel/modules_disabled", "1"),
+    ] {
+        if let Err(e) = std::fs::write(knob, value) {
+            fail(&format!("{knob}: {e}"));
+        }
+    }
+    // The serial console is a file on the host: no guest process may write
+    // to it (and without CAP_MKNOD none can make the node again).
+    for node in ["/dev/console", "/dev/ttyS0", "/dev/ttyS1", "/dev/ttyS2", "/dev/ttyS3"] {
+        let _ = std::fs::remove_file(node);
+    }
     for p in MASKED_PATHS {
         let Ok(m) = std::fs::metadata(p) else { continue };
         let r = if m.is_dir() {
@@ -188,7 +208,8 @@ fn lockdown() {
     }
     // Capabilities: drop everything outside Docker's set from the bounding
     // set, then keep only that set.
-    let keep: u64 = CAPABILITY_NUMBERS.iter().fold(0, |m, c| m | (1u64 << c));
+    // Docker's set less CAP_MKNOD: a guest's /dev is the kernel's devtmpfs.
+    let keep: u64 = CAPABILITY_NUMBERS.iter().filter(|&&c| c != 27).fold(0, |m, c| m | (1u64 << c));
     let last = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
         .ok()
         .and_then(|s| s.trim().parse::<u32>().ok())
@@ -196,7 +217,9 @@ fn lockdown() {
     for cap in 0..=last {
         if keep & (1 << cap) == 0 {
             // SAFETY: prctl with integer arguments.
-            unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) };
+            if unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) } != 0 {
+                fail(&format!("dropping capability {cap}: {}", std::io::Error::last_os_error()));
+            }
         }
     }
     #[repr(C)]
@@ -283,6 +306,12 @@ pub fn boot() -> String {
         if let Err(e) = mount(Some(m), target.as_str(), None::<&str>, MsFlags::MS_MOVE, None::<&str>) {
             fail(&format!("moving {m}: {e}"));
         }
+    }
+    // PID 1 shares its root with the kernel's own threads, which start
+    // usermode helpers (/sbin/modprobe, /sbin/request-key) as full root:
+    // keep theirs on the emptied initramfs, never on the guest's disk.
+    if let Err(e) = nix::sched::unshare(nix::sched::CloneFlags::CLONE_FS) {
+        fail(&format!("unshare CLONE_FS: {e}"));
     }
     if let Err(e) = std::env::set_current_dir("/newroot") {
         fail(&format!("chdir /newroot: {e}"));

@@ -1087,6 +1087,17 @@ mod microvm_only {
         assert!(inside.trim().ends_with("-cloud-amd64"), "{inside}");
         // No way back into the hypervisor.
         assert_ne!(d.sh(&a, "ls /dev/kvm").await["exit_code"], 0);
+        // No way to full root through the guest kernel's helpers or modules,
+        // and no way to flood the host-side console file.
+        assert_eq!(d.ok(&a, "cat /proc/sys/kernel/modules_disabled").await, "1\n");
+        assert_eq!(d.ok(&a, "cat /proc/sys/kernel/modprobe").await.trim(), "");
+        d.sh(&a, "for t in /dev/console /dev/ttyS0 /dev/ttyS1; do echo console-flood > $t; done; true").await;
+        let console = d.data().join(format!("microvm/sandboxes/{a}/console.log"));
+        assert!(
+            !std::fs::read_to_string(&console).unwrap().contains("console-flood"),
+            "the guest wrote to the host's console file"
+        );
+        assert_ne!(d.sh(&a, "mknod /tmp/tty c 4 64").await["exit_code"], 0, "CAP_MKNOD in a microVM");
         // Two guests of one environment: copy-on-write disks, private writes.
         d.ok(&a, "echo from-a > /etc/written && sync").await;
         assert_ne!(d.sh(&b, "cat /etc/written").await["exit_code"], 0);

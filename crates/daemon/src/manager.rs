@@ -308,11 +308,18 @@ impl Manager {
         }
         let driver = self.driver(&sb.driver)?;
         if to == SandboxState::Paused {
-            driver.pause(id).await?;
-            // Calls in flight on the agent's connection would hang on a
-            // frozen guest: start afresh after resume.
-            self.agents.lock().unwrap().remove(id);
-            self.set_state(&mut sb, SandboxState::Paused, Some("paused by request".into()), None)?;
+            // The agent's connection stays: calls in flight wait out the
+            // pause and go on after resume.
+            if let Err(e) = driver.pause(id).await {
+                // A pause that half happened must not leave a frozen
+                // sandbox the store calls running.
+                let _ = driver.resume(id).await;
+                return Err(e);
+            }
+            if let Err(e) = self.set_state(&mut sb, SandboxState::Paused, Some("paused by request".into()), None) {
+                let _ = driver.resume(id).await;
+                return Err(e);
+            }
         } else {
             driver.resume(id).await?;
             self.set_state(&mut sb, SandboxState::Running, None, None)?;
@@ -331,6 +338,8 @@ impl Manager {
         }
         let lock = self.lock_for(id);
         let _g = lock.lock().await;
+        // Re-read under the lock: a pause or resume may have landed.
+        let sb = self.get(id)?;
         self.destroy_locked(&sb, "removed by request").await
     }
 

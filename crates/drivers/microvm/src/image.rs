@@ -49,9 +49,17 @@ pub async fn environment_image(dir: &Path, layers: &[PathBuf]) -> Result<PathBuf
     if path.is_file() {
         return Ok(path);
     }
+    // One build at a time: two creates of a new environment must not write
+    // the same image (the second finds it done).
+    static BUILD: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    let _one = BUILD.lock().await;
+    if path.is_file() {
+        return Ok(path);
+    }
     std::fs::create_dir_all(dir).map_err(|e| Error::Internal(format!("image dir: {e}")))?;
     let tmp = dir.join(format!(".{}.{}.tmp", &key[..24], std::process::id()));
     let merged = dir.join(format!(".{}.{}.merged", &key[..24], std::process::id()));
+    let _ = std::fs::remove_file(&tmp);
     let source = match layers {
         [one] => one.clone(),
         [] => return Err(Error::InvalidArgument("an environment without layers".into())),
@@ -74,7 +82,8 @@ pub async fn environment_image(dir: &Path, layers: &[PathBuf]) -> Result<PathBuf
     let size_mib = du(&source) * 5 / 4 / (1 << 20) + 64;
     let r = run(
         tokio::process::Command::new("mkfs.ext4")
-            .args(["-q", "-F", "-m", "0", "-L", "spinup-root", "-E", "lazy_itable_init=0", "-d"])
+            // One inode per 4 KiB: environments are many small files.
+            .args(["-q", "-F", "-m", "0", "-i", "4096", "-L", "spinup-root", "-E", "lazy_itable_init=0", "-d"])
             .arg(&source)
             .arg(&tmp)
             .arg(format!("{size_mib}M")),

@@ -171,8 +171,11 @@ async fn choose_accel(
             }
             tracing::info!(accel = accel.as_str(), "booting a probe guest");
             let r = vmm::probe(qemu, accel, kernel, initrd, &dir, bound).await.map(|d| d.as_millis() as u64);
+            // A probe that ran out of time may only have met a busy host:
+            // try again next start. Definite answers are kept.
+            let timed_out = matches!(&r, Err(e) if e.starts_with(vmm::PROBE_TIMEOUT));
             let tmp = cache.with_extension(format!("{}.tmp", std::process::id()));
-            if std::fs::write(&tmp, serde_json::to_string(&r).unwrap_or_default()).is_ok() {
+            if !timed_out && std::fs::write(&tmp, serde_json::to_string(&r).unwrap_or_default()).is_ok() {
                 let _ = std::fs::rename(&tmp, &cache);
             }
             r
@@ -322,16 +325,23 @@ impl Driver for MicrovmDriver {
             // Only our VMM: its command line names this sandbox's dir.
             let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
             let ours = String::from_utf8_lossy(&cmdline).contains(&*dir.to_string_lossy());
-            if ours {
+            if let (true, Some(start)) = (ours, proc_starttime(pid)) {
+                // The same process throughout (pid + start time), never a
+                // later one that reused the pid.
+                let alive = || proc_starttime(pid) == Some(start);
                 let p = nix::unistd::Pid::from_raw(pid);
                 let _ = nix::sys::signal::kill(p, nix::sys::signal::Signal::SIGTERM);
                 let deadline = std::time::Instant::now() + Duration::from_secs(3);
-                while proc_starttime(pid).is_some() && std::time::Instant::now() < deadline {
+                while alive() && std::time::Instant::now() < deadline {
                     tokio::time::sleep(Duration::from_millis(10)).await;
                 }
-                if proc_starttime(pid).is_some() {
+                if alive() {
                     let _ = nix::sys::signal::kill(p, nix::sys::signal::Signal::SIGKILL);
-                    while proc_starttime(pid).is_some() {
+                    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+                    while alive() {
+                        if std::time::Instant::now() > deadline {
+                            return Err(Error::Internal(format!("the VMM (pid {pid}) survived SIGKILL for 10 s")));
+                        }
                         tokio::time::sleep(Duration::from_millis(10)).await;
                     }
                 }
@@ -363,6 +373,9 @@ impl Driver for MicrovmDriver {
         let hello = format!("{}{nonce}\n", spinup_protocol::SERIAL_HELLO);
         let ready = format!("{}{nonce}\n", spinup_protocol::SERIAL_READY).into_bytes();
         let io_err = |e: std::io::Error| Error::Agent(format!("the VM's serial port: {e}"));
+        // Zeros longer than the largest frame first: a stale session that
+        // stopped mid-frame reads them as that frame's payload, then RESET.
+        s.write_all(&[0u8; 16 * 1024 + 64]).await.map_err(io_err)?;
         s.write_all(spinup_protocol::SERIAL_RESET).await.map_err(io_err)?;
         s.write_all(hello.as_bytes()).await.map_err(io_err)?;
         let deadline = tokio::time::Instant::now() + self.boot_bound();
@@ -409,7 +422,16 @@ impl Driver for MicrovmDriver {
     }
 
     fn console_tail(&self, id: &str) -> Option<String> {
-        let text = std::fs::read_to_string(self.dir(id).join("console.log")).ok()?;
+        // Only the end of the file, decoded lossily: the guest writes it.
+        let text = {
+            use std::io::{Read, Seek, SeekFrom};
+            let mut f = std::fs::File::open(self.dir(id).join("console.log")).ok()?;
+            let len = f.metadata().ok()?.len();
+            f.seek(SeekFrom::Start(len.saturating_sub(64 << 10))).ok()?;
+            let mut buf = vec![];
+            f.read_to_end(&mut buf).ok()?;
+            String::from_utf8_lossy(&buf).into_owned()
+        };
         let lines: Vec<&str> = text.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
         (!lines.is_empty()).then(|| lines[lines.len().saturating_sub(8)..].join(" | "))
     }

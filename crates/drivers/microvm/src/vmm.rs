@@ -130,6 +130,9 @@ impl Vmm for Qemu {
     }
 }
 
+/// How a probe that ran out of time starts its error.
+pub const PROBE_TIMEOUT: &str = "no guest agent within";
+
 /// The host's TSC rate in kHz (`cpu MHz` of /proc/cpuinfo).
 fn host_tsc_khz() -> Option<u64> {
     let info = std::fs::read_to_string("/proc/cpuinfo").ok()?;
@@ -174,12 +177,12 @@ pub async fn probe(
         if console.contains(spinup_protocol::VM_PROBE_MARKER) {
             break Ok(start.elapsed());
         }
-        if pid > 0 && nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_err() {
+        if pid > 0 && spinup_driver_container::proc_starttime(pid).is_none() {
             let tail: String = console.lines().rev().take(5).collect::<Vec<_>>().join(" | ");
             break Err(format!("the probe guest exited before its agent started: {tail}"));
         }
         if start.elapsed() > bound {
-            break Err(format!("no guest agent within {bound:?}"));
+            break Err(format!("{PROBE_TIMEOUT} {bound:?}"));
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
