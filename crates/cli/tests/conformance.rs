@@ -948,18 +948,7 @@ async fn pause_resume_keeps_processes_and_files() {
     }
     let id = d.create(json!({})).await;
     d.ok(&id, "echo kept > /root/file").await;
-    let mut ws = d
-        .ws_exec(
-            &id,
-            ExecRequest {
-                cmd: Some("i=0; while true; do i=$((i+1)); echo $i > /tmp/count.new && mv /tmp/count.new /tmp/count; sleep 0.1; done".into()),
-                background: true,
-                ..Default::default()
-            },
-        )
-        .await;
-    let pid = common::wait_started(&mut ws).await;
-    drop(ws);
+    let pid = d.start_counter(&id).await;
     eventually("the counter runs", 20, || async { d.sh(&id, "cat /tmp/count").await["exit_code"] == 0 }).await;
     // Twice: the failure users of other sandboxes report is state lost on
     // the second round.

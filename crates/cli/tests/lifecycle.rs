@@ -9,7 +9,6 @@ use std::time::Duration;
 
 use common::{eventually, leftovers, Daemon};
 use serde_json::json;
-use spinup_protocol::ExecRequest;
 
 /// Sandboxes the store knows, by state.
 async fn states(d: &Daemon) -> Vec<(String, String)> {
@@ -26,18 +25,7 @@ async fn daemon_restart_reattaches_and_timeouts_still_fire() {
     let keep = d.create(json!({})).await;
     let short = d.create(json!({"timeout_s": 4})).await;
     // A background process that counts, to show it survives.
-    let mut ws = d
-        .ws_exec(
-            &keep,
-            ExecRequest {
-                cmd: Some("i=0; while true; do i=$((i+1)); echo $i > /tmp/count.new && mv /tmp/count.new /tmp/count; sleep 0.1; done".into()),
-                background: true,
-                ..Default::default()
-            },
-        )
-        .await;
-    let pid = common::wait_started(&mut ws).await;
-    drop(ws);
+    let pid = d.start_counter(&keep).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let before: u64 = d.ok(&keep, "cat /tmp/count").await.trim().parse().unwrap();
 

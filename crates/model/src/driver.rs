@@ -51,6 +51,30 @@ pub struct Capabilities {
 }
 
 impl Capabilities {
+    /// What every driver serves (exec, PTY, files through its agent) and
+    /// nothing more; drivers set what else they can do on top.
+    pub fn base(driver: &str, isolation: IsolationClass) -> Capabilities {
+        Capabilities {
+            driver: driver.into(),
+            isolation,
+            available: false,
+            reason: None,
+            backend: None,
+            exec: true,
+            pty: true,
+            files: true,
+            fs_snapshot: false,
+            memory_snapshot: false,
+            fork: false,
+            pause_resume: false,
+            network_policy: false,
+            port_exposure: false,
+            live_resource_update: false,
+            own_kernel: false,
+            per_process_limits: false,
+        }
+    }
+
     /// Look a capability up by its API name; `None` for unknown names.
     pub fn get(&self, name: &str) -> Option<bool> {
         Some(match name {

@@ -219,6 +219,22 @@ impl Daemon {
         v
     }
 
+    /// Start a background process in `id` that counts up in /tmp/count
+    /// (written atomically) every 0.1 s; returns its pid.
+    pub async fn start_counter(&self, id: &str) -> u32 {
+        let mut ws = self
+            .ws_exec(
+                id,
+                ExecRequest {
+                    cmd: Some("i=0; while true; do i=$((i+1)); echo $i > /tmp/count.new && mv /tmp/count.new /tmp/count; sleep 0.1; done".into()),
+                    background: true,
+                    ..Default::default()
+                },
+            )
+            .await;
+        wait_started(&mut ws).await
+    }
+
     /// Run a shell string; returns the exec result.
     pub async fn sh(&self, id: &str, cmd: &str) -> Value {
         self.exec(id, json!({"cmd": cmd})).await

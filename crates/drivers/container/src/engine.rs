@@ -153,25 +153,15 @@ impl OciEngine {
             Err(e) => (false, Some(e.clone()), None),
         };
         Capabilities {
-            driver: driver.into(),
-            isolation,
             available,
             reason,
             backend,
-            exec: true,
-            pty: true,
-            files: true,
-            fs_snapshot: false,
-            memory_snapshot: false,
-            fork: false,
             // The runtime's pause/resume (cgroup freezer; runsc stops the
             // Sentry's tasks), exercised by the conformance suite.
             pause_resume: true,
-            network_policy: false,
-            port_exposure: false,
-            live_resource_update: false,
             own_kernel,
             per_process_limits: true,
+            ..Capabilities::base(driver, isolation)
         }
     }
 

@@ -3,21 +3,12 @@
 //! copy-on-write overlay per sandbox backed by it (no copy).
 
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 
 use sha2::{Digest, Sha256};
 use spinup_model::{Error, Result};
 
-async fn run(cmd: &mut tokio::process::Command, what: &str) -> Result<()> {
-    let out = cmd
-        .stdin(Stdio::null())
-        .output()
-        .await
-        .map_err(|e| Error::Unavailable(format!("{what}: {e} (scripts/install-deps.sh installs it)")))?;
-    if !out.status.success() {
-        return Err(Error::Internal(format!("{what} failed: {}", String::from_utf8_lossy(&out.stderr).trim())));
-    }
-    Ok(())
+async fn run(cmd: &mut tokio::process::Command, what: &str) -> Result<String> {
+    crate::run_tool(cmd, what, Error::Internal).await
 }
 
 fn du(dir: &Path) -> u64 {
@@ -119,4 +110,5 @@ pub async fn overlay(base: &Path, disk: &Path, size_mib: u64) -> Result<()> {
         "qemu-img create",
     )
     .await
+    .map(|_| ())
 }

@@ -4,7 +4,6 @@
 //! order, and the agent as /init.
 
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 
 use sha2::{Digest, Sha256};
 use spinup_model::{Error, Result};
@@ -42,13 +41,7 @@ fn internal(what: &str, e: impl std::fmt::Display) -> Error {
 }
 
 async fn run(cmd: &mut tokio::process::Command, what: &str) -> Result<String> {
-    let out = cmd.stdin(Stdio::null()).output().await.map_err(|e| {
-        Error::Unavailable(format!("{what}: {e} (is it installed? scripts/install-deps.sh installs it)"))
-    })?;
-    if !out.status.success() {
-        return Err(Error::Unavailable(format!("{what} failed: {}", String::from_utf8_lossy(&out.stderr).trim())));
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    crate::run_tool(cmd, what, Error::Unavailable).await
 }
 
 /// The kernel under `dir` (`<data>/microvm/kernel`), fetching it first if

@@ -128,6 +128,24 @@ impl MicrovmDriver {
     }
 }
 
+/// Run a host tool; its stdout, or `failed` with its stderr. A tool that
+/// cannot be started is unavailable, with what installs it.
+pub(crate) async fn run_tool(
+    cmd: &mut tokio::process::Command,
+    what: &str,
+    failed: fn(String) -> Error,
+) -> Result<String> {
+    let out = cmd
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await
+        .map_err(|e| Error::Unavailable(format!("{what}: {e} (scripts/install-deps.sh installs it)")))?;
+    if !out.status.success() {
+        return Err(failed(format!("{what} failed: {}", String::from_utf8_lossy(&out.stderr).trim())));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
 fn which(tool: &str) -> Option<PathBuf> {
     std::env::var_os("PATH")?.to_str()?.split(':').map(|d| Path::new(d).join(tool)).find(|p| p.is_file())
 }
@@ -221,26 +239,16 @@ impl Driver for MicrovmDriver {
             Err(e) => (false, Some(e.clone()), None),
         };
         Capabilities {
-            driver: "microvm".into(),
-            isolation: IsolationClass::HardwareVirtualization,
             available,
             reason,
             backend,
-            exec: true,
-            pty: true,
-            files: true,
-            fs_snapshot: false,
-            memory_snapshot: false,
-            fork: false,
             // QEMU stop/cont in place (QMP); the guest's RAM stays.
             pause_resume: true,
-            network_policy: false,
-            port_exposure: false,
-            live_resource_update: false,
             own_kernel: true,
             // The guest kernel enforces pids (a cgroup in the guest) and
             // memory (its RAM): the OOM killer picks one process.
             per_process_limits: true,
+            ..Capabilities::base("microvm", IsolationClass::HardwareVirtualization)
         }
     }
 
