@@ -6,6 +6,7 @@
 //! path (`--listen`), a host socket the agent dials out to (`--dial`), or a
 //! character device such as a virtio-serial port (`--serial`).
 
+mod changes;
 mod files;
 mod info;
 mod process;
@@ -51,9 +52,14 @@ fn parse_args() -> Listen {
 }
 
 fn main() {
+    changes::mark_start();
     let mut listen = parse_args();
     if let Listen::Vm = listen {
         listen = Listen::Serial(vminit::boot());
+    } else if std::process::id() == 1 {
+        // Every sandbox is its own machine: a fresh machine-id (a fork's
+        // children must not share their parent's). vminit does the same.
+        vminit::write_machine_id();
     }
     // One thread: an idle sandbox should cost next to nothing. Blocking file
     // I/O goes to tokio's blocking pool.

@@ -363,6 +363,18 @@ pub fn boot() -> String {
     port
 }
 
+/// A fresh machine-id for every sandbox (replacing, never following, what
+/// is there).
+pub fn write_machine_id() {
+    let mut id = [0u8; 16];
+    let _ = getrandom(&mut id);
+    let hex: String = id.iter().map(|b| format!("{b:02x}")).collect();
+    if std::path::Path::new("/etc").is_dir() {
+        let _ = std::fs::remove_file("/etc/machine-id");
+        let _ = std::fs::write("/etc/machine-id", format!("{hex}\n"));
+    }
+}
+
 fn getrandom(buf: &mut [u8]) -> std::io::Result<()> {
     use std::io::Read;
     std::fs::File::open("/dev/urandom")?.read_exact(buf)

@@ -96,6 +96,44 @@ enum Cmd {
         /// key=value, repeatable.
         #[arg(long = "label", value_name = "K=V")]
         labels: Vec<String>,
+        /// Start from a snapshot (id or name) instead of --env; any driver.
+        #[arg(long, value_name = "SNAPSHOT", conflicts_with = "env")]
+        from_snapshot: Option<String>,
+    },
+    /// Snapshot a sandbox's filesystem changes and print the snapshot's id;
+    /// `snapshot ls` lists snapshots, `snapshot rm S...` removes them.
+    Snapshot {
+        /// ID | ls | rm S...
+        #[arg(required = true, num_args = 1.., value_name = "ID")]
+        args: Vec<String>,
+        #[arg(long)]
+        name: Option<String>,
+        /// key=value, repeatable.
+        #[arg(long = "label", value_name = "K=V")]
+        labels: Vec<String>,
+        /// Keep the processes' memory too (drivers with memory_snapshot).
+        #[arg(long)]
+        memory: bool,
+    },
+    /// List snapshots (same as `snapshot ls`).
+    Snapshots,
+    /// Snapshot a sandbox and start COUNT children from it; prints their ids.
+    Fork {
+        id: String,
+        #[arg(long, default_value_t = 1)]
+        count: u32,
+        /// The children's driver (default: the parent's).
+        #[arg(long)]
+        driver: Option<String>,
+    },
+    /// Paths added, modified and deleted since creation (or a snapshot).
+    Diff {
+        id: String,
+        #[arg(long, value_name = "SNAPSHOT")]
+        since: Option<String>,
+        /// Show one path's content before and after.
+        #[arg(long)]
+        path: Option<String>,
     },
     /// Run a command in a sandbox; exits with its exit code.
     Exec {
@@ -363,8 +401,9 @@ async fn run(cli: Cli) -> Result<i32> {
     let c = Client::new(cli.host.clone(), cli.api_key.clone())?;
     match cli.cmd {
         Cmd::Serve { .. } => unreachable!("handled in main"),
-        Cmd::Create { env, driver, timeout, memory, cpus, pids, disk, labels } => {
-            if spinup_daemon::envs::BUILTINS.contains(&env.as_str())
+        Cmd::Create { env, driver, timeout, memory, cpus, pids, disk, labels, from_snapshot } => {
+            if from_snapshot.is_none()
+                && spinup_daemon::envs::BUILTINS.contains(&env.as_str())
                 && c.json(Method::GET, &format!("/v1/environments/{}", enc(&env)), None).await.is_err()
             {
                 build_env(&c, &env, cli.json).await?;
@@ -380,7 +419,11 @@ async fn run(cli: Cli) -> Result<i32> {
                     resources.insert(k.into(), v);
                 }
             }
-            let mut body = json!({"env": env, "labels": labels_map(&labels)?});
+            let mut body = json!({"labels": labels_map(&labels)?});
+            match from_snapshot {
+                Some(s) => body["from_snapshot"] = s.into(),
+                None => body["env"] = env.into(),
+            }
             if let Some(d) = driver {
                 body["driver"] = d.into();
             }
@@ -510,6 +553,80 @@ async fn run(cli: Cli) -> Result<i32> {
                 print_json(&v);
             }
         }
+        Cmd::Snapshot { args, name, labels, memory } => match args[0].as_str() {
+            "ls" if args.len() == 1 => snapshot_ls(&c, cli.json).await?,
+            "rm" if args.len() > 1 => {
+                let mut failed = false;
+                for s in &args[1..] {
+                    match c.json(Method::DELETE, &format!("/v1/snapshots/{}", enc(s)), None).await {
+                        Ok(_) => println!("{s}"),
+                        Err(e) => {
+                            eprintln!("spinup: snapshot rm {s}: {e:#}");
+                            failed = true;
+                        }
+                    }
+                }
+                return Ok(if failed { 1 } else { 0 });
+            }
+            id if args.len() == 1 => {
+                let mut body = json!({"labels": labels_map(&labels)?, "memory": memory});
+                if let Some(n) = name {
+                    body["name"] = n.into();
+                }
+                let v = c.json(Method::POST, &format!("/v1/sandboxes/{}/snapshot", enc(id)), Some(body)).await?;
+                if cli.json {
+                    print_json(&v);
+                } else {
+                    println!("{}", v["id"].as_str().unwrap_or_default());
+                }
+            }
+            _ => anyhow::bail!("usage: spinup snapshot ID [--name N] | snapshot ls | snapshot rm S..."),
+        },
+        Cmd::Snapshots => snapshot_ls(&c, cli.json).await?,
+        Cmd::Fork { id, count, driver } => {
+            let mut body = json!({"count": count});
+            if let Some(d) = driver {
+                body["driver"] = d.into();
+            }
+            let v = c.json(Method::POST, &format!("/v1/sandboxes/{}/fork", enc(&id)), Some(body)).await?;
+            if cli.json {
+                print_json(&v);
+            } else {
+                for ch in v["children"].as_array().cloned().unwrap_or_default() {
+                    println!("{}", ch["id"].as_str().unwrap_or_default());
+                }
+            }
+        }
+        Cmd::Diff { id, since, path } => {
+            let mut q = vec![];
+            if let Some(s) = &since {
+                q.push(format!("since={}", enc(s)));
+            }
+            if let Some(p) = &path {
+                q.push(format!("path={}&content=true", enc(p)));
+            }
+            let v = c.json(Method::GET, &format!("/v1/sandboxes/{}/diff?{}", enc(&id), q.join("&")), None).await?;
+            if cli.json {
+                print_json(&v);
+            } else {
+                for ch in v["changes"].as_array().cloned().unwrap_or_default() {
+                    let mark = match ch["kind"].as_str() {
+                        Some("added") => "A",
+                        Some("deleted") => "D",
+                        _ => "M",
+                    };
+                    println!("{mark} {:>10} {}", ch["size"].as_u64().unwrap_or(0), ch["path"].as_str().unwrap_or(""));
+                }
+                if path.is_some() {
+                    for (k, label) in [("before", "--- before"), ("after", "+++ after")] {
+                        match v[k].as_str() {
+                            Some(t) => println!("{label}\n{t}"),
+                            None => println!("{label}: (absent or not a file)"),
+                        }
+                    }
+                }
+            }
+        }
         Cmd::Pause { id } => freeze(&c, &id, "pause", cli.json).await?,
         Cmd::Resume { id } => freeze(&c, &id, "resume", cli.json).await?,
         Cmd::Cp { src, dst } => cp(&c, &src, &dst).await?,
@@ -630,6 +747,33 @@ async fn run(cli: Cli) -> Result<i32> {
 }
 
 /// `spinup pause|resume ID`.
+async fn snapshot_ls(c: &Client, json: bool) -> Result<()> {
+    let v = c.json(Method::GET, "/v1/snapshots", None).await?;
+    if json {
+        print_json(&v);
+        return Ok(());
+    }
+    let rows = v
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .map(|s| {
+            vec![
+                s["id"].as_str().unwrap_or("").into(),
+                s["name"].as_str().unwrap_or("-").into(),
+                s["sandbox_id"].as_str().unwrap_or("").into(),
+                s["driver"].as_str().unwrap_or("").into(),
+                s["env"].as_str().unwrap_or("").into(),
+                format!("{} KiB", s["size_bytes"].as_u64().unwrap_or(0) / 1024),
+                ago(s["created_at"].as_i64().unwrap_or(0)),
+            ]
+        })
+        .collect();
+    table(&["ID", "NAME", "FROM", "DRIVER", "ENV", "SIZE", "CREATED"], rows);
+    Ok(())
+}
+
 async fn freeze(c: &Client, id: &str, verb: &str, json: bool) -> Result<()> {
     let v = c.json(Method::POST, &format!("/v1/sandboxes/{}/{verb}", enc(id)), None).await?;
     if json {

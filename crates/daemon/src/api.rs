@@ -17,7 +17,7 @@ use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
 use http_body_util::BodyExt;
 use serde::Deserialize;
-use spinup_model::{Error, Sandbox, SandboxState};
+use spinup_model::{Error, Sandbox, SandboxState, Snapshot};
 use spinup_protocol::client::full_body;
 use spinup_protocol::{AgentClient, ClientError, ExecRequest, Frame};
 
@@ -103,7 +103,10 @@ pub fn router(m: Arc<Manager>) -> Router {
             }),
         )
         .route("/v1/sandboxes/{id}/snapshot", post(snapshot))
-        .route("/v1/sandboxes/{id}/fork", post(|s: M, p: Path<String>| gated(s, p, "fork")))
+        .route("/v1/sandboxes/{id}/fork", post(fork))
+        .route("/v1/sandboxes/{id}/diff", get(diff))
+        .route("/v1/snapshots", get(snapshot_list))
+        .route("/v1/snapshots/{id}", get(snapshot_get).delete(snapshot_remove))
         .route(
             "/v1/sandboxes/{id}/resources",
             axum::routing::patch(|s: M, p: Path<String>| gated(s, p, "live_resource_update")),
@@ -156,17 +159,48 @@ async fn gated(State(m): M, Path(id): Path<String>, capability: &'static str) ->
     Err(ApiError(Error::Unsupported { driver: sb.driver, capability: capability.into() }))
 }
 
-#[derive(Deserialize, Default)]
-#[serde(default, deny_unknown_fields)]
-struct SnapshotBody {
-    name: Option<String>,
-    memory: bool,
+async fn snapshot(State(m): M, Path(id): Path<String>, body: Bytes) -> ApiResult<(StatusCode, Json<Snapshot>)> {
+    let req: crate::snapshots::SnapshotRequest = parse(&body)?;
+    Ok((StatusCode::CREATED, Json(m.snapshot(&id, req, false).await?)))
 }
 
-async fn snapshot(m: M, Path(id): Path<String>, body: Bytes) -> ApiResult<Response> {
-    let b: SnapshotBody = parse(&body)?;
-    let _ = b.name;
-    gated(m, Path(id), if b.memory { "memory_snapshot" } else { "fs_snapshot" }).await
+async fn fork(
+    State(m): M,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> ApiResult<(StatusCode, Json<crate::snapshots::ForkResult>)> {
+    let req: crate::snapshots::ForkRequest = parse(&body)?;
+    Ok((StatusCode::CREATED, Json(m.fork(&id, req).await?)))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+struct DiffQuery {
+    since: Option<String>,
+    path: Option<String>,
+    content: bool,
+}
+
+async fn diff(
+    State(m): M,
+    Path(id): Path<String>,
+    q: Result<Query<DiffQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<Json<crate::snapshots::Diff>> {
+    let Query(q) = q.map_err(|e| ApiError(Error::InvalidArgument(e.body_text())))?;
+    Ok(Json(m.diff(&id, q.since.as_deref(), q.path.as_deref(), q.content).await?))
+}
+
+async fn snapshot_list(State(m): M) -> ApiResult<Json<Vec<Snapshot>>> {
+    Ok(Json(m.snapshot_list()?))
+}
+
+async fn snapshot_get(State(m): M, Path(id): Path<String>) -> ApiResult<Json<Snapshot>> {
+    Ok(Json(m.snapshot_get(&id)?))
+}
+
+async fn snapshot_remove(State(m): M, Path(id): Path<String>) -> ApiResult<StatusCode> {
+    m.snapshot_remove(&id)?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 async fn drivers(State(m): M) -> Json<Vec<spinup_model::Capabilities>> {
@@ -614,7 +648,10 @@ async fn env_remove(State(m): M, Path(name): Path<String>) -> ApiResult<StatusCo
     if let Some(sb) = m.list(&BTreeMap::new())?.into_iter().find(|s| s.env == name) {
         return Err(ApiError(Error::Conflict(format!("environment {name} is used by sandbox {}", sb.id))));
     }
-    m.envs.remove(&name)?;
+    let layers = m.envs.get(&name)?.layers;
+    m.envs.forget(&name)?;
+    // Layers a snapshot or sandbox still stacks stay.
+    m.gc_layers(&layers);
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -86,7 +86,7 @@ fn dir_size(p: &Path) -> u64 {
 
 impl EnvStore {
     pub fn new(root: PathBuf, store: Arc<Store>) -> Result<EnvStore> {
-        for d in ["layers", "tmp"] {
+        for d in ["layers", "tmp", "blobs/sha256"] {
             std::fs::create_dir_all(root.join(d))
                 .map_err(|e| Error::internal(format!("creating {}", root.join(d).display()), e))?;
         }
@@ -99,11 +99,20 @@ impl EnvStore {
         Ok(EnvStore { root, store, building: Default::default() })
     }
 
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
     pub fn layer_dir(&self, digest: &str) -> PathBuf {
         self.root.join("layers").join(digest.trim_start_matches("sha256:"))
     }
 
-    fn tmp(&self, what: &str) -> PathBuf {
+    /// Where a layer's tar (its OCI blob) is kept, when it was made here.
+    pub fn blob_path(&self, digest: &str) -> PathBuf {
+        self.root.join("blobs/sha256").join(digest.trim_start_matches("sha256:"))
+    }
+
+    pub(crate) fn tmp(&self, what: &str) -> PathBuf {
         let mut b = [0u8; 6];
         getrandom::fill(&mut b).expect("OS randomness");
         self.root.join("tmp").join(format!("{what}-{}", hex::encode(b)))
@@ -147,6 +156,12 @@ impl EnvStore {
                 if t.is_block_special() || t.is_character_special() || t.is_fifo() {
                     continue;
                 }
+                // OCI whiteouts become overlayfs whiteouts (0/0 character
+                // devices, opaque xattrs), so stacked layers delete.
+                let path = entry.path()?.into_owned();
+                if crate::layers::apply_whiteout(&staging, &path)? {
+                    continue;
+                }
                 entry.unpack_in(&staging)?;
                 n += 1;
                 if n.is_multiple_of(5000) {
@@ -170,6 +185,61 @@ impl EnvStore {
             std::fs::rename(&staging, &dest).map_err(|e| Error::internal("storing layer", e))?;
         }
         Ok((format!("sha256:{digest}"), dir_size(&dest)))
+    }
+
+    /// Store a layer tar made here (a snapshot's): unpacked for sandboxes
+    /// to stack, and the tar itself kept as the layer's blob. Returns the
+    /// digest and the tar's size.
+    pub fn import_layer_file(&self, tar: &Path) -> Result<(String, u64)> {
+        let size = std::fs::metadata(tar)?.len();
+        let (digest, _) = self.unpack_layer(std::fs::File::open(tar)?, &None)?;
+        let blob = self.blob_path(&digest);
+        if !blob.exists() {
+            std::fs::rename(tar, &blob).map_err(|e| Error::internal("storing the layer blob", e))?;
+        }
+        Ok((digest, size))
+    }
+
+    /// Unpack a layer tar into a scratch directory (not content-addressed).
+    pub fn unpack_scratch(&self, tar: &Path) -> Result<PathBuf> {
+        let dir = self.tmp("scratch");
+        std::fs::create_dir_all(&dir)?;
+        let res = (|| -> io::Result<()> {
+            let mut ar = tar::Archive::new(io::BufReader::new(std::fs::File::open(tar)?));
+            ar.set_preserve_permissions(true);
+            ar.set_preserve_ownerships(true);
+            ar.set_preserve_mtime(true);
+            ar.set_overwrite(true);
+            for entry in ar.entries()? {
+                let mut entry = entry?;
+                let t = entry.header().entry_type();
+                if t.is_block_special() || t.is_character_special() {
+                    continue;
+                }
+                let path = entry.path()?.into_owned();
+                if !crate::layers::apply_whiteout(&dir, &path)? {
+                    entry.unpack_in(&dir)?;
+                }
+            }
+            Ok(())
+        })();
+        match res {
+            Ok(()) => Ok(dir),
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&dir);
+                Err(Error::Internal(format!("unpacking the sandbox's changes: {e}")))
+            }
+        }
+    }
+
+    /// Delete layers (and their blobs) that nothing in `keep` names.
+    pub fn remove_layers_except(&self, candidates: &[String], keep: &std::collections::HashSet<String>) {
+        for l in candidates {
+            if !keep.contains(l) {
+                let _ = std::fs::remove_dir_all(self.layer_dir(l));
+                let _ = std::fs::remove_file(self.blob_path(l));
+            }
+        }
     }
 
     fn record(&self, name: &str, layers: Vec<String>, size: u64, config: EnvironmentConfig) -> Result<Environment> {
@@ -338,16 +408,11 @@ impl EnvStore {
         Ok(env)
     }
 
-    /// Forget an environment and delete layers no other environment uses.
-    pub fn remove(&self, name: &str) -> Result<()> {
-        let env = self.get(name)?;
+    /// Forget an environment; the caller collects its layers (see
+    /// `Manager::gc_layers`: snapshots and sandboxes may still stack them).
+    pub fn forget(&self, name: &str) -> Result<()> {
+        self.get(name)?;
         self.store.delete_environment(name)?;
-        let still_used: Vec<String> = self.list()?.into_iter().flat_map(|e| e.layers).collect();
-        for l in env.layers {
-            if !still_used.contains(&l) {
-                let _ = std::fs::remove_dir_all(self.layer_dir(&l));
-            }
-        }
         Ok(())
     }
 }

@@ -3,8 +3,10 @@
 
 pub mod api;
 pub mod envs;
+pub mod layers;
 pub mod manager;
 pub mod openapi;
+pub mod snapshots;
 pub mod store;
 
 use std::net::SocketAddr;
@@ -167,6 +169,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         m.driver(&default_driver).context("default_driver in the config file")?;
     }
     m.recover().await.context("recovering sandboxes from the store")?;
+    m.recover_snapshots().await.context("recovering snapshots from the store")?;
     m.spawn_monitor();
 
     if let Some(dir) = cfg.socket.parent() {

@@ -31,6 +31,8 @@ pub struct CreateRequest {
     pub timeout_s: Option<u64>,
     pub resources: Option<ResourcesPatch>,
     pub labels: BTreeMap<String, String>,
+    /// Start from a snapshot (id or name) instead of an environment.
+    pub from_snapshot: Option<String>,
 }
 
 /// Resources as a request gives them: unset fields take the daemon's defaults.
@@ -60,12 +62,12 @@ pub struct Manager {
     drivers: BTreeMap<String, Arc<dyn Driver>>,
     default_driver: String,
     default_resources: Resources,
-    agents: std::sync::Mutex<HashMap<String, AgentClient>>,
+    pub(crate) agents: std::sync::Mutex<HashMap<String, AgentClient>>,
     /// Serializes lifecycle operations per sandbox.
     locks: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
-fn new_id() -> String {
+pub(crate) fn new_id() -> String {
     let mut b = [0u8; 6];
     getrandom::fill(&mut b).expect("OS randomness");
     hex::encode(b)
@@ -103,7 +105,7 @@ impl Manager {
         })
     }
 
-    fn lock_for(&self, id: &str) -> Arc<tokio::sync::Mutex<()>> {
+    pub(crate) fn lock_for(&self, id: &str) -> Arc<tokio::sync::Mutex<()>> {
         self.locks.lock().unwrap().entry(id.to_string()).or_default().clone()
     }
 
@@ -116,7 +118,7 @@ impl Manager {
         Ok(self.store.list_sandboxes()?.into_iter().map(|(s, _)| s).filter(|s| s.matches_labels(labels)).collect())
     }
 
-    fn set_state(
+    pub(crate) fn set_state(
         &self,
         sb: &mut Sandbox,
         to: SandboxState,
@@ -165,8 +167,6 @@ impl Manager {
                 caps.reason.unwrap_or_default()
             )));
         }
-        let resources = req.resources.unwrap_or_default().over(self.default_resources);
-        resources.validate()?;
         for (k, v) in &req.labels {
             validate_label(k, v)?;
         }
@@ -178,16 +178,33 @@ impl Manager {
                 return Err(Error::InvalidArgument("timeout_s must be at most one year".into()));
             }
         }
-        let env_name = req.env.clone().unwrap_or_else(|| "busybox".into());
-        let env = self.envs.resolve(&env_name, progress).await?;
+        // Where the filesystem comes from: an environment, or a snapshot
+        // (whose layers work on every driver).
+        let (env_name, env_digest, layers, snapshot, base_resources) = match &req.from_snapshot {
+            Some(s) => {
+                if req.env.is_some() {
+                    return Err(Error::InvalidArgument("give either env or from_snapshot, not both".into()));
+                }
+                let snap = self.snapshot_get(s)?;
+                let digest = crate::snapshots::stack_digest(&snap.layers);
+                (snap.env.clone(), digest, snap.layers.clone(), Some(snap.id.clone()), snap.resources)
+            }
+            None => {
+                let env_name = req.env.clone().unwrap_or_else(|| "busybox".into());
+                let env = self.envs.resolve(&env_name, progress).await?;
+                (env.name, env.digest, env.layers, None, self.default_resources)
+            }
+        };
+        let resources = req.resources.unwrap_or_default().over(base_resources);
+        resources.validate()?;
 
         let now = now_ms();
         let id = new_id();
         let timeout_s = req.timeout_s.filter(|t| *t > 0);
         let mut sb = Sandbox {
             id: id.clone(),
-            env: env.name.clone(),
-            env_digest: env.digest.clone(),
+            env: env_name,
+            env_digest,
             driver: driver_name,
             state: SandboxState::Creating,
             reason: None,
@@ -197,6 +214,8 @@ impl Manager {
             labels: req.labels,
             created_at: now,
             updated_at: now,
+            layers: layers.clone(),
+            snapshot,
         };
         let lock = self.lock_for(&id);
         let _g = lock.lock().await;
@@ -205,7 +224,7 @@ impl Manager {
             id: id.clone(),
             hostname: id.clone(),
             resources,
-            layers: env.layers.iter().map(|l| self.envs.layer_dir(l)).collect(),
+            layers: layers.iter().map(|l| self.envs.layer_dir(l)).collect(),
         };
         let started = async {
             let ds = driver.create(&spec).await?;
@@ -343,7 +362,7 @@ impl Manager {
         self.destroy_locked(&sb, "removed by request").await
     }
 
-    async fn destroy_locked(&self, sb: &Sandbox, reason: &str) -> Result<()> {
+    pub(crate) async fn destroy_locked(&self, sb: &Sandbox, reason: &str) -> Result<()> {
         let driver = self.driver(&sb.driver)?;
         self.agents.lock().unwrap().remove(&sb.id);
         if sb.state == SandboxState::Paused {
@@ -353,6 +372,10 @@ impl Manager {
         driver.destroy(&sb.id).await?;
         self.store.delete_sandbox(&sb.id, sb.state, Some(reason))?;
         self.locks.lock().unwrap().remove(&sb.id);
+        if let Some(s) = &sb.snapshot {
+            // A fork's snapshot goes with its last child.
+            self.drop_ephemeral(s);
+        }
         tracing::info!(id = %sb.id, reason, "sandbox destroyed");
         Ok(())
     }

@@ -9,7 +9,7 @@ use std::path::Path;
 use std::sync::Mutex;
 
 use rusqlite::{params, Connection, OptionalExtension};
-use spinup_model::{now_ms, Environment, Error, Result, Sandbox, SandboxState};
+use spinup_model::{now_ms, Environment, Error, Result, Sandbox, SandboxState, Snapshot};
 
 pub struct Store {
     conn: Mutex<Connection>,
@@ -52,6 +52,12 @@ impl Store {
              CREATE INDEX IF NOT EXISTS transitions_by_sandbox ON transitions(sandbox_id);
              CREATE TABLE IF NOT EXISTS environments (
                  name TEXT PRIMARY KEY,
+                 body TEXT NOT NULL
+             );
+             CREATE TABLE IF NOT EXISTS snapshots (
+                 id TEXT PRIMARY KEY,
+                 name TEXT UNIQUE,
+                 ready INTEGER NOT NULL,
                  body TEXT NOT NULL
              );",
         )
@@ -196,6 +202,57 @@ impl Store {
         Ok(out)
     }
 
+    /// Record a snapshot; `ready` false while its layer is being made (a
+    /// daemon killed meanwhile finds it on restart and cleans it up).
+    pub fn put_snapshot(&self, s: &Snapshot, ready: bool) -> Result<()> {
+        let c = self.conn.lock().unwrap();
+        c.execute(
+            "INSERT INTO snapshots (id, name, ready, body) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT(id) DO UPDATE SET name = excluded.name, ready = excluded.ready, body = excluded.body",
+            params![s.id, s.name, ready, serde_json::to_string(s).unwrap()],
+        )
+        .map_err(|e| match e {
+            rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::ConstraintViolation => {
+                Error::Conflict(format!("a snapshot named '{}' exists already", s.name.clone().unwrap_or_default()))
+            }
+            e => db_err(e),
+        })?;
+        Ok(())
+    }
+
+    /// Snapshots by id or name; with `ready` false, only half-made ones.
+    pub fn list_snapshots(&self, ready: bool) -> Result<Vec<Snapshot>> {
+        let c = self.conn.lock().unwrap();
+        let mut st = c.prepare("SELECT body FROM snapshots WHERE ready = ?1").map_err(db_err)?;
+        let rows = st.query_map(params![ready], |r| r.get::<_, String>(0)).map_err(db_err)?;
+        let mut out: Vec<Snapshot> = vec![];
+        for b in rows {
+            out.push(
+                serde_json::from_str(&b.map_err(db_err)?).map_err(|e| Error::internal("corrupt snapshot row", e))?,
+            );
+        }
+        out.sort_by_key(|s| s.created_at);
+        Ok(out)
+    }
+
+    pub fn get_snapshot(&self, id_or_name: &str) -> Result<Option<Snapshot>> {
+        let c = self.conn.lock().unwrap();
+        c.query_row(
+            "SELECT body FROM snapshots WHERE ready = 1 AND (id = ?1 OR name = ?1)",
+            params![id_or_name],
+            |r| r.get::<_, String>(0),
+        )
+        .optional()
+        .map_err(db_err)?
+        .map(|b| serde_json::from_str(&b).map_err(|e| Error::internal("corrupt snapshot row", e)))
+        .transpose()
+    }
+
+    pub fn delete_snapshot(&self, id: &str) -> Result<bool> {
+        let c = self.conn.lock().unwrap();
+        Ok(c.execute("DELETE FROM snapshots WHERE id = ?1", params![id]).map_err(db_err)? > 0)
+    }
+
     pub fn delete_environment(&self, name: &str) -> Result<bool> {
         let c = self.conn.lock().unwrap();
         Ok(c.execute("DELETE FROM environments WHERE name = ?1", params![name]).map_err(db_err)? > 0)
@@ -222,6 +279,8 @@ mod tests {
             labels: BTreeMap::new(),
             created_at: 1,
             updated_at: 1,
+            layers: vec![],
+            snapshot: None,
         }
     }
 

@@ -166,6 +166,14 @@ pub trait Driver: Send + Sync {
         Err(crate::Error::Unsupported { driver: self.name().into(), capability: "pause_resume".into() })
     }
 
+    /// The host directory holding the sandbox's filesystem changes as an
+    /// overlayfs upper dir (whiteouts as 0/0 character devices, opaque
+    /// directories by xattr), for drivers whose writable layer lives on the
+    /// host. `None`: the changes are reachable only through the agent.
+    fn writable_layer(&self, _id: &str) -> Option<PathBuf> {
+        None
+    }
+
     /// Open a byte stream to the sandbox's agent.
     async fn connect_agent(&self, id: &str) -> Result<AgentStream>;
 

@@ -10,7 +10,10 @@ pub mod sandbox;
 
 pub use driver::{AgentIo, AgentStream, Capabilities, Driver, DriverStatus, IsolationClass, SandboxSpec};
 pub use error::{Error, Result};
-pub use sandbox::{validate_id, validate_label, Environment, EnvironmentConfig, Resources, Sandbox, SandboxState};
+pub use sandbox::{
+    validate_id, validate_label, validate_snapshot_name, Environment, EnvironmentConfig, Resources, Sandbox, SandboxState,
+    Snapshot,
+};
 
 /// Milliseconds since the Unix epoch; the one clock the store uses.
 pub fn now_ms() -> i64 {

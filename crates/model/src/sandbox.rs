@@ -148,6 +148,14 @@ pub struct Sandbox {
     pub labels: BTreeMap<String, String>,
     pub created_at: i64,
     pub updated_at: i64,
+    /// Read-only layer digests under its writable layer, bottom first: the
+    /// environment's, then a snapshot's. Kept here so a sandbox never
+    /// depends on its environment or snapshot staying around.
+    #[serde(default)]
+    pub layers: Vec<String>,
+    /// The snapshot it was restored from, if any.
+    #[serde(default)]
+    pub snapshot: Option<String>,
 }
 
 impl Sandbox {
@@ -180,6 +188,36 @@ pub struct Environment {
     pub created_at: i64,
 }
 
+/// A sandbox's filesystem changes frozen as a content-addressed layer (an
+/// OCI layer tar with whiteouts) on top of the layers it ran on.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Snapshot {
+    pub id: String,
+    pub name: Option<String>,
+    /// The sandbox it was taken from (which may be gone by now).
+    pub sandbox_id: String,
+    /// The driver that sandbox ran on; restoring works on any driver.
+    pub driver: String,
+    /// Lineage: the environment at the bottom of the stack...
+    pub env: String,
+    /// ...and the snapshot the source sandbox was restored from, if any.
+    pub parent_snapshot: Option<String>,
+    /// Digest of this snapshot's own layer (sha256 of its tar).
+    pub layer: String,
+    /// Every layer a restored sandbox stacks, bottom first (ends with `layer`).
+    pub layers: Vec<String>,
+    /// Environment defaults carried over from the source.
+    pub config: EnvironmentConfig,
+    pub resources: Resources,
+    pub labels: BTreeMap<String, String>,
+    /// Size of the layer tar in bytes.
+    pub size_bytes: u64,
+    pub created_at: i64,
+    /// Made by `fork`: removed with its last child.
+    #[serde(default)]
+    pub ephemeral: bool,
+}
+
 /// Ids are what the daemon generates: lowercase hex, 12 characters.
 /// Anything else (path separators, dots) is refused before it reaches a path.
 pub fn validate_id(id: &str) -> Result<()> {
@@ -187,6 +225,23 @@ pub fn validate_id(id: &str) -> Result<()> {
         Ok(())
     } else {
         Err(Error::not_found("sandbox", id))
+    }
+}
+
+/// Snapshot names: like environment names (never a path), and never
+/// mistakable for an id.
+pub fn validate_snapshot_name(name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-_.".contains(&b))
+        && !name.starts_with('.')
+        && validate_id(name).is_err();
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::InvalidArgument(format!(
+            "snapshot name '{name}' must be 1-64 characters of [a-z0-9-_.], not starting with '.' and not 12 hex digits"
+        )))
     }
 }
 
@@ -260,6 +315,8 @@ mod tests {
             labels: BTreeMap::new(),
             created_at: 0,
             updated_at: 0,
+            layers: vec![],
+            snapshot: None,
         };
         sb.labels.insert("team".into(), "a".into());
         sb.labels.insert("run".into(), "7".into());

@@ -24,6 +24,8 @@
 //! | POST | /v1/files/remove | [`RemoveRequest`] → `{}` |
 //! | POST | /v1/files/rename | [`RenameRequest`] → [`FileStat`] |
 //! | POST | /v1/files/chmod | [`ChmodRequest`] → [`FileStat`] |
+//! | POST | /v1/fs/sync | → `{}` (flush every filesystem's caches) |
+//! | POST | /v1/fs/changes | [`ChangesRequest`] → OCI layer tar of the root's changes |
 //!
 //! Errors are JSON [`ErrorBody`] with a 4xx/5xx status.
 

@@ -116,6 +116,19 @@ pub struct RenameRequest {
     pub to: String,
 }
 
+/// Ask the agent for its root filesystem's changes since it started, as an
+/// OCI layer tar (`.wh.` whiteouts for deletions). For drivers whose
+/// writable layer the host cannot read (a VM's disk).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChangesRequest {
+    /// Every path of the base image, relative (`etc/passwd`): what is not
+    /// found any more is reported deleted.
+    pub base: Vec<String>,
+    /// Relative paths never reported (identity files, mount points).
+    #[serde(default)]
+    pub exclude: Vec<String>,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChmodRequest {
     pub path: String,

@@ -130,6 +130,11 @@ impl OciEngine {
         OciEngine { root, agent, cgroup_parent, runtime, global_args, transport, listeners: Default::default() }
     }
 
+    /// The sandbox's overlayfs upper dir (its writable layer).
+    pub fn upper(&self, id: &str) -> PathBuf {
+        self.dir(id).join("upper")
+    }
+
     fn dir(&self, id: &str) -> PathBuf {
         self.root.join("sandboxes").join(id)
     }
@@ -159,6 +164,9 @@ impl OciEngine {
             // The runtime's pause/resume (cgroup freezer; runsc stops the
             // Sentry's tasks), exercised by the conformance suite.
             pause_resume: true,
+            // The writable layer is an overlayfs upper dir on the host.
+            fs_snapshot: true,
+            fork: true,
             own_kernel,
             per_process_limits: true,
             ..Capabilities::base(driver, isolation)

@@ -124,6 +124,10 @@ impl Driver for GvisorDriver {
         self.engine.destroy(id).await
     }
 
+    fn writable_layer(&self, id: &str) -> Option<std::path::PathBuf> {
+        Some(self.engine.upper(id))
+    }
+
     async fn connect_agent(&self, id: &str) -> Result<AgentStream> {
         self.engine.connect_agent(id).await
     }

@@ -244,6 +244,10 @@ impl Driver for MicrovmDriver {
             backend,
             // QEMU stop/cont in place (QMP); the guest's RAM stays.
             pause_resume: true,
+            // Changes come from the agent (the host never mounts a guest's
+            // disk); restore builds an image from the layers.
+            fs_snapshot: true,
+            fork: true,
             own_kernel: true,
             // The guest kernel enforces pids (a cgroup in the guest) and
             // memory (its RAM): the OOM killer picks one process.
