@@ -986,6 +986,130 @@ async fn pause_resume_keeps_processes_and_files() {
     d.rm(&id).await;
 }
 
+/// Changes as `(kind, path, size)`, sorted by path.
+fn changes(v: &Value) -> Vec<(String, String, u64)> {
+    v["changes"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no changes in {v}"))
+        .iter()
+        .map(|c| (c["kind"].as_str().unwrap().into(), c["path"].as_str().unwrap().into(), c["size"].as_u64().unwrap()))
+        .collect()
+}
+
+async fn snapshot_restore_diff_and_fork() {
+    let d = shared();
+    let caps = my_caps(d).await;
+    if caps["fs_snapshot"] != true || caps["fork"] != true {
+        return; // declared false: the 501 is checked in declared_capabilities_match_behaviour
+    }
+    let parent = d.create(json!({"labels": {"suite": "snap"}})).await;
+    // Added, modified, deleted, a new directory, a mode.
+    d.ok(
+        &parent,
+        "echo hello > /root/added; echo extra >> /etc/passwd; rm /etc/group; mkdir -p /srv/d; \
+         echo secret > /srv/d/f; chmod 600 /srv/d/f; ln -s /srv/d/f /srv/link",
+    )
+    .await;
+    let passwd_len = d.ok(&parent, "wc -c < /etc/passwd").await.trim().parse::<u64>().unwrap();
+    let (st, v) = d.req("GET", &format!("/v1/sandboxes/{parent}/diff"), None).await;
+    assert_eq!(st, 200, "{v}");
+    // Sizes are the new ones (the old one for a deletion); a directory's
+    // size is its filesystem's business.
+    let got: Vec<(String, String, u64)> =
+        changes(&v).into_iter().map(|(k, p, n)| if p == "/srv" || p == "/srv/d" { (k, p, 0) } else { (k, p, n) }).collect();
+    assert_eq!(
+        got,
+        vec![
+            ("deleted".into(), "/etc/group".into(), 36),
+            ("modified".into(), "/etc/passwd".into(), passwd_len),
+            ("added".into(), "/root/added".into(), 6),
+            ("added".into(), "/srv".into(), 0),
+            ("added".into(), "/srv/d".into(), 0),
+            ("added".into(), "/srv/d/f".into(), 7),
+            ("added".into(), "/srv/link".into(), 8),
+        ],
+        "{v}"
+    );
+    // One path with its content before and after.
+    let (_, v) = d.req("GET", &format!("/v1/sandboxes/{parent}/diff?path=/etc/passwd&content=true"), None).await;
+    assert!(v["after"].as_str().unwrap().ends_with("extra\n") && !v["before"].as_str().unwrap().contains("extra"), "{v}");
+
+    // Snapshot (named), listed; names are unique and validated.
+    let (st, snap) =
+        d.req("POST", &format!("/v1/sandboxes/{parent}/snapshot"), Some(json!({"name": format!("s-{parent}")}))).await;
+    assert_eq!(st, 201, "{snap}");
+    let sid = snap["id"].as_str().unwrap().to_string();
+    assert!(snap["layer"].as_str().unwrap().starts_with("sha256:") && snap["sandbox_id"] == parent.as_str(), "{snap}");
+    assert_eq!(snap["env"], "busybox");
+    let (st, _) = d.req("POST", &format!("/v1/sandboxes/{parent}/snapshot"), Some(json!({"name": format!("s-{parent}")}))).await;
+    assert_eq!(st, 409, "duplicate name");
+    for bad in [json!({"name": "../x"}), json!({"name": 7}), json!({"bogus": 1})] {
+        let (st, v) = d.req("POST", &format!("/v1/sandboxes/{parent}/snapshot"), Some(bad.clone())).await;
+        assert_eq!(st, 400, "{bad}: {v}");
+    }
+    let (_, list) = d.req("GET", "/v1/snapshots", None).await;
+    assert!(list.as_array().unwrap().iter().any(|s| s["id"] == sid.as_str()), "{list}");
+    // The parent keeps running and writing after the snapshot.
+    d.ok(&parent, "echo later > /root/later").await;
+    let (_, v) = d.req("GET", &format!("/v1/sandboxes/{parent}/diff?since={sid}"), None).await;
+    assert_eq!(changes(&v), vec![("added".into(), "/root/later".into(), 6)], "{v}");
+
+    // Restore by name on this driver: the snapshot's files, not later ones.
+    let child = d.create(json!({"env": null, "from_snapshot": format!("s-{parent}")})).await;
+    assert_eq!(d.ok(&child, "cat /root/added /srv/link; tail -1 /etc/passwd").await, "hello\nsecret\nextra\n");
+    assert_eq!(d.ok(&child, "stat -c %a /srv/d/f; test -e /etc/group || echo gone; test -e /root/later || echo none").await, "600\ngone\nnone\n");
+    let (_, v) = d.req("GET", &format!("/v1/sandboxes/{child}/diff"), None).await;
+    assert_eq!(changes(&v), vec![], "nothing changed since the restore: {v}");
+    let (_, info) = d.req("GET", &format!("/v1/sandboxes/{child}"), None).await;
+    assert_eq!(info["snapshot"], sid.as_str());
+    // In use: cannot be removed.
+    let (st, v) = d.req("DELETE", &format!("/v1/snapshots/{sid}"), None).await;
+    assert_eq!(st, 409, "{v}");
+    assert!(v["message"].as_str().unwrap().contains(&child), "{v}");
+
+    // Fork: children with their own identity; nobody sees another's later writes.
+    let out = d.cli(&["fork", &parent, "--count", "2"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let kids: Vec<String> = String::from_utf8_lossy(&out.stdout).lines().map(String::from).collect();
+    assert_eq!(kids.len(), 2, "{kids:?}");
+    let ident = |id: String| async move { d.ok(&id, "hostname; cat /etc/machine-id").await };
+    let mut seen = std::collections::HashSet::new();
+    for id in [&parent, &kids[0], &kids[1]] {
+        let who = ident(id.clone()).await;
+        assert!(who.starts_with(&format!("{id}\n")), "{id}: {who}");
+        assert!(seen.insert(who.lines().nth(1).unwrap().to_string()), "machine-id repeats: {who}");
+    }
+    for k in &kids {
+        assert_eq!(d.ok(k, "cat /root/later /root/added").await, "later\nhello\n");
+        let (_, sb) = d.req("GET", &format!("/v1/sandboxes/{k}"), None).await;
+        assert_eq!((sb["labels"]["spinup.fork.parent"].as_str(), sb["driver"].as_str()), (Some(parent.as_str()), Some(driver().as_str())));
+    }
+    d.ok(&kids[0], "echo k0 > /root/mine").await;
+    d.ok(&parent, "echo p > /root/parent-after").await;
+    assert_eq!(d.ok(&kids[1], "ls /root/mine /root/parent-after 2>&1 | grep -c 'No such'").await, "2\n");
+    assert_eq!(d.ok(&parent, "ls /root/mine 2>&1 | grep -c 'No such'").await, "1\n");
+    let (st, v) = d.req("POST", &format!("/v1/sandboxes/{parent}/fork"), Some(json!({"count": 0}))).await;
+    assert_eq!(st, 400, "{v}");
+
+    for id in [&child, &kids[0], &kids[1]] {
+        d.rm(id).await;
+    }
+    // The fork's own snapshot went with its last child; the named one stays
+    // until removed, and then is gone.
+    let (_, list) = d.req("GET", "/v1/snapshots", None).await;
+    assert!(
+        !list.as_array().unwrap().iter().any(|s| s["labels"]["spinup.fork.parent"] == parent.as_str()),
+        "{list}"
+    );
+    let (st, _) = d.req("DELETE", &format!("/v1/snapshots/s-{parent}"), None).await;
+    assert_eq!(st, 204);
+    let (st, _) = d.req("GET", &format!("/v1/snapshots/{sid}"), None).await;
+    assert_eq!(st, 404);
+    let (st, _) = d.req("POST", "/v1/sandboxes", Some(json!({"from_snapshot": sid}))).await;
+    assert_eq!(st, 404);
+    d.rm(&parent).await;
+}
+
 async fn cli_interactive_terminal() {
     let d = shared();
     let id = d.create(json!({})).await;
@@ -1041,6 +1165,7 @@ suite!(
     limits_land_in_the_sandbox_cgroup,
     memory_hog_is_killed_at_the_limit,
     pause_resume_keeps_processes_and_files,
+    snapshot_restore_diff_and_fork,
 );
 
 #[tokio::test]

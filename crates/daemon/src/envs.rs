@@ -283,7 +283,9 @@ impl EnvStore {
         let res = (|| -> io::Result<()> {
             let f = std::fs::File::create(&tarfile)?;
             let mut b = tar::Builder::new(io::BufWriter::new(f));
-            b.mode(tar::HeaderMode::Deterministic);
+            // Complete, not Deterministic: that mode rewrites permissions to
+            // 0755/0644 (a world-writable /tmp would lose its mode).
+            b.mode(tar::HeaderMode::Complete);
             b.follow_symlinks(false);
             b.append_dir_all(".", dir)?;
             b.into_inner()?.flush()
