@@ -99,6 +99,12 @@ enum Cmd {
         /// Start from a snapshot (id or name) instead of --env; any driver.
         #[arg(long, value_name = "SNAPSHOT", conflicts_with = "env")]
         from_snapshot: Option<String>,
+        /// What the timeout does: destroy (default) or pause.
+        #[arg(long, value_name = "destroy|pause")]
+        on_timeout: Option<String>,
+        /// Resume by itself on exec or file access when paused.
+        #[arg(long)]
+        auto_resume: bool,
     },
     /// Snapshot a sandbox's filesystem changes and print the snapshot's id;
     /// `snapshot ls` lists snapshots, `snapshot rm S...` removes them.
@@ -401,7 +407,7 @@ async fn run(cli: Cli) -> Result<i32> {
     let c = Client::new(cli.host.clone(), cli.api_key.clone())?;
     match cli.cmd {
         Cmd::Serve { .. } => unreachable!("handled in main"),
-        Cmd::Create { env, driver, timeout, memory, cpus, pids, disk, labels, from_snapshot } => {
+        Cmd::Create { env, driver, timeout, memory, cpus, pids, disk, labels, from_snapshot, on_timeout, auto_resume } => {
             if from_snapshot.is_none()
                 && spinup_daemon::envs::BUILTINS.contains(&env.as_str())
                 && c.json(Method::GET, &format!("/v1/environments/{}", enc(&env)), None).await.is_err()
@@ -429,6 +435,12 @@ async fn run(cli: Cli) -> Result<i32> {
             }
             if let Some(t) = timeout {
                 body["timeout_s"] = t.into();
+            }
+            if let Some(o) = on_timeout {
+                body["on_timeout"] = o.into();
+            }
+            if auto_resume {
+                body["auto_resume"] = true.into();
             }
             if !resources.is_empty() {
                 body["resources"] = Value::Object(resources);

@@ -165,6 +165,169 @@ async fn tcp_listener_requires_the_api_key() {
     assert!(!d.log().contains("s3cret-key"), "the key must not be logged");
 }
 
+/// Files in the daemon's scratch dir (half-made imports, snapshots, diffs).
+fn scratch(d: &Daemon) -> Vec<String> {
+    std::fs::read_dir(d.data().join("environments/tmp"))
+        .map(|rd| rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .unwrap_or_default()
+}
+
+async fn snapshots(d: &Daemon) -> Vec<serde_json::Value> {
+    let (st, v) = d.req("GET", "/v1/snapshots", None).await;
+    assert_eq!(st, 200, "{v}");
+    v.as_array().unwrap().clone()
+}
+
+async fn daemon_killed_during_snapshot_or_fork_leaves_a_consistent_store() {
+    let d = Daemon::start("snapkill");
+    let id = d.create(json!({})).await;
+    // Big enough that the export takes a while (TCG moves ~6 MB/s).
+    let mib = if common::driver() == "microvm" { 12 } else { 96 };
+    let sum = d.ok(&id, &format!("dd if=/dev/urandom of=/root/big bs=1M count={mib} 2>/dev/null; md5sum /root/big")).await;
+    d.start_counter(&id).await;
+    eventually("the counter runs", 20, || async { d.sh(&id, "cat /tmp/count").await["exit_code"] == 0 }).await;
+
+    // kill -9 while the snapshot's layer is being written.
+    let sock = d.sock.clone();
+    let sid = id.clone();
+    let snapping = tokio::spawn(async move {
+        Daemon::attach(sock).req("POST", &format!("/v1/sandboxes/{sid}/snapshot"), Some(json!({"name": "mid"}))).await
+    });
+    let t0 = std::time::Instant::now();
+    while !scratch(&d).iter().any(|f| f.starts_with("snapshot.tar")) && t0.elapsed() < Duration::from_secs(60) {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    d.kill9();
+    let _ = snapping.await;
+    d.restart();
+    assert_eq!(scratch(&d), Vec::<String>::new(), "half-made files are cleaned up");
+    // Whatever is listed is whole: it restores with the parent's data.
+    for s in snapshots(&d).await {
+        let c = d.create(json!({"env": null, "from_snapshot": s["id"]})).await;
+        assert_eq!(d.ok(&c, "md5sum /root/big").await, sum);
+        d.rm(&c).await;
+    }
+    // The parent is unharmed and not left frozen: its counter moves on.
+    let (_, v) = d.req("GET", &format!("/v1/sandboxes/{id}"), None).await;
+    assert_eq!(v["state"], "running", "{v}");
+    let c0: u64 = d.ok(&id, "cat /tmp/count").await.trim().parse().unwrap();
+    eventually("the parent's counter continues", 20, || async {
+        d.ok(&id, "cat /tmp/count").await.trim().parse::<u64>().unwrap() > c0
+    })
+    .await;
+    assert_eq!(d.ok(&id, "md5sum /root/big").await, sum);
+
+    // kill -9 while a fork is creating its children.
+    let sock = d.sock.clone();
+    let sid = id.clone();
+    let forking = tokio::spawn(async move {
+        Daemon::attach(sock).req("POST", &format!("/v1/sandboxes/{sid}/fork"), Some(json!({"count": 2}))).await
+    });
+    let t0 = std::time::Instant::now();
+    while !states(&d).await.iter().any(|(_, s)| s == "creating") && t0.elapsed() < Duration::from_secs(60) {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    d.kill9();
+    let _ = forking.await;
+    d.restart();
+    let st = states(&d).await;
+    assert!(st.iter().all(|(_, s)| s == "running"), "nothing stuck in creating: {st:?}");
+    for (c, _) in st.iter().filter(|(c, _)| c != &id) {
+        assert_eq!(d.ok(c, "md5sum /root/big").await, sum);
+        d.rm(c).await;
+    }
+    // With its children gone, no fork snapshot lingers; new snapshots work.
+    assert!(snapshots(&d).await.iter().all(|s| s["ephemeral"] != true), "{:?}", snapshots(&d).await);
+    let (st, v) = d.req("POST", &format!("/v1/sandboxes/{id}/snapshot"), Some(json!({}))).await;
+    assert_eq!(st, 201, "{v}");
+    d.rm(&id).await;
+    for s in snapshots(&d).await {
+        d.req("DELETE", &format!("/v1/snapshots/{}", s["id"].as_str().unwrap()), None).await;
+    }
+    assert_eq!(leftovers(&d), Vec::<String>::new());
+    // Only the environment's layers remain.
+    let layers = std::fs::read_dir(d.data().join("environments/layers")).unwrap().count();
+    assert_eq!(layers, 1, "snapshot layers are collected");
+}
+
+#[tokio::test]
+async fn disk_full_while_snapshotting_is_a_clear_error() {
+    let d = Daemon::start_on_tmpfs("diskfull", 128);
+    let id = d.create(json!({})).await;
+    let sum = d.ok(&id, "dd if=/dev/urandom of=/root/big bs=1M count=24 2>/dev/null; md5sum /root/big").await;
+    // Fill the data dir's filesystem up to the last 6 MiB.
+    let free = nix::sys::statvfs::statvfs(&d.data()).unwrap();
+    let avail = free.blocks_available() as u64 * free.fragment_size() as u64;
+    let filler = d.data().join("filler");
+    let st = std::process::Command::new("fallocate")
+        .args(["-l", &(avail - (6 << 20)).to_string()])
+        .arg(&filler)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let (st, v) = d.req("POST", &format!("/v1/sandboxes/{id}/snapshot"), Some(json!({"name": "full"}))).await;
+    assert_eq!((st, v["code"].as_str()), (503, Some("unavailable")), "{v}");
+    let msg = v["message"].as_str().unwrap();
+    assert!(msg.contains("no space left") && msg.contains("unharmed"), "{msg}");
+    // Nothing half-made, and the sandbox runs on, unfrozen, with its data.
+    assert_eq!(snapshots(&d).await, Vec::<serde_json::Value>::new());
+    assert_eq!(scratch(&d), Vec::<String>::new());
+    let (_, v) = d.req("GET", &format!("/v1/sandboxes/{id}"), None).await;
+    assert_eq!(v["state"], "running");
+    assert_eq!(d.ok(&id, "md5sum /root/big").await, sum);
+    // With room again, the same snapshot works and restores.
+    std::fs::remove_file(&filler).unwrap();
+    let (st, v) = d.req("POST", &format!("/v1/sandboxes/{id}/snapshot"), Some(json!({"name": "full"}))).await;
+    assert_eq!(st, 201, "{v}");
+    let c = d.create(json!({"env": null, "from_snapshot": "full"})).await;
+    assert_eq!(d.ok(&c, "md5sum /root/big").await, sum);
+    d.rm(&c).await;
+    d.rm(&id).await;
+    assert_eq!(leftovers(&d), Vec::<String>::new());
+    d.unmount();
+}
+
+/// A snapshot taken on one driver starts on every other, both ways.
+#[tokio::test]
+async fn snapshots_move_between_drivers() {
+    let d = Daemon::start("crossdrv");
+    let (_, drivers) = d.req("GET", "/v1/drivers", None).await;
+    let avail: Vec<String> = drivers
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["available"] == true)
+        .map(|c| c["driver"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(avail.len(), 3, "every driver runs here: {drivers}");
+    for from in ["container", "gvisor", "microvm"] {
+        let src = d.create(json!({"driver": from})).await;
+        d.ok(&src, &format!("echo {from} > /root/origin; rm /etc/group; mkdir -p /srv; chmod 1777 /srv; ln -s /root/origin /srv/o")).await;
+        let (st, snap) = d.req("POST", &format!("/v1/sandboxes/{src}/snapshot"), Some(json!({}))).await;
+        assert_eq!(st, 201, "{snap}");
+        assert_eq!(snap["driver"], from);
+        d.rm(&src).await;
+        // The snapshot outlives its sandbox; restore it on the other drivers.
+        for to in ["container", "gvisor", "microvm"].into_iter().filter(|t| *t != from) {
+            let c = d.create(json!({"driver": to, "env": null, "from_snapshot": snap["id"]})).await;
+            assert_eq!(
+                d.ok(&c, "cat /srv/o; stat -c %a /srv; test -e /etc/group || echo no-group").await,
+                format!("{from}
+1777
+no-group
+"),
+                "{from} -> {to}"
+            );
+            let (_, v) = d.req("GET", &format!("/v1/sandboxes/{c}/diff"), None).await;
+            assert_eq!(v["changes"], json!([]), "{from} -> {to}: {v}");
+            d.rm(&c).await;
+        }
+        let (st, _) = d.req("DELETE", &format!("/v1/snapshots/{}", snap["id"].as_str().unwrap()), None).await;
+        assert_eq!(st, 204);
+    }
+    assert_eq!(leftovers(&d), Vec::<String>::new());
+}
+
 macro_rules! suite {
     ($($test:ident),* $(,)?) => {
         for_driver!(container: $($test),*);
@@ -177,4 +340,5 @@ suite!(
     daemon_restart_reattaches_and_timeouts_still_fire,
     hundred_create_destroy_cycles_leak_nothing,
     paused_sandbox_stays_paused_across_a_daemon_restart,
+    daemon_killed_during_snapshot_or_fork_leaves_a_consistent_store,
 );

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use spinup_model::{
-    now_ms, validate_id, validate_label, Driver, DriverStatus, Error, Resources, Result, Sandbox, SandboxSpec,
+    now_ms, validate_id, validate_label, Driver, OnTimeout, DriverStatus, Error, Resources, Result, Sandbox, SandboxSpec,
     SandboxState,
 };
 use spinup_protocol::AgentClient;
@@ -33,6 +33,10 @@ pub struct CreateRequest {
     pub labels: BTreeMap<String, String>,
     /// Start from a snapshot (id or name) instead of an environment.
     pub from_snapshot: Option<String>,
+    /// What the timeout does: `destroy` (default) or `pause`.
+    pub on_timeout: Option<OnTimeout>,
+    /// Resume a paused sandbox on exec or file access.
+    pub auto_resume: Option<bool>,
 }
 
 /// Resources as a request gives them: unset fields take the daemon's defaults.
@@ -197,6 +201,11 @@ impl Manager {
         };
         let resources = req.resources.unwrap_or_default().over(base_resources);
         resources.validate()?;
+        let on_timeout = req.on_timeout.unwrap_or_default();
+        let auto_resume = req.auto_resume.unwrap_or(false);
+        if (on_timeout == OnTimeout::Pause || auto_resume) && !caps.pause_resume {
+            return Err(Error::Unsupported { driver: driver_name, capability: "pause_resume".into() });
+        }
 
         let now = now_ms();
         let id = new_id();
@@ -216,6 +225,8 @@ impl Manager {
             updated_at: now,
             layers: layers.clone(),
             snapshot,
+            on_timeout,
+            auto_resume,
         };
         let lock = self.lock_for(&id);
         let _g = lock.lock().await;
@@ -286,8 +297,21 @@ impl Manager {
         self.agent_for(&self.get(id)?).await
     }
 
-    /// A connected agent for `sb`, which must be running.
+    /// A connected agent for `sb`, which must be running (or paused with
+    /// `auto_resume`: then it is resumed first).
     pub async fn agent_for(&self, sb: &Sandbox) -> Result<AgentClient> {
+        let resumed;
+        let sb = if sb.state == SandboxState::Paused && sb.auto_resume {
+            resumed = match self.freeze(&sb.id, SandboxState::Running).await {
+                Ok(s) => s,
+                // Someone else resumed it first.
+                Err(Error::Conflict(_)) => self.get(&sb.id)?,
+                Err(e) => return Err(e),
+            };
+            &resumed
+        } else {
+            sb
+        };
         let id = sb.id.as_str();
         if sb.state != SandboxState::Running {
             let why = sb.reason.as_ref().map(|r| format!(" ({r})")).unwrap_or_default();
@@ -300,6 +324,12 @@ impl Manager {
         // brings exactly one connection).
         let lock = self.lock_for(id);
         let _g = lock.lock().await;
+        self.agent_locked(sb).await
+    }
+
+    /// [`Manager::agent_for`] for a caller that holds the sandbox's lock.
+    pub(crate) async fn agent_locked(&self, sb: &Sandbox) -> Result<AgentClient> {
+        let id = sb.id.as_str();
         if let Some(c) = self.agents.lock().unwrap().get(id).filter(|c| !c.is_closed()).cloned() {
             return Ok(c);
         }
@@ -341,6 +371,10 @@ impl Manager {
             }
         } else {
             driver.resume(id).await?;
+            if sb.expires_at.is_none() {
+                // A timeout that paused it starts again.
+                sb.expires_at = sb.timeout_s.map(|t| now_ms() + t as i64 * 1000);
+            }
             self.set_state(&mut sb, SandboxState::Running, None, None)?;
         }
         tracing::info!(id, state = %sb.state, "sandbox {}", sb.state);
@@ -444,8 +478,26 @@ impl Manager {
             if sb.expires_at.is_some_and(|t| t <= now) && sb.state != SandboxState::Creating {
                 let lock = self.lock_for(&sb.id);
                 let _g = lock.lock().await;
-                if let Ok(Some((cur, _))) = self.store.get_sandbox(&sb.id) {
-                    if let Err(e) = self.destroy_locked(&cur, "timeout expired").await {
+                if let Ok(Some((mut cur, _))) = self.store.get_sandbox(&sb.id) {
+                    if !cur.expires_at.is_some_and(|t| t <= now) {
+                        continue;
+                    }
+                    if cur.on_timeout == OnTimeout::Pause && matches!(cur.state, SandboxState::Running | SandboxState::Paused) {
+                        // Pause instead of destroying; disarmed until resumed.
+                        cur.expires_at = None;
+                        let res = if cur.state == SandboxState::Running {
+                            match driver.pause(&cur.id).await {
+                                Ok(()) => self.set_state(&mut cur, SandboxState::Paused, Some("paused: timeout expired".into()), None),
+                                Err(e) => Err(e),
+                            }
+                        } else {
+                            self.store.update_sandbox(&cur, cur.state, None)
+                        };
+                        match res {
+                            Ok(()) => tracing::info!(id = %cur.id, "timeout expired: sandbox paused"),
+                            Err(e) => tracing::warn!(id = %sb.id, "timeout pause failed: {e}"),
+                        }
+                    } else if let Err(e) = self.destroy_locked(&cur, "timeout expired").await {
                         tracing::warn!(id = %sb.id, "timeout destroy failed: {e}");
                     }
                 }

@@ -114,6 +114,7 @@ impl Manager {
 
     /// Write the sandbox's changes since its creation as an OCI layer tar
     /// at `dest`. The sandbox is quiesced meanwhile and left as it was.
+    /// The caller holds the sandbox's lock.
     async fn export_changes(&self, sb: &Sandbox, dest: &Path) -> Result<()> {
         let driver = self.driver(&sb.driver)?;
         let data_dir = self.envs.root().to_path_buf();
@@ -121,7 +122,7 @@ impl Manager {
             // Sync inside first (gVisor's Sentry caches writes), then
             // freeze so nothing moves while the upper dir is read.
             if sb.state == SandboxState::Running {
-                if let Ok(c) = self.agent_for(sb).await {
+                if let Ok(c) = self.agent_locked(sb).await {
                     let _ = tokio::time::timeout(
                         std::time::Duration::from_secs(10),
                         c.call::<serde_json::Value>(http::Method::POST, "/v1/fs/sync", None::<&()>),
@@ -162,7 +163,7 @@ impl Manager {
         })
         .await
         .map_err(|e| Error::internal("base listing", e))?;
-        let c = self.agent_for(sb).await?;
+        let c = self.agent_locked(sb).await?;
         let body = serde_json::to_vec(&spinup_protocol::ChangesRequest { base, exclude: layers::EXCLUDED.map(String::from).to_vec() })
             .map_err(|e| Error::internal("changes request", e))?;
         let resp = c
@@ -315,6 +316,8 @@ impl Manager {
                 }),
                 labels,
                 from_snapshot: Some(snap.id.clone()),
+                on_timeout: Some(parent.on_timeout),
+                auto_resume: Some(parent.auto_resume),
                 ..Default::default()
             }
         };
@@ -427,6 +430,22 @@ impl Manager {
             }
             self.store.delete_snapshot(&snap.id)?;
         }
+        // Layers nothing names: a snapshot or build stopped between storing
+        // its layer and recording it.
+        let all: Vec<String> = std::fs::read_dir(self.envs.root().join("layers"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| format!("sha256:{}", e.file_name().to_string_lossy()))
+            .chain(
+                std::fs::read_dir(self.envs.root().join("blobs/sha256"))
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+                    .map(|e| format!("sha256:{}", e.file_name().to_string_lossy())),
+            )
+            .collect();
+        self.gc_layers(&all);
         // Ephemeral snapshots whose children all went while the daemon was down.
         for snap in self.store.list_snapshots(true)? {
             if snap.ephemeral {

@@ -281,6 +281,8 @@ mod tests {
             updated_at: 1,
             layers: vec![],
             snapshot: None,
+            on_timeout: Default::default(),
+            auto_resume: false,
         }
     }
 

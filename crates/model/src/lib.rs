@@ -11,7 +11,7 @@ pub mod sandbox;
 pub use driver::{AgentIo, AgentStream, Capabilities, Driver, DriverStatus, IsolationClass, SandboxSpec};
 pub use error::{Error, Result};
 pub use sandbox::{
-    validate_id, validate_label, validate_snapshot_name, Environment, EnvironmentConfig, Resources, Sandbox, SandboxState,
+    validate_id, validate_label, validate_snapshot_name, Environment, OnTimeout, EnvironmentConfig, Resources, Sandbox, SandboxState,
     Snapshot,
 };
 

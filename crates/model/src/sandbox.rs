@@ -156,6 +156,23 @@ pub struct Sandbox {
     /// The snapshot it was restored from, if any.
     #[serde(default)]
     pub snapshot: Option<String>,
+    /// What the timeout does: destroy (default) or pause.
+    #[serde(default)]
+    pub on_timeout: OnTimeout,
+    /// A paused sandbox resumes by itself on exec or file access.
+    #[serde(default)]
+    pub auto_resume: bool,
+}
+
+/// What a sandbox's timeout does when it fires.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnTimeout {
+    #[default]
+    Destroy,
+    /// Freeze it in place (processes and memory kept); the timeout is
+    /// re-armed when it resumes.
+    Pause,
 }
 
 impl Sandbox {
@@ -317,6 +334,8 @@ mod tests {
             updated_at: 0,
             layers: vec![],
             snapshot: None,
+            on_timeout: OnTimeout::Destroy,
+            auto_resume: false,
         };
         sb.labels.insert("team".into(), "a".into());
         sb.labels.insert("run".into(), "7".into());

@@ -119,6 +119,31 @@ impl Daemon {
         d
     }
 
+    /// A daemon whose data dir is a tmpfs of `mib` MiB (to run it out of
+    /// space); `unmount` when done.
+    pub fn start_on_tmpfs(name: &str, mib: u64) -> Daemon {
+        let dir = PathBuf::from(format!("/tmp/spinup-test-{name}-{}", std::process::id()));
+        let _ = Command::new("umount").arg("-l").arg(dir.join("data")).status();
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("data")).unwrap();
+        let st = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={mib}m"), "tmpfs"])
+            .arg(dir.join("data"))
+            .status()
+            .unwrap();
+        assert!(st.success(), "mounting a tmpfs data dir");
+        let sock = dir.join("spinup.sock");
+        let child = spawn_daemon(&dir, &sock, &[], &[]);
+        let d = Daemon { child: Mutex::new(Some(child)), dir, sock, extra: vec![], envs: vec![] };
+        d.wait_ready();
+        d
+    }
+
+    pub fn unmount(&self) {
+        self.kill9();
+        let _ = Command::new("umount").arg("-l").arg(self.data()).status();
+    }
+
     /// A client handle on a daemon someone else owns (no process control).
     pub fn attach(sock: PathBuf) -> Daemon {
         Daemon { dir: sock.parent().unwrap().to_path_buf(), sock, child: Mutex::new(None), extra: vec![], envs: vec![] }
@@ -364,7 +389,7 @@ pub fn leftovers(d: &Daemon) -> Vec<String> {
     let mut out = vec![];
     for l in std::fs::read_to_string("/proc/self/mountinfo").unwrap().lines() {
         if let Some(mp) = l.split_whitespace().nth(4) {
-            if mp.starts_with(&data_s) {
+            if mp.starts_with(&data_s) && mp != data_s {
                 out.push(format!("mount {mp}"));
             }
         }
