@@ -986,6 +986,47 @@ async fn pause_resume_keeps_processes_and_files() {
     d.rm(&id).await;
 }
 
+async fn timeout_pauses_and_exec_auto_resumes() {
+    let d = shared();
+    if my_caps(d).await["pause_resume"] != true {
+        // Without pause, asking for it is refused up front.
+        let (st, v) = d
+            .req("POST", "/v1/sandboxes", Some(json!({"env": "busybox", "driver": driver(), "on_timeout": "pause"})))
+            .await;
+        assert_eq!(st, 501, "{v}");
+        return;
+    }
+    let (st, v) = d
+        .req("POST", "/v1/sandboxes", Some(json!({"env": "busybox", "driver": driver(), "on_timeout": "sleep"})))
+        .await;
+    assert_eq!(st, 400, "{v}");
+    let id = d.create(json!({"timeout_s": 3, "on_timeout": "pause", "auto_resume": true})).await;
+    d.ok(&id, "echo kept > /root/f").await;
+    let pid = d.start_counter(&id).await;
+    eventually("the counter runs", 20, || async { d.sh(&id, "cat /tmp/count").await["exit_code"] == 0 }).await;
+    let frozen: u64 = d.ok(&id, "cat /tmp/count").await.trim().parse().unwrap();
+    eventually("the timeout pauses it", 30, || async {
+        let (_, v) = d.req("GET", &format!("/v1/sandboxes/{id}"), None).await;
+        v["state"] == "paused"
+    })
+    .await;
+    let (_, v) = d.req("GET", &format!("/v1/sandboxes/{id}"), None).await;
+    assert!(v["reason"].as_str().unwrap().contains("timeout"), "{v}");
+    // Still paused a moment later (not destroyed, not resumed by itself).
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(d.req("GET", &format!("/v1/sandboxes/{id}"), None).await.1["state"], "paused");
+    // An exec resumes it: same processes, same files, the count goes on.
+    assert_eq!(d.ok(&id, "cat /root/f").await, "kept\n");
+    let (_, v) = d.req("GET", &format!("/v1/sandboxes/{id}"), None).await;
+    assert_eq!(v["state"], "running", "{v}");
+    assert!(v["expires_at"].as_i64().is_some(), "the timeout is armed again: {v}");
+    let now: u64 = d.ok(&id, "cat /tmp/count").await.trim().parse().unwrap();
+    assert!(now >= frozen, "the counter went on from {frozen}, not from 0 ({now})");
+    let (_, procs) = d.req("GET", &format!("/v1/sandboxes/{id}/processes"), None).await;
+    assert!(procs.as_array().unwrap().iter().any(|p| p["pid"] == pid && p["running"] == true), "{procs}");
+    d.rm(&id).await;
+}
+
 /// Changes as `(kind, path, size)`, sorted by path.
 fn changes(v: &Value) -> Vec<(String, String, u64)> {
     v["changes"]
@@ -1166,6 +1207,7 @@ suite!(
     memory_hog_is_killed_at_the_limit,
     pause_resume_keeps_processes_and_files,
     snapshot_restore_diff_and_fork,
+    timeout_pauses_and_exec_auto_resumes,
 );
 
 #[tokio::test]
