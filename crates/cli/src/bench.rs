@@ -412,6 +412,7 @@ async fn bench_microvm(c: &Client, conn: &mut Conn, o: &Opts) -> Result<Value> {
             qmp_socket: None,
             console: work.join(format!("console-{i}.log")),
             pidfile: work.join(format!("qemu-{i}.pid")),
+            incoming: None,
         };
         let t = Instant::now();
         let out = qemu.command(&vm, accel).output().await?;

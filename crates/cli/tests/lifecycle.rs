@@ -328,6 +328,62 @@ no-group
     assert_eq!(leftovers(&d), Vec::<String>::new());
 }
 
+/// A microVM's memory snapshot continues its processes, also after the
+/// daemon was killed in between; other drivers restore its filesystem.
+#[tokio::test]
+async fn memory_snapshot_continues_processes_across_a_daemon_restart() {
+    let d = Daemon::start("memsnap");
+    let vm = json!({"driver": "microvm", "resources": {"memory_mib": 256}});
+    let id = d.create(vm.clone()).await;
+    d.ok(&id, "echo disk > /root/f").await;
+    let pid = d.start_counter(&id).await;
+    eventually("the counter runs", 30, || async {
+        d.sh(&id, "cat /tmp/count").await["stdout"].as_str().unwrap_or("").trim().parse::<u64>().unwrap_or(0) >= 5
+    })
+    .await;
+    let (st, snap) = d.req("POST", &format!("/v1/sandboxes/{id}/snapshot"), Some(json!({"memory": true, "name": "mem"}))).await;
+    assert_eq!(st, 201, "{snap}");
+    assert_eq!(snap["memory"], "microvm");
+    let at_snapshot: u64 = d.ok(&id, "cat /tmp/count").await.trim().parse().unwrap();
+    d.kill9();
+    d.restart();
+    // Restored: the same process, counting on from where it was.
+    let mut child_req = vm.clone();
+    child_req["env"] = json!(null);
+    child_req["from_snapshot"] = json!("mem");
+    let child = d.create(child_req).await;
+    let (_, procs) = d.req("GET", &format!("/v1/sandboxes/{child}/processes"), None).await;
+    assert!(procs.as_array().unwrap().iter().any(|p| p["pid"] == pid && p["running"] == true), "{procs}");
+    let first: u64 = d.ok(&child, "cat /tmp/count").await.trim().parse().unwrap();
+    assert!(first + 3 >= at_snapshot, "the count continues from ~{at_snapshot}, got {first}");
+    eventually("the restored counter moves on", 30, || async {
+        d.ok(&child, "cat /tmp/count").await.trim().parse::<u64>().unwrap() > first
+    })
+    .await;
+    assert_eq!(d.ok(&child, "cat /root/f").await, "disk\n");
+    // The parent was not disturbed by any of it.
+    let p0: u64 = d.ok(&id, "cat /tmp/count").await.trim().parse().unwrap();
+    eventually("the parent counts on", 30, || async {
+        d.ok(&id, "cat /tmp/count").await.trim().parse::<u64>().unwrap() > p0
+    })
+    .await;
+    // Saved memory fixes the machine's size.
+    let (st, v) = d
+        .req("POST", "/v1/sandboxes", Some(json!({"driver": "microvm", "from_snapshot": "mem", "resources": {"memory_mib": 512}})))
+        .await;
+    assert_eq!(st, 400, "{v}");
+    // Another driver boots the snapshot's filesystem.
+    let c = d.create(json!({"driver": "container", "env": null, "from_snapshot": "mem"})).await;
+    assert_eq!(d.ok(&c, "cat /root/f; test -s /tmp/count && echo counted").await, "disk\ncounted\n");
+    for s in [&child, &c, &id] {
+        d.rm(s).await;
+    }
+    let (st, _) = d.req("DELETE", "/v1/snapshots/mem", None).await;
+    assert_eq!(st, 204);
+    assert_eq!(std::fs::read_dir(d.data().join("environments/memory")).unwrap().count(), 0);
+    assert_eq!(leftovers(&d), Vec::<String>::new());
+}
+
 macro_rules! suite {
     ($($test:ident),* $(,)?) => {
         for_driver!(container: $($test),*);

@@ -184,6 +184,7 @@ impl Manager {
         }
         // Where the filesystem comes from: an environment, or a snapshot
         // (whose layers work on every driver).
+        let mut memory = None;
         let (env_name, env_digest, layers, snapshot, base_resources) = match &req.from_snapshot {
             Some(s) => {
                 if req.env.is_some() {
@@ -191,6 +192,11 @@ impl Manager {
                 }
                 let snap = self.snapshot_get(s)?;
                 let digest = crate::snapshots::stack_digest(&snap.layers);
+                // Saved memory continues on its own driver; elsewhere the
+                // snapshot's filesystem layer starts a fresh boot.
+                if snap.memory.as_deref() == Some(driver_name.as_str()) {
+                    memory = Some(self.memory_dir(&snap.id));
+                }
                 (snap.env.clone(), digest, snap.layers.clone(), Some(snap.id.clone()), snap.resources)
             }
             None => {
@@ -201,6 +207,11 @@ impl Manager {
         };
         let resources = req.resources.unwrap_or_default().over(base_resources);
         resources.validate()?;
+        if memory.is_some() && resources != base_resources {
+            return Err(Error::InvalidArgument(
+                "a sandbox restored from saved memory keeps the snapshot's resources (vcpus, memory, disk, pids)".into(),
+            ));
+        }
         let on_timeout = req.on_timeout.unwrap_or_default();
         let auto_resume = req.auto_resume.unwrap_or(false);
         if (on_timeout == OnTimeout::Pause || auto_resume) && !caps.pause_resume {
@@ -238,7 +249,10 @@ impl Manager {
             layers: layers.iter().map(|l| self.envs.layer_dir(l)).collect(),
         };
         let started = async {
-            let ds = driver.create(&spec).await?;
+            let ds = match &memory {
+                Some(dir) => driver.create_from_memory(&spec, dir).await?,
+                None => driver.create(&spec).await?,
+            };
             self.wait_agent(&*driver, &id).await?;
             Ok::<_, Error>(ds)
         }

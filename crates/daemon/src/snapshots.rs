@@ -87,6 +87,11 @@ fn io_error(what: &str, e: impl std::fmt::Display, data_dir: &Path) -> Error {
 }
 
 impl Manager {
+    /// Where a snapshot's saved memory and disk live.
+    pub fn memory_dir(&self, snapshot_id: &str) -> PathBuf {
+        self.envs.root().join("memory").join(snapshot_id)
+    }
+
     /// A ready snapshot by id or name.
     pub fn snapshot_get(&self, id_or_name: &str) -> Result<Snapshot> {
         if validate_id(id_or_name).is_err() && validate_snapshot_name(id_or_name).is_err() {
@@ -218,12 +223,19 @@ impl Manager {
             size_bytes: 0,
             created_at: now_ms(),
             ephemeral,
+            memory: req.memory.then(|| sb.driver.clone()),
         };
         // Not ready until the layer is stored: a restart cleans it up.
         self.store.put_snapshot(&snap, false)?;
         let tmp = self.envs.tmp("snapshot.tar");
         let made = async {
             self.export_changes(&sb, &tmp).await?;
+            if req.memory {
+                // After the layer (for other drivers): the exact memory and
+                // disk, for this one.
+                let driver = self.driver(&sb.driver)?;
+                driver.save_memory(&sb.id, &self.memory_dir(&snap.id)).await?;
+            }
             let t = tmp.clone();
             let envs_root = self.envs.root().to_path_buf();
             let res = tokio::task::block_in_place(|| self.envs.import_layer_file(&t));
@@ -241,6 +253,7 @@ impl Manager {
                 Ok(snap)
             }
             Err(e) => {
+                let _ = std::fs::remove_dir_all(self.memory_dir(&snap.id));
                 self.store.delete_snapshot(&snap.id)?;
                 tracing::warn!(id, "snapshot failed: {e}");
                 Err(e)
@@ -258,6 +271,7 @@ impl Manager {
             )));
         }
         self.store.delete_snapshot(&snap.id)?;
+        let _ = std::fs::remove_dir_all(self.memory_dir(&snap.id));
         self.gc_layers(&[snap.layer.clone()]);
         Ok(())
     }
@@ -428,7 +442,15 @@ impl Manager {
                     }
                 }
             }
+            let _ = std::fs::remove_dir_all(self.memory_dir(&snap.id));
             self.store.delete_snapshot(&snap.id)?;
+        }
+        // Saved memory no snapshot names.
+        let known: HashSet<String> = self.store.list_snapshots(true)?.into_iter().map(|s| s.id).collect();
+        for e in std::fs::read_dir(self.envs.root().join("memory")).into_iter().flatten().flatten() {
+            if !known.contains(&*e.file_name().to_string_lossy()) {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
         }
         // Layers nothing names: a snapshot or build stopped between storing
         // its layer and recording it.

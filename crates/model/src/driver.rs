@@ -174,6 +174,18 @@ pub trait Driver: Send + Sync {
         None
     }
 
+    /// Save a running sandbox's memory and disk into `dir` (which it
+    /// creates); the sandbox goes on running. Declared by `memory_snapshot`.
+    async fn save_memory(&self, _id: &str, _dir: &std::path::Path) -> Result<()> {
+        Err(crate::Error::Unsupported { driver: self.name().into(), capability: "memory_snapshot".into() })
+    }
+
+    /// Start sandbox `spec.id` from a state [`Driver::save_memory`] wrote:
+    /// its processes continue where they were.
+    async fn create_from_memory(&self, _spec: &SandboxSpec, _dir: &std::path::Path) -> Result<serde_json::Value> {
+        Err(crate::Error::Unsupported { driver: self.name().into(), capability: "memory_snapshot".into() })
+    }
+
     /// Open a byte stream to the sandbox's agent.
     async fn connect_agent(&self, id: &str) -> Result<AgentStream>;
 

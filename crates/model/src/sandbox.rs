@@ -233,6 +233,11 @@ pub struct Snapshot {
     /// Made by `fork`: removed with its last child.
     #[serde(default)]
     pub ephemeral: bool,
+    /// The driver whose saved memory (and exact disk) this snapshot also
+    /// holds; restoring on that driver continues the processes. Other
+    /// drivers restore its filesystem layer only.
+    #[serde(default)]
+    pub memory: Option<String>,
 }
 
 /// Ids are what the daemon generates: lowercase hex, 12 characters.

@@ -103,7 +103,9 @@ pub async fn overlay(base: &Path, disk: &Path, size_mib: u64) -> Result<()> {
     }
     run(
         tokio::process::Command::new("qemu-img")
-            .args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"])
+            .args(["create", "-q", "-f", "qcow2", "-F"])
+            .arg(if base.extension().is_some_and(|e| e == "qcow2") { "qcow2" } else { "raw" })
+            .arg("-b")
             .arg(base)
             .arg(disk)
             .arg(format!("{size_mib}M")),

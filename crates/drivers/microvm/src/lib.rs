@@ -70,6 +70,64 @@ struct State {
 }
 
 impl MicrovmDriver {
+    /// Start a VM on an overlay of `base` (an environment image or a saved
+    /// disk), booting or, with `incoming`, continuing from saved memory.
+    async fn launch(&self, spec: &SandboxSpec, base: &std::path::Path, incoming: Option<PathBuf>) -> Result<serde_json::Value> {
+        let r = self.ready()?;
+        let dir = self.dir(&spec.id);
+        let run = dir.join("run");
+        std::fs::create_dir_all(&run).map_err(|e| Error::Internal(format!("sandbox dir: {e}")))?;
+        let base = base.to_path_buf();
+        let disk = dir.join("disk.qcow2");
+        image::overlay(&base, &disk, spec.resources.disk_mib).await?;
+        let res = &spec.resources;
+        let vcpus = (res.vcpus.ceil() as u32).max(1);
+        let quota = ((res.vcpus * 100_000.0) as u64).max(1000);
+        let vm = VmConfig {
+            kernel: r.kernel.clone(),
+            initrd: r.initrd.clone(),
+            cmdline: format!(
+                "spinup.hostname={} spinup.pids={} spinup.cpu={quota} spinup.mem={}",
+                spec.hostname,
+                res.pids,
+                res.memory_mib << 20
+            ),
+            disk: Some(disk),
+            vcpus,
+            // The sandbox's memory limit is a cgroup in the guest, as in a
+            // container; the guest kernel and agent get room of their own.
+            memory_mib: res.memory_mib + GUEST_KERNEL_MIB,
+            agent_socket: Some(run.join("agent.sock")),
+            qmp_socket: Some(run.join("qmp.sock")),
+            console: dir.join("console.log"),
+            pidfile: run.join("qemu.pid"),
+            incoming,
+        };
+        let out = r
+            .vmm
+            .command(&vm, r.accel)
+            .output()
+            .await
+            .map_err(|e| Error::Unavailable(format!("starting {}: {e}", r.vmm.name())))?;
+        if !out.status.success() {
+            return Err(Error::Internal(format!(
+                "{} did not start the guest: {}",
+                r.vmm.name(),
+                String::from_utf8_lossy(&out.stderr).trim()
+            )));
+        }
+        let pid: i32 = std::fs::read_to_string(&vm.pidfile)
+            .ok()
+            .and_then(|p| p.trim().parse().ok())
+            .ok_or_else(|| Error::Internal("the VMM wrote no pid file".into()))?;
+        let starttime = proc_starttime(pid).ok_or_else(|| {
+            Error::Internal(format!(
+                "the VMM exited at once{}",
+                self.console_tail(&spec.id).map(|t| format!(": {t}")).unwrap_or_default()
+            ))
+        })?;
+        Ok(serde_json::to_value(State { pid, starttime, accel: r.accel }).unwrap_or_default())
+    }
     pub async fn new(cfg: Config) -> Self {
         let root = cfg.root.clone();
         let ready = Self::prepare(cfg).await;
@@ -248,6 +306,9 @@ impl Driver for MicrovmDriver {
             // disk); restore builds an image from the layers.
             fs_snapshot: true,
             fork: true,
+            // QEMU's migration stream to a file plus a copy of the stopped
+            // disk overlay; restored with -incoming.
+            memory_snapshot: true,
             own_kernel: true,
             // The guest kernel enforces pids (a cgroup in the guest) and
             // memory (its RAM): the OOM killer picks one process.
@@ -261,60 +322,71 @@ impl Driver for MicrovmDriver {
     }
 
     async fn create(&self, spec: &SandboxSpec) -> Result<serde_json::Value> {
-        let r = self.ready()?;
-        let dir = self.dir(&spec.id);
-        let run = dir.join("run");
-        std::fs::create_dir_all(&run).map_err(|e| Error::Internal(format!("sandbox dir: {e}")))?;
         let base = image::environment_image(&self.root.join("images"), &spec.layers).await?;
-        let disk = dir.join("disk.qcow2");
-        image::overlay(&base, &disk, spec.resources.disk_mib).await?;
-        let res = &spec.resources;
-        let vcpus = (res.vcpus.ceil() as u32).max(1);
-        let quota = ((res.vcpus * 100_000.0) as u64).max(1000);
-        let vm = VmConfig {
-            kernel: r.kernel.clone(),
-            initrd: r.initrd.clone(),
-            cmdline: format!(
-                "spinup.hostname={} spinup.pids={} spinup.cpu={quota} spinup.mem={}",
-                spec.hostname,
-                res.pids,
-                res.memory_mib << 20
-            ),
-            disk: Some(disk),
-            vcpus,
-            // The sandbox's memory limit is a cgroup in the guest, as in a
-            // container; the guest kernel and agent get room of their own.
-            memory_mib: res.memory_mib + GUEST_KERNEL_MIB,
-            agent_socket: Some(run.join("agent.sock")),
-            qmp_socket: Some(run.join("qmp.sock")),
-            console: dir.join("console.log"),
-            pidfile: run.join("qemu.pid"),
-        };
-        let out = r
-            .vmm
-            .command(&vm, r.accel)
-            .output()
-            .await
-            .map_err(|e| Error::Unavailable(format!("starting {}: {e}", r.vmm.name())))?;
-        if !out.status.success() {
-            return Err(Error::Internal(format!(
-                "{} did not start the guest: {}",
-                r.vmm.name(),
-                String::from_utf8_lossy(&out.stderr).trim()
-            )));
-        }
-        let pid: i32 = std::fs::read_to_string(&vm.pidfile)
-            .ok()
-            .and_then(|p| p.trim().parse().ok())
-            .ok_or_else(|| Error::Internal("the VMM wrote no pid file".into()))?;
-        let starttime = proc_starttime(pid).ok_or_else(|| {
-            Error::Internal(format!(
-                "the VMM exited at once{}",
-                self.console_tail(&spec.id).map(|t| format!(": {t}")).unwrap_or_default()
-            ))
-        })?;
-        Ok(serde_json::to_value(State { pid, starttime, accel: r.accel }).unwrap_or_default())
+        self.launch(spec, &base, None).await
     }
+
+    async fn save_memory(&self, id: &str, dir: &std::path::Path) -> Result<()> {
+        let sdir = self.dir(id);
+        let qmp = sdir.join("run/qmp.sock");
+        qmp::execute(&qmp, "stop").await?;
+        let saved = async {
+            let io = |e: std::io::Error| Error::Internal(format!("saving the VM to {}: {e}", dir.display()));
+            std::fs::create_dir_all(dir).map_err(io)?;
+            // Stopped, QEMU has flushed the disk: a copy of the overlay is
+            // the disk at this instant (it stays backed by the image).
+            std::fs::copy(sdir.join("disk.qcow2"), dir.join("disk.qcow2")).map_err(io)?;
+            let mem = dir.join("memory");
+            let uri = format!("exec:cat > '{}'", mem.display());
+            qmp::execute_with(&qmp, "migrate", serde_json::json!({ "uri": uri })).await?;
+            let deadline = std::time::Instant::now() + Duration::from_secs(300);
+            loop {
+                let st = qmp::execute(&qmp, "query-migrate").await?;
+                match st["status"].as_str() {
+                    Some("completed") => break,
+                    Some("failed") | Some("cancelled") => {
+                        return Err(Error::Internal(format!("saving the VM's memory failed: {}", st["error-desc"])))
+                    }
+                    _ if std::time::Instant::now() > deadline => {
+                        let _ = qmp::execute(&qmp, "migrate_cancel").await;
+                        return Err(Error::Internal("saving the VM's memory took over 300 s".into()));
+                    }
+                    _ => tokio::time::sleep(Duration::from_millis(20)).await,
+                }
+            }
+            Ok(())
+        }
+        .await;
+        // Always running again, whatever happened.
+        let cont = qmp::execute(&qmp, "cont").await;
+        saved?;
+        cont.map(|_| ())
+    }
+
+    async fn create_from_memory(&self, spec: &SandboxSpec, dir: &std::path::Path) -> Result<serde_json::Value> {
+        // A new overlay on the saved disk (which stays as it is, for every
+        // sandbox restored from it), and the saved memory as the start.
+        let state = self.launch(spec, &dir.join("disk.qcow2"), Some(dir.join("memory"))).await?;
+        // The state was saved stopped, so it arrives stopped: once it has
+        // all arrived, continue it.
+        let qmp = self.dir(&spec.id).join("run/qmp.sock");
+        let deadline = std::time::Instant::now() + self.boot_bound();
+        loop {
+            match qmp::execute(&qmp, "query-migrate").await {
+                Ok(st) if st["status"] == "completed" => break,
+                Ok(st) if st["status"] == "failed" => {
+                    return Err(Error::Internal(format!("loading the saved VM failed: {}", st["error-desc"])))
+                }
+                _ if std::time::Instant::now() > deadline => {
+                    return Err(Error::Internal("loading the saved VM did not finish in time".into()))
+                }
+                _ => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        }
+        qmp::execute(&qmp, "cont").await?;
+        Ok(state)
+    }
+
 
     async fn status(&self, id: &str, state: &serde_json::Value) -> DriverStatus {
         let Ok(st) = serde_json::from_value::<State>(state.clone()) else { return DriverStatus::Missing };

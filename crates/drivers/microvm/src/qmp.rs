@@ -26,6 +26,11 @@ async fn answer(lines: &mut Lines, command: &str) -> Result<serde_json::Value> {
 
 /// Run one QMP command (`stop`, `cont`, ...) and return its `return` value.
 pub async fn execute(socket: &Path, command: &str) -> Result<serde_json::Value> {
+    execute_with(socket, command, serde_json::Value::Null).await
+}
+
+/// A QMP command with arguments.
+pub async fn execute_with(socket: &Path, command: &str, args: serde_json::Value) -> Result<serde_json::Value> {
     let err = |what: &str, e: &dyn std::fmt::Display| Error::Internal(format!("QMP {command}: {what}: {e}"));
     let run = async {
         let s = tokio::net::UnixStream::connect(socket).await.map_err(|e| err("connect", &e))?;
@@ -36,7 +41,11 @@ pub async fn execute(socket: &Path, command: &str) -> Result<serde_json::Value> 
         answer(&mut lines, command).await?;
         w.write_all(b"{\"execute\":\"qmp_capabilities\"}\n").await.map_err(|e| err("write", &e))?;
         answer(&mut lines, command).await?;
-        w.write_all(format!("{{\"execute\":\"{command}\"}}\n").as_bytes()).await.map_err(|e| err("write", &e))?;
+        let mut req = serde_json::json!({"execute": command});
+        if !args.is_null() {
+            req["arguments"] = args;
+        }
+        w.write_all(format!("{req}\n").as_bytes()).await.map_err(|e| err("write", &e))?;
         Ok(answer(&mut lines, command).await?["return"].clone())
     };
     tokio::time::timeout(Duration::from_secs(10), run).await.map_err(|_| err("timeout", &"no answer in 10 s"))?

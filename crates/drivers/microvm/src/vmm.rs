@@ -42,6 +42,9 @@ pub struct VmConfig {
     /// Where the guest's serial console goes.
     pub console: PathBuf,
     pub pidfile: PathBuf,
+    /// Start from a saved state (a migration stream in this file) instead
+    /// of booting.
+    pub incoming: Option<PathBuf>,
 }
 
 pub trait Vmm: Send + Sync {
@@ -123,6 +126,10 @@ impl Vmm for Qemu {
         if let Some(qmp) = &vm.qmp_socket {
             c.arg("-qmp").arg(format!("unix:{},server=on,wait=off", qmp.display()));
         }
+        if let Some(state) = &vm.incoming {
+            // QEMU runs this through /bin/sh; the path is ours (data dir + ids).
+            c.arg("-incoming").arg(format!("exec:cat '{}'", state.display()));
+        }
         c.arg("-pidfile").arg(&vm.pidfile);
         c.arg("-daemonize");
         c.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
@@ -164,6 +171,7 @@ pub async fn probe(
         qmp_socket: None,
         console: dir.join("console.log"),
         pidfile: dir.join("qemu.pid"),
+        incoming: None,
     };
     let start = std::time::Instant::now();
     let out = vmm.command(&vm, accel).output().await.map_err(|e| e.to_string())?;
