@@ -219,6 +219,9 @@ enum Cmd {
         data_dir: PathBuf,
         #[arg(long)]
         driver: Option<String>,
+        /// Measure snapshots, fork, pause/resume and memory restore instead.
+        #[arg(long)]
+        snapshots: bool,
     },
 }
 
@@ -712,7 +715,15 @@ async fn run(cli: Cli) -> Result<i32> {
                 println!("{} {}", v["name"].as_str().unwrap_or(""), v["digest"].as_str().unwrap_or(""));
             }
         }
-        Cmd::Bench { iterations, exec_iterations, idle, data_dir, driver } => {
+        Cmd::Bench { iterations, exec_iterations, idle, data_dir, driver, snapshots: true } => {
+            let v = bench::run_snapshots(&c, bench::Opts { iterations, exec_iterations, idle, data_dir, driver }).await?;
+            if cli.json {
+                print_json(&v);
+            } else {
+                bench::print_snapshot_table(&v);
+            }
+        }
+        Cmd::Bench { iterations, exec_iterations, idle, data_dir, driver, snapshots: false } => {
             let v = bench::run(&c, bench::Opts { iterations, exec_iterations, idle, data_dir, driver }).await?;
             if cli.json {
                 print_json(&v);

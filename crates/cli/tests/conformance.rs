@@ -1000,11 +1000,15 @@ async fn timeout_pauses_and_exec_auto_resumes() {
         .req("POST", "/v1/sandboxes", Some(json!({"env": "busybox", "driver": driver(), "on_timeout": "sleep"})))
         .await;
     assert_eq!(st, 400, "{v}");
-    let id = d.create(json!({"timeout_s": 3, "on_timeout": "pause", "auto_resume": true})).await;
+    let id = d.create(json!({"on_timeout": "pause", "auto_resume": true})).await;
     d.ok(&id, "echo kept > /root/f").await;
     let pid = d.start_counter(&id).await;
     eventually("the counter runs", 20, || async { d.sh(&id, "cat /tmp/count").await["exit_code"] == 0 }).await;
     let frozen: u64 = d.ok(&id, "cat /tmp/count").await.trim().parse().unwrap();
+    // Armed only now: a call in flight when a timeout pauses waits for the
+    // resume (a slow boot must not eat the test's timeout).
+    let (st, v) = d.req("PUT", &format!("/v1/sandboxes/{id}/timeout"), Some(json!({"timeout_s": 2}))).await;
+    assert_eq!(st, 200, "{v}");
     eventually("the timeout pauses it", 30, || async {
         let (_, v) = d.req("GET", &format!("/v1/sandboxes/{id}"), None).await;
         v["state"] == "paused"
@@ -1090,6 +1094,17 @@ async fn snapshot_restore_diff_and_fork() {
     }
     let (_, list) = d.req("GET", "/v1/snapshots", None).await;
     assert!(list.as_array().unwrap().iter().any(|s| s["id"] == sid.as_str()), "{list}");
+    // The layer itself: an OCI tar whose sha256 is the digest, with a whiteout.
+    let (st, tar) = d.raw("GET", &format!("/v1/snapshots/{sid}/layer"), Bytes::new()).await;
+    assert_eq!(st, 200);
+    use sha2::Digest;
+    assert_eq!(format!("sha256:{}", hex::encode(sha2::Sha256::digest(&tar))), snap["layer"].as_str().unwrap());
+    let names: Vec<String> = tar::Archive::new(&tar[..])
+        .entries()
+        .unwrap()
+        .map(|e| e.unwrap().path().unwrap().to_string_lossy().into_owned())
+        .collect();
+    assert!(names.contains(&"etc/.wh.group".to_string()) && names.contains(&"root/added".to_string()), "{names:?}");
     // The parent keeps running and writing after the snapshot.
     d.ok(&parent, "echo later > /root/later").await;
     let (_, v) = d.req("GET", &format!("/v1/sandboxes/{parent}/diff?since={sid}"), None).await;

@@ -107,6 +107,7 @@ pub fn router(m: Arc<Manager>) -> Router {
         .route("/v1/sandboxes/{id}/diff", get(diff))
         .route("/v1/snapshots", get(snapshot_list))
         .route("/v1/snapshots/{id}", get(snapshot_get).delete(snapshot_remove))
+        .route("/v1/snapshots/{id}/layer", get(snapshot_layer))
         .route(
             "/v1/sandboxes/{id}/resources",
             axum::routing::patch(|s: M, p: Path<String>| gated(s, p, "live_resource_update")),
@@ -196,6 +197,28 @@ async fn snapshot_list(State(m): M) -> ApiResult<Json<Vec<Snapshot>>> {
 
 async fn snapshot_get(State(m): M, Path(id): Path<String>) -> ApiResult<Json<Snapshot>> {
     Ok(Json(m.snapshot_get(&id)?))
+}
+
+/// The snapshot's own layer as an OCI layer tar; its sha256 is the
+/// snapshot's `layer` digest.
+async fn snapshot_layer(State(m): M, Path(id): Path<String>) -> ApiResult<Response> {
+    let snap = m.snapshot_get(&id)?;
+    let m2 = m.clone();
+    let digest = snap.layer.clone();
+    let path = tokio::task::spawn_blocking(move || m2.envs.layer_blob(&digest))
+        .await
+        .map_err(|e| ApiError(Error::internal("blob task", e)))??;
+    let f = tokio::fs::File::open(&path).await.map_err(|e| ApiError(Error::internal("opening the layer blob", e)))?;
+    let len = f.metadata().await.map(|m| m.len()).unwrap_or(0);
+    Ok((
+        [
+            (http::header::CONTENT_TYPE, "application/vnd.oci.image.layer.v1.tar".to_string()),
+            (http::header::CONTENT_LENGTH, len.to_string()),
+            (http::HeaderName::from_static("x-spinup-digest"), snap.layer),
+        ],
+        Body::from_stream(tokio_util::io::ReaderStream::new(f)),
+    )
+        .into_response())
 }
 
 async fn snapshot_remove(State(m): M, Path(id): Path<String>) -> ApiResult<StatusCode> {

@@ -200,6 +200,53 @@ impl EnvStore {
         Ok((digest, size))
     }
 
+    /// Take a layer directory made here (whose tar has `digest`) into the
+    /// store; it is moved, or dropped when the layer exists already.
+    pub fn adopt_layer(&self, dir: &Path, digest: &str) -> Result<()> {
+        let dest = self.layer_dir(digest);
+        if dest.exists() {
+            let _ = std::fs::remove_dir_all(dir);
+            return Ok(());
+        }
+        std::fs::rename(dir, &dest).map_err(|e| Error::internal("storing layer", e))
+    }
+
+    /// A layer's OCI tar: the blob kept when the layer came as a tar, else
+    /// written from the layer directory (the same bytes its digest names).
+    pub fn layer_blob(&self, digest: &str) -> Result<PathBuf> {
+        let blob = self.blob_path(digest);
+        if blob.is_file() {
+            return Ok(blob);
+        }
+        let dir = self.layer_dir(digest);
+        if !dir.is_dir() {
+            return Err(Error::not_found("layer", digest));
+        }
+        let tmp = self.tmp("blob");
+        let res = (|| -> io::Result<String> {
+            let f = std::fs::File::create(&tmp)?;
+            let w = crate::layers::export_upper(&dir, io::BufWriter::new(f))?;
+            w.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+            let mut h = Sha256::new();
+            io::copy(&mut std::fs::File::open(&tmp)?, &mut h)?;
+            Ok(hex::encode(h.finalize()))
+        })();
+        match res {
+            Ok(d) if format!("sha256:{d}") == digest || d == digest => {
+                std::fs::rename(&tmp, &blob).map_err(|e| Error::internal("storing the layer blob", e))?;
+                Ok(blob)
+            }
+            Ok(d) => {
+                let _ = std::fs::remove_file(&tmp);
+                Err(Error::Internal(format!("layer {digest} exports as sha256:{d}; its directory was changed")))
+            }
+            Err(e) => {
+                let _ = std::fs::remove_file(&tmp);
+                Err(Error::internal("writing the layer blob", e))
+            }
+        }
+    }
+
     /// Unpack a layer tar into a scratch directory (not content-addressed).
     pub fn unpack_scratch(&self, tar: &Path) -> Result<PathBuf> {
         let dir = self.tmp("scratch");

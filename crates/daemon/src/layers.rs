@@ -82,10 +82,80 @@ pub fn normal(rel: &Path) -> io::Result<Vec<&OsStr>> {
         .collect()
 }
 
+/// A header from metadata, without access and change times: the same tree
+/// always gives the same tar (a copy keeps mtimes but gets new ctimes).
 fn header(m: &Metadata) -> tar::Header {
     let mut h = tar::Header::new_gnu();
     h.set_metadata_in_mode(m, tar::HeaderMode::Complete);
+    if let Some(g) = h.as_gnu_mut() {
+        g.set_atime(0);
+        g.set_ctime(0);
+    }
     h
+}
+
+/// Hashes and counts what is written, keeps nothing.
+#[derive(Default)]
+struct HashSink {
+    h: sha2::Sha256,
+    n: u64,
+}
+
+impl Write for HashSink {
+    fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+        sha2::Digest::update(&mut self.h, b);
+        self.n += b.len() as u64;
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Copies what is read through it into `w`.
+struct Tee<R, W> {
+    r: R,
+    w: W,
+}
+
+impl<R: Read, W: Write> Read for Tee<R, W> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.r.read(buf)?;
+        self.w.write_all(&buf[..n])?;
+        Ok(n)
+    }
+}
+
+/// Copy an overlayfs upper dir into `staging` (a new layer directory) in
+/// one pass, and return the sha256 and length of its OCI layer tar (the
+/// tar `export_upper` of either directory writes), without writing the tar.
+pub fn snapshot_upper(upper: &Path, staging: &Path) -> io::Result<(String, u64)> {
+    let mut b = tar::Builder::new(HashSink::default());
+    b.follow_symlinks(false);
+    let mut dirs = vec![];
+    walk_upper(&mut b, upper, Path::new(""), Some(staging), &mut dirs)?;
+    // Directories last, deepest first: creating their entries moved their times.
+    for (p, m) in dirs.iter().rev() {
+        own(p, m)?;
+    }
+    let sink = b.into_inner()?;
+    Ok((hex::encode(sha2::Digest::finalize(sink.h)), sink.n))
+}
+
+/// Owner, permissions and mtime of `m` on `p` (never following a symlink).
+fn own(p: &Path, m: &Metadata) -> io::Result<()> {
+    use nix::sys::stat::{utimensat, UtimensatFlags};
+    use nix::sys::time::TimeSpec;
+    use nix::fcntl::AtFlags;
+    use nix::unistd::{fchownat, Gid, Uid};
+    fchownat(None, p, Some(Uid::from_raw(m.uid())), Some(Gid::from_raw(m.gid())), AtFlags::AT_SYMLINK_NOFOLLOW)
+        .map_err(io::Error::from)?;
+    if !m.file_type().is_symlink() {
+        // After chown, which clears set-id bits.
+        fs::set_permissions(p, std::os::unix::fs::PermissionsExt::from_mode(m.mode() & 0o7777))?;
+    }
+    let mtime = TimeSpec::new(m.mtime(), m.mtime_nsec());
+    utimensat(None, p, &mtime, &mtime, UtimensatFlags::NoFollowSymlink).map_err(io::Error::from)
 }
 
 fn empty_file_header() -> tar::Header {
@@ -101,7 +171,7 @@ fn empty_file_header() -> tar::Header {
 pub fn export_upper<W: Write>(upper: &Path, w: W) -> io::Result<W> {
     let mut b = tar::Builder::new(w);
     b.follow_symlinks(false);
-    export_dir(&mut b, upper, Path::new(""))?;
+    walk_upper(&mut b, upper, Path::new(""), None, &mut vec![])?;
     b.into_inner()
 }
 
@@ -111,39 +181,76 @@ fn sorted_names(dir: &Path) -> io::Result<Vec<OsString>> {
     Ok(names)
 }
 
-fn export_dir<W: Write>(b: &mut tar::Builder<W>, root: &Path, rel: &Path) -> io::Result<()> {
+/// Write `root/rel`'s entries to the tar; with `mirror`, also recreate
+/// them there (directories are listed in `dirs` for their metadata).
+fn walk_upper<W: Write>(
+    b: &mut tar::Builder<W>,
+    root: &Path,
+    rel: &Path,
+    mirror: Option<&Path>,
+    dirs: &mut Vec<(PathBuf, Metadata)>,
+) -> io::Result<()> {
     for name in sorted_names(&root.join(rel))? {
         let r = rel.join(&name);
         if excluded(&r) {
             continue;
         }
         let p = root.join(&r);
+        let to = mirror.map(|m| m.join(&r));
         let m = fs::symlink_metadata(&p)?;
         let ft = m.file_type();
         if is_whiteout(&m) {
             let mut wh = OsString::from(WHITEOUT);
             wh.push(&name);
             b.append_data(&mut empty_file_header(), rel.join(wh), io::empty())?;
+            if let Some(t) = &to {
+                nix::sys::stat::mknod(t, nix::sys::stat::SFlag::S_IFCHR, nix::sys::stat::Mode::empty(), 0)
+                    .map_err(io::Error::from)?;
+            }
         } else if ft.is_dir() {
             let mut h = header(&m);
             h.set_size(0);
             b.append_data(&mut h, &r, io::empty())?;
+            if let Some(t) = &to {
+                fs::create_dir(t)?;
+                dirs.push((t.clone(), m.clone()));
+            }
             if is_opaque(&p) {
                 b.append_data(&mut empty_file_header(), r.join(OPAQUE), io::empty())?;
+                if let Some(t) = &to {
+                    set_opaque(t)?;
+                }
             }
-            export_dir(b, root, &r)?;
+            walk_upper(b, root, &r, mirror, dirs)?;
         } else if ft.is_file() {
-            let f = open_exact(&p, &m)?;
-            b.append_data(&mut header(&m), &r, f.take(m.len()))?;
+            let f = open_exact(&p, &m)?.take(m.len());
+            match &to {
+                Some(t) => {
+                    let out = fs::OpenOptions::new().write(true).create_new(true).open(t)?;
+                    let mut w = io::BufWriter::with_capacity(1 << 16, out);
+                    b.append_data(&mut header(&m), &r, Tee { r: f, w: &mut w })?;
+                    w.flush()?;
+                    own(t, &m)?;
+                }
+                None => b.append_data(&mut header(&m), &r, f)?,
+            }
         } else if ft.is_symlink() {
             let target = fs::read_link(&p)?;
             let mut h = header(&m);
             h.set_size(0);
-            b.append_link(&mut h, &r, target)?;
+            b.append_link(&mut h, &r, &target)?;
+            if let Some(t) = &to {
+                std::os::unix::fs::symlink(&target, t)?;
+                own(t, &m)?;
+            }
         } else if ft.is_fifo() {
             let mut h = header(&m);
             h.set_size(0);
             b.append_data(&mut h, &r, io::empty())?;
+            if let Some(t) = &to {
+                nix::unistd::mkfifo(t, nix::sys::stat::Mode::empty()).map_err(io::Error::from)?;
+                own(t, &m)?;
+            }
         }
         // Sockets and device nodes are not state: every sandbox gets its own /dev.
     }
@@ -454,6 +561,15 @@ mod tests {
                 e.unpack_in(&back).unwrap();
             }
         }
+        // One pass into a layer dir gives the tar's digest, and the layer
+        // dir exports to the very same tar.
+        let copy = root.join("copy");
+        fs::create_dir_all(&copy).unwrap();
+        let (digest, len) = snapshot_upper(&up, &copy).unwrap();
+        let again = export_upper(&copy, vec![]).unwrap();
+        use sha2::Digest;
+        assert_eq!((digest.clone(), len), (hex::encode(sha2::Sha256::digest(&tar)), tar.len() as u64));
+        assert_eq!(hex::encode(sha2::Sha256::digest(&again)), digest);
         let mut paths = BTreeSet::new();
         touched_paths(&back, Path::new(""), &[low.clone()], &mut paths);
         let changes = diff(&[low.clone()], &[back.clone(), low.clone()], &paths);

@@ -63,6 +63,15 @@ pub struct Diff {
     pub after: Option<String>,
 }
 
+/// A sandbox's changes, as exported: a layer directory (host-side upper
+/// dirs, copied in one pass while their tar is hashed) or a tar (from an
+/// agent).
+#[derive(Debug, Clone)]
+enum Exported {
+    Dir { dir: PathBuf, digest: String, size: u64 },
+    Tar(PathBuf),
+}
+
 /// The most children one fork makes.
 pub const MAX_FORK: u32 = 64;
 
@@ -117,10 +126,9 @@ impl Manager {
         layers.iter().rev().map(|l| self.envs.layer_dir(l)).collect()
     }
 
-    /// Write the sandbox's changes since its creation as an OCI layer tar
-    /// at `dest`. The sandbox is quiesced meanwhile and left as it was.
-    /// The caller holds the sandbox's lock.
-    async fn export_changes(&self, sb: &Sandbox, dest: &Path) -> Result<()> {
+    /// The sandbox's changes since its creation, quiesced (the sandbox is
+    /// left as it was). The caller holds the sandbox's lock.
+    async fn export_changes(&self, sb: &Sandbox) -> Result<Exported> {
         let driver = self.driver(&sb.driver)?;
         let data_dir = self.envs.root().to_path_buf();
         if let Some(upper) = driver.writable_layer(&sb.id) {
@@ -136,12 +144,13 @@ impl Manager {
                 }
                 driver.pause(&sb.id).await?;
             }
-            let dest2 = dest.to_path_buf();
-            let res = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
-                let f = std::fs::File::create(&dest2)?;
-                let w = layers::export_upper(&upper, std::io::BufWriter::new(f))?;
-                let f = w.into_inner().map_err(|e| e.into_error())?;
-                f.sync_all()
+            // One pass: the upper dir is copied into a new layer dir while
+            // its tar is hashed (the tar itself is made on demand).
+            let dir = self.envs.tmp("layer");
+            let dir2 = dir.clone();
+            let res = tokio::task::spawn_blocking(move || -> std::io::Result<(String, u64)> {
+                std::fs::create_dir_all(&dir2)?;
+                layers::snapshot_upper(&upper, &dir2)
             })
             .await
             .map_err(|e| Error::internal("export task", e))?;
@@ -150,7 +159,13 @@ impl Manager {
                     tracing::error!(id = %sb.id, "could not thaw after a snapshot: {e}");
                 }
             }
-            return res.map_err(|e| io_error(&format!("exporting the changes of sandbox {}", sb.id), e, &data_dir));
+            return match res {
+                Ok((digest, size)) => Ok(Exported::Dir { dir, digest: format!("sha256:{digest}"), size }),
+                Err(e) => {
+                    let _ = std::fs::remove_dir_all(&dir);
+                    Err(io_error(&format!("exporting the changes of sandbox {}", sb.id), e, &data_dir))
+                }
+            };
         }
         if sb.state != SandboxState::Running {
             return Err(Error::Conflict(format!(
@@ -175,15 +190,26 @@ impl Manager {
             .request(http::Method::POST, "/v1/fs/changes", spinup_protocol::client::full_body(body))
             .await
             .map_err(|e| Error::Agent(e.to_string()))?;
-        let mut f = tokio::fs::File::create(dest).await.map_err(|e| io_error("creating the layer file", e, &data_dir))?;
-        let mut stream = http_body_util::BodyExt::into_data_stream(resp.into_body());
-        use tokio::io::AsyncWriteExt;
-        while let Some(chunk) = stream.next().await {
-            let chunk = chunk.map_err(|e| Error::Agent(format!("reading the sandbox's changes: {e}")))?;
-            f.write_all(&chunk).await.map_err(|e| io_error("writing the layer file", e, &data_dir))?;
+        let dest = self.envs.tmp("changes.tar");
+        let res = async {
+            let mut f =
+                tokio::fs::File::create(&dest).await.map_err(|e| io_error("creating the layer file", e, &data_dir))?;
+            let mut stream = http_body_util::BodyExt::into_data_stream(resp.into_body());
+            use tokio::io::AsyncWriteExt;
+            while let Some(chunk) = stream.next().await {
+                let chunk = chunk.map_err(|e| Error::Agent(format!("reading the sandbox's changes: {e}")))?;
+                f.write_all(&chunk).await.map_err(|e| io_error("writing the layer file", e, &data_dir))?;
+            }
+            f.flush().await.map_err(|e| io_error("writing the layer file", e, &data_dir))
         }
-        f.sync_all().await.map_err(|e| io_error("writing the layer file", e, &data_dir))?;
-        Ok(())
+        .await;
+        match res {
+            Ok(()) => Ok(Exported::Tar(dest)),
+            Err(e) => {
+                let _ = std::fs::remove_file(&dest);
+                Err(e)
+            }
+        }
     }
 
     /// Freeze a sandbox's filesystem changes as a snapshot.
@@ -227,29 +253,43 @@ impl Manager {
         };
         // Not ready until the layer is stored: a restart cleans it up.
         self.store.put_snapshot(&snap, false)?;
-        let tmp = self.envs.tmp("snapshot.tar");
+        let t0 = std::time::Instant::now();
+        let mut exported_ms = 0;
+        let mut leftover = None;
         let made = async {
-            self.export_changes(&sb, &tmp).await?;
+            let exported = self.export_changes(&sb).await?;
+            leftover = Some(exported.clone());
+            exported_ms = t0.elapsed().as_millis();
             if req.memory {
                 // After the layer (for other drivers): the exact memory and
                 // disk, for this one.
                 let driver = self.driver(&sb.driver)?;
                 driver.save_memory(&sb.id, &self.memory_dir(&snap.id)).await?;
             }
-            let t = tmp.clone();
             let envs_root = self.envs.root().to_path_buf();
-            let res = tokio::task::block_in_place(|| self.envs.import_layer_file(&t));
+            let res = tokio::task::block_in_place(|| match exported {
+                Exported::Dir { dir, digest, size } => self.envs.adopt_layer(&dir, &digest).map(|_| (digest, size)),
+                Exported::Tar(t) => self.envs.import_layer_file(&t),
+            });
             res.map_err(|e| io_error("storing the snapshot layer", e, &envs_root))
         }
         .await;
-        let _ = std::fs::remove_file(&tmp);
+        match leftover {
+            Some(Exported::Dir { dir, .. }) => {
+                let _ = std::fs::remove_dir_all(dir);
+            }
+            Some(Exported::Tar(t)) => {
+                let _ = std::fs::remove_file(t);
+            }
+            None => {}
+        }
         match made {
             Ok((digest, size)) => {
                 snap.layer = digest.clone();
                 snap.layers = base.into_iter().chain([digest]).collect();
                 snap.size_bytes = size;
                 self.store.put_snapshot(&snap, true)?;
-                tracing::info!(id, snapshot = %snap.id, bytes = size, "snapshot taken");
+                tracing::info!(id, snapshot = %snap.id, bytes = size, exported_ms, total_ms = t0.elapsed().as_millis() as u64, "snapshot taken");
                 Ok(snap)
             }
             Err(e) => {
@@ -377,12 +417,16 @@ impl Manager {
         if !matches!(sb.state, SandboxState::Running | SandboxState::Paused) {
             return Err(Error::Conflict(format!("sandbox {id} is {}", sb.state)));
         }
-        let tmp = self.envs.tmp("diff.tar");
-        let exported = self.export_changes(&sb, &tmp).await;
+        let exported = self.export_changes(&sb).await;
         drop(g);
-        let scratch = exported.and_then(|_| self.envs.unpack_scratch(&tmp));
-        let _ = std::fs::remove_file(&tmp);
-        let scratch = scratch?;
+        let scratch = match exported? {
+            Exported::Dir { dir, .. } => dir,
+            Exported::Tar(t) => {
+                let r = self.envs.unpack_scratch(&t);
+                let _ = std::fs::remove_file(&t);
+                r?
+            }
+        };
         let own = self.sandbox_layers(&sb)?;
         let before_layers = since_snap.as_ref().map(|s| s.layers.clone()).unwrap_or_else(|| own.clone());
         let before = self.stack(&before_layers);

@@ -93,6 +93,24 @@ pub async fn environment_image(dir: &Path, layers: &[PathBuf]) -> Result<PathBuf
     Ok(path)
 }
 
+/// Remove what an image build stopped midway leaves (`.KEY.PID.merged`
+/// overlay mounts, `.KEY.PID.tmp` images). Only at start-up, when no build
+/// runs.
+pub fn clean_partial(dir: &Path) {
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if !name.starts_with('.') {
+            continue;
+        }
+        if name.ends_with(".merged") {
+            let _ = nix::mount::umount2(&e.path(), nix::mount::MntFlags::MNT_DETACH);
+            let _ = std::fs::remove_dir(e.path());
+        } else if name.ends_with(".tmp") {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+}
+
 /// A sandbox's own disk: a qcow2 overlay of `base`, `size_mib` big.
 pub async fn overlay(base: &Path, disk: &Path, size_mib: u64) -> Result<()> {
     let base_mib = std::fs::metadata(base).map(|m| m.len() >> 20).unwrap_or(0);

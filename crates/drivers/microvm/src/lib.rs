@@ -130,6 +130,8 @@ impl MicrovmDriver {
     }
     pub async fn new(cfg: Config) -> Self {
         let root = cfg.root.clone();
+        // Image builds a killed daemon left half done: merge mounts, temp images.
+        image::clean_partial(&root.join("images"));
         let ready = Self::prepare(cfg).await;
         match &ready {
             Ok(r) => {
