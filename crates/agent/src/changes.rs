@@ -34,7 +34,20 @@ pub fn mark_start() {
 }
 
 pub fn routes() -> Router<AppState> {
-    Router::new().route("/v1/fs/sync", post(sync)).route("/v1/fs/changes", post(changes))
+    Router::new()
+        .route("/v1/fs/sync", post(sync))
+        .route("/v1/fs/changes", post(changes))
+        .route("/v1/identity", post(identity))
+}
+
+async fn identity(body: Bytes) -> Result<Json<serde_json::Value>, AgentError> {
+    let req: spinup_protocol::IdentityRequest =
+        serde_json::from_slice(&body).map_err(|e| AgentError::bad(format!("bad identity request: {e}")))?;
+    tokio::task::spawn_blocking(move || crate::vminit::set_identity(&req.hostname, &req.entropy))
+        .await
+        .map_err(|e| AgentError::bad(format!("identity task: {e}")))?
+        .map_err(|e| AgentError::bad(format!("cannot set the identity: {e}")))?;
+    Ok(Json(serde_json::json!({})))
 }
 
 async fn sync() -> Json<serde_json::Value> {

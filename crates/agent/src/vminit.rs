@@ -6,8 +6,9 @@
 //! guest any other way.
 
 use std::ffi::CString;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd};
 use std::path::Path;
+use std::os::unix::ffi::OsStrExt;
 use std::time::{Duration, Instant};
 
 use nix::mount::{mount, MsFlags};
@@ -252,34 +253,120 @@ fn lockdown() {
     }
 }
 
+/// The write end of the pipe to the real init (see [`own_pid_namespace`]).
+static IDENTITY: std::sync::OnceLock<std::fs::File> = std::sync::OnceLock::new();
+
+/// Messages on the identity pipe: `[kind u8][len u8][payload]`.
+const SET_HOSTNAME: u8 = 1;
+const RESEED: u8 = 2;
+
+/// A VM continued from saved memory is a new machine: ask the real init,
+/// which keeps the privileges the agent dropped, to set its hostname and
+/// reseed the kernel's RNG with `entropy` (so two restores of one snapshot
+/// never share random numbers). Only under `--vm`.
+pub fn set_identity(hostname: &str, entropy: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut w = IDENTITY.get().ok_or_else(|| std::io::Error::other("not a VM guest: no identity channel"))?;
+    if hostname.is_empty() || hostname.len() > 64 || entropy.len() > 255 {
+        return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, "hostname 1-64 bytes, entropy ≤ 255 bytes"));
+    }
+    let mut msg = vec![SET_HOSTNAME, hostname.len() as u8];
+    msg.extend_from_slice(hostname.as_bytes());
+    msg.extend_from_slice(&[RESEED, entropy.len() as u8]);
+    msg.extend_from_slice(entropy);
+    w.write_all(&msg)?;
+    write_machine_id();
+    Ok(())
+}
+
+/// The real init's side of the identity pipe: a hostname (checked to be a
+/// hostname) and entropy to mix in before forcing a reseed. Nothing else.
+/// Returns false once the pipe is closed.
+fn serve_identity(r: &mut std::fs::File) -> bool {
+    use std::io::Read;
+    let mut head = [0u8; 2];
+    if r.read_exact(&mut head).is_err() {
+        return false;
+    }
+    let mut body = vec![0u8; head[1] as usize];
+    if r.read_exact(&mut body).is_err() {
+        return false;
+    }
+    match head[0] {
+        SET_HOSTNAME if !body.is_empty() && body.iter().all(|b| b.is_ascii_alphanumeric() || *b == b'-' || *b == b'.') => {
+            let _ = nix::unistd::sethostname(std::ffi::OsStr::from_bytes(&body));
+        }
+        RESEED => {
+            // Mix the host's bytes in, then make the CRNG reseed now rather
+            // than at its next interval.
+            let _ = std::fs::OpenOptions::new().write(true).open("/dev/urandom").and_then(|mut f| {
+                use std::io::Write;
+                f.write_all(&body)?;
+                nix::ioctl_none!(rnd_reseed_crng, b'R', 0x07);
+                // SAFETY: RNDRESEEDCRNG takes no argument.
+                unsafe { rnd_reseed_crng(f.as_raw_fd()) }.map_err(std::io::Error::from)?;
+                Ok(())
+            });
+        }
+        _ => {}
+    }
+    true
+}
+
 /// Serve from a PID namespace of our own, as in a container: the guest's
 /// processes see the agent as PID 1 and nothing else (no kernel threads).
-/// The real init stays behind only to end the VM if the agent ever exits.
+/// The real init stays behind to end the VM if the agent ever exits, and to
+/// apply a new identity after a restore from saved memory.
 fn own_pid_namespace() {
     use nix::sys::wait::{waitpid, WaitStatus};
     if let Err(e) = nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWPID) {
         fail(&format!("new pid namespace: {e}"));
     }
+    let (r, w) = match nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC) {
+        Ok(p) => p,
+        Err(e) => fail(&format!("identity pipe: {e}")),
+    };
     // SAFETY: single-threaded here (the async runtime starts after boot).
     match unsafe { nix::unistd::fork() } {
         Ok(nix::unistd::ForkResult::Child) => {
+            drop(r);
+            let _ = IDENTITY.set(std::fs::File::from(w));
             let _ = nix::mount::umount2("/proc", nix::mount::MntFlags::MNT_DETACH);
             mnt("proc", "/proc", "proc", MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC, None);
         }
-        Ok(nix::unistd::ForkResult::Parent { child }) => loop {
-            match waitpid(None, None) {
-                Ok(WaitStatus::Exited(pid, code)) if pid == child => {
-                    log(&format!("agent exited ({code}); powering off"));
-                    power_off();
+        Ok(nix::unistd::ForkResult::Parent { child }) => {
+            drop(w);
+            // No threads after unshare(CLONE_NEWPID) (clone fails with
+            // EINVAL): poll the pipe, and reap between polls.
+            let mut r = Some(std::fs::File::from(r));
+            loop {
+                if let Some(f) = &mut r {
+                    let mut fds = [nix::poll::PollFd::new(f.as_fd(), nix::poll::PollFlags::POLLIN)];
+                    if nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(200u16)).unwrap_or(0) > 0
+                        && !serve_identity(f)
+                    {
+                        r = None;
+                    }
+                } else {
+                    std::thread::sleep(Duration::from_millis(200));
                 }
-                Ok(WaitStatus::Signaled(pid, sig, _)) if pid == child => {
-                    log(&format!("agent killed by {sig}; powering off"));
-                    power_off();
+                loop {
+                    match waitpid(None, Some(nix::sys::wait::WaitPidFlag::WNOHANG)) {
+                        Ok(WaitStatus::Exited(pid, code)) if pid == child => {
+                            log(&format!("agent exited ({code}); powering off"));
+                            power_off();
+                        }
+                        Ok(WaitStatus::Signaled(pid, sig, _)) if pid == child => {
+                            log(&format!("agent killed by {sig}; powering off"));
+                            power_off();
+                        }
+                        Err(nix::errno::Errno::ECHILD) => power_off(),
+                        Ok(WaitStatus::StillAlive) | Err(_) => break,
+                        _ => {}
+                    }
                 }
-                Err(nix::errno::Errno::ECHILD) => power_off(),
-                _ => {}
             }
-        },
+        }
         Err(e) => fail(&format!("fork: {e}")),
     }
 }

@@ -254,6 +254,21 @@ impl Manager {
                 None => driver.create(&spec).await?,
             };
             self.wait_agent(&*driver, &id).await?;
+            if memory.is_some() {
+                // Continued from saved memory, it still thinks it is the
+                // original: a new hostname and machine-id, and a reseeded RNG.
+                let mut entropy = [0u8; 64];
+                getrandom::fill(&mut entropy).map_err(|e| Error::internal("host entropy", e))?;
+                let c = self.agents.lock().unwrap().get(&id).cloned();
+                let c = c.ok_or_else(|| Error::Agent("no agent connection".into()))?;
+                c.call::<serde_json::Value>(
+                    http::Method::POST,
+                    "/v1/identity",
+                    Some(&spinup_protocol::IdentityRequest { hostname: spec.hostname.clone(), entropy: entropy.to_vec() }),
+                )
+                .await
+                .map_err(|e| Error::Agent(format!("giving the restored guest its identity: {e}")))?;
+            }
             Ok::<_, Error>(ds)
         }
         .await;

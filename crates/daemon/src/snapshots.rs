@@ -153,7 +153,7 @@ impl Manager {
                 layers::snapshot_upper(&upper, &dir2)
             })
             .await
-            .map_err(|e| Error::internal("export task", e))?;
+            .unwrap_or_else(|e| Err(std::io::Error::other(format!("export task: {e}"))));
             if sb.state == SandboxState::Running {
                 if let Err(e) = driver.resume(&sb.id).await {
                     tracing::error!(id = %sb.id, "could not thaw after a snapshot: {e}");
@@ -479,10 +479,10 @@ impl Manager {
             tracing::warn!(snapshot = %snap.id, sandbox = %snap.sandbox_id, "daemon stopped during a snapshot; cleaning up");
             if let Ok(Some((sb, _))) = self.store.get_sandbox(&snap.sandbox_id) {
                 if sb.state == SandboxState::Running {
+                    // Frozen for an export, or stopped to save its memory:
+                    // running again (resuming a running sandbox is harmless).
                     if let Ok(d) = self.driver(&sb.driver) {
-                        if d.writable_layer(&sb.id).is_some() {
-                            let _ = d.resume(&sb.id).await;
-                        }
+                        let _ = d.resume(&sb.id).await;
                     }
                 }
             }

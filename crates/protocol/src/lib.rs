@@ -26,6 +26,7 @@
 //! | POST | /v1/files/chmod | [`ChmodRequest`] → [`FileStat`] |
 //! | POST | /v1/fs/sync | → `{}` (flush every filesystem's caches) |
 //! | POST | /v1/fs/changes | [`ChangesRequest`] → OCI layer tar of the root's changes |
+//! | POST | /v1/identity | [`IdentityRequest`] → `{}` (VM guests only) |
 //!
 //! Errors are JSON [`ErrorBody`] with a 4xx/5xx status.
 

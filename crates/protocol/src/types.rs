@@ -129,6 +129,14 @@ pub struct ChangesRequest {
     pub exclude: Vec<String>,
 }
 
+/// A new identity for a guest continued from saved memory (microVM): its
+/// hostname, a fresh machine-id, and host entropy to reseed its RNG.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IdentityRequest {
+    pub hostname: String,
+    pub entropy: Vec<u8>,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChmodRequest {
     pub path: String,
