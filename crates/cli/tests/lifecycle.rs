@@ -361,22 +361,13 @@ async fn memory_snapshot_continues_processes_across_a_daemon_restart() {
     })
     .await;
     assert_eq!(d.ok(&child, "cat /root/f").await, "disk\n");
-    // A new machine: its own hostname and machine-id; and a second restore of
-    // the same memory draws different random numbers (the RNG was reseeded).
+    // A new machine: its own hostname and machine-id (the same channel
+    // reseeds its RNG with host entropy; two restores' random numbers
+    // already differ without that here, so no test can show the reseed).
     let pi = d.ok(&id, "hostname; cat /etc/machine-id").await;
     let ci = d.ok(&child, "hostname; cat /etc/machine-id").await;
     assert!(ci.starts_with(&format!("{child}\n")), "{ci}");
     assert_ne!(pi.lines().nth(1), ci.lines().nth(1), "machine-ids: {pi} / {ci}");
-    let mut again = vm.clone();
-    again["env"] = json!(null);
-    again["from_snapshot"] = json!("mem");
-    let (t1, t2) = (d.create(again.clone()).await, d.create(again).await);
-    // The same first command in two copies of one machine.
-    let rnd = "head -c 32 /dev/urandom | md5sum";
-    let (a, b) = (d.ok(&t1, rnd).await, d.ok(&t2, rnd).await);
-    assert_ne!(a, b, "two restores of one snapshot share their RNG");
-    d.rm(&t1).await;
-    d.rm(&t2).await;
     // The parent was not disturbed by any of it.
     let p0: u64 = d.ok(&id, "cat /tmp/count").await.trim().parse().unwrap();
     eventually("the parent counts on", 30, || async {
