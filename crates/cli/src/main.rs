@@ -193,8 +193,13 @@ enum Cmd {
     },
     /// Set a sandbox's timeout (seconds from now; 0 clears it).
     Timeout { id: String, seconds: u64 },
-    /// Freeze every process of a sandbox in place (memory kept).
-    Pause { id: String },
+    /// Freeze every process of a sandbox in place (memory kept); with
+    /// --free-memory, save its memory to disk and stop its VM (microvm).
+    Pause {
+        id: String,
+        #[arg(long)]
+        free_memory: bool,
+    },
     /// Continue a paused sandbox.
     Resume { id: String },
     /// Copy a file between the host and a sandbox: SRC DST, one of them ID:/path ('-' is stdin/stdout).
@@ -642,7 +647,20 @@ async fn run(cli: Cli) -> Result<i32> {
                 }
             }
         }
-        Cmd::Pause { id } => freeze(&c, &id, "pause", cli.json).await?,
+        Cmd::Pause { id, free_memory } => {
+            if free_memory {
+                let v = c
+                    .json(Method::POST, &format!("/v1/sandboxes/{}/pause", enc(&id)), Some(json!({"free_memory": true})))
+                    .await?;
+                if cli.json {
+                    print_json(&v);
+                } else {
+                    println!("{}", v["state"].as_str().unwrap_or_default());
+                }
+            } else {
+                freeze(&c, &id, "pause", cli.json).await?
+            }
+        }
         Cmd::Resume { id } => freeze(&c, &id, "resume", cli.json).await?,
         Cmd::Cp { src, dst } => cp(&c, &src, &dst).await?,
         Cmd::Env(EnvCmd::Ls) => {

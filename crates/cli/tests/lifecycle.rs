@@ -391,6 +391,51 @@ async fn memory_snapshot_continues_processes_across_a_daemon_restart() {
     assert_eq!(leftovers(&d), Vec::<String>::new());
 }
 
+/// A microVM paused with `free_memory` has no VMM left (its memory is a
+/// file), stays paused across a daemon kill -9, and resumes where it was.
+#[tokio::test]
+async fn pause_to_disk_frees_the_vm_and_resumes_it() {
+    let d = Daemon::start("suspend");
+    let id = d.create(json!({"driver": "microvm", "resources": {"memory_mib": 256}})).await;
+    d.ok(&id, "echo kept > /root/f").await;
+    let pid = d.start_counter(&id).await;
+    eventually("the counter runs", 30, || async {
+        d.sh(&id, "cat /tmp/count").await["stdout"].as_str().unwrap_or("").trim().parse::<u64>().unwrap_or(0) >= 3
+    })
+    .await;
+    let before: u64 = d.ok(&id, "cat /tmp/count").await.trim().parse().unwrap();
+    let (st, v) = d.req("POST", &format!("/v1/sandboxes/{id}/pause"), Some(json!({"free_memory": true}))).await;
+    assert_eq!((st, v["state"].as_str()), (200, Some("paused")), "{v}");
+    let vmm = |d: &Daemon| leftovers(d).into_iter().filter(|l| l.starts_with("vmm ")).count();
+    assert_eq!(vmm(&d), 0, "no VMM runs while suspended");
+    d.kill9();
+    d.restart();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (_, v) = d.req("GET", &format!("/v1/sandboxes/{id}"), None).await;
+    assert_eq!(v["state"], "paused", "the monitor keeps a suspended sandbox: {v}");
+    let (st, v) = d.req("POST", &format!("/v1/sandboxes/{id}/resume"), None).await;
+    assert_eq!((st, v["state"].as_str()), (200, Some("running")), "{v}");
+    let (_, procs) = d.req("GET", &format!("/v1/sandboxes/{id}/processes"), None).await;
+    assert!(procs.as_array().unwrap().iter().any(|p| p["pid"] == pid && p["running"] == true), "{procs}");
+    let after: u64 = d.ok(&id, "cat /tmp/count").await.trim().parse().unwrap();
+    assert!(after >= before, "the count went on from {before}: {after}");
+    eventually("the counter moves on", 30, || async {
+        d.ok(&id, "cat /tmp/count").await.trim().parse::<u64>().unwrap() > after
+    })
+    .await;
+    assert_eq!(d.ok(&id, "cat /root/f").await, "kept\n");
+    // Drivers without memory_snapshot refuse it.
+    let c = d.create(json!({"driver": "container"})).await;
+    let (st, v) = d.req("POST", &format!("/v1/sandboxes/{c}/pause"), Some(json!({"free_memory": true}))).await;
+    assert_eq!((st, v["capability"].as_str()), (501, Some("memory_snapshot")), "{v}");
+    // Suspended again, then removed without waking it.
+    let (st, _) = d.req("POST", &format!("/v1/sandboxes/{id}/pause"), Some(json!({"free_memory": true}))).await;
+    assert_eq!(st, 200);
+    d.rm(&id).await;
+    d.rm(&c).await;
+    assert_eq!(leftovers(&d), Vec::<String>::new());
+}
+
 macro_rules! suite {
     ($($test:ident),* $(,)?) => {
         for_driver!(container: $($test),*);

@@ -92,8 +92,14 @@ pub fn router(m: Arc<Manager>) -> Router {
         .route("/v1/sandboxes/{id}/events", get(events))
         .route(
             "/v1/sandboxes/{id}/pause",
-            post(|State(m): M, Path(id): Path<String>| async move {
-                Ok::<_, ApiError>(Json(m.freeze(&id, SandboxState::Paused).await?))
+            post(|State(m): M, Path(id): Path<String>, body: Bytes| async move {
+                #[derive(Deserialize, Default)]
+                #[serde(default, deny_unknown_fields)]
+                struct PauseBody {
+                    free_memory: bool,
+                }
+                let b: PauseBody = parse(&body)?;
+                Ok::<_, ApiError>(Json(m.freeze_with(&id, SandboxState::Paused, b.free_memory).await?))
             }),
         )
         .route(

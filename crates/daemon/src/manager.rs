@@ -370,8 +370,17 @@ impl Manager {
 
     /// Pause (`to` = Paused) or resume (`to` = Running) a sandbox in place.
     pub async fn freeze(&self, id: &str, to: SandboxState) -> Result<Sandbox> {
+        self.freeze_with(id, to, false).await
+    }
+
+    /// With `free_memory`, a pause saves the sandbox's memory to disk and
+    /// stops its VMM (drivers with `memory_snapshot`); resume loads it back.
+    pub async fn freeze_with(&self, id: &str, to: SandboxState, free_memory: bool) -> Result<Sandbox> {
         let sb = self.get(id)?;
         self.require(&sb, "pause_resume")?;
+        if free_memory {
+            self.require(&sb, "memory_snapshot")?;
+        }
         let lock = self.lock_for(id);
         let _g = lock.lock().await;
         let mut sb = self.get(id)?;
@@ -385,7 +394,15 @@ impl Manager {
             )));
         }
         let driver = self.driver(&sb.driver)?;
-        if to == SandboxState::Paused {
+        if to == SandboxState::Paused && free_memory {
+            // Its VMM goes away: so does the agent connection.
+            self.agents.lock().unwrap().remove(id);
+            driver.suspend(id).await?;
+            if let Err(e) = self.set_state(&mut sb, SandboxState::Paused, Some("paused to disk (memory freed)".into()), None) {
+                let _ = driver.wake(id).await;
+                return Err(e);
+            }
+        } else if to == SandboxState::Paused {
             // The agent's connection stays: calls in flight wait out the
             // pause and go on after resume.
             if let Err(e) = driver.pause(id).await {
@@ -399,12 +416,16 @@ impl Manager {
                 return Err(e);
             }
         } else {
-            driver.resume(id).await?;
+            // Suspended to disk: a new VMM with new driver state.
+            let ds = if driver.is_suspended(id) { Some(driver.wake(id).await?) } else { None };
+            if ds.is_none() {
+                driver.resume(id).await?;
+            }
             if sb.expires_at.is_none() {
                 // A timeout that paused it starts again.
                 sb.expires_at = sb.timeout_s.map(|t| now_ms() + t as i64 * 1000);
             }
-            self.set_state(&mut sb, SandboxState::Running, None, None)?;
+            self.set_state(&mut sb, SandboxState::Running, None, ds.as_ref())?;
         }
         tracing::info!(id, state = %sb.state, "sandbox {}", sb.state);
         Ok(sb)
@@ -428,7 +449,7 @@ impl Manager {
     pub(crate) async fn destroy_locked(&self, sb: &Sandbox, reason: &str) -> Result<()> {
         let driver = self.driver(&sb.driver)?;
         self.agents.lock().unwrap().remove(&sb.id);
-        if sb.state == SandboxState::Paused {
+        if sb.state == SandboxState::Paused && !driver.is_suspended(&sb.id) {
             // Frozen processes cannot act on a kill: thaw, then destroy.
             let _ = driver.resume(&sb.id).await;
         }

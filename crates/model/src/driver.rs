@@ -174,6 +174,22 @@ pub trait Driver: Send + Sync {
         None
     }
 
+    /// Pause and free the memory: save it to disk and stop the VMM. Declared
+    /// by `memory_snapshot`.
+    async fn suspend(&self, _id: &str) -> Result<()> {
+        Err(crate::Error::Unsupported { driver: self.name().into(), capability: "memory_snapshot".into() })
+    }
+
+    /// Whether the sandbox is suspended to disk (it counts as alive).
+    fn is_suspended(&self, _id: &str) -> bool {
+        false
+    }
+
+    /// Continue a suspended sandbox; returns its new driver state.
+    async fn wake(&self, _id: &str) -> Result<serde_json::Value> {
+        Err(crate::Error::Unsupported { driver: self.name().into(), capability: "memory_snapshot".into() })
+    }
+
     /// Save a running sandbox's memory and disk into `dir` (which it
     /// creates); the sandbox goes on running. Declared by `memory_snapshot`.
     async fn save_memory(&self, _id: &str, _dir: &std::path::Path) -> Result<()> {

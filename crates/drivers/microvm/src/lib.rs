@@ -69,17 +69,73 @@ struct State {
     accel: Accel,
 }
 
+/// Save a stopped VM's state to `path` through QMP and wait for it.
+async fn migrate_to(qmp: &std::path::Path, path: &std::path::Path) -> Result<()> {
+    let uri = format!("exec:cat > '{}'", path.display());
+    qmp::execute_with(qmp, "migrate", serde_json::json!({ "uri": uri })).await?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(300);
+    loop {
+        let st = qmp::execute(qmp, "query-migrate").await?;
+        match st["status"].as_str() {
+            Some("completed") => return Ok(()),
+            Some("failed") | Some("cancelled") => {
+                return Err(Error::Internal(format!("saving the VM's memory failed: {}", st["error-desc"])))
+            }
+            _ if std::time::Instant::now() > deadline => {
+                let _ = qmp::execute(qmp, "migrate_cancel").await;
+                return Err(Error::Internal("saving the VM's memory took over 300 s".into()));
+            }
+            _ => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
+}
+
 impl MicrovmDriver {
+    /// After `-incoming`: wait until the saved state has loaded, then
+    /// continue it (it was saved stopped, so it arrives stopped).
+    async fn continue_incoming(&self, id: &str) -> Result<()> {
+        let qmp = self.dir(id).join("run/qmp.sock");
+        let deadline = std::time::Instant::now() + self.boot_bound();
+        loop {
+            match qmp::execute(&qmp, "query-migrate").await {
+                Ok(st) if st["status"] == "completed" => break,
+                Ok(st) if st["status"] == "failed" => {
+                    return Err(Error::Internal(format!("loading the saved VM failed: {}", st["error-desc"])))
+                }
+                _ if std::time::Instant::now() > deadline => {
+                    return Err(Error::Internal("loading the saved VM did not finish in time".into()))
+                }
+                _ => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        }
+        qmp::execute(&qmp, "cont").await.map(|_| ())
+    }
+
     /// Start a VM on an overlay of `base` (an environment image or a saved
     /// disk), booting or, with `incoming`, continuing from saved memory.
     async fn launch(&self, spec: &SandboxSpec, base: &std::path::Path, incoming: Option<PathBuf>) -> Result<serde_json::Value> {
+        self.launch_on(spec, Some(base), incoming).await
+    }
+
+    /// `base`: make the sandbox's overlay on it; `None`: reuse the overlay
+    /// there is (a suspended sandbox waking up).
+    async fn launch_on(
+        &self,
+        spec: &SandboxSpec,
+        base: Option<&std::path::Path>,
+        incoming: Option<PathBuf>,
+    ) -> Result<serde_json::Value> {
         let r = self.ready()?;
         let dir = self.dir(&spec.id);
         let run = dir.join("run");
         std::fs::create_dir_all(&run).map_err(|e| Error::Internal(format!("sandbox dir: {e}")))?;
-        let base = base.to_path_buf();
         let disk = dir.join("disk.qcow2");
-        image::overlay(&base, &disk, spec.resources.disk_mib).await?;
+        if let Some(base) = base {
+            image::overlay(base, &disk, spec.resources.disk_mib).await?;
+            // What a suspended sandbox is started again with.
+            let saved = serde_json::to_vec(&(&spec.hostname, &spec.resources)).unwrap_or_default();
+            std::fs::write(dir.join("spec.json"), saved).map_err(|e| Error::Internal(format!("spec.json: {e}")))?;
+        }
         let res = &spec.resources;
         let vcpus = (res.vcpus.ceil() as u32).max(1);
         let quota = ((res.vcpus * 100_000.0) as u64).max(1000);
@@ -338,25 +394,8 @@ impl Driver for MicrovmDriver {
             // Stopped, QEMU has flushed the disk: a copy of the overlay is
             // the disk at this instant (it stays backed by the image).
             std::fs::copy(sdir.join("disk.qcow2"), dir.join("disk.qcow2")).map_err(io)?;
-            let mem = dir.join("memory");
-            let uri = format!("exec:cat > '{}'", mem.display());
-            qmp::execute_with(&qmp, "migrate", serde_json::json!({ "uri": uri })).await?;
-            let deadline = std::time::Instant::now() + Duration::from_secs(300);
-            loop {
-                let st = qmp::execute(&qmp, "query-migrate").await?;
-                match st["status"].as_str() {
-                    Some("completed") => break,
-                    Some("failed") | Some("cancelled") => {
-                        return Err(Error::Internal(format!("saving the VM's memory failed: {}", st["error-desc"])))
-                    }
-                    _ if std::time::Instant::now() > deadline => {
-                        let _ = qmp::execute(&qmp, "migrate_cancel").await;
-                        return Err(Error::Internal("saving the VM's memory took over 300 s".into()));
-                    }
-                    _ => tokio::time::sleep(Duration::from_millis(20)).await,
-                }
-            }
-            Ok(())
+            migrate_to(&qmp, &dir.join("memory")).await?;
+            Ok::<(), Error>(())
         }
         .await;
         // Always running again, whatever happened.
@@ -369,28 +408,67 @@ impl Driver for MicrovmDriver {
         // A new overlay on the saved disk (which stays as it is, for every
         // sandbox restored from it), and the saved memory as the start.
         let state = self.launch(spec, &dir.join("disk.qcow2"), Some(dir.join("memory"))).await?;
-        // The state was saved stopped, so it arrives stopped: once it has
-        // all arrived, continue it.
-        let qmp = self.dir(&spec.id).join("run/qmp.sock");
-        let deadline = std::time::Instant::now() + self.boot_bound();
-        loop {
-            match qmp::execute(&qmp, "query-migrate").await {
-                Ok(st) if st["status"] == "completed" => break,
-                Ok(st) if st["status"] == "failed" => {
-                    return Err(Error::Internal(format!("loading the saved VM failed: {}", st["error-desc"])))
-                }
-                _ if std::time::Instant::now() > deadline => {
-                    return Err(Error::Internal("loading the saved VM did not finish in time".into()))
-                }
-                _ => tokio::time::sleep(Duration::from_millis(20)).await,
+        self.continue_incoming(&spec.id).await?;
+        Ok(state)
+    }
+
+    async fn suspend(&self, id: &str) -> Result<()> {
+        let sdir = self.dir(id);
+        let qmp = sdir.join("run/qmp.sock");
+        let saved = sdir.join("suspend");
+        qmp::execute(&qmp, "stop").await?;
+        // The disk stays where it is (the overlay is not touched while the
+        // VM is down); only the memory goes to a file.
+        let res = async {
+            std::fs::create_dir_all(&saved).map_err(|e| Error::Internal(format!("suspend dir: {e}")))?;
+            migrate_to(&qmp, &saved.join("memory.part")).await?;
+            // The spec to start it again with (the id's resources).
+            std::fs::rename(saved.join("memory.part"), saved.join("memory"))
+                .map_err(|e| Error::Internal(format!("suspend: {e}")))
+        }
+        .await;
+        if let Err(e) = res {
+            let _ = std::fs::remove_dir_all(&saved);
+            let _ = qmp::execute(&qmp, "cont").await;
+            return Err(e);
+        }
+        let _ = qmp::execute(&qmp, "quit").await;
+        // Gone for sure before we call it suspended (quit is asynchronous).
+        if let Some(pid) = std::fs::read_to_string(sdir.join("run/qemu.pid")).ok().and_then(|p| p.trim().parse::<i32>().ok()) {
+            let start = proc_starttime(pid);
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while start.is_some() && proc_starttime(pid) == start && std::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(10)).await;
             }
         }
-        qmp::execute(&qmp, "cont").await?;
+        Ok(())
+    }
+
+    fn is_suspended(&self, id: &str) -> bool {
+        self.dir(id).join("suspend/memory").is_file()
+    }
+
+    async fn wake(&self, id: &str) -> Result<serde_json::Value> {
+        let sdir = self.dir(id);
+        let spec: SandboxSpec = {
+            let saved = std::fs::read_to_string(sdir.join("spec.json"))
+                .map_err(|e| Error::Internal(format!("the suspended sandbox's spec: {e}")))?;
+            let (hostname, resources): (String, spinup_model::Resources) =
+                serde_json::from_str(&saved).map_err(|e| Error::Internal(format!("spec.json: {e}")))?;
+            SandboxSpec { id: id.to_string(), hostname, resources, layers: vec![] }
+        };
+        let state = self.launch_on(&spec, None, Some(sdir.join("suspend/memory"))).await?;
+        self.continue_incoming(id).await?;
+        let _ = std::fs::remove_dir_all(sdir.join("suspend"));
         Ok(state)
     }
 
 
     async fn status(&self, id: &str, state: &serde_json::Value) -> DriverStatus {
+        if self.is_suspended(id) {
+            // Its memory is on disk and no VMM runs: alive, paused.
+            return DriverStatus::Running;
+        }
         let Ok(st) = serde_json::from_value::<State>(state.clone()) else { return DriverStatus::Missing };
         match proc_starttime(st.pid) {
             Some(t) if t == st.starttime => DriverStatus::Running,
