@@ -61,6 +61,13 @@ fn main() {
         // children must not share their parent's). vminit does the same.
         vminit::write_machine_id();
     }
+    if std::process::id() == 1 {
+        // Not dumpable: guest root (without CAP_SYS_PTRACE) cannot open the
+        // agent's fds through /proc/1/fd (its listening socket, the VM's
+        // identity pipe). Its children become dumpable again at exec.
+        // SAFETY: plain prctl.
+        unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) };
+    }
     // One thread: an idle sandbox should cost next to nothing. Blocking file
     // I/O goes to tokio's blocking pool.
     let rt = tokio::runtime::Builder::new_current_thread()

@@ -284,12 +284,29 @@ pub fn set_identity(hostname: &str, entropy: &[u8]) -> std::io::Result<()> {
 /// Returns false once the pipe is closed.
 fn serve_identity(r: &mut std::fs::File) -> bool {
     use std::io::Read;
+    // The pipe is non-blocking: a message must arrive whole within a second,
+    // so a writer that stops mid-message cannot stall the real init.
+    let deadline = Instant::now() + Duration::from_secs(1);
+    let mut read_exact = |buf: &mut [u8]| -> std::io::Result<()> {
+        let mut n = 0;
+        while n < buf.len() {
+            match r.read(&mut buf[n..]) {
+                Ok(0) => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+                Ok(k) => n += k,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock && Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(5))
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    };
     let mut head = [0u8; 2];
-    if r.read_exact(&mut head).is_err() {
+    if read_exact(&mut head).is_err() {
         return false;
     }
     let mut body = vec![0u8; head[1] as usize];
-    if r.read_exact(&mut body).is_err() {
+    if read_exact(&mut body).is_err() {
         return false;
     }
     match head[0] {
@@ -322,7 +339,7 @@ fn own_pid_namespace() {
     if let Err(e) = nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWPID) {
         fail(&format!("new pid namespace: {e}"));
     }
-    let (r, w) = match nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC) {
+    let (r, w) = match nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC | nix::fcntl::OFlag::O_NONBLOCK) {
         Ok(p) => p,
         Err(e) => fail(&format!("identity pipe: {e}")),
     };
@@ -330,6 +347,8 @@ fn own_pid_namespace() {
     match unsafe { nix::unistd::fork() } {
         Ok(nix::unistd::ForkResult::Child) => {
             drop(r);
+            // Blocking writes (messages are far below PIPE_BUF, so atomic).
+            let _ = nix::fcntl::fcntl(w.as_raw_fd(), nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::empty()));
             let _ = IDENTITY.set(std::fs::File::from(w));
             let _ = nix::mount::umount2("/proc", nix::mount::MntFlags::MNT_DETACH);
             mnt("proc", "/proc", "proc", MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC, None);

@@ -99,13 +99,15 @@ pub fn router(m: Arc<Manager>) -> Router {
                     free_memory: bool,
                 }
                 let b: PauseBody = parse(&body)?;
-                Ok::<_, ApiError>(Json(m.freeze_with(&id, SandboxState::Paused, b.free_memory).await?))
+                Ok::<_, ApiError>(Json(
+                    detached(async move { m.freeze_with(&id, SandboxState::Paused, b.free_memory).await }).await?,
+                ))
             }),
         )
         .route(
             "/v1/sandboxes/{id}/resume",
             post(|State(m): M, Path(id): Path<String>| async move {
-                Ok::<_, ApiError>(Json(m.freeze(&id, SandboxState::Running).await?))
+                Ok::<_, ApiError>(Json(detached(async move { m.freeze(&id, SandboxState::Running).await }).await?))
             }),
         )
         .route("/v1/sandboxes/{id}/snapshot", post(snapshot))
@@ -166,9 +168,18 @@ async fn gated(State(m): M, Path(id): Path<String>, capability: &'static str) ->
     Err(ApiError(Error::Unsupported { driver: sb.driver, capability: capability.into() }))
 }
 
+/// Run an operation to its end even if the client goes away: dropping it
+/// half-way could leave a sandbox frozen or stopped.
+async fn detached<T: Send + 'static>(
+    f: impl std::future::Future<Output = spinup_model::Result<T>> + Send + 'static,
+) -> ApiResult<T> {
+    tokio::spawn(f).await.map_err(|e| ApiError(Error::internal("operation task", e)))?.map_err(ApiError)
+}
+
 async fn snapshot(State(m): M, Path(id): Path<String>, body: Bytes) -> ApiResult<(StatusCode, Json<Snapshot>)> {
     let req: crate::snapshots::SnapshotRequest = parse(&body)?;
-    Ok((StatusCode::CREATED, Json(m.snapshot(&id, req, false).await?)))
+    let snap = detached(async move { m.snapshot(&id, req, false).await }).await?;
+    Ok((StatusCode::CREATED, Json(snap)))
 }
 
 async fn fork(
@@ -177,7 +188,8 @@ async fn fork(
     body: Bytes,
 ) -> ApiResult<(StatusCode, Json<crate::snapshots::ForkResult>)> {
     let req: crate::snapshots::ForkRequest = parse(&body)?;
-    Ok((StatusCode::CREATED, Json(m.fork(&id, req).await?)))
+    let res = detached(async move { m.fork(&id, req).await }).await?;
+    Ok((StatusCode::CREATED, Json(res)))
 }
 
 #[derive(Deserialize, Default)]
@@ -194,7 +206,7 @@ async fn diff(
     q: Result<Query<DiffQuery>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<Json<crate::snapshots::Diff>> {
     let Query(q) = q.map_err(|e| ApiError(Error::InvalidArgument(e.body_text())))?;
-    Ok(Json(m.diff(&id, q.since.as_deref(), q.path.as_deref(), q.content).await?))
+    Ok(Json(detached(async move { m.diff(&id, q.since.as_deref(), q.path.as_deref(), q.content).await }).await?))
 }
 
 async fn snapshot_list(State(m): M) -> ApiResult<Json<Vec<Snapshot>>> {

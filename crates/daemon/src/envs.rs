@@ -90,6 +90,10 @@ impl EnvStore {
             std::fs::create_dir_all(root.join(d))
                 .map_err(|e| Error::internal(format!("creating {}", root.join(d).display()), e))?;
         }
+        // Layers may hold a guest's set-id files: only root may look inside.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o700))
+            .map_err(|e| Error::internal(format!("securing {}", root.display()), e))?;
         // Half-finished imports from a killed daemon.
         if let Ok(rd) = std::fs::read_dir(root.join("tmp")) {
             for e in rd.flatten() {
@@ -181,8 +185,12 @@ impl EnvStore {
         let dest = self.layer_dir(&digest);
         if dest.exists() {
             let _ = std::fs::remove_dir_all(&staging);
-        } else {
-            std::fs::rename(&staging, &dest).map_err(|e| Error::internal("storing layer", e))?;
+        } else if let Err(e) = std::fs::rename(&staging, &dest) {
+            // The same layer stored meanwhile by someone else is fine.
+            let _ = std::fs::remove_dir_all(&staging);
+            if !dest.is_dir() {
+                return Err(Error::internal("storing layer", e));
+            }
         }
         Ok((format!("sha256:{digest}"), dir_size(&dest)))
     }
@@ -208,7 +216,13 @@ impl EnvStore {
             let _ = std::fs::remove_dir_all(dir);
             return Ok(());
         }
-        std::fs::rename(dir, &dest).map_err(|e| Error::internal("storing layer", e))
+        if let Err(e) = std::fs::rename(dir, &dest) {
+            let _ = std::fs::remove_dir_all(dir);
+            if !dest.is_dir() {
+                return Err(Error::internal("storing layer", e));
+            }
+        }
+        Ok(())
     }
 
     /// A layer's OCI tar: the blob kept when the layer came as a tar, else

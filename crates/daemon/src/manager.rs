@@ -395,11 +395,15 @@ impl Manager {
         }
         let driver = self.driver(&sb.driver)?;
         if to == SandboxState::Paused && free_memory {
+            // Paused in the store first: a daemon killed midway finds a
+            // paused sandbox, whether its VM is stopped or already on disk,
+            // and resume handles both.
+            self.set_state(&mut sb, SandboxState::Paused, Some("paused to disk (memory freed)".into()), None)?;
             // Its VMM goes away: so does the agent connection.
             self.agents.lock().unwrap().remove(id);
-            driver.suspend(id).await?;
-            if let Err(e) = self.set_state(&mut sb, SandboxState::Paused, Some("paused to disk (memory freed)".into()), None) {
-                let _ = driver.wake(id).await;
+            if let Err(e) = driver.suspend(id).await {
+                let _ = driver.resume(id).await;
+                let _ = self.set_state(&mut sb, SandboxState::Running, None, None);
                 return Err(e);
             }
         } else if to == SandboxState::Paused {
@@ -492,7 +496,14 @@ impl Manager {
                     let _ = driver.destroy(&sb.id).await;
                     self.store.delete_sandbox(&sb.id, sb.state, Some("daemon restarted during create"))?;
                 }
-                SandboxState::Running | SandboxState::Paused => self.check(&sb, ds.as_ref(), &*driver).await?,
+                SandboxState::Running => {
+                    // A daemon killed while it had a sandbox frozen (for a
+                    // snapshot or a diff) must not leave it so: resuming a
+                    // running sandbox is harmless.
+                    let _ = driver.resume(&sb.id).await;
+                    self.check(&sb, ds.as_ref(), &*driver).await?
+                }
+                SandboxState::Paused => self.check(&sb, ds.as_ref(), &*driver).await?,
                 _ => {}
             }
         }

@@ -91,6 +91,40 @@ async fn migrate_to(qmp: &std::path::Path, path: &std::path::Path) -> Result<()>
 }
 
 impl MicrovmDriver {
+    /// Stop this sandbox's VMM if it runs: SIGTERM, SIGKILL after 3 s.
+    /// False if it survived that.
+    async fn stop_vmm(&self, id: &str) -> bool {
+        let dir = self.dir(id);
+        let pidfile = dir.join("run/qemu.pid");
+        let Some(pid) = std::fs::read_to_string(&pidfile).ok().and_then(|p| p.trim().parse::<i32>().ok()) else {
+            return true;
+        };
+        // Only our VMM: its command line names this sandbox's dir.
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let ours = String::from_utf8_lossy(&cmdline).contains(&*dir.to_string_lossy());
+        let (true, Some(start)) = (ours, proc_starttime(pid)) else { return true };
+        // The same process throughout (pid + start time), never a later one
+        // that reused the pid.
+        let alive = || proc_starttime(pid) == Some(start);
+        let p = nix::unistd::Pid::from_raw(pid);
+        let _ = nix::sys::signal::kill(p, nix::sys::signal::Signal::SIGTERM);
+        let deadline = std::time::Instant::now() + Duration::from_secs(3);
+        while alive() && std::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        if alive() {
+            let _ = nix::sys::signal::kill(p, nix::sys::signal::Signal::SIGKILL);
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while alive() {
+                if std::time::Instant::now() > deadline {
+                    return false;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+        true
+    }
+
     /// After `-incoming`: wait until the saved state has loaded, then
     /// continue it (it was saved stopped, so it arrives stopped).
     async fn continue_incoming(&self, id: &str) -> Result<()> {
@@ -433,14 +467,8 @@ impl Driver for MicrovmDriver {
             return Err(e);
         }
         let _ = qmp::execute(&qmp, "quit").await;
-        // Gone for sure before we call it suspended (quit is asynchronous).
-        if let Some(pid) = std::fs::read_to_string(sdir.join("run/qemu.pid")).ok().and_then(|p| p.trim().parse::<i32>().ok()) {
-            let start = proc_starttime(pid);
-            let deadline = std::time::Instant::now() + Duration::from_secs(10);
-            while start.is_some() && proc_starttime(pid) == start && std::time::Instant::now() < deadline {
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-        }
+        // Gone for sure before it counts as suspended (quit is asynchronous).
+        self.stop_vmm(id).await;
         Ok(())
     }
 
@@ -458,7 +486,11 @@ impl Driver for MicrovmDriver {
             SandboxSpec { id: id.to_string(), hostname, resources, layers: vec![] }
         };
         let state = self.launch_on(&spec, None, Some(sdir.join("suspend/memory"))).await?;
-        self.continue_incoming(id).await?;
+        if let Err(e) = self.continue_incoming(id).await {
+            // Never two VMMs on one disk: this one goes, the saved state stays.
+            self.stop_vmm(id).await;
+            return Err(e);
+        }
         let _ = std::fs::remove_dir_all(sdir.join("suspend"));
         Ok(state)
     }
@@ -484,32 +516,8 @@ impl Driver for MicrovmDriver {
 
     async fn destroy(&self, id: &str) -> Result<()> {
         let dir = self.dir(id);
-        let pidfile = dir.join("run/qemu.pid");
-        if let Some(pid) = std::fs::read_to_string(&pidfile).ok().and_then(|p| p.trim().parse::<i32>().ok()) {
-            // Only our VMM: its command line names this sandbox's dir.
-            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-            let ours = String::from_utf8_lossy(&cmdline).contains(&*dir.to_string_lossy());
-            if let (true, Some(start)) = (ours, proc_starttime(pid)) {
-                // The same process throughout (pid + start time), never a
-                // later one that reused the pid.
-                let alive = || proc_starttime(pid) == Some(start);
-                let p = nix::unistd::Pid::from_raw(pid);
-                let _ = nix::sys::signal::kill(p, nix::sys::signal::Signal::SIGTERM);
-                let deadline = std::time::Instant::now() + Duration::from_secs(3);
-                while alive() && std::time::Instant::now() < deadline {
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                }
-                if alive() {
-                    let _ = nix::sys::signal::kill(p, nix::sys::signal::Signal::SIGKILL);
-                    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-                    while alive() {
-                        if std::time::Instant::now() > deadline {
-                            return Err(Error::Internal(format!("the VMM (pid {pid}) survived SIGKILL for 10 s")));
-                        }
-                        tokio::time::sleep(Duration::from_millis(10)).await;
-                    }
-                }
-            }
+        if !self.stop_vmm(id).await {
+            return Err(Error::Internal(format!("the VMM of {id} survived SIGKILL for 10 s")));
         }
         match std::fs::remove_dir_all(&dir) {
             Ok(()) => Ok(()),
