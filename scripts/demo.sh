@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Brings Spinup up on its embedded defaults and runs an example agent
 # session end to end: create a Debian sandbox, run Python in it, write and
-# read a file, remove it.
+# read a file, diff, snapshot and fork it, remove it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ "$(id -u)" != 0 ]; then
@@ -35,8 +35,15 @@ $spinup cp /tmp/spinup-demo.txt "$id:/root/notes.txt"
 $spinup exec "$id" -w /root -- python3 -c 'open("answer.txt", "w").write(open("notes.txt").read().upper())'
 $spinup cp "$id:/root/answer.txt" -
 $spinup ls
+echo "== what the agent changed, a snapshot, and a fork that branches from it"
+$spinup diff "$id"
+snap=$($spinup snapshot "$id" --name "demo-$id")
+child=$($spinup fork "$id" --count 1)
+$spinup exec "$child" -- sh -c 'echo "fork $(hostname) sees: $(cat /root/answer.txt)"'
+$spinup rm -f "$child" >/dev/null
 echo "== remove it"
 $spinup rm -f "$id"
+$spinup snapshot rm "$snap" >/dev/null
 if $spinup drivers --json | python3 -c 'import json,sys; sys.exit(0 if any(d["driver"] == "microvm" and d["available"] for d in json.load(sys.stdin)) else 1)'; then
     echo "== the same model in a microVM with its own kernel"
     vm=$($spinup create --driver microvm --label demo=quickstart)
