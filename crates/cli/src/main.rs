@@ -733,18 +733,13 @@ async fn run(cli: Cli) -> Result<i32> {
                 println!("{} {}", v["name"].as_str().unwrap_or(""), v["digest"].as_str().unwrap_or(""));
             }
         }
-        Cmd::Bench { iterations, exec_iterations, idle, data_dir, driver, snapshots: true } => {
-            let v = bench::run_snapshots(&c, bench::Opts { iterations, exec_iterations, idle, data_dir, driver }).await?;
+        Cmd::Bench { iterations, exec_iterations, idle, data_dir, driver, snapshots } => {
+            let o = bench::Opts { iterations, exec_iterations, idle, data_dir, driver };
+            let v = if snapshots { bench::run_snapshots(&c, o).await? } else { bench::run(&c, o).await? };
             if cli.json {
                 print_json(&v);
-            } else {
+            } else if snapshots {
                 bench::print_snapshot_table(&v);
-            }
-        }
-        Cmd::Bench { iterations, exec_iterations, idle, data_dir, driver, snapshots: false } => {
-            let v = bench::run(&c, bench::Opts { iterations, exec_iterations, idle, data_dir, driver }).await?;
-            if cli.json {
-                print_json(&v);
             } else {
                 bench::print_table(&v);
             }

@@ -146,34 +146,7 @@ impl EnvStore {
         let staging = self.tmp("layer");
         std::fs::create_dir_all(&staging)?;
         let mut hr = HashingReader { inner: reader, hasher: Sha256::new(), bytes: 0 };
-        let res = (|| -> io::Result<()> {
-            let mut ar = tar::Archive::new(&mut hr);
-            ar.set_preserve_permissions(true);
-            ar.set_preserve_ownerships(true);
-            ar.set_preserve_mtime(true);
-            ar.set_unpack_xattrs(false);
-            ar.set_overwrite(true);
-            let mut n = 0u64;
-            for entry in ar.entries()? {
-                let mut entry = entry?;
-                let t = entry.header().entry_type();
-                if t.is_block_special() || t.is_character_special() || t.is_fifo() {
-                    continue;
-                }
-                // OCI whiteouts become overlayfs whiteouts (0/0 character
-                // devices, opaque xattrs), so stacked layers delete.
-                let path = entry.path()?.into_owned();
-                if crate::layers::apply_whiteout(&staging, &path)? {
-                    continue;
-                }
-                entry.unpack_in(&staging)?;
-                n += 1;
-                if n.is_multiple_of(5000) {
-                    say(progress, format!("unpacked {n} files"));
-                }
-            }
-            Ok(())
-        })();
+        let res = unpack_into(&staging, &mut hr, progress, false);
         if let Err(e) = res {
             let _ = std::fs::remove_dir_all(&staging);
             return Err(Error::InvalidArgument(format!("cannot unpack the layer tarball: {e}")));
@@ -265,25 +238,7 @@ impl EnvStore {
     pub fn unpack_scratch(&self, tar: &Path) -> Result<PathBuf> {
         let dir = self.tmp("scratch");
         std::fs::create_dir_all(&dir)?;
-        let res = (|| -> io::Result<()> {
-            let mut ar = tar::Archive::new(io::BufReader::new(std::fs::File::open(tar)?));
-            ar.set_preserve_permissions(true);
-            ar.set_preserve_ownerships(true);
-            ar.set_preserve_mtime(true);
-            ar.set_overwrite(true);
-            for entry in ar.entries()? {
-                let mut entry = entry?;
-                let t = entry.header().entry_type();
-                if t.is_block_special() || t.is_character_special() {
-                    continue;
-                }
-                let path = entry.path()?.into_owned();
-                if !crate::layers::apply_whiteout(&dir, &path)? {
-                    entry.unpack_in(&dir)?;
-                }
-            }
-            Ok(())
-        })();
+        let res = std::fs::File::open(tar).and_then(|f| unpack_into(&dir, io::BufReader::new(f), &None, true));
         match res {
             Ok(()) => Ok(dir),
             Err(e) => {
@@ -478,6 +433,37 @@ impl EnvStore {
         self.store.delete_environment(name)?;
         Ok(())
     }
+}
+
+/// Unpack a layer tar into `dir`: OCI whiteouts become overlayfs whiteouts
+/// (0/0 character devices, opaque xattrs) so stacked layers delete; device
+/// nodes are skipped (every sandbox gets its own /dev), fifos unless
+/// `keep_fifos`; the tar crate refuses entries that would land outside `dir`.
+fn unpack_into(dir: &Path, reader: impl Read, progress: &Progress, keep_fifos: bool) -> io::Result<()> {
+    let mut ar = tar::Archive::new(reader);
+    ar.set_preserve_permissions(true);
+    ar.set_preserve_ownerships(true);
+    ar.set_preserve_mtime(true);
+    ar.set_unpack_xattrs(false);
+    ar.set_overwrite(true);
+    let mut n = 0u64;
+    for entry in ar.entries()? {
+        let mut entry = entry?;
+        let t = entry.header().entry_type();
+        if t.is_block_special() || t.is_character_special() || (t.is_fifo() && !keep_fifos) {
+            continue;
+        }
+        let path = entry.path()?.into_owned();
+        if crate::layers::apply_whiteout(dir, &path)? {
+            continue;
+        }
+        entry.unpack_in(dir)?;
+        n += 1;
+        if n.is_multiple_of(5000) {
+            say(progress, format!("unpacked {n} files"));
+        }
+    }
+    Ok(())
 }
 
 fn default_config() -> EnvironmentConfig {

@@ -484,20 +484,13 @@ impl Manager {
         Ok(Diff { sandbox: id.into(), since: since_snap.map(|s| s.id), changes: result.0, before: result.1, after: result.2 })
     }
 
-    /// After a restart: snapshots a killed daemon left half-made are
-    /// deleted, and their sandboxes (which may still be frozen) thawed.
+    /// After a restart (and after `recover`): snapshots a killed daemon left
+    /// half-made are deleted, with their files.
     pub async fn recover_snapshots(&self) -> Result<()> {
         for snap in self.store.list_snapshots(false)? {
+            // Its sandbox, if frozen for the export or stopped to save its
+            // memory, was resumed by `recover`, which runs first.
             tracing::warn!(snapshot = %snap.id, sandbox = %snap.sandbox_id, "daemon stopped during a snapshot; cleaning up");
-            if let Ok(Some((sb, _))) = self.store.get_sandbox(&snap.sandbox_id) {
-                if sb.state == SandboxState::Running {
-                    // Frozen for an export, or stopped to save its memory:
-                    // running again (resuming a running sandbox is harmless).
-                    if let Ok(d) = self.driver(&sb.driver) {
-                        let _ = d.resume(&sb.id).await;
-                    }
-                }
-            }
             let _ = std::fs::remove_dir_all(self.memory_dir(&snap.id));
             self.store.delete_snapshot(&snap.id)?;
         }
