@@ -43,7 +43,7 @@ pub fn routes() -> Router<AppState> {
 async fn identity(body: Bytes) -> Result<Json<serde_json::Value>, AgentError> {
     let req: spinup_protocol::IdentityRequest =
         serde_json::from_slice(&body).map_err(|e| AgentError::bad(format!("bad identity request: {e}")))?;
-    tokio::task::spawn_blocking(move || crate::vminit::set_identity(&req.hostname, &req.entropy))
+    tokio::task::spawn_blocking(move || crate::vminit::set_identity(&req.hostname, &req.entropy, req.net.as_deref()))
         .await
         .map_err(|e| AgentError::bad(format!("identity task: {e}")))?
         .map_err(|e| AgentError::bad(format!("cannot set the identity: {e}")))?;

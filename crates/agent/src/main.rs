@@ -9,6 +9,7 @@
 mod changes;
 mod files;
 mod info;
+mod net;
 mod process;
 mod pty;
 mod serial;

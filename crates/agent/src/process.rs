@@ -37,6 +37,10 @@ const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/s
 pub struct Table {
     procs: Mutex<HashMap<u32, Arc<Proc>>>,
     exited: Mutex<VecDeque<u32>>,
+    /// Environment the host gave for every process started from now on
+    /// (env-mode secrets, proxy placeholders, CA bundle paths); never in
+    /// PID 1's own environment.
+    pub extra_env: Mutex<std::collections::BTreeMap<String, String>>,
 }
 
 enum StdinMsg {
@@ -71,16 +75,16 @@ pub enum SpawnError {
     Invalid(String),
 }
 
-struct User {
-    uid: u32,
-    gid: u32,
-    name: String,
-    home: String,
-    groups: Vec<u32>,
+pub(crate) struct User {
+    pub(crate) uid: u32,
+    pub(crate) gid: u32,
+    pub(crate) name: String,
+    pub(crate) home: String,
+    pub(crate) groups: Vec<u32>,
 }
 
 /// Resolve `name`, `uid` or `uid:gid` against the guest's own /etc files.
-fn resolve_user(spec: Option<&str>) -> Result<User, String> {
+pub(crate) fn resolve_user(spec: Option<&str>) -> Result<User, String> {
     let spec = spec.unwrap_or("root");
     let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
     let entries: Vec<Vec<&str>> =
@@ -157,6 +161,9 @@ impl Table {
         if req.pty.is_some() {
             cmd.env("TERM", "xterm-256color");
         }
+        // The host's extra environment first, so a request can override a
+        // placeholder (never the other way round).
+        cmd.envs(self.extra_env.lock().unwrap().iter());
         cmd.envs(&req.env);
 
         let (uid, gid, groups) = (user.uid, user.gid, user.groups.clone());

@@ -61,6 +61,7 @@ pub fn router(table: Arc<Table>) -> Router {
         .route("/v1/processes/{pid}/stdin", post(stdin))
         .merge(crate::files::routes())
         .merge(crate::changes::routes())
+        .merge(crate::net::routes())
         .layer(middleware::from_fn(check_version))
         .with_state(state)
 }

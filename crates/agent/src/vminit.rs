@@ -109,6 +109,90 @@ fn loopback_up() {
     }
 }
 
+/// `spinup.net=ADDR/PREFIX,GATEWAY,DNS`: address `eth0` (the virtio-net
+/// NIC on the host's tap), route through the gateway, and point
+/// /etc/resolv.conf (a bind mount from /run, so never the disk) at the
+/// sandbox's resolver.
+fn net_up(cmdline: &str) {
+    let Some(v) = cmdline_value(cmdline, "spinup.net") else { return };
+    wait_for("/sys/class/net/eth0", Duration::from_secs(5));
+    configure_net(v, true);
+}
+
+/// Address eth0 per `ADDR/PREFIX,GATEWAY,DNS`; `first`: also bind the
+/// resolv.conf (later calls, after a restore from saved memory, replace the
+/// address, the route and the file's content).
+fn configure_net(v: &str, first: bool) {
+    let parts: Vec<&str> = v.split(',').collect();
+    let parsed = (|| {
+        let (a, p) = parts.first()?.split_once('/')?;
+        Some((
+            a.parse::<std::net::Ipv4Addr>().ok()?,
+            p.parse::<u8>().ok().filter(|p| *p <= 32)?,
+            parts.get(1)?.parse::<std::net::Ipv4Addr>().ok()?,
+            parts.get(2)?.parse::<std::net::Ipv4Addr>().ok()?,
+        ))
+    })();
+    let Some((addr, prefix, gw, dns)) = parsed else {
+        log(&format!("ignoring a malformed spinup.net={v}"));
+        return;
+    };
+    fn sin(ip: std::net::Ipv4Addr) -> libc::sockaddr {
+        // SAFETY: sockaddr_in fits in sockaddr (both 16 bytes).
+        unsafe {
+            let mut sa: libc::sockaddr_in = std::mem::zeroed();
+            sa.sin_family = libc::AF_INET as libc::sa_family_t;
+            sa.sin_addr.s_addr = u32::from(ip).to_be();
+            std::mem::transmute::<libc::sockaddr_in, libc::sockaddr>(sa)
+        }
+    }
+    let mask = std::net::Ipv4Addr::from(if prefix == 0 { 0 } else { u32::MAX << (32 - prefix) });
+    // SAFETY: ioctls on a datagram socket with zeroed, filled-in structs.
+    unsafe {
+        let s = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+        if s < 0 {
+            return;
+        }
+        let mut ifr: libc::ifreq = std::mem::zeroed();
+        for (i, b) in b"eth0\0".iter().enumerate() {
+            ifr.ifr_name[i] = *b as libc::c_char;
+        }
+        ifr.ifr_ifru.ifru_addr = sin(addr);
+        if libc::ioctl(s, libc::SIOCSIFADDR, &ifr) != 0 {
+            log(&format!("eth0 address: {}", std::io::Error::last_os_error()));
+        }
+        ifr.ifr_ifru.ifru_netmask = sin(mask);
+        libc::ioctl(s, libc::SIOCSIFNETMASK, &ifr);
+        if libc::ioctl(s, libc::SIOCGIFFLAGS, &mut ifr) == 0 {
+            ifr.ifr_ifru.ifru_flags |= (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
+            libc::ioctl(s, libc::SIOCSIFFLAGS, &ifr);
+        }
+        let mut rt: libc::rtentry = std::mem::zeroed();
+        rt.rt_dst = sin(std::net::Ipv4Addr::UNSPECIFIED);
+        rt.rt_genmask = sin(std::net::Ipv4Addr::UNSPECIFIED);
+        if !first {
+            // The old default route (its gateway may be unreachable now).
+            libc::ioctl(s, libc::SIOCDELRT, &rt);
+        }
+        rt.rt_gateway = sin(gw);
+        rt.rt_flags = libc::RTF_UP | libc::RTF_GATEWAY;
+        if libc::ioctl(s, libc::SIOCADDRT, &rt) != 0 {
+            log(&format!("default route: {}", std::io::Error::last_os_error()));
+        }
+        libc::close(s);
+    }
+    let conf = "/run/spinup-resolv.conf";
+    let _ = std::fs::write(conf, format!("# written by spinup: the sandbox's own resolver\nnameserver {dns}\noptions timeout:2 attempts:2\n"));
+    if !first {
+        return;
+    }
+    if std::fs::symlink_metadata("/etc/resolv.conf").map(|m| !m.is_file()).unwrap_or(true) {
+        let _ = std::fs::remove_file("/etc/resolv.conf");
+        let _ = std::fs::write("/etc/resolv.conf", "");
+    }
+    let _ = mount(Some(conf), "/etc/resolv.conf", None::<&str>, MsFlags::MS_BIND, None::<&str>);
+}
+
 /// Grow the root ext4 filesystem online to the size of its disk (the disk
 /// limit; the environment's image is only as big as its content).
 fn grow_root() {
@@ -259,12 +343,13 @@ static IDENTITY: std::sync::OnceLock<std::fs::File> = std::sync::OnceLock::new()
 /// Messages on the identity pipe: `[kind u8][len u8][payload]`.
 const SET_HOSTNAME: u8 = 1;
 const RESEED: u8 = 2;
+const SET_NET: u8 = 3;
 
 /// A VM continued from saved memory is a new machine: ask the real init,
 /// which keeps the privileges the agent dropped, to set its hostname and
 /// reseed the kernel's RNG with `entropy` (so two restores of one snapshot
 /// never share random numbers). Only under `--vm`.
-pub fn set_identity(hostname: &str, entropy: &[u8]) -> std::io::Result<()> {
+pub fn set_identity(hostname: &str, entropy: &[u8], net: Option<&str>) -> std::io::Result<()> {
     use std::io::Write;
     let mut w = IDENTITY.get().ok_or_else(|| std::io::Error::other("not a VM guest: no identity channel"))?;
     if hostname.is_empty() || hostname.len() > 64 || entropy.len() > 255 {
@@ -274,6 +359,10 @@ pub fn set_identity(hostname: &str, entropy: &[u8]) -> std::io::Result<()> {
     msg.extend_from_slice(hostname.as_bytes());
     msg.extend_from_slice(&[RESEED, entropy.len() as u8]);
     msg.extend_from_slice(entropy);
+    if let Some(n) = net.filter(|n| n.len() < 200 && n.bytes().all(|b| b.is_ascii_digit() || b"./,".contains(&b))) {
+        msg.extend_from_slice(&[SET_NET, n.len() as u8]);
+        msg.extend_from_slice(n.as_bytes());
+    }
     w.write_all(&msg)?;
     write_machine_id();
     Ok(())
@@ -312,6 +401,9 @@ fn serve_identity(r: &mut std::fs::File) -> bool {
     match head[0] {
         SET_HOSTNAME if !body.is_empty() && body.iter().all(|b| b.is_ascii_alphanumeric() || *b == b'-' || *b == b'.') => {
             let _ = nix::unistd::sethostname(std::ffi::OsStr::from_bytes(&body));
+        }
+        SET_NET if body.iter().all(|b| b.is_ascii_digit() || b"./,".contains(b)) => {
+            configure_net(&String::from_utf8_lossy(&body), false);
         }
         RESEED => {
             // Mix the host's bytes in, then make the CRNG reseed now rather
@@ -454,6 +546,10 @@ pub fn boot() -> String {
     let hex: String = id.iter().map(|b| format!("{b:02x}")).collect();
     let _ = std::fs::write("/etc/machine-id", format!("{hex}\n"));
     loopback_up();
+    net_up(&cmdline);
+    // Secrets (file mode) live here, in memory.
+    let _ = std::fs::create_dir_all(crate::net::SECRETS_DIR);
+    let _ = std::fs::set_permissions(crate::net::SECRETS_DIR, <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o750));
     let port = loop {
         if let Some(p) = find_port(PORT_NAME) {
             break p;

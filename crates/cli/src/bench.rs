@@ -166,6 +166,7 @@ pub async fn run(c: &Client, o: Opts) -> Result<Value> {
         hostname: "bench".into(),
         resources: spinup_model::Resources::default(),
         layers: vec![],
+        net: None,
     };
     let mut cfg: Value = serde_json::from_str(&spinup_driver_container::spec::build(&spec, &hard, "spinup-bench")?)?;
     cfg["root"] = json!({"path": layer, "readonly": true});
@@ -413,6 +414,7 @@ async fn bench_microvm(c: &Client, conn: &mut Conn, o: &Opts) -> Result<Value> {
             console: work.join(format!("console-{i}.log")),
             pidfile: work.join(format!("qemu-{i}.pid")),
             incoming: None,
+            nic: None,
         };
         let t = Instant::now();
         let out = qemu.command(&vm, accel).output().await?;

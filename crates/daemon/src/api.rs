@@ -120,8 +120,12 @@ pub fn router(m: Arc<Manager>) -> Router {
             "/v1/sandboxes/{id}/resources",
             axum::routing::patch(|s: M, p: Path<String>| gated(s, p, "live_resource_update")),
         )
-        .route("/v1/sandboxes/{id}/network", put(|s: M, p: Path<String>| gated(s, p, "network_policy")))
-        .route("/v1/sandboxes/{id}/ports", post(|s: M, p: Path<String>| gated(s, p, "port_exposure")))
+        .route("/v1/sandboxes/{id}/network", put(net_set))
+        .route("/v1/sandboxes/{id}/ports", get(port_list).post(port_expose))
+        .route("/v1/sandboxes/{id}/ports/{port}", axum::routing::delete(port_remove))
+        .route("/v1/sandboxes/{id}/secrets", post(secrets_attach))
+        .route("/v1/secrets", get(secret_list))
+        .route("/v1/secrets/{name}", get(secret_get).put(secret_set).delete(secret_remove))
         .route("/v1/sandboxes/{id}/exec", post(exec))
         .route("/v1/sandboxes/{id}/exec/ws", get(exec_ws))
         .route("/v1/sandboxes/{id}/processes", get(processes))
@@ -166,6 +170,90 @@ async fn gated(State(m): M, Path(id): Path<String>, capability: &'static str) ->
     let sb = m.get(&id)?;
     m.require(&sb, capability)?;
     Err(ApiError(Error::Unsupported { driver: sb.driver, capability: capability.into() }))
+}
+
+async fn net_set(State(m): M, Path(id): Path<String>, body: Bytes) -> ApiResult<Json<Sandbox>> {
+    let p: spinup_model::NetworkPolicy = parse(&body)?;
+    Ok(Json(detached(async move { m.set_network(&id, p).await }).await?))
+}
+
+async fn port_list(State(m): M, Path(id): Path<String>) -> ApiResult<Json<Vec<spinup_model::PortExposure>>> {
+    Ok(Json(m.get(&id)?.ports))
+}
+
+async fn port_expose(
+    State(m): M,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> ApiResult<(StatusCode, Json<crate::ports::ExposeAnswer>)> {
+    let req: crate::ports::ExposeRequest = parse(&body)?;
+    Ok((StatusCode::CREATED, Json(detached(async move { m.expose(&id, req).await }).await?)))
+}
+
+async fn port_remove(State(m): M, Path((id, port)): Path<(String, String)>) -> ApiResult<StatusCode> {
+    let port: u16 = port.parse().map_err(|_| ApiError(Error::InvalidArgument(format!("bad port {port:?}"))))?;
+    m.unexpose(&id, port).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn secrets_attach(State(m): M, Path(id): Path<String>, body: Bytes) -> ApiResult<Json<Sandbox>> {
+    let req: crate::policy::AttachRequest = parse(&body)?;
+    Ok(Json(detached(async move { m.attach_secrets(&id, req).await }).await?))
+}
+
+async fn secret_list(State(m): M) -> ApiResult<Json<Vec<crate::secrets::SecretInfo>>> {
+    Ok(Json(m.secrets.list()?))
+}
+
+async fn secret_get(State(m): M, Path(name): Path<String>) -> ApiResult<Json<crate::secrets::SecretInfo>> {
+    Ok(Json(m.secrets.info(&name)?))
+}
+
+/// The value is the raw body (or `{"value": "..."}` with a JSON content
+/// type); the answer never contains it.
+async fn secret_set(
+    State(m): M,
+    Path(name): Path<String>,
+    headers: http::HeaderMap,
+    body: Bytes,
+) -> ApiResult<(StatusCode, Json<crate::secrets::SecretInfo>)> {
+    let json = headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    let value = if json {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct V {
+            value: String,
+        }
+        let v: V = serde_json::from_slice(&body).map_err(|_| {
+            ApiError(Error::InvalidArgument("malformed JSON body: expected {\"value\": \"...\"}".into()))
+        })?;
+        zeroize::Zeroizing::new(v.value.into_bytes())
+    } else {
+        zeroize::Zeroizing::new(body.to_vec())
+    };
+    let existed = m.secrets.info(&name).is_ok();
+    let info = m.secrets.set(&name, &value)?;
+    Ok((if existed { StatusCode::OK } else { StatusCode::CREATED }, Json(info)))
+}
+
+async fn secret_remove(State(m): M, Path(name): Path<String>) -> ApiResult<StatusCode> {
+    let users: Vec<String> = m
+        .list(&Default::default())?
+        .into_iter()
+        .filter(|s| s.secrets.iter().any(|x| x.name == name))
+        .map(|s| s.id)
+        .collect();
+    if !users.is_empty() {
+        return Err(ApiError(Error::Conflict(format!(
+            "secret {name} is attached to sandbox(es) {}; detach it or remove them first",
+            users.join(", ")
+        ))));
+    }
+    m.secrets.remove(&name)?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 /// Run an operation to its end even if the client goes away: dropping it

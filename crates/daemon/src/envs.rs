@@ -107,6 +107,11 @@ impl EnvStore {
         &self.root
     }
 
+    /// The daemon's data dir (the environment store lives under it).
+    pub fn data_dir(&self) -> PathBuf {
+        self.root.parent().map(Path::to_path_buf).unwrap_or_else(|| self.root.clone())
+    }
+
     pub fn layer_dir(&self, digest: &str) -> PathBuf {
         self.root.join("layers").join(digest.trim_start_matches("sha256:"))
     }
@@ -470,7 +475,7 @@ fn default_config() -> EnvironmentConfig {
     EnvironmentConfig { env: vec![], workdir: String::new(), user: String::new() }
 }
 
-fn which(bin: &str) -> Option<PathBuf> {
+pub(crate) fn which(bin: &str) -> Option<PathBuf> {
     std::env::split_paths(&std::env::var_os("PATH")?).map(|d| d.join(bin)).find(|p| p.is_file())
 }
 

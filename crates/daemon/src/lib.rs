@@ -5,7 +5,11 @@ pub mod api;
 pub mod envs;
 pub mod layers;
 pub mod manager;
+pub mod network;
 pub mod openapi;
+pub mod policy;
+pub mod ports;
+pub mod secrets;
 pub mod snapshots;
 pub mod store;
 
@@ -33,6 +37,7 @@ pub struct FileConfig {
     pub container: RuntimeConfig,
     pub gvisor: RuntimeConfig,
     pub microvm: MicrovmConfig,
+    pub network: network::NetConfig,
 }
 
 /// `[microvm]`: the VMM and guest kernel.
@@ -164,12 +169,28 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             .over(spinup_model::Resources::default());
     defaults.validate().context("[defaults] in the config file")?;
     let default_driver = cfg.file.default_driver.clone().unwrap_or_else(|| "container".into());
-    let m = Arc::new(manager::Manager::new(store, envs, drivers, &default_driver, defaults));
+    // Sandbox networking: the slots of every sandbox the store still has
+    // keep their objects; a host without ip/nft runs loopback-only.
+    let live: Vec<spinup_model::NetSlot> =
+        store.list_sandboxes()?.into_iter().filter_map(|(sb, _)| sb.net).collect();
+    let net = match network::Network::new(&cfg.data_dir, cfg.file.network.clone(), &live) {
+        Ok(n) => {
+            tracing::info!(pool = %format!("10.{}.0.0/16", n.pool), "sandbox networking ready");
+            Ok(Arc::new(n))
+        }
+        Err(e) => {
+            let e = format!("{e:#}");
+            tracing::warn!("sandbox networking unavailable: {e}");
+            Err(e)
+        }
+    };
+    let m = Arc::new(manager::Manager::new(store, envs, drivers, &default_driver, defaults).with_network(net));
     if default_driver != "auto" {
         m.driver(&default_driver).context("default_driver in the config file")?;
     }
     m.recover().await.context("recovering sandboxes from the store")?;
     m.recover_snapshots().await.context("recovering snapshots from the store")?;
+    m.recover_ports().await;
     m.spawn_monitor();
 
     if let Some(dir) = cfg.socket.parent() {

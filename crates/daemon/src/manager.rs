@@ -37,6 +37,11 @@ pub struct CreateRequest {
     pub on_timeout: Option<OnTimeout>,
     /// Resume a paused sandbox on exec or file access.
     pub auto_resume: Option<bool>,
+    /// What it may reach (default: the daemon's `[network] default_mode`,
+    /// `none` unless configured).
+    pub network: Option<spinup_model::NetworkPolicy>,
+    /// Secrets from the store to project into it.
+    pub secrets: Vec<spinup_model::SecretMount>,
 }
 
 /// Resources as a request gives them: unset fields take the daemon's defaults.
@@ -69,6 +74,11 @@ pub struct Manager {
     pub(crate) agents: std::sync::Mutex<HashMap<String, AgentClient>>,
     /// Serializes lifecycle operations per sandbox.
     locks: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Sandbox networking; `Err`: why this host cannot do it.
+    pub net: std::result::Result<Arc<crate::network::Network>, String>,
+    pub secrets: crate::secrets::Secrets,
+    /// Exposed ports (see `ports.rs`).
+    pub(crate) ports: std::sync::Mutex<HashMap<String, crate::ports::Exposed>>,
 }
 
 pub(crate) fn new_id() -> String {
@@ -86,14 +96,27 @@ impl Manager {
         default_resources: Resources,
     ) -> Self {
         Manager {
-            store,
-            envs,
             drivers: drivers.into_iter().map(|d| (d.name().to_string(), d)).collect(),
             default_driver: default_driver.to_string(),
             default_resources,
+            secrets: crate::secrets::Secrets::new(store.clone(), &envs.data_dir()),
+            store,
+            envs,
             agents: Default::default(),
             locks: Default::default(),
+            net: Err("networking was not set up".into()),
+            ports: Default::default(),
         }
+    }
+
+    pub fn with_network(mut self, net: std::result::Result<Arc<crate::network::Network>, String>) -> Self {
+        self.net = net;
+        self
+    }
+
+    /// The network, or a clear error saying why there is none.
+    pub fn network(&self) -> Result<&Arc<crate::network::Network>> {
+        self.net.as_ref().map_err(|e| Error::Unavailable(format!("sandbox networking is unavailable on this host: {e}")))
     }
 
     pub fn drivers(&self) -> Vec<spinup_model::Capabilities> {
@@ -212,6 +235,18 @@ impl Manager {
                 "a sandbox restored from saved memory keeps the snapshot's resources (vcpus, memory, disk, pids)".into(),
             ));
         }
+        let network = match req.network.clone() {
+            Some(p) => p,
+            None => spinup_model::NetworkPolicy {
+                mode: self.net.as_ref().map(|n| n.default_mode()).unwrap_or_default(),
+                ..Default::default()
+            },
+        };
+        network.validate()?;
+        let secrets = self.check_secrets(&req.secrets)?;
+        if network.mode != spinup_model::NetMode::None || secrets.iter().any(|s| s.mode == spinup_model::SecretMode::Proxy) {
+            self.network()?;
+        }
         let on_timeout = req.on_timeout.unwrap_or_default();
         let auto_resume = req.auto_resume.unwrap_or(false);
         if (on_timeout == OnTimeout::Pause || auto_resume) && !caps.pause_resume {
@@ -238,17 +273,38 @@ impl Manager {
             snapshot,
             on_timeout,
             auto_resume,
+            network,
+            net: None,
+            secrets,
+            ports: vec![],
         };
         let lock = self.lock_for(&id);
         let _g = lock.lock().await;
-        self.store.insert_sandbox(&sb)?;
+        let net = self.net.as_ref().ok().cloned();
+        if let Some(n) = &net {
+            sb.net = Some(n.allocate()?);
+        }
+        if let Err(e) = self.store.insert_sandbox(&sb) {
+            if let (Some(n), Some(slot)) = (&net, &sb.net) {
+                n.release(slot);
+            }
+            return Err(e);
+        }
         let spec = SandboxSpec {
             id: id.clone(),
             hostname: id.clone(),
             resources,
             layers: layers.iter().map(|l| self.envs.layer_dir(l)).collect(),
+            net: match (&net, &sb.net) {
+                (Some(n), Some(slot)) => Some(n.guest(&id, slot)),
+                _ => None,
+            },
         };
         let started = async {
+            if let (Some(n), Some(slot)) = (&net, &sb.net) {
+                let kind = if driver.nic_is_tap() { crate::network::NetKind::Tap } else { crate::network::NetKind::Veth };
+                n.setup(&id, slot, kind, &sb.network).await?;
+            }
             let ds = match &memory {
                 Some(dir) => driver.create_from_memory(&spec, dir).await?,
                 None => driver.create(&spec).await?,
@@ -264,11 +320,16 @@ impl Manager {
                 c.call::<serde_json::Value>(
                     http::Method::POST,
                     "/v1/identity",
-                    Some(&spinup_protocol::IdentityRequest { hostname: spec.hostname.clone(), entropy: entropy.to_vec() }),
+                    Some(&spinup_protocol::IdentityRequest {
+                        hostname: spec.hostname.clone(),
+                        entropy: entropy.to_vec(),
+                        net: spec.net.as_ref().map(|n| format!("{}/{},{},{}", n.address, n.prefix, n.gateway, n.dns)),
+                    }),
                 )
                 .await
                 .map_err(|e| Error::Agent(format!("giving the restored guest its identity: {e}")))?;
             }
+            self.project_secrets(&sb).await?;
             Ok::<_, Error>(ds)
         }
         .await;
@@ -281,6 +342,9 @@ impl Manager {
             Err(e) => {
                 tracing::warn!(id = %id, "create failed: {e}");
                 let _ = driver.destroy(&id).await;
+                if let (Some(n), Some(slot)) = (&net, &sb.net) {
+                    n.teardown(&id, slot);
+                }
                 self.agents.lock().unwrap().remove(&id);
                 self.store.delete_sandbox(&id, SandboxState::Creating, Some(&format!("create failed: {e}")))?;
                 Err(e)
@@ -458,6 +522,10 @@ impl Manager {
             let _ = driver.resume(&sb.id).await;
         }
         driver.destroy(&sb.id).await?;
+        self.unexpose_all(&sb.id);
+        if let (Ok(n), Some(slot)) = (&self.net, &sb.net) {
+            n.teardown(&sb.id, slot);
+        }
         self.store.delete_sandbox(&sb.id, sb.state, Some(reason))?;
         self.locks.lock().unwrap().remove(&sb.id);
         if let Some(s) = &sb.snapshot {
@@ -494,6 +562,9 @@ impl Manager {
                 SandboxState::Creating => {
                     tracing::warn!(id = %sb.id, "daemon stopped during create; cleaning up");
                     let _ = driver.destroy(&sb.id).await;
+                    if let (Ok(n), Some(slot)) = (&self.net, &sb.net) {
+                        n.teardown(&sb.id, slot);
+                    }
                     self.store.delete_sandbox(&sb.id, sb.state, Some("daemon restarted during create"))?;
                 }
                 SandboxState::Running => {
@@ -501,9 +572,13 @@ impl Manager {
                     // snapshot or a diff) must not leave it so: resuming a
                     // running sandbox is harmless.
                     let _ = driver.resume(&sb.id).await;
+                    self.reattach_net(&sb).await;
                     self.check(&sb, ds.as_ref(), &*driver).await?
                 }
-                SandboxState::Paused => self.check(&sb, ds.as_ref(), &*driver).await?,
+                SandboxState::Paused => {
+                    self.reattach_net(&sb).await;
+                    self.check(&sb, ds.as_ref(), &*driver).await?
+                }
                 _ => {}
             }
         }

@@ -59,10 +59,56 @@ impl Store {
                  name TEXT UNIQUE,
                  ready INTEGER NOT NULL,
                  body TEXT NOT NULL
+             );
+             CREATE TABLE IF NOT EXISTS secrets (
+                 name TEXT PRIMARY KEY,
+                 key_id TEXT NOT NULL,
+                 nonce BLOB NOT NULL,
+                 ciphertext BLOB NOT NULL,
+                 created_at INTEGER NOT NULL,
+                 updated_at INTEGER NOT NULL
              );",
         )
         .map_err(db_err)?;
         Ok(Store { conn: Mutex::new(conn) })
+    }
+
+    /// Store (or replace) an encrypted secret.
+    pub fn put_secret(&self, name: &str, key_id: &str, nonce: &[u8], ciphertext: &[u8]) -> Result<()> {
+        let now = now_ms();
+        self.conn
+            .lock()
+            .unwrap()
+            .execute(
+                "INSERT INTO secrets (name, key_id, nonce, ciphertext, created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?5)
+                 ON CONFLICT(name) DO UPDATE SET key_id = ?2, nonce = ?3, ciphertext = ?4, updated_at = ?5",
+                params![name, key_id, nonce, ciphertext, now],
+            )
+            .map_err(db_err)?;
+        Ok(())
+    }
+
+    /// (key_id, nonce, ciphertext) of a secret.
+    pub fn get_secret(&self, name: &str) -> Result<Option<(String, Vec<u8>, Vec<u8>)>> {
+        let c = self.conn.lock().unwrap();
+        c.query_row("SELECT key_id, nonce, ciphertext FROM secrets WHERE name = ?1", params![name], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+        })
+        .optional()
+        .map_err(db_err)
+    }
+
+    /// (name, created_at, updated_at) of every secret.
+    pub fn list_secrets(&self) -> Result<Vec<(String, i64, i64)>> {
+        let c = self.conn.lock().unwrap();
+        let mut st = c.prepare("SELECT name, created_at, updated_at FROM secrets ORDER BY name").map_err(db_err)?;
+        let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))).map_err(db_err)?;
+        rows.collect::<std::result::Result<Vec<_>, _>>().map_err(db_err)
+    }
+
+    pub fn delete_secret(&self, name: &str) -> Result<bool> {
+        let n = self.conn.lock().unwrap().execute("DELETE FROM secrets WHERE name = ?1", params![name]).map_err(db_err)?;
+        Ok(n > 0)
     }
 
     /// Insert a new sandbox (state `creating`).

@@ -124,6 +124,32 @@ pub struct SandboxSpec {
     pub resources: Resources,
     /// Read-only environment layers, lowest first.
     pub layers: Vec<PathBuf>,
+    /// The network the daemon made for it; `None`: loopback only.
+    pub net: Option<GuestNet>,
+}
+
+/// A sandbox's network as its driver wires it: a network namespace the
+/// daemon made (a veth whose peer is `eth0` in there, already addressed,
+/// for drivers that run the guest in it directly; a bridge to a tap named
+/// `tap0` for VMs), and what the guest should configure itself with.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct GuestNet {
+    /// `/run/netns/<name>`.
+    pub netns: PathBuf,
+    pub address: std::net::Ipv4Addr,
+    pub prefix: u8,
+    pub gateway: std::net::Ipv4Addr,
+    /// The sandbox's resolver (the daemon, on the gateway address).
+    pub dns: std::net::Ipv4Addr,
+    /// For a VM's NIC.
+    pub mac: String,
+}
+
+impl GuestNet {
+    /// `/etc/resolv.conf` for the guest.
+    pub fn resolv_conf(&self) -> String {
+        format!("# written by spinup: the sandbox's own resolver, which answers only for allowed names\nnameserver {}\noptions timeout:2 attempts:2\n", self.dns)
+    }
 }
 
 /// What a driver observes about a sandbox it started.
@@ -155,6 +181,14 @@ pub trait Driver: Send + Sync {
     /// Stop it and remove every trace: processes, mounts, cgroups, runtime
     /// state, writable layer. Idempotent: destroying what is gone succeeds.
     async fn destroy(&self, id: &str) -> Result<()>;
+
+    /// How the daemon wires the sandbox's network namespace: false (the
+    /// default) for a guest that runs in it (its `eth0` is addressed by the
+    /// host), true for a VM whose NIC is a tap (`tap0`) there and which
+    /// addresses itself from `GuestNet`.
+    fn nic_is_tap(&self) -> bool {
+        false
+    }
 
     /// Freeze every process of a running sandbox in place (memory kept).
     async fn pause(&self, _id: &str) -> Result<()> {

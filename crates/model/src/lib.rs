@@ -6,12 +6,14 @@
 
 pub mod driver;
 pub mod error;
+pub mod network;
 pub mod sandbox;
 
-pub use driver::{AgentIo, AgentStream, Capabilities, Driver, DriverStatus, IsolationClass, SandboxSpec};
+pub use driver::{AgentIo, AgentStream, Capabilities, Driver, DriverStatus, GuestNet, IsolationClass, SandboxSpec};
 pub use error::{Error, Result};
+pub use network::{Cidr, NetMode, NetworkPolicy};
 pub use sandbox::{
-    validate_id, validate_label, validate_snapshot_name, Environment, OnTimeout, EnvironmentConfig, Resources, Sandbox, SandboxState,
+    validate_id, validate_label, validate_secret_name, validate_snapshot_name, Environment, NetSlot, PortExposure, SecretMode, SecretMount, OnTimeout, EnvironmentConfig, Resources, Sandbox, SandboxState,
     Snapshot,
 };
 

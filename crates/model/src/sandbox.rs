@@ -162,6 +162,138 @@ pub struct Sandbox {
     /// A paused sandbox resumes by itself on exec or file access.
     #[serde(default)]
     pub auto_resume: bool,
+    /// What it may reach; changed at run time with `net set`.
+    #[serde(default)]
+    pub network: crate::NetworkPolicy,
+    /// Its network: slot in the daemon's address pool and the addresses
+    /// made from it. `None` for sandboxes made before networking existed.
+    #[serde(default)]
+    pub net: Option<NetSlot>,
+    /// Secrets attached to it, by name (values live only in the store).
+    #[serde(default)]
+    pub secrets: Vec<SecretMount>,
+    /// Ports exposed through the daemon.
+    #[serde(default)]
+    pub ports: Vec<PortExposure>,
+}
+
+/// A guest port reachable through the daemon.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortExposure {
+    pub port: u16,
+    /// `127.0.0.1:PORT` or a unix socket path.
+    pub address: String,
+    /// No token needed.
+    pub public: bool,
+    /// sha256 of the access token (the token itself is shown once).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_sha256: Option<String>,
+}
+
+/// One sandbox's place in the daemon's address pool.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetSlot {
+    pub index: u32,
+    /// Host side of the veth (`spv<index>`).
+    pub host_if: String,
+    pub gateway: std::net::Ipv4Addr,
+    pub address: std::net::Ipv4Addr,
+    pub prefix: u8,
+}
+
+/// How a secret reaches a sandbox.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SecretMode {
+    /// `/run/secrets/NAME` on a tmpfs, mode 0400, owned by the sandbox user.
+    #[default]
+    File,
+    /// An environment variable of the processes started in the sandbox.
+    Env,
+    /// The sandbox sees a placeholder; the daemon's egress proxy swaps it
+    /// for the value in request headers to the listed hosts only.
+    Proxy,
+}
+
+/// A secret attached to a sandbox.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SecretMount {
+    pub name: String,
+    #[serde(default)]
+    pub mode: SecretMode,
+    /// Proxy mode: the hosts the value may be sent to.
+    #[serde(default)]
+    pub hosts: Vec<String>,
+    /// Proxy mode: what the sandbox sees instead of the value (random, not
+    /// secret).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub placeholder: Option<String>,
+}
+
+/// Secret names: what an environment variable may be called.
+pub fn validate_secret_name(name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name.bytes().next().is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::InvalidArgument(format!(
+            "secret name {name:?} is invalid: use 1-64 letters, digits and '_', not starting with a digit"
+        )))
+    }
+}
+
+impl SecretMount {
+    /// Parses the CLI's `NAME`, `NAME:file`, `NAME:env`, `NAME:proxy=h1,h2`.
+    pub fn parse(s: &str) -> Result<SecretMount> {
+        let (name, mode) = s.split_once(':').unwrap_or((s, "file"));
+        validate_secret_name(name)?;
+        let (mode, hosts) = match mode.split_once('=') {
+            Some(("proxy", hosts)) => (SecretMode::Proxy, hosts.split(',').map(|h| h.trim().to_string()).collect()),
+            None if mode == "file" => (SecretMode::File, vec![]),
+            None if mode == "env" => (SecretMode::Env, vec![]),
+            _ => {
+                return Err(Error::InvalidArgument(format!(
+                    "secret {s:?}: the mode must be file, env or proxy=HOST[,HOST...]"
+                )))
+            }
+        };
+        let m = SecretMount { name: name.to_string(), mode, hosts, placeholder: None };
+        m.validate()?;
+        Ok(m)
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        validate_secret_name(&self.name)?;
+        match self.mode {
+            SecretMode::Proxy => {
+                if self.hosts.is_empty() {
+                    return Err(Error::InvalidArgument(format!(
+                        "secret {}: proxy mode needs the hosts it may be sent to (NAME:proxy=api.example.com)",
+                        self.name
+                    )));
+                }
+                let p = crate::NetworkPolicy {
+                    mode: crate::NetMode::Allow,
+                    allow: self.hosts.iter().filter(|h| !h.contains('/')).cloned().collect(),
+                    hosts: Default::default(),
+                };
+                if self.hosts.iter().any(|h| h.contains('/') || h.contains(':')) || p.validate().is_err() || !p.cidrs().is_empty() {
+                    return Err(Error::InvalidArgument(format!(
+                        "secret {}: proxy hosts must be host names (api.example.com or *.example.com)",
+                        self.name
+                    )));
+                }
+            }
+            _ if !self.hosts.is_empty() => {
+                return Err(Error::InvalidArgument(format!("secret {}: hosts are only for proxy mode", self.name)))
+            }
+            _ => {}
+        }
+        Ok(())
+    }
 }
 
 /// What a sandbox's timeout does when it fires.

@@ -122,6 +122,21 @@ impl AgentClient {
         serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode(format!("{uri}: {e}")))
     }
 
+    /// A byte tunnel to TCP `port` on the guest's loopback: bytes sent on
+    /// the sender reach the guest's listener, its answers come back on the
+    /// stream. Dropping the sender half-closes the connection.
+    pub async fn tunnel(
+        &self,
+        port: u16,
+    ) -> Result<(mpsc::Sender<Bytes>, BodyDataStream<Incoming>), ClientError> {
+        use futures::StreamExt;
+        let (tx, rx) = mpsc::channel::<Bytes>(16);
+        let s = tokio_util_stream(rx).map(|b| Ok::<_, std::io::Error>(hyper::body::Frame::data(b)));
+        let body = BodyExt::boxed_unsync(StreamBody::new(s));
+        let resp = self.request(Method::POST, &format!("/v1/net/connect?port={port}"), body).await?;
+        Ok((tx, resp.into_body().into_data_stream()))
+    }
+
     /// Open a process stream (`/v1/exec` or `/v1/processes/{pid}/attach`).
     /// Frames sent on the returned sender go to the agent; the reader yields
     /// its answers. Dropping the sender ends the request body.

@@ -129,12 +129,28 @@ pub struct ChangesRequest {
     pub exclude: Vec<String>,
 }
 
+/// Secrets for a sandbox (replaces what it had): `files` go to
+/// `/run/secrets/NAME` (a tmpfs; 0400, owned by `user`), `env` into the
+/// environment of every process started afterwards (never PID 1's), and
+/// `ca_pem` (the egress proxy's CA for proxy-mode secrets) into the trust
+/// store.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SecretsRequest {
+    pub user: Option<String>,
+    pub files: BTreeMap<String, String>,
+    pub env: BTreeMap<String, String>,
+    pub ca_pem: Option<String>,
+}
+
 /// A new identity for a guest continued from saved memory (microVM): its
 /// hostname, a fresh machine-id, and host entropy to reseed its RNG.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IdentityRequest {
     pub hostname: String,
     pub entropy: Vec<u8>,
+    /// Its new network (`ADDR/PREFIX,GATEWAY,DNS`), when it has one.
+    #[serde(default)]
+    pub net: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -164,6 +164,10 @@ impl OciEngine {
             // The runtime's pause/resume (cgroup freezer; runsc stops the
             // Sentry's tasks), exercised by the conformance suite.
             pause_resume: true,
+            // The daemon's netns + veth is joined through the spec (runsc: its
+            // own netstack on it); ports go through the agent.
+            network_policy: true,
+            port_exposure: true,
             // The writable layer is an overlayfs upper dir on the host.
             fs_snapshot: true,
             fork: true,
@@ -216,6 +220,10 @@ impl OciEngine {
             .or_else(|_| std::fs::copy(&self.agent, dir.join("run/spinup-agent")).map(|_| ()))
             .map_err(|e| Error::internal("placing the agent binary", e))?;
         mount_overlay(spec, &dir)?;
+        if let Some(net) = &spec.net {
+            std::fs::write(dir.join("resolv.conf"), net.resolv_conf())
+                .map_err(|e| Error::internal("writing resolv.conf", e))?;
+        }
 
         let mut config: serde_json::Value = serde_json::from_str(&spec::build(spec, &dir, &self.cgroup_parent)?)
             .map_err(|e| Error::internal("OCI spec", e))?;

@@ -129,7 +129,9 @@ pub fn build(spec: &SandboxSpec, dir: &Path, cgroup_parent: &str) -> Result<Stri
             {"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue", "options": ["nosuid", "noexec", "nodev"]},
             {"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", "ro"]},
             {"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup", "options": ["nosuid", "noexec", "nodev", "relatime", "ro"]},
-            {"destination": "/run/spinup", "type": "bind", "source": dir.join("run"), "options": ["rbind", "ro", "nosuid", "nodev"]}
+            {"destination": "/run/spinup", "type": "bind", "source": dir.join("run"), "options": ["rbind", "ro", "nosuid", "nodev"]},
+            // Secrets live here, in memory: never in the writable layer.
+            {"destination": "/run/secrets", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "nodev", "noexec", "mode=0750", "size=1m"]}
         ],
         "linux": {
             "namespaces": [
@@ -149,6 +151,18 @@ pub fn build(spec: &SandboxSpec, dir: &Path, cgroup_parent: &str) -> Result<Stri
             "rootfsPropagation": "private"
         }
     });
+    let mut config = config;
+    if let Some(net) = &spec.net {
+        // The daemon's namespace (veth already addressed) and resolver.
+        for ns in config["linux"]["namespaces"].as_array_mut().into_iter().flatten() {
+            if ns["type"] == "network" {
+                ns["path"] = json!(net.netns);
+            }
+        }
+        config["mounts"].as_array_mut().expect("mounts").push(json!(
+            {"destination": "/etc/resolv.conf", "type": "bind", "source": dir.join("resolv.conf"), "options": ["bind", "ro", "nosuid", "nodev", "noexec"]}
+        ));
+    }
     // Round-trip through oci-spec: a field of the wrong shape fails here,
     // with a message, rather than inside the runtime.
     let typed: Spec = serde_json::from_value(config).map_err(|e| Error::internal("building the OCI spec", e))?;
@@ -163,6 +177,7 @@ mod tests {
     #[test]
     fn spec_carries_limits_and_hardening() {
         let s = SandboxSpec {
+            net: None,
             id: "0123456789ab".into(),
             hostname: "0123456789ab".into(),
             resources: Resources { vcpus: 0.5, memory_mib: 64, disk_mib: 100, pids: 32 },

@@ -41,9 +41,11 @@ pub struct GvisorDriver {
 }
 
 fn global_args(platform: &str) -> Vec<String> {
-    // network=none: loopback only inside the Sentry. host-uds=open: the
+    // network=sandbox: the Sentry's own network stack, on the interfaces of
+    // the namespace the spec names (the daemon's veth; a sandbox without
+    // one gets an empty namespace: loopback only). host-uds=open: the
     // agent may connect to the host socket bind-mounted at /run/spinup.
-    vec![format!("--platform={platform}"), "--network=none".into(), "--host-uds=open".into()]
+    vec![format!("--platform={platform}"), "--network=sandbox".into(), "--host-uds=open".into()]
 }
 
 impl GvisorDriver {

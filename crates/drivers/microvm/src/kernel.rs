@@ -16,10 +16,11 @@ pub const KERNEL_PACKAGE: &str = "linux-image-cloud-amd64";
 /// Modules the guest loads before it can reach its disk and the host:
 /// virtio over MMIO, the block device, the serial port, and vsock for
 /// hosts with vhost-vsock. Their dependencies come from modules.dep.
-pub const GUEST_MODULES: [&str; 6] = [
+pub const GUEST_MODULES: [&str; 7] = [
     "virtio_mmio",
     "virtio_blk",
     "virtio_console",
+    "virtio_net",
     "vsock",
     "vmw_vsock_virtio_transport_common",
     "vmw_vsock_virtio_transport",
@@ -196,7 +197,7 @@ pub fn module_order(wanted: &[&str], file_of: &dyn Fn(&str) -> Option<Vec<u8>>) 
 /// kernel) pair and cached under `dir`.
 pub fn initramfs(dir: &Path, kernel: &Kernel, agent: &Path) -> Result<PathBuf> {
     let agent_bytes = std::fs::read(agent).map_err(|e| internal("reading the agent", e))?;
-    let key = hex::encode(Sha256::new().chain_update(&agent_bytes).chain_update(kernel.release.as_bytes()).finalize());
+    let key = hex::encode(Sha256::new().chain_update(&agent_bytes).chain_update(kernel.release.as_bytes()).chain_update(GUEST_MODULES.join(",")).finalize());
     let path = dir.join(format!("initramfs-{}.cpio", &key[..16]));
     if path.is_file() {
         return Ok(path);

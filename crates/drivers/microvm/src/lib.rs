@@ -167,7 +167,7 @@ impl MicrovmDriver {
         if let Some(base) = base {
             image::overlay(base, &disk, spec.resources.disk_mib).await?;
             // What a suspended sandbox is started again with.
-            let saved = serde_json::to_vec(&(&spec.hostname, &spec.resources)).unwrap_or_default();
+            let saved = serde_json::to_vec(&(&spec.hostname, &spec.resources, &spec.net)).unwrap_or_default();
             std::fs::write(dir.join("spec.json"), saved).map_err(|e| Error::Internal(format!("spec.json: {e}")))?;
         }
         let res = &spec.resources;
@@ -177,10 +177,14 @@ impl MicrovmDriver {
             kernel: r.kernel.clone(),
             initrd: r.initrd.clone(),
             cmdline: format!(
-                "spinup.hostname={} spinup.pids={} spinup.cpu={quota} spinup.mem={}",
+                "spinup.hostname={} spinup.pids={} spinup.cpu={quota} spinup.mem={}{}",
                 spec.hostname,
                 res.pids,
-                res.memory_mib << 20
+                res.memory_mib << 20,
+                spec.net
+                    .as_ref()
+                    .map(|n| format!(" spinup.net={}/{},{},{}", n.address, n.prefix, n.gateway, n.dns))
+                    .unwrap_or_default()
             ),
             disk: Some(disk),
             vcpus,
@@ -192,6 +196,7 @@ impl MicrovmDriver {
             console: dir.join("console.log"),
             pidfile: run.join("qemu.pid"),
             incoming,
+            nic: spec.net.as_ref().map(|n| (n.netns.clone(), n.mac.clone())),
         };
         let out = r
             .vmm
@@ -379,6 +384,10 @@ async fn choose_accel(
 
 #[async_trait]
 impl Driver for MicrovmDriver {
+    fn nic_is_tap(&self) -> bool {
+        true
+    }
+
     fn name(&self) -> &'static str {
         "microvm"
     }
@@ -394,6 +403,9 @@ impl Driver for MicrovmDriver {
             backend,
             // QEMU stop/cont in place (QMP); the guest's RAM stays.
             pause_resume: true,
+            // A tap in the daemon's netns; ports go through the agent.
+            network_policy: true,
+            port_exposure: true,
             // Changes come from the agent (the host never mounts a guest's
             // disk); restore builds an image from the layers.
             fs_snapshot: true,
@@ -481,9 +493,9 @@ impl Driver for MicrovmDriver {
         let spec: SandboxSpec = {
             let saved = std::fs::read_to_string(sdir.join("spec.json"))
                 .map_err(|e| Error::Internal(format!("the suspended sandbox's spec: {e}")))?;
-            let (hostname, resources): (String, spinup_model::Resources) =
+            let (hostname, resources, net): (String, spinup_model::Resources, Option<spinup_model::GuestNet>) =
                 serde_json::from_str(&saved).map_err(|e| Error::Internal(format!("spec.json: {e}")))?;
-            SandboxSpec { id: id.to_string(), hostname, resources, layers: vec![] }
+            SandboxSpec { id: id.to_string(), hostname, resources, layers: vec![], net }
         };
         let state = self.launch_on(&spec, None, Some(sdir.join("suspend/memory"))).await?;
         if let Err(e) = self.continue_incoming(id).await {

@@ -45,6 +45,9 @@ pub struct VmConfig {
     /// Start from a saved state (a migration stream in this file) instead
     /// of booting.
     pub incoming: Option<PathBuf>,
+    /// A virtio-net NIC on `tap0` of this network namespace (where QEMU is
+    /// started), with this MAC.
+    pub nic: Option<(PathBuf, String)>,
 }
 
 pub trait Vmm: Send + Sync {
@@ -130,6 +133,32 @@ impl Vmm for Qemu {
             // QEMU runs this through /bin/sh; the path is ours (data dir + ids).
             c.arg("-incoming").arg(format!("exec:cat '{}'", state.display()));
         }
+        if let Some((netns, mac)) = &vm.nic {
+            c.args(["-netdev", "tap,id=net0,ifname=tap0,script=no,downscript=no"]);
+            c.args(["-device", &format!("virtio-net-device,netdev=net0,mac={mac}")]);
+            // QEMU opens the tap in the sandbox's namespace; its sockets
+            // (QMP, agent) are unix sockets and work from there.
+            match std::fs::File::open(netns) {
+                Ok(f) => {
+                    // SAFETY: setns is async-signal-safe; the fd stays
+                    // open in the parent until spawn returns.
+                    unsafe {
+                        c.pre_exec(move || {
+                            if libc::setns(std::os::fd::AsRawFd::as_raw_fd(&f), libc::CLONE_NEWNET) != 0 {
+                                return Err(std::io::Error::last_os_error());
+                            }
+                            Ok(())
+                        });
+                    }
+                }
+                Err(e) => {
+                    // Never fall back to the host's namespace.
+                    let kind = e.kind();
+                    // SAFETY: returns an error; nothing else runs.
+                    unsafe { c.pre_exec(move || Err(std::io::Error::new(kind, "the sandbox's network namespace is gone"))) };
+                }
+            }
+        }
         c.arg("-pidfile").arg(&vm.pidfile);
         c.arg("-daemonize");
         c.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
@@ -172,6 +201,7 @@ pub async fn probe(
         console: dir.join("console.log"),
         pidfile: dir.join("qemu.pid"),
         incoming: None,
+        nic: None,
     };
     let start = std::time::Instant::now();
     let out = vmm.command(&vm, accel).output().await.map_err(|e| e.to_string())?;

@@ -1,0 +1,714 @@
+//! Per-sandbox networks: a network namespace per sandbox joined to the
+//! host by a veth, NAT and policy in one nftables table per daemon, and a
+//! resolver and egress proxy per sandbox on its gateway address.
+//!
+//! ```text
+//!  sandbox netns                host                                 outside
+//!  eth0 10.P.x.2 ──veth── spP v<i> 10.P.x.1 ── forward: sb_<i> chain ── masquerade ──▶
+//!   (VMs: tap0 ─ br0 ─ eth0)     :53  resolver (only allowed names; the
+//!                                     addresses it hands out open for <i>)
+//!                                :15001 proxy (80/443 DNAT'd here when the
+//!                                     policy or a proxy secret needs it)
+//! ```
+//!
+//! Every packet a sandbox sends is judged by its chain, not only the first
+//! of a connection, so a policy change cuts existing connections at once
+//! (TCP gets a reset). The forbidden set (the host, other sandboxes,
+//! link-local/metadata, the host's private networks unless listed as a CIDR)
+//! comes first in every mode. Addresses learned from DNS never open a
+//! private range (no DNS rebinding into the host's networks).
+
+use std::collections::{BTreeSet, HashMap};
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use spinup_model::network::{domain_matches, DomainRule};
+use spinup_model::{Cidr, Error, GuestNet, NetMode, NetSlot, NetworkPolicy, Result};
+use spinup_net::ca::SandboxCa;
+use spinup_net::dns::{DnsPolicy, Resolver, ResolverConfig};
+use spinup_net::proxy::{EgressPolicy, Proxy, ProxyConfig};
+use zeroize::Zeroizing;
+
+/// The egress proxy's port on each sandbox's gateway address.
+pub const PROXY_PORT: u16 = 15001;
+/// The first /16 tried for a daemon's address pool (10.P.0.0/16).
+const POOL_FIRST: u8 = 213;
+const POOL_LAST: u8 = 250;
+
+/// `[network]` in the config file.
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NetConfig {
+    /// The mode sandboxes get when a request names none: `none` (default).
+    pub default_mode: Option<NetMode>,
+    /// Second octet of the daemon's 10.P.0.0/16 pool; default: the first
+    /// free one from 213, kept in `<data>/net-pool` across restarts.
+    pub pool: Option<u8>,
+    /// Extra PEM files the egress proxy trusts upstream (besides the
+    /// system's bundle), e.g. an internal CA.
+    pub upstream_ca: Vec<PathBuf>,
+    /// Concurrent connections per sandbox (default 512).
+    pub max_connections: Option<u32>,
+    /// New connections per second per sandbox (default 200, burst 2x).
+    pub new_connections_per_sec: Option<u32>,
+    /// DNS queries per second per sandbox (default 100, burst 2x).
+    pub dns_queries_per_sec: Option<u32>,
+}
+
+/// What the sandbox is wired as (drivers choose).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NetKind {
+    /// The guest runs in the netns: `eth0` there is addressed by the host.
+    Veth,
+    /// A VM: `eth0` in the netns is bridged to `tap0`; the guest addresses
+    /// its own NIC.
+    Tap,
+}
+
+/// A proxy-mode secret as the proxy holds it.
+pub struct ProxySecret {
+    pub placeholder: String,
+    pub value: Zeroizing<String>,
+    pub hosts: Vec<DomainRule>,
+}
+
+/// One sandbox's live network state.
+pub struct SandboxNet {
+    id: String,
+    slot: NetSlot,
+    policy: RwLock<NetworkPolicy>,
+    /// Addresses the resolver handed out: address → (name, expiry).
+    learned: Mutex<HashMap<Ipv4Addr, (String, Instant)>>,
+    secrets: RwLock<Vec<ProxySecret>>,
+    tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    proxy: Mutex<Option<Arc<Proxy>>>,
+    shared: Arc<Shared>,
+}
+
+/// What every sandbox's policy checks against.
+struct Shared {
+    table: String,
+    forbidden: Vec<Cidr>,
+    private: Vec<Cidr>,
+}
+
+impl Shared {
+    fn forbidden(&self, ip: Ipv4Addr) -> bool {
+        self.forbidden.iter().any(|c| c.contains(ip))
+    }
+    fn private(&self, ip: Ipv4Addr) -> bool {
+        self.private.iter().any(|c| c.contains(ip))
+    }
+}
+
+pub struct Network {
+    pub pool: u8,
+    table: String,
+    prefix: String,
+    cfg: NetConfig,
+    data_dir: PathBuf,
+    shared: Arc<Shared>,
+    resolver_cfg: ResolverConfig,
+    roots: Arc<rustls::RootCertStore>,
+    used: Mutex<BTreeSet<u32>>,
+    live: Mutex<HashMap<String, Arc<SandboxNet>>>,
+    _pool_lock: nix::fcntl::Flock<std::fs::File>,
+}
+
+fn run(cmd: &str, args: &[&str], stdin: Option<&str>) -> Result<()> {
+    use std::io::Write;
+    let mut c = std::process::Command::new(cmd);
+    c.args(args).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::piped());
+    if stdin.is_some() {
+        c.stdin(std::process::Stdio::piped());
+    }
+    let mut child = c.spawn().map_err(|e| {
+        Error::Unavailable(format!("cannot run {cmd}: {e}; install iproute2 and nftables (scripts/install-deps.sh)"))
+    })?;
+    if let Some(input) = stdin {
+        if let Some(mut s) = child.stdin.take() {
+            let _ = s.write_all(input.as_bytes());
+        }
+    }
+    let out = child.wait_with_output().map_err(|e| Error::internal(format!("{cmd}"), e))?;
+    if !out.status.success() {
+        return Err(Error::Internal(format!(
+            "{cmd} {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(())
+}
+
+/// The host's own addresses and on-link networks (IPv4), from `ip -j addr`.
+fn host_networks() -> (Vec<Cidr>, Vec<Cidr>) {
+    let out = std::process::Command::new("ip").args(["-j", "-4", "addr"]).output();
+    let mut own = vec![];
+    let mut nets = vec![];
+    if let Ok(out) = out {
+        if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&out.stdout) {
+            for link in v.as_array().into_iter().flatten() {
+                for a in link["addr_info"].as_array().into_iter().flatten() {
+                    let (Some(ip), Some(p)) = (a["local"].as_str(), a["prefixlen"].as_u64()) else { continue };
+                    let Ok(ip) = ip.parse::<Ipv4Addr>() else { continue };
+                    own.push(Cidr { addr: ip, prefix: 32 });
+                    let c = Cidr { addr: ip, prefix: p as u8 };
+                    nets.push(Cidr { addr: c.network(), prefix: c.prefix });
+                }
+            }
+        }
+    }
+    (own, nets)
+}
+
+fn cidr(s: &str) -> Cidr {
+    Cidr::parse(s).expect("constant CIDR")
+}
+
+impl Network {
+    /// Set up the daemon's table and pool. `live`: the slots of sandboxes
+    /// the store still has (their objects are kept; others are removed).
+    pub fn new(data_dir: &Path, cfg: NetConfig, live: &[NetSlot]) -> anyhow::Result<Network> {
+        use anyhow::Context;
+        for tool in ["ip", "nft"] {
+            if crate::envs::which(tool).is_none() {
+                anyhow::bail!("{tool} not found: sandbox networking needs iproute2 and nftables (scripts/install-deps.sh)");
+            }
+        }
+        std::fs::write("/proc/sys/net/ipv4/ip_forward", "1").context("enabling IPv4 forwarding")?;
+        let (pool, lock) = claim_pool(data_dir, cfg.pool)?;
+        let table = format!("spinup_{pool}");
+        let prefix = format!("sp{pool}v");
+        let (own, on_link) = host_networks();
+        // Always forbidden: the host, every sandbox pool, link-local and
+        // metadata, loopback, "this network", multicast and reserved.
+        let mut forbidden = own;
+        forbidden.extend(
+            ["0.0.0.0/8", "127.0.0.0/8", "169.254.0.0/16", "224.0.0.0/3", "255.255.255.255/32"].map(cidr),
+        );
+        forbidden.push(Cidr { addr: Ipv4Addr::new(10, pool, 0, 0), prefix: 16 });
+        // Private unless listed: RFC 1918, shared address space, and the
+        // networks the host is on.
+        let mut private = ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10"].map(cidr).to_vec();
+        private.extend(on_link);
+        let resolver_cfg = ResolverConfig {
+            queries_per_sec: cfg.dns_queries_per_sec.unwrap_or(100),
+            burst: cfg.dns_queries_per_sec.unwrap_or(100) * 2,
+            ..ResolverConfig::from_resolv_conf(Path::new("/etc/resolv.conf")).unwrap_or_default()
+        };
+        let roots = spinup_net::proxy::load_roots(Path::new("/etc/ssl/certs/ca-certificates.crt"), &cfg.upstream_ca)
+            .context("loading the egress proxy's trusted roots ([network] upstream_ca)")?;
+        let shared = Arc::new(Shared { table: table.clone(), forbidden, private });
+        let net = Network {
+            pool,
+            table,
+            prefix,
+            cfg,
+            data_dir: data_dir.to_path_buf(),
+            shared,
+            resolver_cfg,
+            roots: Arc::new(roots),
+            used: Mutex::new(live.iter().map(|s| s.index).collect()),
+            live: Default::default(),
+            _pool_lock: lock,
+        };
+        net.install_base(live).context("installing the nftables table")?;
+        Ok(net)
+    }
+
+    pub fn default_mode(&self) -> NetMode {
+        self.cfg.default_mode.unwrap_or(NetMode::None)
+    }
+
+    /// The base table: sets, maps and hook chains (rebuilt), keeping each
+    /// live sandbox's chain and learned addresses; removing the rest.
+    fn install_base(&self, live: &[NetSlot]) -> Result<()> {
+        let t = &self.table;
+        let p = &self.prefix;
+        let live_idx: BTreeSet<u32> = live.iter().map(|s| s.index).collect();
+        // Objects of sandboxes that are gone.
+        let _ = run("nft", &["add", "table", "inet", t], None);
+        let mut stale = String::new();
+        if let Ok(out) = std::process::Command::new("nft").args(["-j", "list", "table", "inet", t]).output() {
+            if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&out.stdout) {
+                for o in v["nftables"].as_array().into_iter().flatten() {
+                    for (kind, obj) in [("chain", &o["chain"]), ("set", &o["set"])] {
+                        let Some(name) = obj["name"].as_str() else { continue };
+                        let idx = name.split_once('_').and_then(|(k, i)| {
+                            ["sb", "rd", "explicit", "dyn"].contains(&k).then(|| i.parse::<u32>().ok()).flatten()
+                        });
+                        if let Some(i) = idx {
+                            if !live_idx.contains(&i) {
+                                stale.push_str(&format!("delete {kind} inet {t} {name}\n"));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        let sets = |c: &[Cidr]| c.iter().map(|c| c.to_string()).collect::<Vec<_>>().join(", ");
+        let mut r = format!(
+            "add table inet {t}
+add set inet {t} forbidden {{ type ipv4_addr; flags interval; auto-merge; }}
+flush set inet {t} forbidden
+add element inet {t} forbidden {{ {forbidden} }}
+add set inet {t} private {{ type ipv4_addr; flags interval; auto-merge; }}
+flush set inet {t} private
+add element inet {t} private {{ {private} }}
+add set inet {t} gw {{ type ifname . ipv4_addr; }}
+add map inet {t} egress {{ type ifname : verdict; }}
+add map inet {t} proxied {{ type ifname : verdict; }}
+add chain inet {t} forward {{ type filter hook forward priority filter - 5; policy accept; }}
+add chain inet {t} input {{ type filter hook input priority filter - 5; policy accept; }}
+add chain inet {t} prerouting {{ type nat hook prerouting priority dstnat; policy accept; }}
+add chain inet {t} postrouting {{ type nat hook postrouting priority srcnat; policy accept; }}
+flush chain inet {t} forward
+flush chain inet {t} input
+flush chain inet {t} prerouting
+flush chain inet {t} postrouting
+flush map inet {t} egress
+flush map inet {t} proxied
+flush set inet {t} gw
+{stale}add chain inet {t} refuse
+flush chain inet {t} refuse
+add rule inet {t} refuse meta l4proto tcp reject with tcp reset
+add rule inet {t} refuse reject with icmpx admin-prohibited
+add rule inet {t} forward iifname \"{p}*\" iifname vmap @egress
+add rule inet {t} forward iifname \"{p}*\" jump refuse
+add rule inet {t} forward oifname \"{p}*\" ct state established,related accept
+add rule inet {t} forward oifname \"{p}*\" jump refuse
+add rule inet {t} input iifname \"{p}*\" iifname . ip daddr @gw udp dport 53 accept
+add rule inet {t} input iifname \"{p}*\" iifname . ip daddr @gw tcp dport {{ 53, {PROXY_PORT} }} accept
+add rule inet {t} input iifname \"{p}*\" ct state established,related accept
+add rule inet {t} input iifname \"{p}*\" jump refuse
+add rule inet {t} prerouting iifname \"{p}*\" iifname vmap @proxied
+add rule inet {t} postrouting iifname \"{p}*\" oifname != \"{p}*\" masquerade
+",
+            forbidden = sets(&self.shared.forbidden),
+            private = sets(&self.shared.private),
+        );
+        for s in live {
+            r.push_str(&format!(
+                "add element inet {t} gw {{ \"{}\" . {} }}\nadd element inet {t} egress {{ \"{}\" : jump sb_{} }}\n",
+                s.host_if, s.gateway, s.host_if, s.index
+            ));
+        }
+        run("nft", &["-f", "-"], Some(&r))
+    }
+
+    /// A slot for a new sandbox.
+    pub fn allocate(&self) -> Result<NetSlot> {
+        let mut used = self.used.lock().unwrap();
+        // /30 per sandbox: .0 network, .1 gateway (host), .2 guest.
+        let idx = (0..16_384u32).find(|i| !used.contains(i)).ok_or_else(|| {
+            Error::Unavailable("the address pool is full (16384 sandboxes); remove some".into())
+        })?;
+        used.insert(idx);
+        let base = u32::from(Ipv4Addr::new(10, self.pool, 0, 0)) + idx * 4;
+        Ok(NetSlot {
+            index: idx,
+            host_if: format!("{}{idx}", self.prefix),
+            gateway: Ipv4Addr::from(base + 1),
+            address: Ipv4Addr::from(base + 2),
+            prefix: 30,
+        })
+    }
+
+    pub fn netns_name(id: &str) -> String {
+        format!("spinup-{id}")
+    }
+
+    pub fn guest(&self, id: &str, slot: &NetSlot) -> GuestNet {
+        let i = slot.index;
+        GuestNet {
+            netns: PathBuf::from("/run/netns").join(Self::netns_name(id)),
+            address: slot.address,
+            prefix: slot.prefix,
+            gateway: slot.gateway,
+            dns: slot.gateway,
+            mac: format!("02:5e:{:02x}:{:02x}:{:02x}:{:02x}", self.pool, (i >> 16) as u8, (i >> 8) as u8, i as u8),
+        }
+    }
+
+    /// Make the namespace, the veth (and bridge + tap for VMs), the
+    /// sandbox's chain, and start its resolver and proxy.
+    pub async fn setup(&self, id: &str, slot: &NetSlot, kind: NetKind, policy: &NetworkPolicy) -> Result<()> {
+        let ns = Self::netns_name(id);
+        let _ = run("ip", &["link", "del", &slot.host_if], None);
+        let _ = run("ip", &["netns", "del", &ns], None);
+        run("ip", &["netns", "add", &ns], None)?;
+        run(
+            "ip",
+            &["-batch", "-"],
+            Some(&format!(
+                "link add {h} type veth peer name eth0 netns {ns}\naddr add {g}/{p} dev {h}\nlink set {h} up\n",
+                h = slot.host_if,
+                g = slot.gateway,
+                p = slot.prefix
+            )),
+        )?;
+        let inside = match kind {
+            NetKind::Veth => format!(
+                "link set lo up\naddr add {a}/{p} dev eth0\nlink set eth0 up\nroute add default via {g}\n",
+                a = slot.address,
+                p = slot.prefix,
+                g = slot.gateway
+            ),
+            NetKind::Tap => "link set lo up\nlink add br0 type bridge\nlink set eth0 master br0\ntuntap add dev tap0 mode tap\nlink set tap0 master br0\nlink set eth0 up\nlink set tap0 up\nlink set br0 up\n".to_string(),
+        };
+        run("ip", &["-n", &ns, "-batch", "-"], Some(&inside))?;
+        let sn = self.attach_live(id, slot, policy.clone());
+        self.write_chain(&sn, true)?;
+        self.start(&sn).await
+    }
+
+    fn attach_live(&self, id: &str, slot: &NetSlot, policy: NetworkPolicy) -> Arc<SandboxNet> {
+        let sn = Arc::new(SandboxNet {
+            id: id.to_string(),
+            slot: slot.clone(),
+            policy: RwLock::new(policy),
+            learned: Default::default(),
+            secrets: Default::default(),
+            tasks: Default::default(),
+            proxy: Default::default(),
+            shared: self.shared.clone(),
+        });
+        if let Some(old) = self.live.lock().unwrap().insert(id.to_string(), sn.clone()) {
+            old.stop();
+        }
+        sn
+    }
+
+    /// After a daemon restart: the namespace and veth are still there;
+    /// rebuild the chain and start the resolver and proxy again.
+    pub async fn reattach(&self, id: &str, slot: &NetSlot, policy: &NetworkPolicy) -> Result<()> {
+        let sn = self.attach_live(id, slot, policy.clone());
+        self.write_chain(&sn, true)?;
+        self.start(&sn).await
+    }
+
+    /// The per-sandbox CA (made on first use, kept 0600 in the data dir).
+    fn ca(&self, id: &str) -> Result<Arc<SandboxCa>> {
+        let dir = self.data_dir.join("net").join(id);
+        let (c, k) = (dir.join("ca.pem"), dir.join("ca.key"));
+        if let (Ok(cert), Ok(key)) = (std::fs::read_to_string(&c), std::fs::read_to_string(&k)) {
+            return SandboxCa::from_pem(&cert, &key).map(Arc::new).map_err(|e| Error::internal("sandbox CA", e));
+        }
+        let ca = SandboxCa::generate(&format!("Spinup sandbox {id} egress CA")).map_err(|e| Error::internal("sandbox CA", e))?;
+        std::fs::create_dir_all(&dir).map_err(|e| Error::internal("net dir", e))?;
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        let _ = std::fs::set_permissions(self.data_dir.join("net"), std::fs::Permissions::from_mode(0o700));
+        std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .write(true)
+            .mode(0o600)
+            .open(&k)
+            .and_then(|mut f| std::io::Write::write_all(&mut f, ca.key_pem().as_bytes()))
+            .map_err(|e| Error::internal("writing the sandbox CA key", e))?;
+        std::fs::write(&c, ca.cert_pem()).map_err(|e| Error::internal("writing the sandbox CA", e))?;
+        Ok(Arc::new(ca))
+    }
+
+    /// The CA certificate the sandbox must trust for proxy-mode secrets.
+    pub fn ca_cert(&self, id: &str) -> Result<String> {
+        Ok(self.ca(id)?.cert_pem().to_string())
+    }
+
+    async fn start(&self, sn: &Arc<SandboxNet>) -> Result<()> {
+        let gw = sn.slot.gateway;
+        let resolver = Resolver::new(self.resolver_cfg.clone(), sn.clone());
+        let udp = tokio::net::UdpSocket::bind((gw, 53))
+            .await
+            .map_err(|e| Error::internal(format!("binding the sandbox's resolver on {gw}:53"), e))?;
+        let tcp = tokio::net::TcpListener::bind((gw, 53))
+            .await
+            .map_err(|e| Error::internal(format!("binding the sandbox's resolver on {gw}:53/tcp"), e))?;
+        let pl = tokio::net::TcpListener::bind((gw, PROXY_PORT))
+            .await
+            .map_err(|e| Error::internal(format!("binding the sandbox's proxy on {gw}:{PROXY_PORT}"), e))?;
+        let proxy = Proxy::new(
+            ProxyConfig {
+                upstream_roots: self.roots.clone(),
+                max_conns: self.cfg.max_connections.unwrap_or(512) as usize / 2,
+                peek_timeout: Duration::from_secs(10),
+                connect_timeout: Duration::from_secs(10),
+            },
+            self.ca(&sn.id)?,
+            sn.clone(),
+        );
+        *sn.proxy.lock().unwrap() = Some(proxy.clone());
+        let mut t = sn.tasks.lock().unwrap();
+        t.push(tokio::spawn(resolver.clone().serve_udp(udp)));
+        t.push(tokio::spawn(resolver.serve_tcp(tcp)));
+        t.push(tokio::spawn(proxy.serve(pl)));
+        Ok(())
+    }
+
+    /// Write the sandbox's chain for its current policy (atomically).
+    fn write_chain(&self, sn: &SandboxNet, fresh: bool) -> Result<()> {
+        let t = &self.table;
+        let i = sn.slot.index;
+        let h = &sn.slot.host_if;
+        let policy = sn.policy.read().unwrap().clone();
+        let proxied = policy.mode == NetMode::Allow
+            || (policy.mode == NetMode::Open && !sn.secrets.read().unwrap().is_empty());
+        let maxc = self.cfg.max_connections.unwrap_or(512);
+        let rate = self.cfg.new_connections_per_sec.unwrap_or(200);
+        let mut r = format!(
+            "add set inet {t} explicit_{i} {{ type ipv4_addr; flags interval; auto-merge; }}
+add set inet {t} dyn_{i} {{ type ipv4_addr; flags timeout; }}
+add chain inet {t} sb_{i}
+add chain inet {t} rd_{i}
+flush set inet {t} explicit_{i}
+flush chain inet {t} sb_{i}
+flush chain inet {t} rd_{i}
+add rule inet {t} sb_{i} meta nfproto ipv6 jump refuse
+add rule inet {t} sb_{i} ct state new ct count over {maxc} jump refuse
+add rule inet {t} sb_{i} ct state new limit rate over {rate}/second burst {burst} packets jump refuse
+add rule inet {t} sb_{i} ip daddr @forbidden jump refuse
+",
+            burst = rate * 2
+        );
+        if fresh {
+            r.push_str(&format!("flush set inet {t} dyn_{i}\n"));
+        }
+        let cidrs = policy.cidrs();
+        if !cidrs.is_empty() && policy.mode != NetMode::None {
+            let list: Vec<String> = cidrs.iter().map(|c| c.to_string()).collect();
+            r.push_str(&format!("add element inet {t} explicit_{i} {{ {} }}\n", list.join(", ")));
+        }
+        match policy.mode {
+            NetMode::None => {}
+            NetMode::Open => r.push_str(&format!(
+                "add rule inet {t} sb_{i} ip daddr @explicit_{i} accept\nadd rule inet {t} sb_{i} ip daddr @private jump refuse\nadd rule inet {t} sb_{i} accept\n"
+            )),
+            NetMode::Allow => r.push_str(&format!(
+                "add rule inet {t} sb_{i} ip daddr @explicit_{i} accept\nadd rule inet {t} sb_{i} ip daddr @private jump refuse\nadd rule inet {t} sb_{i} ip daddr @dyn_{i} accept\n"
+            )),
+        }
+        r.push_str(&format!("add rule inet {t} sb_{i} jump refuse\n"));
+        r.push_str(&format!(
+            "add rule inet {t} rd_{i} ip daddr != @forbidden tcp dport {{ 80, 443 }} dnat ip to {}:{PROXY_PORT}\n",
+            sn.slot.gateway
+        ));
+        // Map elements: add is idempotent; delete the proxied one first.
+        r.push_str(&format!(
+            "add element inet {t} gw {{ \"{h}\" . {} }}\nadd element inet {t} egress {{ \"{h}\" : jump sb_{i} }}\nadd element inet {t} proxied {{ \"{h}\" : jump rd_{i} }}\ndelete element inet {t} proxied {{ \"{h}\" }}\n",
+            sn.slot.gateway
+        ));
+        if proxied {
+            r.push_str(&format!("add element inet {t} proxied {{ \"{h}\" : jump rd_{i} }}\n"));
+        }
+        // Keep learned addresses that the new policy still allows.
+        if !fresh && policy.mode == NetMode::Allow {
+            let now = Instant::now();
+            let keep: Vec<String> = sn
+                .learned
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|(_, (name, exp))| *exp > now && policy.allows_domain(name))
+                .map(|(ip, (_, exp))| format!("{ip} timeout {}s", exp.duration_since(now).as_secs().max(1)))
+                .collect();
+            r.push_str(&format!("flush set inet {t} dyn_{i}\n"));
+            if !keep.is_empty() {
+                r.push_str(&format!("add element inet {t} dyn_{i} {{ {} }}\n", keep.join(", ")));
+            }
+        } else if !fresh {
+            r.push_str(&format!("flush set inet {t} dyn_{i}\n"));
+        }
+        run("nft", &["-f", "-"], Some(&r))
+    }
+
+    /// Apply a new policy to a running sandbox at once: its chain is
+    /// rewritten, learned addresses no longer allowed are dropped, and
+    /// proxied connections to what is now forbidden are cut.
+    pub fn set_policy(&self, id: &str, policy: &NetworkPolicy) -> Result<()> {
+        let sn = self.live.lock().unwrap().get(id).cloned();
+        let Some(sn) = sn else { return Ok(()) };
+        *sn.policy.write().unwrap() = policy.clone();
+        self.write_chain(&sn, false)?;
+        if let Some(p) = sn.proxy.lock().unwrap().clone() {
+            p.recheck();
+        }
+        // Conntrack entries of the sandbox's NATed flows: every packet is
+        // judged again anyway, so nothing else to cut.
+        Ok(())
+    }
+
+    pub fn set_proxy_secrets(&self, id: &str, secrets: Vec<ProxySecret>) -> Result<()> {
+        let sn = self.live.lock().unwrap().get(id).cloned();
+        let Some(sn) = sn else { return Ok(()) };
+        let had = !sn.secrets.read().unwrap().is_empty();
+        let has = !secrets.is_empty();
+        *sn.secrets.write().unwrap() = secrets;
+        if had != has {
+            self.write_chain(&sn, false)?;
+        }
+        Ok(())
+    }
+
+    /// Remove everything: tasks, chain and sets, veth, namespace, CA.
+    pub fn teardown(&self, id: &str, slot: &NetSlot) {
+        if let Some(sn) = self.live.lock().unwrap().remove(id) {
+            sn.stop();
+        }
+        let t = &self.table;
+        let (i, h) = (slot.index, &slot.host_if);
+        // One transaction per object, so what is already gone fails alone.
+        for cmd in [
+            format!("delete element inet {t} egress {{ \"{h}\" }}"),
+            format!("delete element inet {t} proxied {{ \"{h}\" }}"),
+            format!("delete element inet {t} gw {{ \"{h}\" . {} }}", slot.gateway),
+            format!("delete chain inet {t} sb_{i}"),
+            format!("delete chain inet {t} rd_{i}"),
+            format!("delete set inet {t} explicit_{i}"),
+            format!("delete set inet {t} dyn_{i}"),
+        ] {
+            let _ = run("nft", &["-f", "-"], Some(&cmd));
+        }
+        let _ = run("ip", &["link", "del", h], None);
+        let _ = run("ip", &["netns", "del", &Self::netns_name(id)], None);
+        let _ = std::fs::remove_dir_all(self.data_dir.join("net").join(id));
+        self.used.lock().unwrap().remove(&i);
+    }
+
+    /// Forget a slot that was allocated but never set up.
+    pub fn release(&self, slot: &NetSlot) {
+        self.used.lock().unwrap().remove(&slot.index);
+    }
+
+    /// Stats of a sandbox's resolver/proxy for tests and `inspect`.
+    pub fn learned(&self, id: &str) -> Vec<(Ipv4Addr, String)> {
+        self.live
+            .lock()
+            .unwrap()
+            .get(id)
+            .map(|s| s.learned.lock().unwrap().iter().map(|(ip, (n, _))| (*ip, n.clone())).collect())
+            .unwrap_or_default()
+    }
+}
+
+/// Take the daemon's /16: the configured one, the one it had, or the first
+/// free one; held with a lock file for the daemon's life so two daemons on
+/// one host never share a pool.
+fn claim_pool(data_dir: &Path, want: Option<u8>) -> anyhow::Result<(u8, nix::fcntl::Flock<std::fs::File>)> {
+    use nix::fcntl::{Flock, FlockArg};
+    let dir = Path::new("/run/spinup/pools");
+    std::fs::create_dir_all(dir)?;
+    let file = data_dir.join("net-pool");
+    let had: Option<u8> = std::fs::read_to_string(&file).ok().and_then(|s| s.trim().parse().ok());
+    let try_lock = |p: u8| -> Option<Flock<std::fs::File>> {
+        let f = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(dir.join(format!("10.{p}"))).ok()?;
+        Flock::lock(f, FlockArg::LockExclusiveNonblock).ok()
+    };
+    let fixed = want.or(had);
+    let (p, l) = match fixed {
+        Some(p) => match try_lock(p) {
+            Some(l) => (p, l),
+            None => anyhow::bail!("address pool 10.{p}.0.0/16 is in use by another spinup daemon on this host; set [network] pool to another second octet"),
+        },
+        None => {
+            let in_use = host_networks().1;
+            (POOL_FIRST..=POOL_LAST)
+                .filter(|p| !in_use.iter().any(|c| c.contains(Ipv4Addr::new(10, *p, 0, 1)) || Cidr { addr: Ipv4Addr::new(10, *p, 0, 0), prefix: 16 }.contains(c.addr)))
+                .find_map(|p| try_lock(p).map(|l| (p, l)))
+                .ok_or_else(|| anyhow::anyhow!("no free address pool in 10.{POOL_FIRST}-{POOL_LAST}.0.0/16 on this host"))?
+        }
+    };
+    std::fs::write(&file, p.to_string())?;
+    Ok((p, l))
+}
+
+impl SandboxNet {
+    fn stop(&self) {
+        for t in self.tasks.lock().unwrap().drain(..) {
+            t.abort();
+        }
+    }
+
+    /// Open `ip` for this sandbox (the resolver is about to hand it out).
+    fn open(&self, ip: Ipv4Addr, ttl: Duration) {
+        let t = &self.shared.table;
+        let cmd = format!(
+            "add element inet {t} dyn_{} {{ {ip} timeout {}s }}",
+            self.slot.index,
+            ttl.as_secs().clamp(60, 86_400)
+        );
+        if let Err(e) = run("nft", &["-f", "-"], Some(&cmd)) {
+            tracing::warn!(id = %self.id, "opening {ip}: {e}");
+        }
+    }
+}
+
+impl DnsPolicy for SandboxNet {
+    fn policy(&self) -> NetworkPolicy {
+        self.policy.read().unwrap().clone()
+    }
+
+    fn learned(&self, name: &str, addrs: &[Ipv4Addr], ttl: Duration) {
+        let ttl = ttl.clamp(Duration::from_secs(60), Duration::from_secs(86_400));
+        let exp = Instant::now() + ttl;
+        for ip in addrs {
+            // Never opened through DNS: the forbidden set and private
+            // ranges (list a CIDR to reach those).
+            if self.shared.forbidden(*ip) || self.shared.private(*ip) {
+                continue;
+            }
+            let fresh = {
+                let mut l = self.learned.lock().unwrap();
+                let prev = l.insert(*ip, (crate::network::normalize(name), exp));
+                prev.is_none_or(|(_, e)| e < exp - Duration::from_secs(30))
+            };
+            if fresh && self.policy.read().unwrap().mode == NetMode::Allow {
+                self.open(*ip, ttl);
+            }
+        }
+    }
+}
+
+fn normalize(name: &str) -> String {
+    spinup_model::network::normalize_domain(name)
+}
+
+impl EgressPolicy for SandboxNet {
+    fn allow(&self, dst: SocketAddrV4, name: Option<&str>) -> bool {
+        let ip = *dst.ip();
+        let p = self.policy.read().unwrap();
+        if p.mode == NetMode::None || self.shared.forbidden(ip) {
+            return false;
+        }
+        if p.allows_ip_explicitly(ip) {
+            return true;
+        }
+        if self.shared.private(ip) {
+            return false;
+        }
+        match p.mode {
+            NetMode::Open => true,
+            // The name must be allowed and the address one the resolver
+            // handed out (for any allowed name): an allowed IP with another
+            // name (domain fronting) or a name at an unlisted IP fails.
+            NetMode::Allow => {
+                let Some(n) = name else { return false };
+                p.allows_domain(n)
+                    && self.learned.lock().unwrap().get(&ip).is_some_and(|(_, exp)| *exp > Instant::now())
+            }
+            NetMode::None => false,
+        }
+    }
+
+    fn secrets_for(&self, host: &str) -> Vec<(String, Zeroizing<String>)> {
+        self.secrets
+            .read()
+            .unwrap()
+            .iter()
+            .filter(|s| domain_matches(&s.hosts, host))
+            .map(|s| (s.placeholder.clone(), s.value.clone()))
+            .collect()
+    }
+}
