@@ -105,6 +105,57 @@ enum Cmd {
         /// Resume by itself on exec or file access when paused.
         #[arg(long)]
         auto_resume: bool,
+        /// Network mode: none (default: loopback only), allow (only --allow), open.
+        #[arg(long, value_name = "none|allow|open")]
+        net: Option<String>,
+        /// Domain (pypi.org, *.example.com) or IPv4 CIDR the sandbox may reach; repeatable.
+        #[arg(long = "allow", value_name = "DOMAIN|CIDR")]
+        allow: Vec<String>,
+        /// A static name for the sandbox's resolver, NAME=IPv4; repeatable.
+        #[arg(long = "add-host", value_name = "NAME=IP")]
+        hosts: Vec<String>,
+        /// Attach a secret: NAME (file), NAME:env, NAME:proxy=HOST[,HOST]; repeatable.
+        #[arg(long = "secret", value_name = "NAME[:MODE]")]
+        secrets: Vec<String>,
+    },
+    /// Network policy of a running sandbox: `net set ID --mode M [--allow X]...`, `net show ID`.
+    Net {
+        /// set | show
+        action: String,
+        id: String,
+        #[arg(long, value_name = "none|allow|open")]
+        mode: Option<String>,
+        #[arg(long = "allow", value_name = "DOMAIN|CIDR")]
+        allow: Vec<String>,
+        #[arg(long = "add-host", value_name = "NAME=IP")]
+        hosts: Vec<String>,
+    },
+    /// Expose a port of a sandbox through the daemon (prints the address and
+    /// the access token); `port ID` lists, `port ID PORT --rm` removes.
+    Port {
+        id: String,
+        port: Option<u16>,
+        /// No access token needed.
+        #[arg(long)]
+        public: bool,
+        /// On a unix socket instead of loopback TCP.
+        #[arg(long)]
+        unix: bool,
+        /// Loopback address to listen on (default 127.0.0.1, any free port).
+        #[arg(long, value_name = "IP:PORT")]
+        listen: Option<String>,
+        #[arg(long)]
+        rm: bool,
+    },
+    /// Secrets: `secret set NAME [--file F]` (value from stdin or F), `secret ls`,
+    /// `secret rm NAME`, `secret attach ID NAME[:MODE]...`, `secret detach ID NAME...`.
+    Secret {
+        /// set | ls | rm | attach | detach, then its arguments
+        #[arg(required = true, num_args = 1..)]
+        args: Vec<String>,
+        /// Read the value from this file (set).
+        #[arg(long)]
+        file: Option<PathBuf>,
     },
     /// Snapshot a sandbox's filesystem changes and print the snapshot's id;
     /// `snapshot ls` lists snapshots, `snapshot rm S...` removes them.
@@ -245,6 +296,90 @@ enum EnvCmd {
     Rm {
         name: String,
     },
+}
+
+/// A network policy from the CLI's flags.
+fn policy_json(mode: Option<&str>, allow: &[String], hosts: &[String]) -> Result<Value> {
+    let mode = mode.unwrap_or(if allow.is_empty() { "open" } else { "allow" });
+    let mut h = serde_json::Map::new();
+    for e in hosts {
+        let (n, ip) = e.split_once('=').with_context(|| format!("--add-host {e:?} must be NAME=IP"))?;
+        h.insert(n.to_string(), ip.into());
+    }
+    Ok(json!({"mode": mode, "allow": allow, "hosts": h}))
+}
+
+/// `NAME`, `NAME:env`, `NAME:proxy=h1,h2` into the API's mounts.
+fn secret_mounts(specs: &[String]) -> Result<Value> {
+    let mut out = vec![];
+    for s in specs {
+        let m = spinup_model::SecretMount::parse(s).map_err(|e| anyhow::anyhow!("{e}"))?;
+        out.push(serde_json::to_value(m)?);
+    }
+    Ok(Value::Array(out))
+}
+
+async fn secret_cmd(c: &Client, args: &[String], file: Option<PathBuf>, as_json: bool) -> Result<()> {
+    match (args[0].as_str(), &args[1..]) {
+        ("set", [name]) => {
+            let value = match file {
+                Some(f) => std::fs::read(&f).with_context(|| format!("reading {}", f.display()))?,
+                None => {
+                    use std::io::{IsTerminal, Read};
+                    if std::io::stdin().is_terminal() {
+                        eprintln!("value for {name} (end with Ctrl-D):");
+                    }
+                    let mut b = vec![];
+                    std::io::stdin().read_to_end(&mut b)?;
+                    b
+                }
+            };
+            // One trailing newline (from echo or a file) is not part of it.
+            let mut value = value;
+            if value.ends_with(b"\n") {
+                value.pop();
+                if value.ends_with(b"\r") {
+                    value.pop();
+                }
+            }
+            let v = c
+                .json_body(Method::PUT, &format!("/v1/secrets/{}", enc(name)), spinup_protocol::client::full_body(value))
+                .await?;
+            if as_json {
+                print_json(&v);
+            }
+        }
+        ("ls", []) => {
+            let v = c.json(Method::GET, "/v1/secrets", None).await?;
+            if as_json {
+                print_json(&v);
+            } else {
+                let rows = v
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default()
+                    .iter()
+                    .map(|s| vec![s["name"].as_str().unwrap_or("").to_string(), ago(s["updated_at"].as_i64().unwrap_or(0))])
+                    .collect();
+                table(&["NAME", "UPDATED"], rows);
+            }
+        }
+        ("rm", names) if !names.is_empty() => {
+            for n in names {
+                c.json(Method::DELETE, &format!("/v1/secrets/{}", enc(n)), None).await?;
+            }
+        }
+        ("attach", [id, specs @ ..]) if !specs.is_empty() => {
+            let body = json!({"attach": secret_mounts(specs)?});
+            c.json(Method::POST, &format!("/v1/sandboxes/{}/secrets", enc(id)), Some(body)).await?;
+        }
+        ("detach", [id, names @ ..]) if !names.is_empty() => {
+            let body = json!({"detach": names});
+            c.json(Method::POST, &format!("/v1/sandboxes/{}/secrets", enc(id)), Some(body)).await?;
+        }
+        _ => bail!("usage: secret set NAME [--file F] | secret ls | secret rm NAME... | secret attach ID NAME[:MODE]... | secret detach ID NAME..."),
+    }
+    Ok(())
 }
 
 fn labels_map(labels: &[String]) -> Result<BTreeMap<String, String>> {
@@ -415,7 +550,23 @@ async fn run(cli: Cli) -> Result<i32> {
     let c = Client::new(cli.host.clone(), cli.api_key.clone())?;
     match cli.cmd {
         Cmd::Serve { .. } => unreachable!("handled in main"),
-        Cmd::Create { env, driver, timeout, memory, cpus, pids, disk, labels, from_snapshot, on_timeout, auto_resume } => {
+        Cmd::Create {
+            env,
+            driver,
+            timeout,
+            memory,
+            cpus,
+            pids,
+            disk,
+            labels,
+            from_snapshot,
+            on_timeout,
+            auto_resume,
+            net,
+            allow,
+            hosts,
+            secrets,
+        } => {
             if from_snapshot.is_none()
                 && spinup_daemon::envs::BUILTINS.contains(&env.as_str())
                 && c.json(Method::GET, &format!("/v1/environments/{}", enc(&env)), None).await.is_err()
@@ -452,6 +603,12 @@ async fn run(cli: Cli) -> Result<i32> {
             }
             if !resources.is_empty() {
                 body["resources"] = Value::Object(resources);
+            }
+            if net.is_some() || !allow.is_empty() || !hosts.is_empty() {
+                body["network"] = policy_json(net.as_deref(), &allow, &hosts)?;
+            }
+            if !secrets.is_empty() {
+                body["secrets"] = secret_mounts(&secrets)?;
             }
             let v = c.json(Method::POST, "/v1/sandboxes", Some(body)).await?;
             if cli.json {
@@ -662,6 +819,60 @@ async fn run(cli: Cli) -> Result<i32> {
             }
         }
         Cmd::Resume { id } => freeze(&c, &id, "resume", cli.json).await?,
+        Cmd::Net { action, id, mode, allow, hosts } => match action.as_str() {
+            "set" => {
+                let body = policy_json(mode.as_deref().or(Some(if allow.is_empty() { "none" } else { "allow" })), &allow, &hosts)?;
+                let v = c.json(Method::PUT, &format!("/v1/sandboxes/{}/network", enc(&id)), Some(body)).await?;
+                print_json(&v["network"]);
+            }
+            "show" => {
+                let v = c.json(Method::GET, &format!("/v1/sandboxes/{}", enc(&id)), None).await?;
+                print_json(&json!({"network": v["network"], "address": v["net"]["address"]}));
+            }
+            other => bail!("unknown net action {other:?}: use set or show"),
+        },
+        Cmd::Port { id, port, public, unix, listen, rm } => match (port, rm) {
+            (None, _) => {
+                let v = c.json(Method::GET, &format!("/v1/sandboxes/{}/ports", enc(&id)), None).await?;
+                if cli.json {
+                    print_json(&v);
+                } else {
+                    let rows = v
+                        .as_array()
+                        .cloned()
+                        .unwrap_or_default()
+                        .iter()
+                        .map(|p| {
+                            vec![
+                                p["port"].to_string(),
+                                p["address"].as_str().unwrap_or("").to_string(),
+                                if p["public"] == true { "public".into() } else { "token".into() },
+                            ]
+                        })
+                        .collect();
+                    table(&["PORT", "ADDRESS", "ACCESS"], rows);
+                }
+            }
+            (Some(p), true) => {
+                c.json(Method::DELETE, &format!("/v1/sandboxes/{}/ports/{p}", enc(&id)), None).await?;
+            }
+            (Some(p), false) => {
+                let mut body = json!({"port": p, "public": public, "unix": unix});
+                if let Some(l) = listen {
+                    body["listen"] = l.into();
+                }
+                let v = c.json(Method::POST, &format!("/v1/sandboxes/{}/ports", enc(&id)), Some(body)).await?;
+                if cli.json {
+                    print_json(&v);
+                } else {
+                    println!("{}", v["url"].as_str().or(v["address"].as_str()).unwrap_or(""));
+                    if let Some(t) = v["token"].as_str() {
+                        println!("token: {t}  (send it as the X-Spinup-Token header or ?spinup_token=)");
+                    }
+                }
+            }
+        },
+        Cmd::Secret { args, file } => secret_cmd(&c, &args, file, cli.json).await?,
         Cmd::Cp { src, dst } => cp(&c, &src, &dst).await?,
         Cmd::Env(EnvCmd::Ls) => {
             let v = c.json(Method::GET, "/v1/environments", None).await?;

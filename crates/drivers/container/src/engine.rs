@@ -57,6 +57,8 @@ pub struct OciEngine {
     global_args: Vec<String>,
     transport: Transport,
     listeners: Mutex<HashMap<String, Arc<tokio::net::UnixListener>>>,
+    /// What replaces `--network=none` for a sandbox with a network (runsc).
+    pub networked: Mutex<&'static str>,
 }
 
 /// What the store keeps for one sandbox between daemon restarts.
@@ -127,7 +129,7 @@ impl OciEngine {
     ) -> Self {
         let _ = std::fs::create_dir_all(root.join("sandboxes"));
         let _ = std::fs::create_dir_all(root.join("state"));
-        OciEngine { root, agent, cgroup_parent, runtime, global_args, transport, listeners: Default::default() }
+        OciEngine { root, agent, cgroup_parent, runtime, global_args, transport, listeners: Default::default(), networked: Mutex::new("--network=sandbox") }
     }
 
     /// The sandbox's overlayfs upper dir (its writable layer).
@@ -246,7 +248,17 @@ impl OciEngine {
             .map_err(|e| Error::internal("opening console.log", e))?;
         let pid_file = dir.join("init.pid");
         let lfd = listener.as_raw_fd();
-        let mut cmd = self.command(&rt);
+        let mut cmd = tokio::process::Command::new(&rt.path);
+        // A runtime with its own network stack (runsc) uses it on the
+        // daemon's namespace when there is one, and none otherwise.
+        let networked = *self.networked.lock().unwrap();
+        cmd.arg("--root").arg(self.root.join("state")).args(self.global_args.iter().map(|a| {
+            if spec.net.is_some() && a == "--network=none" {
+                networked
+            } else {
+                a.as_str()
+            }
+        }));
         cmd.args(["run", "--detach"]);
         if self.transport == Transport::InheritListener {
             cmd.args(["--preserve-fds", "1"]);

@@ -41,14 +41,30 @@ pub struct GvisorDriver {
 }
 
 fn global_args(platform: &str) -> Vec<String> {
-    // network=sandbox: the Sentry's own network stack, on the interfaces of
-    // the namespace the spec names (the daemon's veth; a sandbox without
-    // one gets an empty namespace: loopback only). host-uds=open: the
-    // agent may connect to the host socket bind-mounted at /run/spinup.
-    vec![format!("--platform={platform}"), "--network=sandbox".into(), "--host-uds=open".into()]
+    // network=none: loopback only inside the Sentry; a sandbox with a
+    // network runs with network=sandbox instead (the engine swaps it): the
+    // Sentry's own network stack on the daemon's veth in the namespace the
+    // spec names. host-uds=open: the agent may connect to the host socket
+    // bind-mounted at /run/spinup.
+    vec![format!("--platform={platform}"), "--network=none".into(), "--host-uds=open".into()]
 }
 
 impl GvisorDriver {
+    async fn create_once(&self, spec: &SandboxSpec) -> Result<serde_json::Value> {
+        self.engine
+            .create(spec, &["/run/spinup/spinup-agent", "--dial", "/run/spinup/host.sock"], |config| {
+                // The Sentry has its own /proc and /sys: the host paths the
+                // container driver masks do not exist there.
+                config["linux"]["maskedPaths"] = serde_json::json!([]);
+                config["linux"]["readonlyPaths"] = serde_json::json!([]);
+                // The host cgroup holds the Sentry and gofer, whose Go
+                // runtimes need threads of their own on top of the guest's.
+                let pids = config["linux"]["resources"]["pids"]["limit"].as_u64().unwrap_or(512);
+                config["linux"]["resources"]["pids"]["limit"] = serde_json::json!(pids + SENTRY_THREADS);
+            })
+            .await
+    }
+
     /// Probes runsc and its platforms by running a real sandbox.
     pub async fn new(cfg: Config) -> Self {
         let _ = std::fs::create_dir_all(cfg.root.join("state"));
@@ -104,18 +120,26 @@ impl Driver for GvisorDriver {
     }
 
     async fn create(&self, spec: &SandboxSpec) -> Result<serde_json::Value> {
-        self.engine
-            .create(spec, &["/run/spinup/spinup-agent", "--dial", "/run/spinup/host.sock"], |config| {
-                // The Sentry has its own /proc and /sys: the host paths the
-                // container driver masks do not exist there.
-                config["linux"]["maskedPaths"] = serde_json::json!([]);
-                config["linux"]["readonlyPaths"] = serde_json::json!([]);
-                // The host cgroup holds the Sentry and gofer, whose Go
-                // runtimes need threads of their own on top of the guest's.
-                let pids = config["linux"]["resources"]["pids"]["limit"].as_u64().unwrap_or(512);
-                config["linux"]["resources"]["pids"]["limit"] = serde_json::json!(pids + SENTRY_THREADS);
-            })
-            .await
+        match self.create_once(spec).await {
+            // runsc 2022-12 decides "root namespace" by whether
+            // /proc/sys/net/core/rmem_default exists, which newer kernels
+            // have in every namespace, so its own network stack (netstack)
+            // refuses the daemon's namespace. Then the Sentry uses the host
+            // kernel's stack (hostinet), still inside that namespace and
+            // under the same nftables policy; said once in the log.
+            Err(e) if spec.net.is_some() && e.to_string().contains("cannot run with network enabled in root network namespace") => {
+                {
+                    let mut n = self.engine.networked.lock().unwrap();
+                    if *n == "--network=host" {
+                        return Err(e);
+                    }
+                    *n = "--network=host";
+                }
+                tracing::warn!("runsc cannot put its own network stack on a namespace here (runsc's root-namespace check misfires on this kernel); gVisor sandboxes use the host kernel's stack (hostinet) inside their own namespace");
+                self.create_once(spec).await
+            }
+            r => r,
+        }
     }
 
     async fn status(&self, id: &str, state: &serde_json::Value) -> DriverStatus {
