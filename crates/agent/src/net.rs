@@ -40,7 +40,10 @@ pub fn routes() -> Router<AppState> {
     Router::new().route("/v1/secrets", post(secrets)).route("/v1/net/connect", post(connect))
 }
 
-async fn secrets(State(s): State<AppState>, Json(req): Json<SecretsRequest>) -> Result<Json<serde_json::Value>, AgentError> {
+async fn secrets(State(s): State<AppState>, body: Bytes) -> Result<Json<serde_json::Value>, AgentError> {
+    // Never echo the body: it carries values.
+    let req: SecretsRequest = serde_json::from_slice(&body).map_err(|_| AgentError::bad("malformed secrets request"))?;
+    drop(body);
     let user = crate::process::resolve_user(req.user.as_deref()).map_err(AgentError::bad)?;
     let dir = Path::new(SECRETS_DIR);
     if !dir.is_dir() {

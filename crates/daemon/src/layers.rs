@@ -25,7 +25,7 @@ const OPAQUE_XATTR: &str = "trusted.overlay.opaque";
 
 /// Paths that are a sandbox's identity or its runtime's mount points, never
 /// part of its state: left out of snapshots and diffs.
-pub const EXCLUDED: [&str; 2] = ["etc/machine-id", "run/spinup"];
+pub const EXCLUDED: [&str; 4] = ["etc/machine-id", "run/spinup", "run/secrets", "etc/resolv.conf"];
 
 pub fn excluded(rel: &Path) -> bool {
     EXCLUDED.iter().any(|x| Path::new(x) == rel)

@@ -143,20 +143,34 @@ fn run(cmd: &str, args: &[&str], stdin: Option<&str>) -> Result<()> {
     Ok(())
 }
 
-/// The host's own addresses and on-link networks (IPv4), from `ip -j addr`.
+/// The host's own addresses, and the networks of its uplinks (the
+/// interfaces its default routes leave by: its LAN), from `ip -j`.
 fn host_networks() -> (Vec<Cidr>, Vec<Cidr>) {
     let out = std::process::Command::new("ip").args(["-j", "-4", "addr"]).output();
+    let uplinks: Vec<String> = std::process::Command::new("ip")
+        .args(["-j", "-4", "route", "show", "default"])
+        .output()
+        .ok()
+        .and_then(|o| serde_json::from_slice::<serde_json::Value>(&o.stdout).ok())
+        .and_then(|v| v.as_array().cloned())
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|r| r["dev"].as_str().map(str::to_string))
+        .collect();
     let mut own = vec![];
     let mut nets = vec![];
     if let Ok(out) = out {
         if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&out.stdout) {
             for link in v.as_array().into_iter().flatten() {
+                let uplink = link["ifname"].as_str().is_some_and(|n| uplinks.iter().any(|u| u == n));
                 for a in link["addr_info"].as_array().into_iter().flatten() {
                     let (Some(ip), Some(p)) = (a["local"].as_str(), a["prefixlen"].as_u64()) else { continue };
                     let Ok(ip) = ip.parse::<Ipv4Addr>() else { continue };
                     own.push(Cidr { addr: ip, prefix: 32 });
-                    let c = Cidr { addr: ip, prefix: p as u8 };
-                    nets.push(Cidr { addr: c.network(), prefix: c.prefix });
+                    if uplink {
+                        let c = Cidr { addr: ip, prefix: p as u8 };
+                        nets.push(Cidr { addr: c.network(), prefix: c.prefix });
+                    }
                 }
             }
         }
@@ -613,7 +627,7 @@ fn claim_pool(data_dir: &Path, want: Option<u8>) -> anyhow::Result<(u8, nix::fcn
             None => anyhow::bail!("address pool 10.{p}.0.0/16 is in use by another spinup daemon on this host; set [network] pool to another second octet"),
         },
         None => {
-            let in_use = host_networks().1;
+            let in_use = host_networks().0;
             (POOL_FIRST..=POOL_LAST)
                 .filter(|p| !in_use.iter().any(|c| c.contains(Ipv4Addr::new(10, *p, 0, 1)) || Cidr { addr: Ipv4Addr::new(10, *p, 0, 0), prefix: 16 }.contains(c.addr)))
                 .find_map(|p| try_lock(p).map(|l| (p, l)))

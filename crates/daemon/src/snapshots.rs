@@ -216,6 +216,13 @@ impl Manager {
     pub async fn snapshot(&self, id: &str, req: SnapshotRequest, ephemeral: bool) -> Result<Snapshot> {
         let sb = self.get(id)?;
         self.require(&sb, if req.memory { "memory_snapshot" } else { "fs_snapshot" })?;
+        if req.memory && !sb.secrets.is_empty() {
+            // Its memory holds the values it was given.
+            return Err(Error::Conflict(format!(
+                "sandbox {id} has secrets attached ({}); a memory snapshot would contain them. Take a filesystem snapshot, or detach them first",
+                sb.secrets.iter().map(|m| m.name.as_str()).collect::<Vec<_>>().join(", ")
+            )));
+        }
         if let Some(n) = &req.name {
             validate_snapshot_name(n)?;
         }
@@ -384,6 +391,14 @@ impl Manager {
                 from_snapshot: Some(snap.id.clone()),
                 on_timeout: Some(parent.on_timeout),
                 auto_resume: Some(parent.auto_resume),
+                // The same policy, and secrets projected afresh from the
+                // store (never copied from the parent).
+                network: Some(parent.network.clone()),
+                secrets: parent
+                    .secrets
+                    .iter()
+                    .map(|m| spinup_model::SecretMount { placeholder: None, ..m.clone() })
+                    .collect(),
                 ..Default::default()
             }
         };

@@ -329,6 +329,10 @@ mod tests {
             snapshot: None,
             on_timeout: Default::default(),
             auto_resume: false,
+            network: Default::default(),
+            net: None,
+            secrets: vec![],
+            ports: vec![],
         }
     }
 

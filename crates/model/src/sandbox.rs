@@ -473,6 +473,10 @@ mod tests {
             snapshot: None,
             on_timeout: OnTimeout::Destroy,
             auto_resume: false,
+            network: Default::default(),
+            net: None,
+            secrets: vec![],
+            ports: vec![],
         };
         sb.labels.insert("team".into(), "a".into());
         sb.labels.insert("run".into(), "7".into());

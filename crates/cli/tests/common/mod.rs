@@ -3,6 +3,8 @@
 //! real OCI runtime, overlayfs and cgroups.
 #![allow(dead_code)]
 
+pub mod testnet;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Mutex, OnceLock};
@@ -420,6 +422,33 @@ pub fn leftovers(d: &Daemon) -> Vec<String> {
         if let Ok(rd) = std::fs::read_dir(data.join(drv).join("state")) {
             for e in rd.flatten() {
                 out.push(format!("{drv} runtime state {}", e.file_name().to_string_lossy()));
+            }
+        }
+    }
+    // Network objects: netns of its sandboxes, veths of its pool, chains.
+    for id in std::fs::read_dir("/run/netns").into_iter().flatten().flatten() {
+        let n = id.file_name().to_string_lossy().to_string();
+        if let Some(sid) = n.strip_prefix("spinup-") {
+            if ids.iter().any(|i| i == sid) || d.log().contains(sid) {
+                out.push(format!("netns {n}"));
+            }
+        }
+    }
+    if let Ok(pool) = std::fs::read_to_string(data.join("net-pool")) {
+        let prefix = format!("sp{}v", pool.trim());
+        for e in std::fs::read_dir("/sys/class/net").into_iter().flatten().flatten() {
+            let n = e.file_name().to_string_lossy().to_string();
+            if n.starts_with(&prefix) {
+                out.push(format!("veth {n}"));
+            }
+        }
+        let t = Command::new("nft").args(["list", "table", "inet", &format!("spinup_{}", pool.trim())]).output();
+        if let Ok(t) = t {
+            for l in String::from_utf8_lossy(&t.stdout).lines() {
+                let l = l.trim();
+                if l.starts_with("chain sb_") || l.starts_with("set dyn_") {
+                    out.push(format!("nft {l}"));
+                }
             }
         }
     }
