@@ -20,6 +20,14 @@ async fn run(d: &Daemon, id: &str, cmd: &str) -> (i64, String) {
     (v["exit_code"].as_i64().unwrap_or(-1), format!("{}{}", v["stdout"].as_str().unwrap_or(""), v["stderr"].as_str().unwrap_or("")))
 }
 
+/// Start a background process (it outlives this call).
+async fn bg(d: &Daemon, id: &str, cmd: &str) {
+    let mut ws = d
+        .ws_exec(id, spinup_protocol::ExecRequest { cmd: Some(cmd.into()), background: true, ..Default::default() })
+        .await;
+    common::wait_started(&mut ws).await;
+}
+
 fn host_can(addr: &str) -> bool {
     std::net::TcpStream::connect_timeout(&addr.parse().unwrap(), Duration::from_secs(3)).is_ok()
 }
@@ -61,8 +69,8 @@ async fn policy_modes_forbidden_set_and_live_changes() {
     let a = d.create(json!({"network": {"mode": "open"}})).await;
     let b = d.create(json!({"network": {"mode": "open"}})).await;
     // B listens; A must not reach it.
-    d.exec(&b, json!({"cmd": "nc -lk -p 7000 -e cat", "background": true})).await;
-    let (code, out) = run(d, &a, &format!("wget -q -O- -T 10 http://{}/hello", t.ip)).await;
+    bg(d, &b, "nc -lk -p 7000 -e cat").await;
+    let (code, out) = run(d, &a, &format!("timeout 10 wget -q -O- http://{}/hello", t.ip)).await;
     assert_eq!(code, 0, "open mode cannot reach an ordinary address: {out}");
     assert!(out.contains("GET /hello HTTP/1.1"), "{out}");
 
@@ -103,7 +111,7 @@ async fn policy_modes_forbidden_set_and_live_changes() {
 
     // A live connection is cut the moment the policy forbids it.
     d.req("PUT", &format!("/v1/sandboxes/{a}/network"), Some(json!({"mode": "open"}))).await;
-    d.exec(&a, json!({"cmd": format!("nc {} 8080 > /tmp/ticks; echo done > /tmp/nc-ended", t.ip), "background": true})).await;
+    bg(d, &a, &format!("nc {} 8080 > /tmp/ticks; echo done > /tmp/nc-ended", t.ip)).await;
     eventually("ticks arrive", 20, || async { run(d, &a, "grep -c tick /tmp/ticks").await.1.trim().parse::<u32>().unwrap_or(0) >= 3 }).await;
     let (st, v) = d.req("PUT", &format!("/v1/sandboxes/{a}/network"), Some(json!({"mode": "none"}))).await;
     assert_eq!(st, 200, "{v}");
@@ -113,7 +121,7 @@ async fn policy_modes_forbidden_set_and_live_changes() {
     eprintln!("live connection cut {:?} after the policy change", cut.elapsed());
     // none: fails fast, names included.
     let t0 = Instant::now();
-    let (code, out) = run(d, &a, &format!("wget -q -O- -T 20 http://{}/ ; nslookup pypi.org", t.ip)).await;
+    let (code, out) = run(d, &a, &format!("timeout 20 wget -q -O- http://{}/ ; nslookup pypi.org", t.ip)).await;
     assert_ne!(code, 0, "none mode still reaches out: {out}");
     assert!(t0.elapsed() < Duration::from_secs(8), "none mode took {:?} to fail", t0.elapsed());
     // The policy is part of the sandbox and survives in the store.
@@ -132,14 +140,14 @@ async fn allow_mode_resolver_and_host_checks() {
     let policy = json!({"mode": "allow", "allow": ["allowed.test"], "hosts": {"allowed.test": ip, "evil.test": ip}});
     let a = d.create(json!({"network": policy})).await;
     let other = d.create(json!({"network": {"mode": "allow", "allow": ["something.else"]}})).await;
-    let (code, out) = run(d, &a, "wget -q -O- -T 10 http://allowed.test/x").await;
+    let (code, out) = run(d, &a, "timeout 10 wget -q -O- http://allowed.test/x").await;
     assert_eq!(code, 0, "allowed domain unreachable: {out}");
-    assert!(out.contains("Host: allowed.test"), "{out}");
+    assert!(out.to_lowercase().contains("host: allowed.test"), "{out}");
     // Not listed: the resolver knows no such name.
     let (code, out) = run(d, &a, "nslookup evil.test").await;
     assert_ne!(code, 0, "the resolver answered a name not allowed: {out}");
     // Domain fronting: an allowed address, another Host.
-    let (code, out) = run(d, &a, "wget -q -O- -T 10 --header 'Host: evil.test' http://allowed.test/").await;
+    let (code, out) = run(d, &a, "timeout 10 wget -q -O- --header 'Host: evil.test' http://allowed.test/").await;
     assert_ne!(code, 0, "fronting through an allowed address got through: {out}");
     // The address opened for `a` only.
     let (code, out) = run(d, &other, &format!("echo hi | nc -w 3 {ip} 9000")).await;
@@ -152,7 +160,7 @@ async fn allow_mode_resolver_and_host_checks() {
 async fn ports_are_exposed_through_the_daemon() {
     let d = shared();
     let id = d.create(json!({})).await;
-    d.exec(&id, json!({"cmd": "mkdir -p /tmp/www && echo served-from-sandbox > /tmp/www/index.html && httpd -f -p 8080 -h /tmp/www", "background": true})).await;
+    bg(d, &id, "mkdir -p /tmp/www && echo served-from-sandbox > /tmp/www/index.html && httpd -f -p 8080 -h /tmp/www").await;
     eventually("httpd listens", 20, || async { run(d, &id, "wget -q -O- http://127.0.0.1:8080/").await.0 == 0 }).await;
     let (st, v) = d.req("POST", &format!("/v1/sandboxes/{id}/ports"), Some(json!({"port": 8080}))).await;
     assert_eq!(st, 201, "{v}");
@@ -606,7 +614,7 @@ while True:
     c, _ = s.accept(); threading.Thread(target=handle, args=(c,), daemon=True).start()
 "#;
     d.raw("PUT", &format!("/v1/sandboxes/{id}/files?path=/tmp/server.py"), server.to_string().into()).await;
-    d.exec(&id, json!({"cmd": "python3 /tmp/server.py", "background": true})).await;
+    bg(d, &id, "python3 /tmp/server.py").await;
     eventually("the server listens", 20, || async { run(d, &id, "python3 -c \"import socket; socket.create_connection(('127.0.0.1', 8000), 1)\"").await.0 == 0 }).await;
     let (st, v) = d.req("POST", &format!("/v1/sandboxes/{id}/ports"), Some(json!({"port": 8000}))).await;
     assert_eq!(st, 201, "{v}");

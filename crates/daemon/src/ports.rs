@@ -74,12 +74,29 @@ enum Listener {
 impl Manager {
     /// Expose `req.port` of sandbox `id`.
     pub async fn expose(self: &Arc<Self>, id: &str, req: ExposeRequest) -> Result<ExposeAnswer> {
+        spinup_model::validate_id(id)?;
         if req.port == 0 {
             return Err(Error::InvalidArgument("port must be 1-65535".into()));
         }
         if req.unix && req.listen.is_some() {
             return Err(Error::InvalidArgument("give either unix or listen, not both".into()));
         }
+        let address = if req.unix {
+            let dir = self.envs.data_dir().join("ports");
+            std::fs::create_dir_all(&dir).map_err(|e| Error::internal("ports dir", e))?;
+            dir.join(format!("{id}-{}.sock", req.port)).display().to_string()
+        } else {
+            let a = req.listen.clone().unwrap_or_else(|| "127.0.0.1:0".into());
+            let sa: std::net::SocketAddr = a
+                .parse()
+                .map_err(|_| Error::InvalidArgument(format!("listen {a:?} is not an IP:PORT address")))?;
+            if !sa.ip().is_loopback() {
+                return Err(Error::InvalidArgument(format!(
+                    "listen {a}: ports are exposed on loopback only (put your own proxy in front for more)"
+                )));
+            }
+            a
+        };
         let lock = self.lock_for(id);
         let _g = lock.lock().await;
         let mut sb = self.get(id)?;
@@ -98,22 +115,6 @@ impl Manager {
             getrandom::fill(&mut b).expect("OS randomness");
             hex::encode(b)
         });
-        let address = if req.unix {
-            let dir = self.envs.data_dir().join("ports");
-            std::fs::create_dir_all(&dir).map_err(|e| Error::internal("ports dir", e))?;
-            dir.join(format!("{id}-{}.sock", req.port)).display().to_string()
-        } else {
-            let a = req.listen.clone().unwrap_or_else(|| "127.0.0.1:0".into());
-            let sa: std::net::SocketAddr = a
-                .parse()
-                .map_err(|_| Error::InvalidArgument(format!("listen {a:?} is not an IP:PORT address")))?;
-            if !sa.ip().is_loopback() {
-                return Err(Error::InvalidArgument(format!(
-                    "listen {a}: ports are exposed on loopback only (put your own proxy in front for more)"
-                )));
-            }
-            a
-        };
         let info = PortExposure { port: req.port, address, public: req.public, token_sha256: token.as_deref().map(sha) };
         let info = self.listen(id, info).await?;
         sb.ports.push(info.clone());

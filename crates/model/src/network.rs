@@ -70,6 +70,7 @@ impl std::fmt::Display for Cidr {
 
 /// A sandbox's network policy.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
 pub struct NetworkPolicy {
     #[serde(default)]
     pub mode: NetMode,

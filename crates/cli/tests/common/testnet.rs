@@ -5,7 +5,7 @@
 //! - :443  the same over TLS, for any SNI, under the test's own CA
 //! - :8080 a TCP stream that writes "tick\n" every 100 ms until closed
 //! - :9000 TCP echo
-//! Plus the metadata address 169.254.169.254 on a host dummy interface.
+//! Plus the metadata address 169.254.169.254 on a host-only interface.
 
 use std::net::Ipv4Addr;
 use std::os::fd::AsRawFd;
@@ -169,7 +169,7 @@ async fn echo_http<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(mut 
             head.len(),
             text
         );
-        if s.write_all(resp.as_bytes()).await.is_err() {
+        if s.write_all(resp.as_bytes()).await.is_err() || text.to_ascii_lowercase().contains("connection: close") {
             return;
         }
     }
@@ -179,9 +179,11 @@ async fn echo_http<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(mut 
 /// made once and shared by every test); returns its port. Only the host can
 /// reach it.
 pub fn metadata_listener() -> u16 {
-    let _ = Command::new("ip").args(["link", "add", "sptmeta", "type", "dummy"]).output();
+    // (A veth pair: this kernel may have no dummy driver.)
+    let _ = Command::new("ip").args(["link", "add", "sptmeta", "type", "veth", "peer", "name", "sptmeta-p"]).output();
     let _ = Command::new("ip").args(["addr", "add", "169.254.169.254/32", "dev", "sptmeta"]).output();
     let _ = Command::new("ip").args(["link", "set", "sptmeta", "up"]).output();
+    let _ = Command::new("ip").args(["link", "set", "sptmeta-p", "up"]).output();
     let l = std::net::TcpListener::bind("169.254.169.254:0").expect("bind the metadata address");
     let port = l.local_addr().unwrap().port();
     std::thread::spawn(move || {
