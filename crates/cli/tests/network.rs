@@ -229,6 +229,36 @@ macro_rules! suite {
 
 suite!(policy_modes_forbidden_set_and_live_changes, allow_mode_resolver_and_host_checks, ports_are_exposed_through_the_daemon);
 
+/// A daemon killed with -9 comes back to working networks: the resolver,
+/// the policy, the proxy and exposed ports of running sandboxes.
+#[tokio::test]
+async fn daemon_restart_keeps_networks_and_ports() {
+    let t = TestNet::new(6);
+    let d = Daemon::start("netrestart");
+    let ip = t.ip.to_string();
+    let a = d.create(json!({"network": {"mode": "allow", "allow": ["echo.test"], "hosts": {"echo.test": ip}}})).await;
+    bg(&d, &a, "mkdir -p /tmp/www && echo still-here > /tmp/www/index.html && httpd -f -p 8080 -h /tmp/www").await;
+    let (st, p) = d.req("POST", &format!("/v1/sandboxes/{a}/ports"), Some(json!({"port": 8080, "public": true}))).await;
+    assert_eq!(st, 201, "{p}");
+    let addr = p["address"].as_str().unwrap().to_string();
+    let (code, out) = run(&d, &a, &get_cmd("echo.test", "/before", "echo.test")).await;
+    assert!(code == 0 && out.contains("GET /before"), "{out}");
+    d.restart();
+    let (code, out) = run(&d, &a, &get_cmd("echo.test", "/after", "echo.test")).await;
+    assert!(code == 0 && out.contains("GET /after"), "after a restart: {out}");
+    let (_, out) = run(&d, &a, "nslookup evil.test").await;
+    assert!(!out.contains(&ip), "the policy is gone after a restart: {out}");
+    let out = std::process::Command::new("curl").args(["-s", "--max-time", "10", &format!("http://{addr}/")]).output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("still-here"), "the port is gone after a restart: {out:?}");
+    let (st, _) = d.req("PUT", &format!("/v1/sandboxes/{a}/network"), Some(json!({"mode": "none"}))).await;
+    assert_eq!(st, 200);
+    let (code, out) = run(&d, &a, &get_cmd("echo.test", "/none", "echo.test")).await;
+    assert!(code != 0 || !out.contains("GET /none"), "{out}");
+    d.rm(&a).await;
+    let left = common::leftovers(&d);
+    assert!(left.is_empty(), "left behind: {left:?}");
+}
+
 /// Malformed policies, secret names and mounts get clear 400s.
 #[tokio::test]
 async fn malformed_policies_and_secrets_are_400() {
@@ -424,6 +454,14 @@ async fn secrets_are_projected_and_never_leak() {
     assert!(o.contains(&new_file_v) && o.contains(&env_v), "the child's secrets: {o}");
     let (_, o) = run(&d, &id, "cat /run/secrets/FILE_TOKEN").await;
     assert!(o.contains(&file_v) && !o.contains("rotated"), "{o}");
+
+    // Attach later: a running sandbox gets a secret in another mode.
+    let (st, v) = d.req("POST", &format!("/v1/sandboxes/{id}/secrets"), Some(json!({"attach": [{"name": "FILE_TOKEN", "mode": "env"}]}))).await;
+    assert_eq!(st, 200, "{v}");
+    let (_, o) = run(&d, &id, "echo \"$FILE_TOKEN\"; ls /run/secrets").await;
+    assert!(o.contains(&file_v) && !o.contains("FILE_TOKEN"), "re-attached as env: {o}");
+    let (st, _) = d.req("POST", &format!("/v1/sandboxes/{id}/secrets"), Some(json!({"attach": [{"name": "FILE_TOKEN"}]}))).await;
+    assert_eq!(st, 200);
 
     // Snapshots, diffs and the writable layer never hold a value.
     let (st, snap) = d.req("POST", &format!("/v1/sandboxes/{id}/snapshot"), Some(json!({}))).await;
