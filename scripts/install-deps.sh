@@ -3,11 +3,12 @@
 # runc (container driver), runsc (gvisor driver), busybox-static (the `busybox` environment),
 # mmdebstrap (the `debian` environment), qemu-system-x86 + qemu-utils +
 # e2fsprogs (microvm driver: the VMM, qcow2 overlays, ext4 root images),
-# bubblewrap and hyperfine (bench baselines). Idempotent. The microVM guest
+# bubblewrap and hyperfine (bench baselines), nftables + iproute2 (sandbox
+# networks) and curl (network tests and bench). Idempotent. The microVM guest
 # kernel is not installed here: the daemon downloads Debian's cloud kernel
 # package into its data dir on first use (never into the host's /boot).
 set -euo pipefail
-pkgs=(runc runsc busybox-static mmdebstrap e2fsprogs bubblewrap hyperfine ca-certificates)
+pkgs=(runc runsc busybox-static mmdebstrap e2fsprogs bubblewrap hyperfine ca-certificates nftables iproute2 curl)
 export DEBIAN_FRONTEND=noninteractive
 updated=
 update() { [ -n "$updated" ] || apt-get update -qq; updated=1; }

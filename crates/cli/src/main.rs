@@ -278,6 +278,9 @@ enum Cmd {
         /// Measure snapshots, fork, pause/resume and memory restore instead.
         #[arg(long)]
         snapshots: bool,
+        /// Measure HTTP from a sandbox and through the secrets proxy instead.
+        #[arg(long, conflicts_with = "snapshots")]
+        network: bool,
     },
 }
 
@@ -944,11 +947,19 @@ async fn run(cli: Cli) -> Result<i32> {
                 println!("{} {}", v["name"].as_str().unwrap_or(""), v["digest"].as_str().unwrap_or(""));
             }
         }
-        Cmd::Bench { iterations, exec_iterations, idle, data_dir, driver, snapshots } => {
+        Cmd::Bench { iterations, exec_iterations, idle, data_dir, driver, snapshots, network } => {
             let o = bench::Opts { iterations, exec_iterations, idle, data_dir, driver };
-            let v = if snapshots { bench::run_snapshots(&c, o).await? } else { bench::run(&c, o).await? };
+            let v = if snapshots {
+                bench::run_snapshots(&c, o).await?
+            } else if network {
+                bench::run_network(&c, o).await?
+            } else {
+                bench::run(&c, o).await?
+            };
             if cli.json {
                 print_json(&v);
+            } else if network {
+                bench::print_network_table(&v);
             } else if snapshots {
                 bench::print_snapshot_table(&v);
             } else {

@@ -341,9 +341,12 @@ async fn isolation_processes_hostname_pid1_and_layers() {
     let lower = d.data().join("environments/layers").join(layer).join("usr/bin/agent-was-here");
     assert!(!lower.exists(), "the shared layer was modified");
     assert!(!std::path::Path::new("/usr/bin/agent-was-here").exists());
-    // Network is loopback only.
-    let ifs = d.ok(&a, "ls /sys/class/net").await;
-    assert_eq!(ifs.trim(), "lo");
+    // Its own network namespace; by default (`none`) nothing leaves it and
+    // no name resolves (the daemon's resolver answers locally).
+    let ifs = d.ok(&a, "ls /sys/class/net 2>/dev/null || echo lo").await;
+    assert!(ifs.split_whitespace().all(|i| i == "lo" || i == "eth0"), "interfaces: {ifs}");
+    let v = d.sh(&a, "nslookup pypi.org").await;
+    assert_ne!(v["exit_code"], 0, "a name resolves with networking off: {v}");
     d.rm(&a).await;
     d.rm(&b).await;
 }

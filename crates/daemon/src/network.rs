@@ -245,7 +245,7 @@ impl Network {
         let live_idx: BTreeSet<u32> = live.iter().map(|s| s.index).collect();
         // Objects of sandboxes that are gone.
         let _ = run("nft", &["add", "table", "inet", t], None);
-        let mut stale = String::new();
+        let (mut stale_chains, mut stale_sets) = (String::new(), String::new());
         if let Ok(out) = std::process::Command::new("nft").args(["-j", "list", "table", "inet", t]).output() {
             if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&out.stdout) {
                 for o in v["nftables"].as_array().into_iter().flatten() {
@@ -256,7 +256,13 @@ impl Network {
                         });
                         if let Some(i) = idx {
                             if !live_idx.contains(&i) {
-                                stale.push_str(&format!("delete {kind} inet {t} {name}\n"));
+                                // A chain goes empty first; sets after the
+                                // chains that name them (below).
+                                if kind == "chain" {
+                                    stale_chains.push_str(&format!("flush chain inet {t} {name}\ndelete chain inet {t} {name}\n"));
+                                } else {
+                                    stale_sets.push_str(&format!("delete set inet {t} {name}\n"));
+                                }
                             }
                         }
                     }
@@ -286,7 +292,7 @@ flush chain inet {t} postrouting
 flush map inet {t} egress
 flush map inet {t} proxied
 flush set inet {t} gw
-{stale}add chain inet {t} refuse
+{stale_chains}{stale_sets}add chain inet {t} refuse
 flush chain inet {t} refuse
 add rule inet {t} refuse meta l4proto tcp reject with tcp reset
 add rule inet {t} refuse reject with icmpx admin-prohibited
@@ -305,12 +311,25 @@ add rule inet {t} postrouting iifname \"{p}*\" oifname != \"{p}*\" masquerade
             private = sets(&self.shared.private),
         );
         for s in live {
+            // The chain may not exist yet (a daemon killed mid-create): an
+            // empty one refuses everything (the forward chain's next rule).
             r.push_str(&format!(
-                "add element inet {t} gw {{ \"{}\" . {} }}\nadd element inet {t} egress {{ \"{}\" : jump sb_{} }}\n",
-                s.host_if, s.gateway, s.host_if, s.index
+                "add chain inet {t} sb_{i}\nadd element inet {t} gw {{ \"{h}\" . {g} }}\nadd element inet {t} egress {{ \"{h}\" : jump sb_{i} }}\n",
+                i = s.index,
+                h = s.host_if,
+                g = s.gateway
             ));
         }
-        run("nft", &["-f", "-"], Some(&r))
+        if let Err(e) = run("nft", &["-f", "-"], Some(&r)) {
+            // Whatever state the table is in, start it over: running
+            // sandboxes get their chains back when they are re-attached
+            // (their learned addresses are lost; they resolve again).
+            tracing::warn!("rebuilding the nftables table {t}: {e}");
+            let _ = run("nft", &["delete", "table", "inet", t], None);
+            let r = r.replace(&stale_chains, "").replace(&stale_sets, "");
+            run("nft", &["-f", "-"], Some(&r))?;
+        }
+        Ok(())
     }
 
     /// A slot for a new sandbox.
@@ -432,6 +451,32 @@ add rule inet {t} postrouting iifname \"{p}*\" oifname != \"{p}*\" masquerade
         Ok(self.ca(id)?.cert_pem().to_string())
     }
 
+    /// The proxy's upstream roots for a sandbox starting now: the system's
+    /// and `[network] upstream_ca`, plus any PEM file dropped into
+    /// `<data>/net/upstream-ca.d/` (read at each sandbox start).
+    fn roots_now(&self) -> Arc<rustls::RootCertStore> {
+        let dir = self.data_dir.join("net/upstream-ca.d");
+        let extra: Vec<PathBuf> = std::fs::read_dir(&dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|e| e == "pem" || e == "crt"))
+            .collect();
+        if extra.is_empty() {
+            return self.roots.clone();
+        }
+        let mut files = self.cfg.upstream_ca.clone();
+        files.extend(extra);
+        match spinup_net::proxy::load_roots(Path::new("/etc/ssl/certs/ca-certificates.crt"), &files) {
+            Ok(r) => Arc::new(r),
+            Err(e) => {
+                tracing::warn!("{}: {e:#}", dir.display());
+                self.roots.clone()
+            }
+        }
+    }
+
     async fn start(&self, sn: &Arc<SandboxNet>) -> Result<()> {
         let gw = sn.slot.gateway;
         let resolver = Resolver::new(self.resolver_cfg.clone(), sn.clone());
@@ -446,7 +491,7 @@ add rule inet {t} postrouting iifname \"{p}*\" oifname != \"{p}*\" masquerade
             .map_err(|e| Error::internal(format!("binding the sandbox's proxy on {gw}:{PROXY_PORT}"), e))?;
         let proxy = Proxy::new(
             ProxyConfig {
-                upstream_roots: self.roots.clone(),
+                upstream_roots: self.roots_now(),
                 max_conns: self.cfg.max_connections.unwrap_or(512) as usize / 2,
                 peek_timeout: Duration::from_secs(10),
                 connect_timeout: Duration::from_secs(10),
@@ -573,17 +618,24 @@ add rule inet {t} sb_{i} ip daddr @forbidden jump refuse
         }
         let t = &self.table;
         let (i, h) = (slot.index, &slot.host_if);
-        // One transaction per object, so what is already gone fails alone.
-        for cmd in [
+        // References first (map elements, then the chains' rules), then the
+        // objects. One transaction when everything is there; else one per
+        // step, so what is already gone fails alone.
+        let steps = [
             format!("delete element inet {t} egress {{ \"{h}\" }}"),
             format!("delete element inet {t} proxied {{ \"{h}\" }}"),
             format!("delete element inet {t} gw {{ \"{h}\" . {} }}", slot.gateway),
+            format!("flush chain inet {t} sb_{i}"),
+            format!("flush chain inet {t} rd_{i}"),
             format!("delete chain inet {t} sb_{i}"),
             format!("delete chain inet {t} rd_{i}"),
             format!("delete set inet {t} explicit_{i}"),
             format!("delete set inet {t} dyn_{i}"),
-        ] {
-            let _ = run("nft", &["-f", "-"], Some(&cmd));
+        ];
+        if run("nft", &["-f", "-"], Some(&steps.join("\n"))).is_err() {
+            for cmd in &steps {
+                let _ = run("nft", &["-f", "-"], Some(cmd));
+            }
         }
         let _ = run("ip", &["link", "del", h], None);
         let _ = run("ip", &["netns", "del", &Self::netns_name(id)], None);
