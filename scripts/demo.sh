@@ -41,8 +41,23 @@ snap=$($spinup snapshot "$id" --name "demo-$id")
 child=$($spinup fork "$id" --count 1)
 $spinup exec "$child" -- sh -c 'echo "fork $(hostname) sees: $(cat /root/answer.txt)"'
 $spinup rm -f "$child" >/dev/null
+echo "== a secret it can read but the API never returns, and a port the host can reach"
+printf 'demo-token-%s' "$$" | $spinup secret set DEMO_TOKEN
+$spinup secret attach "$id" DEMO_TOKEN
+$spinup exec "$id" -- sh -c 'echo "/run/secrets: $(ls -l /run/secrets | tail -1)"'
+$spinup exec -d "$id" -- python3 -m http.server 8000 --bind 127.0.0.1 --directory /root >/dev/null
+sleep 1
+port=$($spinup port "$id" 8000 --public)
+curl -s "$port/answer.txt"
+echo "== networking is off unless asked for: names do not resolve, nothing leaves"
+$spinup exec "$id" -- python3 -c 'import socket
+try: socket.getaddrinfo("pypi.org", 443); print("resolved?!")
+except OSError as e: print("refused at once:", e)'
+$spinup net set "$id" --mode allow --allow pypi.org
+$spinup exec "$id" -- python3 -c 'import socket; print("allow pypi.org:", socket.getaddrinfo("pypi.org", 443)[0][4][0])'
 echo "== remove it"
 $spinup rm -f "$id"
+$spinup secret rm DEMO_TOKEN
 $spinup snapshot rm "$snap" >/dev/null
 if $spinup drivers --json | python3 -c 'import json,sys; sys.exit(0 if any(d["driver"] == "microvm" and d["available"] for d in json.load(sys.stdin)) else 1)'; then
     echo "== the same model in a microVM with its own kernel"

@@ -876,13 +876,16 @@ async fn bench_http<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(mut
 /// curl arguments for `n` requests of `/small` over one connection, printing
 /// each request's total time, then one `/big` printing the download speed.
 fn curl_script(url: &str, n: usize, extra: &str) -> String {
-    let urls = std::iter::repeat_n(format!("{url}/small"), n).collect::<Vec<_>>().join(" ");
+    // One `-o /dev/null URL` pair per request: the same connection, each
+    // transfer's own time.
+    let urls = std::iter::repeat_n(format!("-o /dev/null {url}/small"), n).collect::<Vec<_>>().join(" ");
     format!(
-        "curl -s {extra} -o /dev/null -w '%{{time_total}}\\n' {urls} && curl -s {extra} -o /dev/null -w 'speed %{{speed_download}}\\n' {url}/big && curl -s {extra} -o /dev/null -w 'speed %{{speed_download}}\\n' {url}/big && curl -s {extra} -o /dev/null -w 'speed %{{speed_download}}\\n' {url}/big"
+        "curl -s {extra} -w '%{{time_total}}\\n' {urls} && curl -s {extra} -o /dev/null -w 'speed %{{speed_download}}\\n' {url}/big && curl -s {extra} -o /dev/null -w 'speed %{{speed_download}}\\n' {url}/big && curl -s {extra} -o /dev/null -w 'speed %{{speed_download}}\\n' {url}/big"
     )
 }
 
-/// (per-request latencies, median download speed in MB/s) from curl's output.
+/// (per-request latencies, median download speed in MB/s) from curl's
+/// output; the first request (connection and TLS set-up) is left out.
 fn parse_curl(out: &str) -> Result<(Vec<Duration>, f64)> {
     let mut lat = vec![];
     let mut speeds = vec![];
@@ -897,6 +900,9 @@ fn parse_curl(out: &str) -> Result<(Vec<Duration>, f64)> {
         bail!("unexpected curl output: {out}");
     }
     speeds.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    if lat.len() > 1 {
+        lat.remove(0);
+    }
     Ok((lat, speeds[speeds.len() / 2]))
 }
 

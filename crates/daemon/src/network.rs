@@ -114,6 +114,9 @@ pub struct Network {
     roots: Arc<rustls::RootCertStore>,
     used: Mutex<BTreeSet<u32>>,
     live: Mutex<HashMap<String, Arc<SandboxNet>>>,
+    /// What a proxy terminates TLS with until its sandbox has proxy-mode
+    /// secrets (it intercepts nothing before that, so this never signs).
+    idle_ca: Arc<SandboxCa>,
     _pool_lock: nix::fcntl::Flock<std::fs::File>,
 }
 
@@ -227,6 +230,7 @@ impl Network {
             roots: Arc::new(roots),
             used: Mutex::new(live.iter().map(|s| s.index).collect()),
             live: Default::default(),
+            idle_ca: Arc::new(SandboxCa::generate("Spinup idle proxy CA (never used to sign)")?),
             _pool_lock: lock,
         };
         net.install_base(live).context("installing the nftables table")?;
@@ -369,9 +373,22 @@ add rule inet {t} postrouting iifname \"{p}*\" oifname != \"{p}*\" masquerade
     /// Make the namespace, the veth (and bridge + tap for VMs), the
     /// sandbox's chain, and start its resolver and proxy.
     pub async fn setup(&self, id: &str, slot: &NetSlot, kind: NetKind, policy: &NetworkPolicy) -> Result<()> {
+        let t0 = Instant::now();
         let ns = Self::netns_name(id);
-        let _ = run("ip", &["link", "del", &slot.host_if], None);
-        let _ = run("ip", &["netns", "del", &ns], None);
+        // Leftovers of a killed daemon only: checking is cheaper than `ip`.
+        if Path::new("/sys/class/net").join(&slot.host_if).exists() {
+            let _ = run("ip", &["link", "del", &slot.host_if], None);
+        }
+        if Path::new("/run/netns").join(&ns).exists() {
+            let _ = run("ip", &["netns", "del", &ns], None);
+        }
+        // The chain names the interface, not its index: write it while the
+        // links are made.
+        let sn = self.attach_live(id, slot, policy.clone());
+        let chain = {
+            let (sn, this) = (sn.clone(), self.chain_writer());
+            tokio::task::spawn_blocking(move || this.write_chain(&sn, true))
+        };
         run("ip", &["netns", "add", &ns], None)?;
         run(
             "ip",
@@ -393,9 +410,12 @@ add rule inet {t} postrouting iifname \"{p}*\" oifname != \"{p}*\" masquerade
             NetKind::Tap => "link set lo up\nlink add br0 type bridge\nlink set eth0 master br0\ntuntap add dev tap0 mode tap\nlink set tap0 master br0\nlink set eth0 up\nlink set tap0 up\nlink set br0 up\n".to_string(),
         };
         run("ip", &["-n", &ns, "-batch", "-"], Some(&inside))?;
-        let sn = self.attach_live(id, slot, policy.clone());
-        self.write_chain(&sn, true)?;
-        self.start(&sn).await
+        let t_links = t0.elapsed();
+        chain.await.map_err(|e| Error::internal("nftables task", e))??;
+        let t_chain = t0.elapsed();
+        self.start(&sn).await?;
+        tracing::debug!(id, links_ms = t_links.as_millis() as u64, chain_ms = t_chain.as_millis() as u64, total_ms = t0.elapsed().as_millis() as u64, "network ready");
+        Ok(())
     }
 
     fn attach_live(&self, id: &str, slot: &NetSlot, policy: NetworkPolicy) -> Arc<SandboxNet> {
@@ -425,6 +445,15 @@ add rule inet {t} postrouting iifname \"{p}*\" oifname != \"{p}*\" masquerade
 
     /// The per-sandbox CA (made on first use, kept 0600 in the data dir).
     fn ca(&self, id: &str) -> Result<Arc<SandboxCa>> {
+        let ca = self.load_or_make_ca(id)?;
+        let sn = self.live.lock().unwrap().get(id).cloned();
+        if let Some(p) = sn.and_then(|sn| sn.proxy.lock().unwrap().clone()) {
+            p.set_ca(&ca);
+        }
+        Ok(ca)
+    }
+
+    fn load_or_make_ca(&self, id: &str) -> Result<Arc<SandboxCa>> {
         let dir = self.data_dir.join("net").join(id);
         let (c, k) = (dir.join("ca.pem"), dir.join("ca.key"));
         if let (Ok(cert), Ok(key)) = (std::fs::read_to_string(&c), std::fs::read_to_string(&k)) {
@@ -496,7 +525,12 @@ add rule inet {t} postrouting iifname \"{p}*\" oifname != \"{p}*\" masquerade
                 peek_timeout: Duration::from_secs(10),
                 connect_timeout: Duration::from_secs(10),
             },
-            self.ca(&sn.id)?,
+            // Its own CA if it has one already (a restart), else made when
+            // it first gets a proxy-mode secret.
+            match self.data_dir.join("net").join(&sn.id).join("ca.pem").exists() {
+                true => self.load_or_make_ca(&sn.id)?,
+                false => self.idle_ca.clone(),
+            },
             sn.clone(),
         );
         *sn.proxy.lock().unwrap() = Some(proxy.clone());
@@ -507,80 +541,16 @@ add rule inet {t} postrouting iifname \"{p}*\" oifname != \"{p}*\" masquerade
         Ok(())
     }
 
-    /// Write the sandbox's chain for its current policy (atomically).
+    fn chain_writer(&self) -> ChainWriter {
+        ChainWriter {
+            table: self.table.clone(),
+            max_connections: self.cfg.max_connections.unwrap_or(512),
+            new_per_sec: self.cfg.new_connections_per_sec.unwrap_or(200),
+        }
+    }
+
     fn write_chain(&self, sn: &SandboxNet, fresh: bool) -> Result<()> {
-        let t = &self.table;
-        let i = sn.slot.index;
-        let h = &sn.slot.host_if;
-        let policy = sn.policy.read().unwrap().clone();
-        let proxied = policy.mode == NetMode::Allow
-            || (policy.mode == NetMode::Open && !sn.secrets.read().unwrap().is_empty());
-        let maxc = self.cfg.max_connections.unwrap_or(512);
-        let rate = self.cfg.new_connections_per_sec.unwrap_or(200);
-        let mut r = format!(
-            "add set inet {t} explicit_{i} {{ type ipv4_addr; flags interval; auto-merge; }}
-add set inet {t} dyn_{i} {{ type ipv4_addr; flags timeout; }}
-add chain inet {t} sb_{i}
-add chain inet {t} rd_{i}
-flush set inet {t} explicit_{i}
-flush chain inet {t} sb_{i}
-flush chain inet {t} rd_{i}
-add rule inet {t} sb_{i} meta nfproto ipv6 jump refuse
-add rule inet {t} sb_{i} ct state new ct count over {maxc} jump refuse
-add rule inet {t} sb_{i} ct state new limit rate over {rate}/second burst {burst} packets jump refuse
-add rule inet {t} sb_{i} ip daddr @forbidden jump refuse
-",
-            burst = rate * 2
-        );
-        if fresh {
-            r.push_str(&format!("flush set inet {t} dyn_{i}\n"));
-        }
-        let cidrs = policy.cidrs();
-        if !cidrs.is_empty() && policy.mode != NetMode::None {
-            let list: Vec<String> = cidrs.iter().map(|c| c.to_string()).collect();
-            r.push_str(&format!("add element inet {t} explicit_{i} {{ {} }}\n", list.join(", ")));
-        }
-        match policy.mode {
-            NetMode::None => {}
-            NetMode::Open => r.push_str(&format!(
-                "add rule inet {t} sb_{i} ip daddr @explicit_{i} accept\nadd rule inet {t} sb_{i} ip daddr @private jump refuse\nadd rule inet {t} sb_{i} accept\n"
-            )),
-            NetMode::Allow => r.push_str(&format!(
-                "add rule inet {t} sb_{i} ip daddr @explicit_{i} accept\nadd rule inet {t} sb_{i} ip daddr @private jump refuse\nadd rule inet {t} sb_{i} ip daddr @dyn_{i} accept\n"
-            )),
-        }
-        r.push_str(&format!("add rule inet {t} sb_{i} jump refuse\n"));
-        r.push_str(&format!(
-            "add rule inet {t} rd_{i} ip daddr != @forbidden tcp dport {{ 80, 443 }} dnat ip to {}:{PROXY_PORT}\n",
-            sn.slot.gateway
-        ));
-        // Map elements: add is idempotent; delete the proxied one first.
-        r.push_str(&format!(
-            "add element inet {t} gw {{ \"{h}\" . {} }}\nadd element inet {t} egress {{ \"{h}\" : jump sb_{i} }}\nadd element inet {t} proxied {{ \"{h}\" : jump rd_{i} }}\ndelete element inet {t} proxied {{ \"{h}\" }}\n",
-            sn.slot.gateway
-        ));
-        if proxied {
-            r.push_str(&format!("add element inet {t} proxied {{ \"{h}\" : jump rd_{i} }}\n"));
-        }
-        // Keep learned addresses that the new policy still allows.
-        if !fresh && policy.mode == NetMode::Allow {
-            let now = Instant::now();
-            let keep: Vec<String> = sn
-                .learned
-                .lock()
-                .unwrap()
-                .iter()
-                .filter(|(_, (name, exp))| *exp > now && policy.allows_domain(name))
-                .map(|(ip, (_, exp))| format!("{ip} timeout {}s", exp.duration_since(now).as_secs().max(1)))
-                .collect();
-            r.push_str(&format!("flush set inet {t} dyn_{i}\n"));
-            if !keep.is_empty() {
-                r.push_str(&format!("add element inet {t} dyn_{i} {{ {} }}\n", keep.join(", ")));
-            }
-        } else if !fresh {
-            r.push_str(&format!("flush set inet {t} dyn_{i}\n"));
-        }
-        run("nft", &["-f", "-"], Some(&r))
+        self.chain_writer().write_chain(sn, fresh)
     }
 
     /// Apply a new policy to a running sandbox at once: its chain is
@@ -657,6 +627,93 @@ add rule inet {t} sb_{i} ip daddr @forbidden jump refuse
             .map(|s| s.learned.lock().unwrap().iter().map(|(ip, (n, _))| (*ip, n.clone())).collect())
             .unwrap_or_default()
     }
+}
+
+/// Writes one sandbox's chain (owned, so it can run on a blocking thread).
+#[derive(Clone)]
+struct ChainWriter {
+    table: String,
+    max_connections: u32,
+    new_per_sec: u32,
+}
+
+impl ChainWriter {
+    /// Write the sandbox's chain for its current policy (atomically).
+    fn write_chain(&self, sn: &SandboxNet, fresh: bool) -> Result<()> {
+        let t = &self.table;
+        let i = sn.slot.index;
+        let h = &sn.slot.host_if;
+        let policy = sn.policy.read().unwrap().clone();
+        let proxied = policy.mode == NetMode::Allow
+            || (policy.mode == NetMode::Open && !sn.secrets.read().unwrap().is_empty());
+        let maxc = self.max_connections;
+        let rate = self.new_per_sec;
+        let mut r = format!(
+            "add set inet {t} explicit_{i} {{ type ipv4_addr; flags interval; auto-merge; }}
+add set inet {t} dyn_{i} {{ type ipv4_addr; flags timeout; }}
+add chain inet {t} sb_{i}
+add chain inet {t} rd_{i}
+flush set inet {t} explicit_{i}
+flush chain inet {t} sb_{i}
+flush chain inet {t} rd_{i}
+add rule inet {t} sb_{i} meta nfproto ipv6 jump refuse
+add rule inet {t} sb_{i} ct state new ct count over {maxc} jump refuse
+add rule inet {t} sb_{i} ct state new limit rate over {rate}/second burst {burst} packets jump refuse
+add rule inet {t} sb_{i} ip daddr @forbidden jump refuse
+",
+            burst = rate * 2
+        );
+        if fresh {
+            r.push_str(&format!("flush set inet {t} dyn_{i}\n"));
+        }
+        let cidrs = policy.cidrs();
+        if !cidrs.is_empty() && policy.mode != NetMode::None {
+            let list: Vec<String> = cidrs.iter().map(|c| c.to_string()).collect();
+            r.push_str(&format!("add element inet {t} explicit_{i} {{ {} }}\n", list.join(", ")));
+        }
+        match policy.mode {
+            NetMode::None => {}
+            NetMode::Open => r.push_str(&format!(
+                "add rule inet {t} sb_{i} ip daddr @explicit_{i} accept\nadd rule inet {t} sb_{i} ip daddr @private jump refuse\nadd rule inet {t} sb_{i} accept\n"
+            )),
+            NetMode::Allow => r.push_str(&format!(
+                "add rule inet {t} sb_{i} ip daddr @explicit_{i} accept\nadd rule inet {t} sb_{i} ip daddr @private jump refuse\nadd rule inet {t} sb_{i} ip daddr @dyn_{i} accept\n"
+            )),
+        }
+        r.push_str(&format!("add rule inet {t} sb_{i} jump refuse\n"));
+        r.push_str(&format!(
+            "add rule inet {t} rd_{i} ip daddr != @forbidden tcp dport {{ 80, 443 }} dnat ip to {}:{PROXY_PORT}\n",
+            sn.slot.gateway
+        ));
+        // Map elements: add is idempotent; delete the proxied one first.
+        r.push_str(&format!(
+            "add element inet {t} gw {{ \"{h}\" . {} }}\nadd element inet {t} egress {{ \"{h}\" : jump sb_{i} }}\nadd element inet {t} proxied {{ \"{h}\" : jump rd_{i} }}\ndelete element inet {t} proxied {{ \"{h}\" }}\n",
+            sn.slot.gateway
+        ));
+        if proxied {
+            r.push_str(&format!("add element inet {t} proxied {{ \"{h}\" : jump rd_{i} }}\n"));
+        }
+        // Keep learned addresses that the new policy still allows.
+        if !fresh && policy.mode == NetMode::Allow {
+            let now = Instant::now();
+            let keep: Vec<String> = sn
+                .learned
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|(_, (name, exp))| *exp > now && policy.allows_domain(name))
+                .map(|(ip, (_, exp))| format!("{ip} timeout {}s", exp.duration_since(now).as_secs().max(1)))
+                .collect();
+            r.push_str(&format!("flush set inet {t} dyn_{i}\n"));
+            if !keep.is_empty() {
+                r.push_str(&format!("add element inet {t} dyn_{i} {{ {} }}\n", keep.join(", ")));
+            }
+        } else if !fresh {
+            r.push_str(&format!("flush set inet {t} dyn_{i}\n"));
+        }
+        run("nft", &["-f", "-"], Some(&r))
+    }
+
 }
 
 /// Take the daemon's /16: the configured one, the one it had, or the first

@@ -148,7 +148,7 @@ pub struct Proxy {
     cfg: ProxyConfig,
     policy: Arc<dyn EgressPolicy>,
     /// TLS server side of intercepted connections (leaves from the CA).
-    server_tls: Arc<rustls::ServerConfig>,
+    server_tls: std::sync::RwLock<Arc<rustls::ServerConfig>>,
     /// TLS client side towards real hosts (webpki against upstream_roots).
     client_tls: Arc<rustls::ClientConfig>,
     permits: Arc<Semaphore>,
@@ -177,7 +177,7 @@ impl Proxy {
             permits: Arc::new(Semaphore::new(cfg.max_conns)),
             live: Default::default(),
             next_conn: AtomicU64::new(0),
-            server_tls: ca.server_config(),
+            server_tls: std::sync::RwLock::new(ca.server_config()),
             client_tls: Arc::new(client_tls),
             cfg,
             policy,
@@ -223,6 +223,12 @@ impl Proxy {
             let this = Arc::clone(&self);
             tokio::spawn(async move { this.handle(stream, dst).await });
         }
+    }
+
+    /// Terminate intercepted TLS with `ca` from now on (a sandbox gets its
+    /// own CA only once it has proxy-mode secrets).
+    pub fn set_ca(&self, ca: &Arc<SandboxCa>) {
+        *self.server_tls.write().unwrap() = ca.server_config();
     }
 
     /// Cut every open connection the policy no longer allows (called after
@@ -323,7 +329,7 @@ impl Proxy {
 
         self.intercepted.fetch_add(1, Ordering::Relaxed);
         tracing::debug!(host = %sni, %dst, "intercepting TLS");
-        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::clone(&self.server_tls));
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::clone(&self.server_tls.read().unwrap()));
         let tls = match timeout(self.cfg.peek_timeout, acceptor.accept(Prefixed::new(first, client))).await {
             Ok(Ok(tls)) => tls,
             Ok(Err(e)) => {
