@@ -9,9 +9,9 @@
 //! - **plain HTTP** (a complete HTTP/1.x request head): serves the connection
 //!   with a hyper HTTP/1 server so that *every* request of a keep-alive
 //!   connection is checked: its Host must be allowed by the policy (else
-//!   `403`), placeholders of the host's proxy-mode secrets are swapped for
-//!   their values in the header values, and the request is forwarded to the
-//!   original destination over one upstream connection per client connection.
+//!   `403`), and the request is forwarded to the original destination over
+//!   one upstream connection per client connection. Placeholders are never
+//!   swapped here (see below).
 //!   Upgrades (WebSocket) are passed through with hyper's upgrade support.
 //! - **TLS** (a complete ClientHello): the SNI must be allowed for the
 //!   destination (else the connection is closed). If the host has no
@@ -24,10 +24,9 @@
 //! - **anything else** (no SNI, unrecognised bytes, timeout, oversized
 //!   head): the policy decides with no name; allowed connections are spliced.
 //!
-//! Note that for plain HTTP the proxy cannot tell whether the destination
-//! really is the host named in the request; swapping secrets there relies on
-//! [`EgressPolicy::allow`] only allowing a host's name at that host's own
-//! addresses.
+//! Plain HTTP proves nothing about who answers (any address can be sent any
+//! Host), so secret values go only over TLS, to an upstream whose
+//! certificate verifies for the listed host name.
 //!
 //! Secret values never appear in logs or error messages: logs carry host
 //! names and reasons only, and responses generated here never echo header
@@ -842,7 +841,10 @@ impl Conn {
         if let Err(why) = to_origin_form(&mut req) {
             return text(StatusCode::BAD_REQUEST, format!("spinup: {why}\n"));
         }
-        if let Some(target) = &target {
+        // Values go only where the upstream proves it is the listed host:
+        // over TLS with full verification. Plain HTTP to any address could
+        // claim any Host, so the placeholder passes unchanged there.
+        if let (Some(target), Some(_)) = (&target, &self.sni) {
             let secrets = policy.secrets_for(target);
             if swap_placeholders(req.headers_mut(), &secrets).is_err() {
                 tracing::info!(host = %target, "a secret is not a valid header value");
@@ -1332,7 +1334,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn proxy_plain_http_swaps_for_listed_host() {
+    async fn proxy_plain_http_never_swaps() {
         let echo = spawn_echo(None).await;
         let (proxy, _ca) = new_proxy(Arc::new(rustls::RootCertStore::empty()), &["echo.test", "other.test"]);
         let addr = spawn_proxy(proxy, echo.addr).await;
@@ -1344,8 +1346,10 @@ mod tests {
         let (status, _) = get(&mut client, "echo.test").await;
         assert_eq!(status, StatusCode::OK);
         let seen = echo.requests();
+        // Plain HTTP proves nothing about who answers: no value, even for
+        // the listed host.
         assert!(seen[0].contains(&format!("Bearer {PLACEHOLDER}")), "{}", seen[0]);
-        assert!(seen[1].contains(&format!("Bearer {SECRET}")), "{}", seen[1]);
+        assert!(seen[1].contains(&format!("Bearer {PLACEHOLDER}")) && !seen[1].contains(SECRET), "{}", seen[1]);
     }
 
     #[tokio::test]
