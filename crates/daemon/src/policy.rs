@@ -27,6 +27,19 @@ fn placeholder(name: &str) -> String {
     format!("SPINUP_PLACEHOLDER_{name}_{}", hex::encode(b))
 }
 
+/// What the egress proxy holds for one proxy-mode secret.
+fn proxy_secret(m: &SecretMount, placeholder: String, value: zeroize::Zeroizing<String>) -> ProxySecret {
+    let hosts = m
+        .hosts
+        .iter()
+        .map(|h| match h.strip_prefix("*.") {
+            Some(r) => DomainRule { name: spinup_model::network::normalize_domain(r), subdomains: true },
+            None => DomainRule { name: spinup_model::network::normalize_domain(h), subdomains: false },
+        })
+        .collect();
+    ProxySecret { placeholder, value, hosts }
+}
+
 impl Manager {
     /// Validate the mounts of a request: known secrets, one mount per name,
     /// a placeholder for each proxy-mode one.
@@ -66,18 +79,7 @@ impl Manager {
                 SecretMode::Proxy => {
                     let ph = m.placeholder.clone().unwrap_or_else(|| placeholder(&m.name));
                     req.env.insert(m.name.clone(), ph.clone());
-                    proxied.push(ProxySecret {
-                        placeholder: ph,
-                        value,
-                        hosts: m
-                            .hosts
-                            .iter()
-                            .map(|h| match h.strip_prefix("*.") {
-                                Some(r) => DomainRule { name: spinup_model::network::normalize_domain(r), subdomains: true },
-                                None => DomainRule { name: spinup_model::network::normalize_domain(h), subdomains: false },
-                            })
-                            .collect(),
-                    });
+                    proxied.push(proxy_secret(m, ph, value));
                 }
             }
         }
@@ -117,18 +119,7 @@ impl Manager {
         let mut proxied = vec![];
         for m in sb.secrets.iter().filter(|m| m.mode == SecretMode::Proxy) {
             match self.secrets.reveal(&m.name) {
-                Ok(value) => proxied.push(ProxySecret {
-                    placeholder: m.placeholder.clone().unwrap_or_default(),
-                    value,
-                    hosts: m
-                        .hosts
-                        .iter()
-                        .map(|h| match h.strip_prefix("*.") {
-                            Some(r) => DomainRule { name: spinup_model::network::normalize_domain(r), subdomains: true },
-                            None => DomainRule { name: spinup_model::network::normalize_domain(h), subdomains: false },
-                        })
-                        .collect(),
-                }),
+                Ok(value) => proxied.push(proxy_secret(m, m.placeholder.clone().unwrap_or_default(), value)),
                 Err(e) => tracing::warn!(id = %sb.id, secret = %m.name, "cannot re-attach: {e}"),
             }
         }
