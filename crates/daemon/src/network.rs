@@ -389,12 +389,11 @@ add rule inet {t} postrouting iifname \"{p}*\" oifname != \"{p}*\" masquerade
             let (sn, this) = (sn.clone(), self.chain_writer());
             tokio::task::spawn_blocking(move || this.write_chain(&sn, true))
         };
-        run("ip", &["netns", "add", &ns], None)?;
         run(
             "ip",
             &["-batch", "-"],
             Some(&format!(
-                "link add {h} type veth peer name eth0 netns {ns}\naddr add {g}/{p} dev {h}\nlink set {h} up\n",
+                "netns add {ns}\nlink add {h} type veth peer name eth0 netns {ns}\naddr add {g}/{p} dev {h}\nlink set {h} up\n",
                 h = slot.host_if,
                 g = slot.gateway,
                 p = slot.prefix
