@@ -196,10 +196,10 @@ impl Network {
             }
         }
         std::fs::write("/proc/sys/net/ipv4/ip_forward", "1").context("enabling IPv4 forwarding")?;
-        let (pool, lock) = claim_pool(data_dir, cfg.pool)?;
+        let (own, on_link) = host_networks();
+        let (pool, lock) = claim_pool(data_dir, cfg.pool, &own)?;
         let table = format!("spinup_{pool}");
         let prefix = format!("sp{pool}v");
-        let (own, on_link) = host_networks();
         // Always forbidden: the host, every sandbox pool, link-local and
         // metadata, loopback, "this network", multicast and reserved.
         let mut forbidden = own;
@@ -616,16 +616,6 @@ add rule inet {t} postrouting iifname \"{p}*\" oifname != \"{p}*\" masquerade
     pub fn release(&self, slot: &NetSlot) {
         self.used.lock().unwrap().remove(&slot.index);
     }
-
-    /// Stats of a sandbox's resolver/proxy for tests and `inspect`.
-    pub fn learned(&self, id: &str) -> Vec<(Ipv4Addr, String)> {
-        self.live
-            .lock()
-            .unwrap()
-            .get(id)
-            .map(|s| s.learned.lock().unwrap().iter().map(|(ip, (n, _))| (*ip, n.clone())).collect())
-            .unwrap_or_default()
-    }
 }
 
 /// Writes one sandbox's chain (owned, so it can run on a blocking thread).
@@ -718,7 +708,12 @@ add rule inet {t} sb_{i} ip daddr @forbidden jump refuse
 /// Take the daemon's /16: the configured one, the one it had, or the first
 /// free one; held with a lock file for the daemon's life so two daemons on
 /// one host never share a pool.
-fn claim_pool(data_dir: &Path, want: Option<u8>) -> anyhow::Result<(u8, nix::fcntl::Flock<std::fs::File>)> {
+/// `own`: the host's addresses (a pool must not hold one).
+fn claim_pool(
+    data_dir: &Path,
+    want: Option<u8>,
+    own: &[Cidr],
+) -> anyhow::Result<(u8, nix::fcntl::Flock<std::fs::File>)> {
     use nix::fcntl::{Flock, FlockArg};
     let dir = Path::new("/run/spinup/pools");
     std::fs::create_dir_all(dir)?;
@@ -735,9 +730,8 @@ fn claim_pool(data_dir: &Path, want: Option<u8>) -> anyhow::Result<(u8, nix::fcn
             None => anyhow::bail!("address pool 10.{p}.0.0/16 is in use by another spinup daemon on this host; set [network] pool to another second octet"),
         },
         None => {
-            let in_use = host_networks().0;
             (POOL_FIRST..=POOL_LAST)
-                .filter(|p| !in_use.iter().any(|c| c.contains(Ipv4Addr::new(10, *p, 0, 1)) || Cidr { addr: Ipv4Addr::new(10, *p, 0, 0), prefix: 16 }.contains(c.addr)))
+                .filter(|p| !own.iter().any(|c| Cidr { addr: Ipv4Addr::new(10, *p, 0, 0), prefix: 16 }.contains(c.addr)))
                 .find_map(|p| try_lock(p).map(|l| (p, l)))
                 .ok_or_else(|| anyhow::anyhow!("no free address pool in 10.{POOL_FIRST}-{POOL_LAST}.0.0/16 on this host"))?
         }
@@ -783,7 +777,7 @@ impl DnsPolicy for SandboxNet {
             }
             let fresh = {
                 let mut l = self.learned.lock().unwrap();
-                let prev = l.insert(*ip, (crate::network::normalize(name), exp));
+                let prev = l.insert(*ip, (spinup_model::network::normalize_domain(name), exp));
                 prev.is_none_or(|(_, e)| e < exp - Duration::from_secs(30))
             };
             if fresh && self.policy.read().unwrap().mode == NetMode::Allow {
@@ -791,10 +785,6 @@ impl DnsPolicy for SandboxNet {
             }
         }
     }
-}
-
-fn normalize(name: &str) -> String {
-    spinup_model::network::normalize_domain(name)
 }
 
 impl EgressPolicy for SandboxNet {

@@ -29,15 +29,7 @@ fn placeholder(name: &str) -> String {
 
 /// What the egress proxy holds for one proxy-mode secret.
 fn proxy_secret(m: &SecretMount, placeholder: String, value: zeroize::Zeroizing<String>) -> ProxySecret {
-    let hosts = m
-        .hosts
-        .iter()
-        .map(|h| match h.strip_prefix("*.") {
-            Some(r) => DomainRule { name: spinup_model::network::normalize_domain(r), subdomains: true },
-            None => DomainRule { name: spinup_model::network::normalize_domain(h), subdomains: false },
-        })
-        .collect();
-    ProxySecret { placeholder, value, hosts }
+    ProxySecret { placeholder, value, hosts: m.hosts.iter().map(|h| DomainRule::parse(h)).collect() }
 }
 
 impl Manager {

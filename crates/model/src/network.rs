@@ -93,6 +93,17 @@ pub struct DomainRule {
     pub subdomains: bool,
 }
 
+impl DomainRule {
+    /// `example.com` (that name) or `*.example.com` (it and every name
+    /// under it), normalized.
+    pub fn parse(entry: &str) -> DomainRule {
+        match entry.strip_prefix("*.") {
+            Some(rest) => DomainRule { name: normalize_domain(rest), subdomains: true },
+            None => DomainRule { name: normalize_domain(entry), subdomains: false },
+        }
+    }
+}
+
 /// Lower-case a DNS name and drop one trailing dot.
 pub fn normalize_domain(name: &str) -> String {
     name.trim_end_matches('.').to_ascii_lowercase()
@@ -159,10 +170,7 @@ impl NetworkPolicy {
         self.allow
             .iter()
             .filter(|e| Cidr::parse(e).is_none())
-            .map(|e| match e.strip_prefix("*.") {
-                Some(rest) => DomainRule { name: normalize_domain(rest), subdomains: true },
-                None => DomainRule { name: normalize_domain(e), subdomains: false },
-            })
+            .map(|e| DomainRule::parse(e))
             .collect()
     }
 
