@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # Runs the whole test suite: unit tests, the conformance suite (per driver)
-# and the lifecycle tests, as root against real runc, overlayfs and cgroups.
+# and the lifecycle tests, as root against real runc, overlayfs and cgroups;
+# then checks that the suite left the host as it found it (no process,
+# namespace, link, nftables table, mount, cgroup or data dir of a test
+# daemon). The last line printed is the test runner's summary.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ "$(id -u)" != 0 ]; then
@@ -9,4 +12,17 @@ if [ "$(id -u)" != 0 ]; then
 fi
 scripts/install-deps.sh
 command -v cargo-nextest >/dev/null || cargo install cargo-nextest --locked
-exec cargo nextest run --release --no-fail-fast --failure-output final "$@"
+before=$(mktemp)
+log=$(mktemp)
+trap 'rm -f "$before" "$log"' EXIT
+scripts/host-check.sh snapshot "$before"
+set +e
+cargo nextest run --release --no-fail-fast --failure-output final "$@" 2>&1 | tee "$log"
+rc=${PIPESTATUS[0]}
+scripts/host-check.sh compare "$before"
+check=$?
+set -e
+summary=$(grep -E '^ *Summary \[' "$log" | tail -1)
+echo "${summary:-no test summary (nextest exit code $rc)}"
+if [ "$rc" != 0 ]; then exit "$rc"; fi
+exit "$check"

@@ -260,6 +260,11 @@ enum Cmd {
     Env(EnvCmd),
     /// The drivers and their capability matrix.
     Drivers,
+    /// Remove what belongs to no sandbox in the daemon's store: network
+    /// namespaces, links, nftables chains, mounts, cgroups and processes a
+    /// killed daemon (or a failed teardown) left behind. Every daemon
+    /// start does the same.
+    Gc,
     /// Measure create→first exec, exec round trip and idle memory against
     /// runc and bwrap baselines taken in the same run (needs root, runc, bwrap).
     Bench {
@@ -965,6 +970,27 @@ async fn run(cli: Cli) -> Result<i32> {
             } else {
                 bench::print_table(&v);
             }
+        }
+        Cmd::Gc => {
+            let v = c.json(Method::POST, "/v1/gc", None).await?;
+            let lines = |k: &str| -> Vec<String> {
+                v[k].as_array().into_iter().flatten().filter_map(|l| l.as_str().map(str::to_string)).collect()
+            };
+            let (removed, failed) = (lines("removed"), lines("failed"));
+            if cli.json {
+                print_json(&v);
+            } else {
+                for l in &removed {
+                    println!("removed {l}");
+                }
+                for l in &failed {
+                    eprintln!("could not remove {l}");
+                }
+                if removed.is_empty() && failed.is_empty() {
+                    println!("nothing to remove");
+                }
+            }
+            return Ok(if failed.is_empty() { 0 } else { 1 });
         }
         Cmd::Drivers => {
             let v = c.json(Method::GET, "/v1/drivers", None).await?;

@@ -60,7 +60,8 @@ async fn address(d: &Daemon, id: &str) -> String {
 async fn policy_modes_forbidden_set_and_live_changes() {
     let d = shared();
     let t = TestNet::new(1);
-    let meta = metadata_listener();
+    let metadata = metadata_listener();
+    let meta = metadata.port;
     let hostp = host_listener();
     // The listeners are real: the host reaches every one.
     for a in [

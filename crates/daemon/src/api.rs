@@ -17,7 +17,7 @@ use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
 use http_body_util::BodyExt;
 use serde::Deserialize;
-use spinup_model::{Error, Sandbox, SandboxState, Snapshot};
+use spinup_model::{Error, Sandbox, Snapshot};
 use spinup_protocol::client::full_body;
 use spinup_protocol::{AgentClient, ClientError, ExecRequest, Frame};
 
@@ -85,6 +85,7 @@ pub fn router(m: Arc<Manager>) -> Router {
     Router::new()
         .route("/v1/openapi.json", get(|| async { Json(crate::openapi::document()) }))
         .route("/v1/drivers", get(drivers))
+        .route("/v1/gc", post(gc))
         .route("/v1/sandboxes", get(list).post(create))
         .route("/v1/sandboxes/{id}", get(inspect).delete(remove))
         .route("/v1/sandboxes/{id}/timeout", put(set_timeout))
@@ -100,14 +101,14 @@ pub fn router(m: Arc<Manager>) -> Router {
                 }
                 let b: PauseBody = parse(&body)?;
                 Ok::<_, ApiError>(Json(
-                    detached(async move { m.freeze_with(&id, SandboxState::Paused, b.free_memory).await }).await?,
+                    m.pause(&id, b.free_memory).await?,
                 ))
             }),
         )
         .route(
             "/v1/sandboxes/{id}/resume",
             post(|State(m): M, Path(id): Path<String>| async move {
-                Ok::<_, ApiError>(Json(detached(async move { m.freeze(&id, SandboxState::Running).await }).await?))
+                Ok::<_, ApiError>(Json(m.resume(&id).await?))
             }),
         )
         .route("/v1/sandboxes/{id}/snapshot", post(snapshot))
@@ -174,7 +175,7 @@ async fn gated(State(m): M, Path(id): Path<String>, capability: &'static str) ->
 
 async fn net_set(State(m): M, Path(id): Path<String>, body: Bytes) -> ApiResult<Json<Sandbox>> {
     let p: spinup_model::NetworkPolicy = parse(&body)?;
-    Ok(Json(detached(async move { m.set_network(&id, p).await }).await?))
+    Ok(Json(m.set_network(&id, p).await?))
 }
 
 async fn port_list(State(m): M, Path(id): Path<String>) -> ApiResult<Json<Vec<spinup_model::PortExposure>>> {
@@ -187,7 +188,7 @@ async fn port_expose(
     body: Bytes,
 ) -> ApiResult<(StatusCode, Json<crate::ports::ExposeAnswer>)> {
     let req: crate::ports::ExposeRequest = parse(&body)?;
-    Ok((StatusCode::CREATED, Json(detached(async move { m.expose(&id, req).await }).await?)))
+    Ok((StatusCode::CREATED, Json(m.expose(&id, req).await?)))
 }
 
 async fn port_remove(State(m): M, Path((id, port)): Path<(String, String)>) -> ApiResult<StatusCode> {
@@ -198,7 +199,7 @@ async fn port_remove(State(m): M, Path((id, port)): Path<(String, String)>) -> A
 
 async fn secrets_attach(State(m): M, Path(id): Path<String>, body: Bytes) -> ApiResult<Json<Sandbox>> {
     let req: crate::policy::AttachRequest = parse(&body)?;
-    Ok(Json(detached(async move { m.attach_secrets(&id, req).await }).await?))
+    Ok(Json(m.attach_secrets(&id, req).await?))
 }
 
 async fn secret_list(State(m): M) -> ApiResult<Json<Vec<crate::secrets::SecretInfo>>> {
@@ -256,17 +257,9 @@ async fn secret_remove(State(m): M, Path(name): Path<String>) -> ApiResult<Statu
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// Run an operation to its end even if the client goes away: dropping it
-/// half-way could leave a sandbox frozen or stopped.
-async fn detached<T: Send + 'static>(
-    f: impl std::future::Future<Output = spinup_model::Result<T>> + Send + 'static,
-) -> ApiResult<T> {
-    tokio::spawn(f).await.map_err(|e| ApiError(Error::internal("operation task", e)))?.map_err(ApiError)
-}
-
 async fn snapshot(State(m): M, Path(id): Path<String>, body: Bytes) -> ApiResult<(StatusCode, Json<Snapshot>)> {
     let req: crate::snapshots::SnapshotRequest = parse(&body)?;
-    let snap = detached(async move { m.snapshot(&id, req, false).await }).await?;
+    let snap = m.snapshot(&id, req).await?;
     Ok((StatusCode::CREATED, Json(snap)))
 }
 
@@ -276,7 +269,7 @@ async fn fork(
     body: Bytes,
 ) -> ApiResult<(StatusCode, Json<crate::snapshots::ForkResult>)> {
     let req: crate::snapshots::ForkRequest = parse(&body)?;
-    let res = detached(async move { m.fork(&id, req).await }).await?;
+    let res = m.fork(&id, req).await?;
     Ok((StatusCode::CREATED, Json(res)))
 }
 
@@ -294,7 +287,7 @@ async fn diff(
     q: Result<Query<DiffQuery>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<Json<crate::snapshots::Diff>> {
     let Query(q) = q.map_err(|e| ApiError(Error::InvalidArgument(e.body_text())))?;
-    Ok(Json(detached(async move { m.diff(&id, q.since.as_deref(), q.path.as_deref(), q.content).await }).await?))
+    Ok(Json(m.diff(&id, q.since, q.path, q.content).await?))
 }
 
 async fn snapshot_list(State(m): M) -> ApiResult<Json<Vec<Snapshot>>> {
@@ -348,6 +341,11 @@ async fn list(State(m): M, Query(q): Query<Vec<(String, String)>>) -> ApiResult<
         labels.insert(lk.to_string(), lv.to_string());
     }
     Ok(Json(m.list(&labels)?))
+}
+
+/// Remove what belongs to no sandbox in the store (`spinup gc`).
+async fn gc(State(m): M) -> ApiResult<Json<crate::gc::GcReport>> {
+    Ok(Json(m.gc().await?))
 }
 
 async fn create(State(m): M, body: Bytes) -> ApiResult<(StatusCode, Json<Sandbox>)> {

@@ -3,10 +3,12 @@
 
 pub mod api;
 pub mod envs;
+pub mod gc;
 pub mod layers;
 pub mod manager;
 pub mod network;
 pub mod openapi;
+pub mod ops;
 pub mod policy;
 pub mod ports;
 pub mod secrets;
@@ -191,6 +193,10 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     m.recover().await.context("recovering sandboxes from the store")?;
     m.recover_snapshots().await.context("recovering snapshots from the store")?;
     m.recover_ports().await;
+    // What a killed daemon left that no row leads to (each item is logged).
+    if let Err(e) = m.gc().await {
+        tracing::warn!("gc at start: {e}");
+    }
     m.spawn_monitor();
 
     if let Some(dir) = cfg.socket.parent() {

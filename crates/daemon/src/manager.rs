@@ -19,7 +19,6 @@ use spinup_protocol::AgentClient;
 use crate::envs::{EnvStore, Progress};
 use crate::store::Store;
 
-/// How long a new sandbox's agent has to answer.
 /// How often running sandboxes are checked and timeouts fired.
 const MONITOR_INTERVAL: Duration = Duration::from_millis(500);
 
@@ -123,6 +122,10 @@ impl Manager {
         self.drivers.values().map(|d| d.capabilities()).collect()
     }
 
+    pub(crate) fn all_drivers(&self) -> Vec<Arc<dyn Driver>> {
+        self.drivers.values().cloned().collect()
+    }
+
     pub fn driver(&self, name: &str) -> Result<Arc<dyn Driver>> {
         self.drivers.get(name).cloned().ok_or_else(|| {
             Error::InvalidArgument(format!(
@@ -183,7 +186,7 @@ impl Manager {
         }
     }
 
-    pub async fn create(&self, req: CreateRequest, progress: Progress) -> Result<Sandbox> {
+    pub(crate) async fn create_now(&self, req: CreateRequest, progress: Progress) -> Result<Sandbox> {
         let requested = req.driver.clone().unwrap_or_else(|| self.default_driver.clone());
         let driver_name = if requested == "auto" { self.strongest()? } else { requested };
         let driver = self.driver(&driver_name)?;
@@ -439,7 +442,7 @@ impl Manager {
 
     /// With `free_memory`, a pause saves the sandbox's memory to disk and
     /// stops its VMM (drivers with `memory_snapshot`); resume loads it back.
-    pub async fn freeze_with(&self, id: &str, to: SandboxState, free_memory: bool) -> Result<Sandbox> {
+    pub(crate) async fn freeze_with(&self, id: &str, to: SandboxState, free_memory: bool) -> Result<Sandbox> {
         let sb = self.get(id)?;
         self.require(&sb, "pause_resume")?;
         if free_memory {
@@ -499,7 +502,7 @@ impl Manager {
         Ok(sb)
     }
 
-    pub async fn destroy(&self, id: &str, force: bool) -> Result<()> {
+    pub(crate) async fn destroy_now(&self, id: &str, force: bool) -> Result<()> {
         let sb = self.get(id)?;
         if matches!(sb.state, SandboxState::Running | SandboxState::Paused) && !force {
             return Err(Error::Conflict(format!(
@@ -561,11 +564,9 @@ impl Manager {
             match sb.state {
                 SandboxState::Creating => {
                     tracing::warn!(id = %sb.id, "daemon stopped during create; cleaning up");
-                    let _ = driver.destroy(&sb.id).await;
-                    if let (Ok(n), Some(slot)) = (&self.net, &sb.net) {
-                        n.teardown(&sb.id, slot);
+                    if let Err(e) = self.undo_create(&sb, &*driver, "daemon restarted during create").await {
+                        tracing::warn!(id = %sb.id, "undoing an interrupted create: {e}");
                     }
-                    self.store.delete_sandbox(&sb.id, sb.state, Some("daemon restarted during create"))?;
                 }
                 SandboxState::Running => {
                     // A daemon killed while it had a sandbox frozen (for a
@@ -583,6 +584,18 @@ impl Manager {
             }
         }
         Ok(())
+    }
+
+    /// Undo a create that nothing finishes any more: whatever the driver
+    /// and the network made goes, then the row. A driver that cannot
+    /// destroy it keeps the row (a later pass or `spinup gc` tries again).
+    async fn undo_create(&self, sb: &Sandbox, driver: &dyn Driver, reason: &str) -> Result<()> {
+        driver.destroy(&sb.id).await?;
+        if let (Ok(n), Some(slot)) = (&self.net, &sb.net) {
+            n.teardown(&sb.id, slot);
+        }
+        self.agents.lock().unwrap().remove(&sb.id);
+        self.store.delete_sandbox(&sb.id, sb.state, Some(reason))
     }
 
     /// Move a running or paused sandbox whose init is gone to `stopped`, with why.
@@ -635,6 +648,23 @@ impl Manager {
                         }
                     } else if let Err(e) = self.destroy_locked(&cur, "timeout expired").await {
                         tracing::warn!(id = %sb.id, "timeout destroy failed: {e}");
+                    }
+                }
+                continue;
+            }
+            if sb.state == SandboxState::Creating {
+                // A create holds its sandbox's lock from before the row is
+                // written until it is running or undone: a creating row
+                // whose lock is free has no create left to finish it (its
+                // task panicked).
+                let lock = self.lock_for(&sb.id);
+                let Ok(_g) = lock.try_lock() else { continue };
+                if let Ok(Some((cur, _))) = self.store.get_sandbox(&sb.id) {
+                    if cur.state == SandboxState::Creating {
+                        tracing::warn!(id = %sb.id, "a create was abandoned; undoing it");
+                        if let Err(e) = self.undo_create(&cur, &*driver, "create abandoned").await {
+                            tracing::warn!(id = %sb.id, "undoing an abandoned create: {e}");
+                        }
                     }
                 }
                 continue;

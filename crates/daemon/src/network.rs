@@ -344,14 +344,19 @@ add rule inet {t} postrouting iifname \"{p}*\" oifname != \"{p}*\" masquerade
             Error::Unavailable("the address pool is full (16384 sandboxes); remove some".into())
         })?;
         used.insert(idx);
+        Ok(self.slot_at(idx))
+    }
+
+    /// The slot with index `idx` (its names and addresses follow from it).
+    fn slot_at(&self, idx: u32) -> NetSlot {
         let base = u32::from(Ipv4Addr::new(10, self.pool, 0, 0)) + idx * 4;
-        Ok(NetSlot {
+        NetSlot {
             index: idx,
             host_if: format!("{}{idx}", self.prefix),
             gateway: Ipv4Addr::from(base + 1),
             address: Ipv4Addr::from(base + 2),
             prefix: 30,
-        })
+        }
     }
 
     pub fn netns_name(id: &str) -> String {
@@ -382,6 +387,9 @@ add rule inet {t} postrouting iifname \"{p}*\" oifname != \"{p}*\" masquerade
         if Path::new("/run/netns").join(&ns).exists() {
             let _ = run("ip", &["netns", "del", &ns], None);
         }
+        // Recorded before anything is made, so that `gc` can find a
+        // namespace whose sandbox the store lost.
+        self.record(id, slot)?;
         // The chain names the interface, not its index: write it while the
         // links are made.
         let sn = self.attach_live(id, slot, policy.clone());
@@ -580,17 +588,123 @@ add rule inet {t} postrouting iifname \"{p}*\" oifname != \"{p}*\" masquerade
         Ok(())
     }
 
-    /// Remove everything: tasks, chain and sets, veth, namespace, CA.
-    pub fn teardown(&self, id: &str, slot: &NetSlot) {
-        if let Some(sn) = self.live.lock().unwrap().remove(id) {
-            sn.stop();
+    /// `<data>/net/<id>/slot.json`: which slot sandbox `id` has (0700
+    /// dir). It goes last, with the CA, in `teardown`.
+    fn record(&self, id: &str, slot: &NetSlot) -> Result<()> {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = self.data_dir.join("net").join(id);
+        std::fs::create_dir_all(&dir).map_err(|e| Error::internal("net dir", e))?;
+        let _ = std::fs::set_permissions(self.data_dir.join("net"), std::fs::Permissions::from_mode(0o700));
+        let body = serde_json::to_vec(slot).map_err(|e| Error::internal("slot record", e))?;
+        std::fs::write(dir.join("slot.json"), body).map_err(|e| Error::internal("writing the slot record", e))
+    }
+
+    /// The sandboxes this daemon made networks for (`<data>/net/<id>`),
+    /// with the slot each recorded.
+    pub fn traces(&self) -> Vec<(String, Option<NetSlot>)> {
+        let dir = self.data_dir.join("net");
+        std::fs::read_dir(&dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| {
+                let id = e.file_name().to_str()?.to_string();
+                spinup_model::validate_id(&id).ok()?;
+                let slot = std::fs::read(e.path().join("slot.json")).ok().and_then(|b| serde_json::from_slice(&b).ok());
+                Some((id, slot))
+            })
+            .collect()
+    }
+
+    /// Remove the network of a sandbox the store does not have; what was
+    /// there, in words. Its slot's objects go only when no live sandbox
+    /// has been given that slot since.
+    pub fn remove_orphan(&self, id: &str, slot: Option<&NetSlot>) -> Vec<String> {
+        let ns = Self::netns_name(id);
+        let mut what = vec![];
+        if Path::new("/run/netns").join(&ns).exists() {
+            what.push(format!("network namespace {ns}"));
         }
+        // Taken for the teardown (which frees it), so no create gets it
+        // meanwhile.
+        let reserved = slot.filter(|s| self.used.lock().unwrap().insert(s.index));
+        match reserved {
+            Some(slot) => {
+                if Path::new("/sys/class/net").join(&slot.host_if).exists() {
+                    what.push(format!("link {}", slot.host_if));
+                }
+                what.push(format!("nftables objects of slot {}", slot.index));
+                self.teardown(id, slot);
+            }
+            None => {
+                let _ = run("ip", &["netns", "del", &ns], None);
+                let _ = std::fs::remove_dir_all(self.data_dir.join("net").join(id));
+            }
+        }
+        what.push(format!("network record of sandbox {id}"));
+        what
+    }
+
+    /// Links of this daemon's pool and nftables chains and sets of slots
+    /// no sandbox holds (`used`: the store's and those of creates in flight).
+    pub async fn sweep(&self) -> (Vec<String>, Vec<String>) {
+        let used = self.used.lock().unwrap().clone();
+        let mut stale: BTreeSet<u32> = BTreeSet::new();
+        let (mut removed, mut failed) = (vec![], vec![]);
+        for e in std::fs::read_dir("/sys/class/net").into_iter().flatten().flatten() {
+            let n = e.file_name().to_string_lossy().to_string();
+            if let Some(i) = n.strip_prefix(&self.prefix).and_then(|i| i.parse::<u32>().ok()) {
+                if !used.contains(&i) {
+                    stale.insert(i);
+                    removed.push(format!("link {n}"));
+                }
+            }
+        }
+        let listed =
+            tokio::process::Command::new("nft").args(["-j", "list", "table", "inet", &self.table]).output().await;
+        if let Ok(out) = listed {
+            if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&out.stdout) {
+                for o in v["nftables"].as_array().into_iter().flatten() {
+                    for (kind, obj) in [("chain", &o["chain"]), ("set", &o["set"])] {
+                        let Some(name) = obj["name"].as_str() else { continue };
+                        let idx = name.split_once('_').and_then(|(k, i)| {
+                            ["sb", "rd", "explicit", "dyn"].contains(&k).then(|| i.parse::<u32>().ok()).flatten()
+                        });
+                        if let Some(i) = idx.filter(|i| !used.contains(i)) {
+                            stale.insert(i);
+                            removed.push(format!("nftables {kind} {name}"));
+                        }
+                    }
+                }
+            }
+        }
+        for i in stale {
+            let slot = self.slot_at(i);
+            let steps = self.slot_steps(&slot);
+            let ok = tokio::task::spawn_blocking(move || {
+                if run("nft", &["-f", "-"], Some(&steps.join("\n"))).is_err() {
+                    for cmd in &steps {
+                        let _ = run("nft", &["-f", "-"], Some(cmd));
+                    }
+                }
+                let _ = run("ip", &["link", "del", &slot.host_if], None);
+                !Path::new("/sys/class/net").join(&slot.host_if).exists()
+            })
+            .await
+            .unwrap_or(false);
+            if !ok {
+                failed.push(format!("link {}{i}", self.prefix));
+            }
+        }
+        (removed, failed)
+    }
+
+    /// nftables commands removing a slot's objects: references first (map
+    /// elements, then the chains' rules), then the objects.
+    fn slot_steps(&self, slot: &NetSlot) -> Vec<String> {
         let t = &self.table;
         let (i, h) = (slot.index, &slot.host_if);
-        // References first (map elements, then the chains' rules), then the
-        // objects. One transaction when everything is there; else one per
-        // step, so what is already gone fails alone.
-        let steps = [
+        vec![
             format!("delete element inet {t} egress {{ \"{h}\" }}"),
             format!("delete element inet {t} proxied {{ \"{h}\" }}"),
             format!("delete element inet {t} gw {{ \"{h}\" . {} }}", slot.gateway),
@@ -600,7 +714,18 @@ add rule inet {t} postrouting iifname \"{p}*\" oifname != \"{p}*\" masquerade
             format!("delete chain inet {t} rd_{i}"),
             format!("delete set inet {t} explicit_{i}"),
             format!("delete set inet {t} dyn_{i}"),
-        ];
+        ]
+    }
+
+    /// Remove everything: tasks, chain and sets, veth, namespace, CA.
+    pub fn teardown(&self, id: &str, slot: &NetSlot) {
+        if let Some(sn) = self.live.lock().unwrap().remove(id) {
+            sn.stop();
+        }
+        let (i, h) = (slot.index, &slot.host_if);
+        // One transaction when everything is there; else one per step, so
+        // what is already gone fails alone.
+        let steps = self.slot_steps(slot);
         if run("nft", &["-f", "-"], Some(&steps.join("\n"))).is_err() {
             for cmd in &steps {
                 let _ = run("nft", &["-f", "-"], Some(cmd));

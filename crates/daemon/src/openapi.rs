@@ -6,6 +6,11 @@ use serde_json::{json, Value};
 pub const ROUTES: &[(&str, &str, &str)] = &[
     ("get", "/v1/openapi.json", "This document"),
     ("get", "/v1/drivers", "Drivers and their probed capabilities"),
+    (
+        "post",
+        "/v1/gc",
+        "Remove what a killed daemon of this data dir left behind (namespaces, links, chains, mounts, cgroups, processes of no sandbox in the store): {removed, failed}",
+    ),
     ("get", "/v1/sandboxes", "List sandboxes; filter with repeated label=key=value"),
     ("post", "/v1/sandboxes", "Create a sandbox {env, driver, timeout_s, resources, labels, network, secrets}"),
     ("get", "/v1/sandboxes/{id}", "Get one sandbox"),

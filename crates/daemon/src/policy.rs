@@ -121,7 +121,7 @@ impl Manager {
     }
 
     /// Change a sandbox's network policy; applies at once.
-    pub async fn set_network(&self, id: &str, policy: NetworkPolicy) -> Result<Sandbox> {
+    pub(crate) async fn set_network_now(&self, id: &str, policy: NetworkPolicy) -> Result<Sandbox> {
         policy.validate()?;
         let lock = self.lock_for(id);
         let _g = lock.lock().await;
@@ -145,7 +145,7 @@ impl Manager {
     }
 
     /// Attach or detach secrets of a running sandbox.
-    pub async fn attach_secrets(&self, id: &str, req: AttachRequest) -> Result<Sandbox> {
+    pub(crate) async fn attach_secrets_now(&self, id: &str, req: AttachRequest) -> Result<Sandbox> {
         for n in &req.detach {
             spinup_model::validate_secret_name(n)?;
         }

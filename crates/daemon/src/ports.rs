@@ -73,7 +73,7 @@ enum Listener {
 
 impl Manager {
     /// Expose `req.port` of sandbox `id`.
-    pub async fn expose(self: &Arc<Self>, id: &str, req: ExposeRequest) -> Result<ExposeAnswer> {
+    pub(crate) async fn expose_now(self: &Arc<Self>, id: &str, req: ExposeRequest) -> Result<ExposeAnswer> {
         spinup_model::validate_id(id)?;
         if req.port == 0 {
             return Err(Error::InvalidArgument("port must be 1-65535".into()));
@@ -186,7 +186,7 @@ impl Manager {
     }
 
     /// Stop exposing a port.
-    pub async fn unexpose(&self, id: &str, port: u16) -> Result<()> {
+    pub(crate) async fn unexpose_now(&self, id: &str, port: u16) -> Result<()> {
         let lock = self.lock_for(id);
         let _g = lock.lock().await;
         let mut sb = self.get(id)?;

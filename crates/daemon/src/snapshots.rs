@@ -213,7 +213,7 @@ impl Manager {
     }
 
     /// Freeze a sandbox's filesystem changes as a snapshot.
-    pub async fn snapshot(&self, id: &str, req: SnapshotRequest, ephemeral: bool) -> Result<Snapshot> {
+    pub(crate) async fn snapshot_now(&self, id: &str, req: SnapshotRequest, ephemeral: bool) -> Result<Snapshot> {
         let sb = self.get(id)?;
         self.require(&sb, if req.memory { "memory_snapshot" } else { "fs_snapshot" })?;
         if req.memory && !sb.secrets.is_empty() {
@@ -365,7 +365,7 @@ impl Manager {
     }
 
     /// Snapshot a sandbox and start `count` children from it.
-    pub async fn fork(&self, id: &str, req: ForkRequest) -> Result<ForkResult> {
+    pub(crate) async fn fork_now(&self, id: &str, req: ForkRequest) -> Result<ForkResult> {
         let count = req.count.unwrap_or(1);
         if count == 0 || count > MAX_FORK {
             return Err(Error::InvalidArgument(format!("count must be between 1 and {MAX_FORK}, got {count}")));
@@ -374,7 +374,7 @@ impl Manager {
         self.require(&parent, "fork")?;
         let mut labels = BTreeMap::new();
         labels.insert("spinup.fork.parent".to_string(), id.to_string());
-        let snap = self.snapshot(id, SnapshotRequest { labels, ..Default::default() }, true).await?;
+        let snap = self.snapshot_now(id, SnapshotRequest { labels, ..Default::default() }, true).await?;
         let child = |_: u32| {
             let mut labels = parent.labels.clone();
             labels.insert("spinup.fork.parent".into(), id.into());
@@ -402,7 +402,7 @@ impl Manager {
                 ..Default::default()
             }
         };
-        let results = futures::future::join_all((0..count).map(|i| self.create(child(i), None))).await;
+        let results = futures::future::join_all((0..count).map(|i| self.create_now(child(i), None))).await;
         let mut children = vec![];
         let mut failed = None;
         for r in results {
@@ -414,7 +414,7 @@ impl Manager {
         if let Some(e) = failed {
             // All or nothing: a half fork is not what was asked for.
             for c in &children {
-                let _ = self.destroy(&c.id, true).await;
+                let _ = self.destroy_now(&c.id, true).await;
             }
             self.drop_ephemeral(&snap.id);
             return Err(e);
@@ -424,7 +424,7 @@ impl Manager {
     }
 
     /// What changed in a sandbox since its creation or since a snapshot.
-    pub async fn diff(&self, id: &str, since: Option<&str>, path: Option<&str>, content: bool) -> Result<Diff> {
+    pub(crate) async fn diff_now(&self, id: &str, since: Option<&str>, path: Option<&str>, content: bool) -> Result<Diff> {
         let sb = self.get(id)?;
         self.require(&sb, "fs_snapshot")?;
         let since_snap = since.map(|s| self.snapshot_get(s)).transpose()?;

@@ -182,6 +182,13 @@ pub trait Driver: Send + Sync {
     /// state, writable layer. Idempotent: destroying what is gone succeeds.
     async fn destroy(&self, id: &str) -> Result<()>;
 
+    /// The ids of every sandbox this driver holds any trace of on this
+    /// host (its directories, runtime state, cgroups, processes), whether
+    /// or not the store knows them: `spinup gc` destroys those it does not.
+    fn traces(&self) -> Vec<String> {
+        vec![]
+    }
+
     /// How the daemon wires the sandbox's network namespace: false (the
     /// default) for a guest that runs in it (its `eth0` is addressed by the
     /// host), true for a VM whose NIC is a tap (`tap0`) there and which

@@ -62,6 +62,17 @@ pub struct Daemon {
     child: Mutex<Option<Child>>,
     extra: Vec<String>,
     envs: Vec<(String, String)>,
+    /// Its dir, data and host objects are ours to remove (not `attach`).
+    owned: bool,
+    /// The data dir is a tmpfs (`start_on_tmpfs`).
+    tmpfs: bool,
+}
+
+/// Removes what the daemon made when the test ends, however it ends.
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.cleanup();
+    }
 }
 
 /// Spawn from a thread that never exits, so PDEATHSIG fires only when the
@@ -116,7 +127,7 @@ impl Daemon {
         let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
         let envs: Vec<(String, String)> = envs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         let child = spawn_daemon(&dir, &sock, &extra, &envs);
-        let d = Daemon { child: Mutex::new(Some(child)), dir, sock, extra, envs };
+        let d = Daemon { child: Mutex::new(Some(child)), dir, sock, extra, envs, owned: true, tmpfs: false };
         d.wait_ready();
         d
     }
@@ -136,19 +147,27 @@ impl Daemon {
         assert!(st.success(), "mounting a tmpfs data dir");
         let sock = dir.join("spinup.sock");
         let child = spawn_daemon(&dir, &sock, &[], &[]);
-        let d = Daemon { child: Mutex::new(Some(child)), dir, sock, extra: vec![], envs: vec![] };
+        let d = Daemon { child: Mutex::new(Some(child)), dir, sock, extra: vec![], envs: vec![], owned: true, tmpfs: true };
         d.wait_ready();
         d
     }
 
+    /// Stop it and unmount its tmpfs data dir (see `cleanup`).
     pub fn unmount(&self) {
-        self.kill9();
-        let _ = Command::new("umount").arg("-l").arg(self.data()).status();
+        self.cleanup();
     }
 
     /// A client handle on a daemon someone else owns (no process control).
     pub fn attach(sock: PathBuf) -> Daemon {
-        Daemon { dir: sock.parent().unwrap().to_path_buf(), sock, child: Mutex::new(None), extra: vec![], envs: vec![] }
+        Daemon {
+            dir: sock.parent().unwrap().to_path_buf(),
+            sock,
+            child: Mutex::new(None),
+            extra: vec![],
+            envs: vec![],
+            owned: false,
+            tmpfs: false,
+        }
     }
 
     pub fn data(&self) -> PathBuf {
@@ -193,6 +212,85 @@ impl Daemon {
         self.kill9();
         *self.child.lock().unwrap() = Some(spawn_daemon(&self.dir, &self.sock, &self.extra, &self.envs));
         self.wait_ready();
+    }
+
+    fn alive(&self) -> bool {
+        self.child.lock().unwrap().as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+            && std::os::unix::net::UnixStream::connect(&self.sock).is_ok()
+    }
+
+    /// Leave the host as this daemon found it: its sandboxes removed
+    /// through the API (a killed daemon is started again for that, so each
+    /// goes the product's way), then the daemon stopped and its nftables
+    /// table, cgroup parent and dir removed. What the product failed to
+    /// remove stays for the suite's host check to report (a dir with a
+    /// mount under it is kept, never recursed through). Never panics: it
+    /// runs in `Drop` and at exit.
+    pub fn cleanup(&self) {
+        if !self.owned || !self.dir.exists() {
+            return;
+        }
+        if std::thread::panicking() {
+            let log = self.log();
+            let tail: Vec<&str> = log.lines().rev().take(40).collect();
+            eprintln!("--- daemon log tail ({}) ---", self.dir.display());
+            for l in tail.into_iter().rev() {
+                eprintln!("{l}");
+            }
+        }
+        if !self.alive() && self.data().join("state.db").exists() {
+            self.kill9();
+            *self.child.lock().unwrap() = Some(spawn_daemon(&self.dir, &self.sock, &self.extra, &self.envs));
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while !self.alive() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        if self.alive() {
+            let ls = self.cli(&["ls", "--json"]);
+            let ids: Vec<String> = serde_json::from_slice::<Value>(&ls.stdout)
+                .ok()
+                .and_then(|v| v.as_array().cloned())
+                .unwrap_or_default()
+                .iter()
+                .filter_map(|s| s["id"].as_str().map(str::to_string))
+                .collect();
+            if !ids.is_empty() {
+                let mut args = vec!["rm", "-f"];
+                args.extend(ids.iter().map(String::as_str));
+                let out = self.cli(&args);
+                if !out.status.success() {
+                    eprintln!("cleanup of {}: rm failed: {}", self.dir.display(), String::from_utf8_lossy(&out.stderr));
+                }
+            }
+        }
+        self.kill9();
+        if let Ok(pool) = std::fs::read_to_string(self.data().join("net-pool")) {
+            let _ = Command::new("nft").args(["delete", "table", "inet", &format!("spinup_{}", pool.trim())]).output();
+        }
+        if self.tmpfs {
+            let _ = Command::new("umount").arg("-l").arg(self.data()).status();
+        }
+        let parent = cgroup_parent(&self.dir);
+        let mut cgs = vec![PathBuf::from("/sys/fs/cgroup").join(&parent)];
+        for e in std::fs::read_dir("/sys/fs/cgroup").into_iter().flatten().flatten() {
+            cgs.push(e.path().join(&parent));
+        }
+        for cg in cgs.iter().filter(|c| c.is_dir()) {
+            // Only the parent the test made: a sandbox cgroup left in it
+            // keeps it (and the host check reports both).
+            let _ = std::fs::remove_dir(cg);
+        }
+        let dir = format!("{}/", self.dir.display());
+        let mounted = std::fs::read_to_string("/proc/self/mountinfo")
+            .unwrap_or_default()
+            .lines()
+            .any(|l| l.split_whitespace().nth(4).is_some_and(|mp| mp.starts_with(&dir)));
+        if mounted {
+            eprintln!("cleanup: {} keeps a mount; left for the host check", self.dir.display());
+        } else {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
     }
 
     pub async fn raw(&self, method: &str, path: &str, body: Bytes) -> (u16, Bytes) {
@@ -343,9 +441,21 @@ pub async fn read_until(ws: &mut tokio_tungstenite::WebSocketStream<tokio::net::
 
 static SHARED: OnceLock<Daemon> = OnceLock::new();
 
-/// One daemon shared by the tests that do not restart it.
+extern "C" fn cleanup_shared() {
+    if let Some(d) = SHARED.get() {
+        d.cleanup();
+    }
+}
+
+/// One daemon shared by the tests of this process that do not restart it;
+/// cleaned up when the process exits (a static is never dropped).
 pub fn shared() -> &'static Daemon {
-    SHARED.get_or_init(|| Daemon::start("shared"))
+    SHARED.get_or_init(|| {
+        let d = Daemon::start("shared");
+        // SAFETY: registers a plain function; it runs once, at exit.
+        unsafe { libc::atexit(cleanup_shared) };
+        d
+    })
 }
 
 /// Poll until `f` is true or the deadline passes.

@@ -175,15 +175,28 @@ async fn echo_http<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(mut 
     }
 }
 
-/// A TCP listener on the metadata address (a dummy interface on the host,
-/// made once and shared by every test); returns its port. Only the host can
-/// reach it.
-pub fn metadata_listener() -> u16 {
+/// A TCP listener on the metadata address, on an interface of this test
+/// process's own (removed on drop; the same /32 may sit on several, so
+/// tests running side by side do not share one). Only the host can reach it.
+pub struct Metadata {
+    pub port: u16,
+    link: String,
+}
+
+impl Drop for Metadata {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["link", "del", &self.link]).output();
+    }
+}
+
+pub fn metadata_listener() -> Metadata {
     // (A veth pair: this kernel may have no dummy driver.)
-    let _ = Command::new("ip").args(["link", "add", "sptmeta", "type", "veth", "peer", "name", "sptmeta-p"]).output();
-    let _ = Command::new("ip").args(["addr", "add", "169.254.169.254/32", "dev", "sptmeta"]).output();
-    let _ = Command::new("ip").args(["link", "set", "sptmeta", "up"]).output();
-    let _ = Command::new("ip").args(["link", "set", "sptmeta-p", "up"]).output();
+    let link = format!("sptm{}", std::process::id());
+    let peer = format!("{link}p");
+    let _ = Command::new("ip").args(["link", "add", &link, "type", "veth", "peer", "name", &peer]).output();
+    let _ = Command::new("ip").args(["addr", "add", "169.254.169.254/32", "dev", &link]).output();
+    let _ = Command::new("ip").args(["link", "set", &link, "up"]).output();
+    let _ = Command::new("ip").args(["link", "set", &peer, "up"]).output();
     let l = std::net::TcpListener::bind("169.254.169.254:0").expect("bind the metadata address");
     let port = l.local_addr().unwrap().port();
     std::thread::spawn(move || {
@@ -192,7 +205,7 @@ pub fn metadata_listener() -> u16 {
             let _ = std::io::Write::write_all(&mut s, b"HTTP/1.0 200 OK\r\ncontent-length: 8\r\n\r\nmetadata");
         }
     });
-    port
+    Metadata { port, link }
 }
 
 /// A TCP listener on every host address (0.0.0.0); returns its port.

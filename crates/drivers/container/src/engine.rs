@@ -85,6 +85,14 @@ pub fn proc_starttime(pid: i32) -> Option<u64> {
     rest.split_whitespace().nth(19)?.parse().ok()
 }
 
+/// The sandbox id a runtime file or dir name starts with (12 lowercase
+/// hex digits, then nothing or a non-hex character).
+fn sandbox_id_prefix(name: &str) -> Option<String> {
+    let id = name.get(..12)?;
+    let rest = &name[12..];
+    (spinup_model::validate_id(id).is_ok() && !rest.starts_with(|c: char| c.is_ascii_hexdigit())).then(|| id.to_string())
+}
+
 fn mounted(path: &Path) -> bool {
     let Ok(mounts) = std::fs::read_to_string("/proc/self/mountinfo") else { return false };
     let p = path.to_string_lossy();
@@ -335,6 +343,53 @@ impl OciEngine {
         Ok(())
     }
 
+    /// Ids with a sandbox dir, runtime state or a cgroup under our parent,
+    /// and probe containers of a daemon killed mid-probe.
+    pub fn traces(&self) -> Vec<String> {
+        let mut ids = std::collections::BTreeSet::new();
+        let names = |dir: PathBuf| {
+            std::fs::read_dir(dir)
+                .into_iter()
+                .flatten()
+                .flatten()
+                .filter_map(|e| e.file_name().to_str().map(str::to_string))
+                .collect::<Vec<_>>()
+        };
+        let own_probe = format!("spinup-probe-{}", std::process::id());
+        for n in names(self.root.join("sandboxes")) {
+            ids.extend(sandbox_id_prefix(&n));
+        }
+        for n in names(self.root.join("state")) {
+            // runc keeps a dir per container; runsc `<id>_sandbox:<id>.state` files.
+            if n.starts_with("spinup-probe-") && n != own_probe {
+                ids.insert(n);
+            } else {
+                ids.extend(sandbox_id_prefix(&n));
+            }
+        }
+        // An empty cgroup left of a sandbox (one with processes belongs to
+        // runtime state, listed above, or to another daemon's sandbox).
+        for dir in self.cgroup_dirs() {
+            for n in names(dir.clone()) {
+                let procs = std::fs::read_to_string(dir.join(&n).join("cgroup.procs")).unwrap_or_default();
+                if procs.trim().is_empty() {
+                    ids.extend(sandbox_id_prefix(&n).filter(|i| *i == n));
+                }
+            }
+        }
+        ids.into_iter().collect()
+    }
+
+    /// Our parent cgroup in every hierarchy (v2, or each v1 controller).
+    fn cgroup_dirs(&self) -> Vec<PathBuf> {
+        let parent = self.cgroup_parent.trim_matches('/');
+        let mut dirs = vec![PathBuf::from("/sys/fs/cgroup").join(parent)];
+        for e in std::fs::read_dir("/sys/fs/cgroup").into_iter().flatten().flatten() {
+            dirs.push(e.path().join(parent));
+        }
+        dirs.into_iter().filter(|d| d.is_dir()).collect()
+    }
+
     /// Idempotent: kill, delete runtime state and cgroup, unmount, remove.
     pub async fn destroy(&self, id: &str) -> Result<()> {
         let dir = self.dir(id);
@@ -351,6 +406,21 @@ impl OciEngine {
             let err = String::from_utf8_lossy(&out.stderr);
             if !out.status.success() && !err.contains("does not exist") && !err.contains("not exist") {
                 return Err(Error::Internal(format!("deleting sandbox {id}: {}", err.trim())));
+            }
+        }
+        // What the runtime did not remove (its state was gone already):
+        // empty cgroups go; one with processes left is an error.
+        for cg in self.cgroup_dirs().into_iter().map(|d| d.join(id)).filter(|d| d.is_dir()) {
+            // Busy while its last processes are reaped.
+            let deadline = std::time::Instant::now() + Duration::from_secs(2);
+            while let Err(e) = std::fs::remove_dir(&cg) {
+                if e.kind() == std::io::ErrorKind::NotFound {
+                    break;
+                }
+                if std::time::Instant::now() > deadline {
+                    return Err(Error::Internal(format!("removing the cgroup {}: {e}", cg.display())));
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
             }
         }
         let rootfs = dir.join("rootfs");
@@ -408,5 +478,20 @@ impl OciEngine {
         let s = std::fs::read(self.dir(id).join("console.log")).ok()?;
         let tail = String::from_utf8_lossy(&s[s.len().saturating_sub(1024)..]).trim().to_string();
         (!tail.is_empty()).then_some(tail)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runtime_names_give_their_sandbox_id() {
+        assert_eq!(sandbox_id_prefix("0123456789ab").as_deref(), Some("0123456789ab"));
+        assert_eq!(sandbox_id_prefix("0123456789ab_sandbox:0123456789ab.state").as_deref(), Some("0123456789ab"));
+        assert_eq!(sandbox_id_prefix("0123456789abc"), None);
+        assert_eq!(sandbox_id_prefix("spinup-probe-12"), None);
+        assert_eq!(sandbox_id_prefix("0123"), None);
+        assert_eq!(sandbox_id_prefix("ééééééé"), None);
     }
 }

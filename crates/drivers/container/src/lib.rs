@@ -37,7 +37,7 @@ impl ContainerDriver {
             Some(r) => vec![r],
             None => vec!["crun".into(), "runc".into()],
         };
-        let runtime = probe::detect(&cfg.root, &cfg.agent, &candidates, &[]).await;
+        let runtime = probe::detect(&cfg.root, &cfg.agent, &candidates, &[], &cfg.cgroup_parent).await;
         match &runtime {
             Ok(r) => tracing::info!(runtime = %r.describe(), "container driver ready"),
             Err(e) => tracing::warn!("container driver unavailable: {e}"),
@@ -69,6 +69,10 @@ impl Driver for ContainerDriver {
 
     async fn destroy(&self, id: &str) -> Result<()> {
         self.engine.destroy(id).await
+    }
+
+    fn traces(&self) -> Vec<String> {
+        self.engine.traces()
     }
 
     fn writable_layer(&self, id: &str) -> Option<std::path::PathBuf> {

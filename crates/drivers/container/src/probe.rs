@@ -36,6 +36,7 @@ pub async fn try_runtime(
     agent: &Path,
     candidate: &str,
     global_args: &[String],
+    cgroup_parent: &str,
 ) -> Result<Runtime, String> {
     let path = which(candidate).ok_or_else(|| format!("{candidate}: not installed (apt-get install {candidate})"))?;
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| candidate.into());
@@ -61,7 +62,7 @@ pub async fn try_runtime(
         ],
         "linux": {
             "namespaces": [{"type": "pid"}, {"type": "mount"}, {"type": "uts"}, {"type": "ipc"}, {"type": "network"}, {"type": "cgroup"}],
-            "cgroupsPath": format!("/spinup/{id}"),
+            "cgroupsPath": format!("/{}/{id}", cgroup_parent.trim_matches('/')),
             "resources": {"pids": {"limit": 256}, "memory": {"limit": 268435456}}
         }
     });
@@ -100,13 +101,14 @@ pub async fn detect(
     agent: &Path,
     candidates: &[String],
     global_args: &[String],
+    cgroup_parent: &str,
 ) -> Result<Runtime, String> {
     if !agent.is_file() {
         return Err(format!("agent binary {} is missing; build it with `cargo build --release`", agent.display()));
     }
     let mut why = vec![];
     for c in candidates {
-        match try_runtime(root, agent, c, global_args).await {
+        match try_runtime(root, agent, c, global_args, cgroup_parent).await {
             Ok(r) => return Ok(r),
             Err(e) => why.push(e),
         }

@@ -76,7 +76,7 @@ impl GvisorDriver {
         let mut why = vec![];
         let mut found = None;
         for p in &platforms {
-            match probe::detect(&cfg.root, &cfg.agent, &binary, &global_args(p)).await {
+            match probe::detect(&cfg.root, &cfg.agent, &binary, &global_args(p), &cfg.cgroup_parent).await {
                 Ok(mut rt) => {
                     rt.version = format!("{} ({p})", rt.version);
                     found = Some((rt, p.clone()));
@@ -148,6 +148,10 @@ impl Driver for GvisorDriver {
 
     async fn destroy(&self, id: &str) -> Result<()> {
         self.engine.destroy(id).await
+    }
+
+    fn traces(&self) -> Vec<String> {
+        self.engine.traces()
     }
 
     fn writable_layer(&self, id: &str) -> Option<std::path::PathBuf> {

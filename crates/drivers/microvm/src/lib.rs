@@ -526,6 +526,16 @@ impl Driver for MicrovmDriver {
         }
     }
 
+    fn traces(&self) -> Vec<String> {
+        std::fs::read_dir(self.root.join("sandboxes"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| e.file_name().to_str().map(str::to_string))
+            .filter(|n| spinup_model::validate_id(n).is_ok())
+            .collect()
+    }
+
     async fn destroy(&self, id: &str) -> Result<()> {
         let dir = self.dir(id);
         if !self.stop_vmm(id).await {

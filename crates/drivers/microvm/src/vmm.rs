@@ -187,6 +187,15 @@ pub async fn probe(
     dir: &Path,
     bound: Duration,
 ) -> std::result::Result<Duration, String> {
+    // A probe guest of a daemon killed mid-probe goes first (only ours:
+    // its command line names this dir).
+    let stale = std::fs::read_to_string(dir.join("qemu.pid")).ok().and_then(|p| p.trim().parse::<i32>().ok());
+    if let Some(pid) = stale {
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        if String::from_utf8_lossy(&cmdline).contains(&*dir.to_string_lossy()) {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+        }
+    }
     let _ = std::fs::remove_dir_all(dir);
     std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
     let vm = VmConfig {

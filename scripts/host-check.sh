@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# Did the test suite leave the host as it found it?
+#
+#   scripts/host-check.sh snapshot FILE   before the suite: what is there now
+#   scripts/host-check.sh compare FILE    after it: exit 1, listing each
+#                                         leftover, when anything is new
+#
+# Test daemons live in /tmp/spinup-test-* with cgroups under spinup-test/;
+# what counts as left behind: a process in a test cgroup or naming a test
+# data dir, a network namespace, link or nftables table that was not there
+# before, a mount under a test data dir, a test cgroup, a test data dir.
+# The daemon a user runs (/var/lib/spinup, cgroup spinup) is not looked at.
+set -uo pipefail
+mode=${1:?snapshot|compare}
+file=${2:?state file}
+
+state() {
+    ip netns list 2>/dev/null | awk '{print "netns " $1}'
+    ip -o link show 2>/dev/null | awk -F': ' '{split($2, n, "@"); print "link " n[1]}'
+    nft list tables 2>/dev/null | awk '{print "nft " $2 " " $3}'
+}
+
+case "$mode" in
+snapshot)
+    state | sort -u >"$file"
+    ;;
+compare)
+    left=()
+    # The suite's own cgroup parents go first when nothing is left in them.
+    for cg in /sys/fs/cgroup/spinup-test /sys/fs/cgroup/*/spinup-test; do
+        [ -d "$cg" ] && rmdir "$cg" 2>/dev/null
+    done
+    while read -r l; do left+=("$l"); done < <(comm -13 "$file" <(state | sort -u))
+    for p in /proc/[0-9]*; do
+        pid=${p#/proc/}
+        [ "$pid" = $$ ] && continue
+        cmd=$(tr '\0' ' ' <"$p/cmdline" 2>/dev/null) || continue
+        if [[ "$cmd" == */tmp/spinup-test-* ]] || grep -qs ':/spinup-test/' "$p/cgroup"; then
+            left+=("process $pid: $cmd")
+        fi
+    done
+    while read -r mp; do left+=("mount $mp"); done < <(awk '$5 ~ "^/tmp/spinup-test-" {print $5}' /proc/self/mountinfo)
+    for cg in /sys/fs/cgroup/spinup-test /sys/fs/cgroup/*/spinup-test; do
+        [ -d "$cg" ] && left+=("cgroup $cg: $(find "$cg" -mindepth 1 -type d | head -5 | tr '\n' ' ')")
+    done
+    for d in /tmp/spinup-test-*; do
+        [ -e "$d" ] && left+=("data dir $d ($(du -sh "$d" 2>/dev/null | cut -f1))")
+    done
+    if ((${#left[@]})); then
+        echo "host check: the test suite left ${#left[@]} thing(s) behind:"
+        printf '  %s\n' "${left[@]}"
+        exit 1
+    fi
+    echo "host check: the test suite left nothing behind"
+    ;;
+*)
+    echo "usage: $0 snapshot|compare FILE" >&2
+    exit 2
+    ;;
+esac
