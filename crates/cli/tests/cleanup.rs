@@ -45,7 +45,7 @@ fn hang_up_points() -> Vec<Duration> {
 }
 
 async fn a_client_that_hangs_up_mid_create_or_remove_leaves_nothing_half_made() {
-    let d = Daemon::start("hangup");
+    let d = Daemon::start(&format!("hangup-{}", common::driver()));
     // The environment is built once, before the clock matters.
     let warm = d.create(json!({})).await;
     d.rm(&warm).await;
@@ -104,7 +104,7 @@ fn traces_of(d: &Daemon, id: &str) -> Vec<String> {
 }
 
 async fn a_restart_removes_what_a_killed_daemon_left_of_a_forgotten_sandbox() {
-    let d = Daemon::start("gcrestart");
+    let d = Daemon::start(&format!("gcrestart-{}", common::driver()));
     let survivor = d.create(json!({"network": {"mode": "open"}})).await;
     d.ok(&survivor, "echo precious > /root/data").await;
     let lost = d.create(json!({"network": {"mode": "open"}})).await;
@@ -162,6 +162,11 @@ async fn spinup_gc_removes_every_kind_of_leftover_and_nothing_else() {
     std::fs::create_dir_all(data.join("net").join(net_id)).unwrap();
     std::fs::write(data.join("net").join(net_id).join("slot.json"), slot.to_string()).unwrap();
     assert!(sh(&format!("ip netns add {ns} && ip link add {veth} type veth peer name eth0 netns {ns}")).status.success());
+    // ...and one with no record, found by the pool's veth it holds.
+    let (bare_ns, bare_veth) = ("spinup-a0a0a0a0a0a5".to_string(), format!("sp{pool}v9002"));
+    assert!(sh(&format!("ip netns add {bare_ns} && ip link add {bare_veth} type veth peer name eth0 netns {bare_ns}"))
+        .status
+        .success());
     let t = format!("spinup_{pool}");
     assert!(sh(&format!("nft add chain inet {t} sb_{idx} && nft add chain inet {t} rd_9001")).status.success());
     // 2. A sandbox dir with its rootfs still mounted.
@@ -194,13 +199,16 @@ async fn spinup_gc_removes_every_kind_of_leftover_and_nothing_else() {
         format!("removed network namespace {ns}"),
         format!("removed link {veth}"),
         format!("removed nftables chain rd_9001"),
+        format!("removed link {bare_veth}"),
+        format!("removed network namespace {bare_ns}"),
         format!("removed container sandbox {}", ids[1]),
         format!("removed container sandbox {}", ids[2]),
         format!("removed process {pid}"),
     ] {
         assert!(said.contains(&want), "`spinup gc` did not say {want:?}:\n{said}");
     }
-    assert!(!netns_exists(&ns));
+    assert!(!netns_exists(&ns) && !netns_exists(&bare_ns));
+    assert!(!Path::new("/sys/class/net").join(&bare_veth).exists());
     assert!(!Path::new("/sys/class/net").join(&veth).exists());
     let chains = String::from_utf8_lossy(&Command::new("nft").args(["list", "table", "inet", &t]).output().unwrap().stdout)
         .to_string();

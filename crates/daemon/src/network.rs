@@ -651,13 +651,23 @@ add rule inet {t} postrouting iifname \"{p}*\" oifname != \"{p}*\" masquerade
         let used = self.used.lock().unwrap().clone();
         let mut stale: BTreeSet<u32> = BTreeSet::new();
         let (mut removed, mut failed) = (vec![], vec![]);
+        let mut namespaces = vec![];
         for e in std::fs::read_dir("/sys/class/net").into_iter().flatten().flatten() {
             let n = e.file_name().to_string_lossy().to_string();
             if let Some(i) = n.strip_prefix(&self.prefix).and_then(|i| i.parse::<u32>().ok()) {
                 if !used.contains(&i) {
                     stale.insert(i);
                     removed.push(format!("link {n}"));
+                    // The namespace at its other end is a sandbox's of ours
+                    // too, even with no record of it.
+                    namespaces.extend(peer_netns(&n).await.filter(|ns| ns.starts_with("spinup-")));
                 }
+            }
+        }
+        for ns in namespaces {
+            match run("ip", &["netns", "del", &ns], None) {
+                Ok(()) => removed.push(format!("network namespace {ns}")),
+                Err(e) => failed.push(format!("network namespace {ns}: {e}")),
             }
         }
         let listed =
@@ -741,6 +751,24 @@ add rule inet {t} postrouting iifname \"{p}*\" oifname != \"{p}*\" masquerade
     pub fn release(&self, slot: &NetSlot) {
         self.used.lock().unwrap().remove(&slot.index);
     }
+}
+
+/// The name of the network namespace the peer of veth `link` is in.
+async fn peer_netns(link: &str) -> Option<String> {
+    let json = |args: &'static [&'static str], extra: Option<&str>| {
+        let mut c = tokio::process::Command::new("ip");
+        c.args(args);
+        if let Some(x) = extra {
+            c.arg(x);
+        }
+        async move {
+            let out = c.output().await.ok()?;
+            serde_json::from_slice::<serde_json::Value>(&out.stdout).ok()
+        }
+    };
+    let nsid = json(&["-j", "-d", "link", "show", "dev"], Some(link)).await?[0]["link_netnsid"].as_i64()?;
+    let ids = json(&["-j", "netns", "list-id"], None).await?;
+    ids.as_array()?.iter().find(|n| n["nsid"].as_i64() == Some(nsid))?["name"].as_str().map(str::to_string)
 }
 
 /// Writes one sandbox's chain (owned, so it can run on a blocking thread).

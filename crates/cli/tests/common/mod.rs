@@ -180,7 +180,7 @@ impl Daemon {
             if std::os::unix::net::UnixStream::connect(&self.sock).is_ok() {
                 return;
             }
-            if let Some(c) = self.child.lock().unwrap().as_mut() {
+            if let Some(c) = self.child().as_mut() {
                 if let Ok(Some(st)) = c.try_wait() {
                     panic!("daemon exited ({st}): {}", self.log());
                 }
@@ -195,12 +195,12 @@ impl Daemon {
     }
 
     pub fn pid(&self) -> u32 {
-        self.child.lock().unwrap().as_ref().unwrap().id()
+        self.child().as_ref().unwrap().id()
     }
 
     /// kill -9 the daemon (sandboxes keep running).
     pub fn kill9(&self) {
-        let mut c = self.child.lock().unwrap();
+        let mut c = self.child();
         if let Some(mut ch) = c.take() {
             let _ = ch.kill();
             let _ = ch.wait();
@@ -210,12 +210,17 @@ impl Daemon {
 
     pub fn restart(&self) {
         self.kill9();
-        *self.child.lock().unwrap() = Some(spawn_daemon(&self.dir, &self.sock, &self.extra, &self.envs));
+        *self.child() = Some(spawn_daemon(&self.dir, &self.sock, &self.extra, &self.envs));
         self.wait_ready();
     }
 
+    /// The daemon process (a test that panicked holding it poisons nothing).
+    fn child(&self) -> std::sync::MutexGuard<'_, Option<Child>> {
+        self.child.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     fn alive(&self) -> bool {
-        self.child.lock().unwrap().as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+        self.child().as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)))
             && std::os::unix::net::UnixStream::connect(&self.sock).is_ok()
     }
 
@@ -240,7 +245,7 @@ impl Daemon {
         }
         if !self.alive() && self.data().join("state.db").exists() {
             self.kill9();
-            *self.child.lock().unwrap() = Some(spawn_daemon(&self.dir, &self.sock, &self.extra, &self.envs));
+            *self.child() = Some(spawn_daemon(&self.dir, &self.sock, &self.extra, &self.envs));
             let deadline = Instant::now() + Duration::from_secs(60);
             while !self.alive() && Instant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(50));
