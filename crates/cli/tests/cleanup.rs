@@ -229,13 +229,6 @@ async fn spinup_gc_removes_every_kind_of_leftover_and_nothing_else() {
     assert_eq!(leftovers(&other), Vec::<String>::new());
 }
 
-macro_rules! suite {
-    ($($test:ident),* $(,)?) => {
-        for_driver!(container: $($test),*);
-        for_driver!(gvisor: $($test),*);
-        for_driver!(microvm: $($test),*);
-    };
-}
 
 suite!(
     a_client_that_hangs_up_mid_create_or_remove_leaves_nothing_half_made,

@@ -1187,13 +1187,6 @@ async fn cli_interactive_terminal() {
     d.rm(&id).await;
 }
 
-macro_rules! suite {
-    ($($test:ident),* $(,)?) => {
-        for_driver!(container: $($test),*);
-        for_driver!(gvisor: $($test),*);
-        for_driver!(microvm: $($test),*);
-    };
-}
 
 suite!(
     declared_capabilities_match_behaviour,

@@ -436,13 +436,6 @@ async fn pause_to_disk_frees_the_vm_and_resumes_it() {
     assert_eq!(leftovers(&d), Vec::<String>::new());
 }
 
-macro_rules! suite {
-    ($($test:ident),* $(,)?) => {
-        for_driver!(container: $($test),*);
-        for_driver!(gvisor: $($test),*);
-        for_driver!(microvm: $($test),*);
-    };
-}
 
 suite!(
     daemon_restart_reattaches_and_timeouts_still_fire,

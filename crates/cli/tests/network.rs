@@ -242,13 +242,6 @@ async fn ports_are_exposed_through_the_daemon() {
     assert!(!std::path::Path::new(&path).exists(), "the unix socket outlived its sandbox");
 }
 
-macro_rules! suite {
-    ($($test:ident),* $(,)?) => {
-        for_driver!(container: $($test),*);
-        for_driver!(gvisor: $($test),*);
-        for_driver!(microvm: $($test),*);
-    };
-}
 
 suite!(policy_modes_forbidden_set_and_live_changes, allow_mode_resolver_and_host_checks, ports_are_exposed_through_the_daemon);
 

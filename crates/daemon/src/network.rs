@@ -251,24 +251,14 @@ impl Network {
         let _ = run("nft", &["add", "table", "inet", t], None);
         let (mut stale_chains, mut stale_sets) = (String::new(), String::new());
         if let Ok(out) = std::process::Command::new("nft").args(["-j", "list", "table", "inet", t]).output() {
-            if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&out.stdout) {
-                for o in v["nftables"].as_array().into_iter().flatten() {
-                    for (kind, obj) in [("chain", &o["chain"]), ("set", &o["set"])] {
-                        let Some(name) = obj["name"].as_str() else { continue };
-                        let idx = name.split_once('_').and_then(|(k, i)| {
-                            ["sb", "rd", "explicit", "dyn"].contains(&k).then(|| i.parse::<u32>().ok()).flatten()
-                        });
-                        if let Some(i) = idx {
-                            if !live_idx.contains(&i) {
-                                // A chain goes empty first; sets after the
-                                // chains that name them (below).
-                                if kind == "chain" {
-                                    stale_chains.push_str(&format!("flush chain inet {t} {name}\ndelete chain inet {t} {name}\n"));
-                                } else {
-                                    stale_sets.push_str(&format!("delete set inet {t} {name}\n"));
-                                }
-                            }
-                        }
+            for (kind, name, i) in slot_objects(&out.stdout) {
+                if !live_idx.contains(&i) {
+                    // A chain goes empty first; sets after the chains that
+                    // name them (below).
+                    if kind == "chain" {
+                        stale_chains.push_str(&format!("flush chain inet {t} {name}\ndelete chain inet {t} {name}\n"));
+                    } else {
+                        stale_sets.push_str(&format!("delete set inet {t} {name}\n"));
                     }
                 }
             }
@@ -673,18 +663,10 @@ add rule inet {t} postrouting iifname \"{p}*\" oifname != \"{p}*\" masquerade
         let listed =
             tokio::process::Command::new("nft").args(["-j", "list", "table", "inet", &self.table]).output().await;
         if let Ok(out) = listed {
-            if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&out.stdout) {
-                for o in v["nftables"].as_array().into_iter().flatten() {
-                    for (kind, obj) in [("chain", &o["chain"]), ("set", &o["set"])] {
-                        let Some(name) = obj["name"].as_str() else { continue };
-                        let idx = name.split_once('_').and_then(|(k, i)| {
-                            ["sb", "rd", "explicit", "dyn"].contains(&k).then(|| i.parse::<u32>().ok()).flatten()
-                        });
-                        if let Some(i) = idx.filter(|i| !used.contains(i)) {
-                            stale.insert(i);
-                            removed.push(format!("nftables {kind} {name}"));
-                        }
-                    }
+            for (kind, name, i) in slot_objects(&out.stdout) {
+                if !used.contains(&i) {
+                    stale.insert(i);
+                    removed.push(format!("nftables {kind} {name}"));
                 }
             }
         }
@@ -751,6 +733,25 @@ add rule inet {t} postrouting iifname \"{p}*\" oifname != \"{p}*\" masquerade
     pub fn release(&self, slot: &NetSlot) {
         self.used.lock().unwrap().remove(&slot.index);
     }
+}
+
+/// The per-slot chains and sets (`sb_`, `rd_`, `explicit_`, `dyn_` + the
+/// slot's index) in `nft -j list table` output: (kind, name, index).
+fn slot_objects(json: &[u8]) -> Vec<(&'static str, String, u32)> {
+    let Ok(v) = serde_json::from_slice::<serde_json::Value>(json) else { return vec![] };
+    let mut out = vec![];
+    for o in v["nftables"].as_array().into_iter().flatten() {
+        for (kind, obj) in [("chain", &o["chain"]), ("set", &o["set"])] {
+            let Some(name) = obj["name"].as_str() else { continue };
+            let idx = name.split_once('_').and_then(|(k, i)| {
+                ["sb", "rd", "explicit", "dyn"].contains(&k).then(|| i.parse::<u32>().ok()).flatten()
+            });
+            if let Some(i) = idx {
+                out.push((kind, name.to_string(), i));
+            }
+        }
+    }
+    out
 }
 
 /// The name of the network namespace the peer of veth `link` is in.
@@ -975,5 +976,27 @@ impl EgressPolicy for SandboxNet {
             .filter(|s| domain_matches(&s.hosts, host))
             .map(|s| (s.placeholder.clone(), s.value.clone()))
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slot_objects_are_found_by_name_in_nft_json() {
+        let json = br#"{"nftables": [{"metainfo": {"version": "1.0.6"}},
+            {"table": {"family": "inet", "name": "spinup_213"}},
+            {"chain": {"family": "inet", "table": "spinup_213", "name": "forward"}},
+            {"chain": {"family": "inet", "table": "spinup_213", "name": "sb_7"}},
+            {"chain": {"family": "inet", "table": "spinup_213", "name": "rd_7"}},
+            {"set": {"family": "inet", "table": "spinup_213", "name": "dyn_12"}},
+            {"set": {"family": "inet", "table": "spinup_213", "name": "explicit_x"}},
+            {"map": {"family": "inet", "table": "spinup_213", "name": "egress"}}]}"#;
+        assert_eq!(
+            slot_objects(json),
+            vec![("chain", "sb_7".to_string(), 7), ("chain", "rd_7".to_string(), 7), ("set", "dyn_12".to_string(), 12)]
+        );
+        assert!(slot_objects(b"not json").is_empty());
     }
 }

@@ -39,6 +39,16 @@ macro_rules! for_driver {
     };
 }
 
+/// Each test once per driver: `container::…`, `gvisor::…`, `microvm::…`.
+#[macro_export]
+macro_rules! suite {
+    ($($test:ident),* $(,)?) => {
+        for_driver!(container: $($test),*);
+        for_driver!(gvisor: $($test),*);
+        for_driver!(microvm: $($test),*);
+    };
+}
+
 thread_local! {
     static DRIVER: std::cell::RefCell<Option<String>> = const { std::cell::RefCell::new(None) };
 }
@@ -252,9 +262,10 @@ impl Daemon {
             }
         }
         if self.alive() {
-            let ls = self.cli(&["ls", "--json"]);
-            let ids: Vec<String> = serde_json::from_slice::<Value>(&ls.stdout)
-                .ok()
+            let cli = |args: &[&str]| Command::new(BIN).args(args).env("SPINUP_HOST", &self.sock).output().ok();
+            let ls = cli(&["ls", "--json"]);
+            let ids: Vec<String> = ls
+                .and_then(|ls| serde_json::from_slice::<Value>(&ls.stdout).ok())
                 .and_then(|v| v.as_array().cloned())
                 .unwrap_or_default()
                 .iter()
@@ -263,9 +274,12 @@ impl Daemon {
             if !ids.is_empty() {
                 let mut args = vec!["rm", "-f"];
                 args.extend(ids.iter().map(String::as_str));
-                let out = self.cli(&args);
-                if !out.status.success() {
-                    eprintln!("cleanup of {}: rm failed: {}", self.dir.display(), String::from_utf8_lossy(&out.stderr));
+                match cli(&args) {
+                    Some(out) if out.status.success() => {}
+                    Some(out) => {
+                        eprintln!("cleanup of {}: rm failed: {}", self.dir.display(), String::from_utf8_lossy(&out.stderr))
+                    }
+                    None => eprintln!("cleanup of {}: cannot run {BIN}", self.dir.display()),
                 }
             }
         }

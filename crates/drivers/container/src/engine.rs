@@ -85,6 +85,36 @@ pub fn proc_starttime(pid: i32) -> Option<u64> {
     rest.split_whitespace().nth(19)?.parse().ok()
 }
 
+/// Cgroup `parent` in every hierarchy (v2, or each v1 controller).
+pub fn cgroup_dirs(parent: &str) -> Vec<PathBuf> {
+    let parent = parent.trim_matches('/');
+    let mut dirs = vec![PathBuf::from("/sys/fs/cgroup").join(parent)];
+    for e in std::fs::read_dir("/sys/fs/cgroup").into_iter().flatten().flatten() {
+        dirs.push(e.path().join(parent));
+    }
+    dirs.into_iter().filter(|d| d.is_dir()).collect()
+}
+
+/// Remove what the runtime left of container `id`'s cgroup under `parent`
+/// (it does not always remove it: its state may be gone, or a run failed
+/// halfway). An empty cgroup goes; one with processes left is an error.
+pub async fn remove_cgroups(parent: &str, id: &str) -> Result<()> {
+    for cg in cgroup_dirs(parent).into_iter().map(|d| d.join(id)).filter(|d| d.is_dir()) {
+        // Busy while its last processes are reaped.
+        let deadline = std::time::Instant::now() + Duration::from_secs(2);
+        while let Err(e) = std::fs::remove_dir(&cg) {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                break;
+            }
+            if std::time::Instant::now() > deadline {
+                return Err(Error::Internal(format!("removing the cgroup {}: {e}", cg.display())));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    Ok(())
+}
+
 /// The sandbox id a runtime file or dir name starts with (12 lowercase
 /// hex digits, then nothing or a non-hex character).
 fn sandbox_id_prefix(name: &str) -> Option<String> {
@@ -374,20 +404,17 @@ impl OciEngine {
                 let procs = std::fs::read_to_string(dir.join(&n).join("cgroup.procs")).unwrap_or_default();
                 if procs.trim().is_empty() {
                     ids.extend(sandbox_id_prefix(&n).filter(|i| *i == n));
+                    if n.starts_with("spinup-probe-") && n != own_probe {
+                        ids.insert(n);
+                    }
                 }
             }
         }
         ids.into_iter().collect()
     }
 
-    /// Our parent cgroup in every hierarchy (v2, or each v1 controller).
     fn cgroup_dirs(&self) -> Vec<PathBuf> {
-        let parent = self.cgroup_parent.trim_matches('/');
-        let mut dirs = vec![PathBuf::from("/sys/fs/cgroup").join(parent)];
-        for e in std::fs::read_dir("/sys/fs/cgroup").into_iter().flatten().flatten() {
-            dirs.push(e.path().join(parent));
-        }
-        dirs.into_iter().filter(|d| d.is_dir()).collect()
+        cgroup_dirs(&self.cgroup_parent)
     }
 
     /// Idempotent: kill, delete runtime state and cgroup, unmount, remove.
@@ -410,19 +437,7 @@ impl OciEngine {
         }
         // What the runtime did not remove (its state was gone already):
         // empty cgroups go; one with processes left is an error.
-        for cg in self.cgroup_dirs().into_iter().map(|d| d.join(id)).filter(|d| d.is_dir()) {
-            // Busy while its last processes are reaped.
-            let deadline = std::time::Instant::now() + Duration::from_secs(2);
-            while let Err(e) = std::fs::remove_dir(&cg) {
-                if e.kind() == std::io::ErrorKind::NotFound {
-                    break;
-                }
-                if std::time::Instant::now() > deadline {
-                    return Err(Error::Internal(format!("removing the cgroup {}: {e}", cg.display())));
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        }
+        remove_cgroups(&self.cgroup_parent, id).await?;
         let rootfs = dir.join("rootfs");
         if mounted(&rootfs) {
             nix::mount::umount2(&rootfs, nix::mount::MntFlags::MNT_DETACH)

@@ -81,6 +81,10 @@ pub async fn try_runtime(
         .map_err(|e| format!("{name}: {e}"));
     let _ =
         tokio::process::Command::new(&path).arg("--root").arg(&state).args(["delete", "--force", &id]).output().await;
+    // A failed run can leave the cgroup behind (seen with runsc).
+    if let Err(e) = crate::engine::remove_cgroups(cgroup_parent, &id).await {
+        tracing::warn!("probe of {name}: {e}");
+    }
     let _ = std::fs::remove_dir_all(&bundle);
     let out = out?;
     let stdout = String::from_utf8_lossy(&out.stdout);
