@@ -183,9 +183,19 @@ async fn spinup_gc_removes_every_kind_of_leftover_and_nothing_else() {
         }
     }
     assert!(!cgroups.is_empty(), "no cgroup hierarchy to make a leftover in");
-    // 4. A process naming a sandbox dir (as a VMM does).
+    // 4. A VMM naming a sandbox dir (a stand-in: sleep under QEMU's name),
+    // and a user's process naming one too, which is not ours to kill.
+    let bin = d.dir.join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    std::fs::copy("/bin/sleep", bin.join("qemu-system-x86_64")).unwrap();
     let vmm = data.join("microvm/sandboxes").join(ids[3]).join("run/qemu");
-    let mut proc_ = Command::new("bash").args(["-c", "exec -a \"$0\" sleep 1000"]).arg(&vmm).spawn().unwrap();
+    let mut proc_ = Command::new("bash")
+        .args(["-c", "exec -a \"$0\" \"$1\" 1000"])
+        .arg(&vmm)
+        .arg(bin.join("qemu-system-x86_64"))
+        .spawn()
+        .unwrap();
+    let mut user = Command::new("bash").args(["-c", "exec -a \"$0\" sleep 1000"]).arg(&vmm).spawn().unwrap();
     let pid = proc_.id();
     eventually("the stand-in VMM to start", 10, || async {
         std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| String::from_utf8_lossy(&c).contains(ids[3]))
@@ -216,6 +226,9 @@ async fn spinup_gc_removes_every_kind_of_leftover_and_nothing_else() {
     assert!(!data.join("container/sandboxes").join(ids[1]).exists());
     assert!(cgroups.iter().all(|c| !c.exists()), "{cgroups:?}");
     let _ = proc_.wait();
+    assert_eq!(user.try_wait().unwrap(), None, "gc killed a process that is not a driver's");
+    let _ = user.kill();
+    let _ = user.wait();
     assert!(!data.join("net").join(net_id).exists());
     // What it knows, and another daemon's sandbox, are untouched.
     assert_eq!(d.ok(&keep, "echo alive").await, "alive\n");

@@ -127,9 +127,10 @@ fn sandbox_of(rel: &str) -> Option<String> {
     (kind == "sandboxes" && validate_id(id).is_ok()).then(|| id.to_string())
 }
 
-/// Processes whose command line names a sandbox dir of `data` (a VMM, the
-/// gVisor sandbox and gofer), or whose executable lives in one (a container
-/// sandbox's agent), and probe guests of a daemon killed mid-probe.
+/// Driver processes (a VMM, runsc's sandbox and gofer, a runtime) whose
+/// command line names a sandbox dir of `data`, processes whose executable
+/// lives in one (a container sandbox's agent), and probe guests of a daemon
+/// killed mid-probe.
 fn owned_processes(data: &Path) -> Vec<Owned> {
     let prefix = format!("{}/", data.to_string_lossy());
     let me = std::process::id() as i32;
@@ -154,6 +155,14 @@ fn owned_processes(data: &Path) -> Vec<Owned> {
             }
         }
         let Some(id) = found else { continue };
+        // Only what a driver runs: never a user's `tail -f` of a console log.
+        let base = exe.rsplit('/').next().unwrap_or("");
+        let component = exe.starts_with(&prefix)
+            || base.starts_with("qemu-system")
+            || ["runsc", "runc", "crun"].contains(&base);
+        if !component {
+            continue;
+        }
         let Some(starttime) = spinup_driver_container::proc_starttime(pid) else { continue };
         let name = cmdline.split_whitespace().next().unwrap_or("?").to_string();
         let what = match &id {
