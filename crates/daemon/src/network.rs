@@ -36,6 +36,8 @@ pub const PROXY_PORT: u16 = 15001;
 /// The first /16 tried for a daemon's address pool (10.P.0.0/16).
 const POOL_FIRST: u8 = 213;
 const POOL_LAST: u8 = 250;
+/// /30s in a /16.
+const POOL_SLOTS: u32 = 16_384;
 
 /// `[network]` in the config file.
 #[derive(Debug, Clone, Default, serde::Deserialize)]
@@ -330,7 +332,7 @@ add rule inet {t} postrouting iifname \"{p}*\" oifname != \"{p}*\" masquerade
     pub fn allocate(&self) -> Result<NetSlot> {
         let mut used = self.used.lock().unwrap();
         // /30 per sandbox: .0 network, .1 gateway (host), .2 guest.
-        let idx = (0..16_384u32).find(|i| !used.contains(i)).ok_or_else(|| {
+        let idx = (0..POOL_SLOTS).find(|i| !used.contains(i)).ok_or_else(|| {
             Error::Unavailable("the address pool is full (16384 sandboxes); remove some".into())
         })?;
         used.insert(idx);
@@ -616,15 +618,18 @@ add rule inet {t} postrouting iifname \"{p}*\" oifname != \"{p}*\" masquerade
             what.push(format!("network namespace {ns}"));
         }
         // Taken for the teardown (which frees it), so no create gets it
-        // meanwhile.
-        let reserved = slot.filter(|s| self.used.lock().unwrap().insert(s.index));
+        // meanwhile. Names come from the index, never from the file.
+        let reserved = slot
+            .filter(|s| s.index < POOL_SLOTS)
+            .map(|s| self.slot_at(s.index))
+            .filter(|s| self.used.lock().unwrap().insert(s.index));
         match reserved {
             Some(slot) => {
                 if Path::new("/sys/class/net").join(&slot.host_if).exists() {
                     what.push(format!("link {}", slot.host_if));
                 }
                 what.push(format!("nftables objects of slot {}", slot.index));
-                self.teardown(id, slot);
+                self.teardown(id, &slot);
             }
             None => {
                 let _ = run("ip", &["netns", "del", &ns], None);
@@ -645,7 +650,7 @@ add rule inet {t} postrouting iifname \"{p}*\" oifname != \"{p}*\" masquerade
         for e in std::fs::read_dir("/sys/class/net").into_iter().flatten().flatten() {
             let n = e.file_name().to_string_lossy().to_string();
             if let Some(i) = n.strip_prefix(&self.prefix).and_then(|i| i.parse::<u32>().ok()) {
-                if !used.contains(&i) {
+                if !used.contains(&i) && i < POOL_SLOTS {
                     stale.insert(i);
                     removed.push(format!("link {n}"));
                     // The namespace at its other end is a sandbox's of ours
@@ -664,7 +669,7 @@ add rule inet {t} postrouting iifname \"{p}*\" oifname != \"{p}*\" masquerade
             tokio::process::Command::new("nft").args(["-j", "list", "table", "inet", &self.table]).output().await;
         if let Ok(out) = listed {
             for (kind, name, i) in slot_objects(&out.stdout) {
-                if !used.contains(&i) {
+                if !used.contains(&i) && i < POOL_SLOTS {
                     stale.insert(i);
                     removed.push(format!("nftables {kind} {name}"));
                 }
