@@ -385,13 +385,15 @@ impl OciEngine {
                 .filter_map(|e| e.file_name().to_str().map(str::to_string))
                 .collect::<Vec<_>>()
         };
+        // A probe container of another (so: dead) daemon of this data dir.
         let own_probe = format!("spinup-probe-{}", std::process::id());
+        let stale_probe = |n: &str| n.starts_with("spinup-probe-") && n != own_probe;
         for n in names(self.root.join("sandboxes")) {
             ids.extend(sandbox_id_prefix(&n));
         }
         for n in names(self.root.join("state")) {
             // runc keeps a dir per container; runsc `<id>_sandbox:<id>.state` files.
-            if n.starts_with("spinup-probe-") && n != own_probe {
+            if stale_probe(&n) {
                 ids.insert(n);
             } else {
                 ids.extend(sandbox_id_prefix(&n));
@@ -404,7 +406,7 @@ impl OciEngine {
                 let procs = std::fs::read_to_string(dir.join(&n).join("cgroup.procs")).unwrap_or_default();
                 if procs.trim().is_empty() {
                     ids.extend(sandbox_id_prefix(&n).filter(|i| *i == n));
-                    if n.starts_with("spinup-probe-") && n != own_probe {
+                    if stale_probe(&n) {
                         ids.insert(n);
                     }
                 }
