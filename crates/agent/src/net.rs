@@ -42,7 +42,8 @@ pub fn routes() -> Router<AppState> {
 
 async fn secrets(State(s): State<AppState>, body: Bytes) -> Result<Json<serde_json::Value>, AgentError> {
     // Never echo the body: it carries values.
-    let req: SecretsRequest = serde_json::from_slice(&body).map_err(|_| AgentError::bad("malformed secrets request"))?;
+    let req: SecretsRequest =
+        serde_json::from_slice(&body).map_err(|_| AgentError::bad("malformed secrets request"))?;
     drop(body);
     let user = crate::process::resolve_user(req.user.as_deref()).map_err(AgentError::bad)?;
     let dir = Path::new(SECRETS_DIR);

@@ -7,8 +7,8 @@
 
 use std::ffi::CString;
 use std::os::fd::{AsFd, AsRawFd};
-use std::path::Path;
 use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use nix::mount::{mount, MsFlags};
@@ -182,7 +182,10 @@ fn configure_net(v: &str, first: bool) {
         libc::close(s);
     }
     let conf = "/run/spinup-resolv.conf";
-    let _ = std::fs::write(conf, format!("# written by spinup: the sandbox's own resolver\nnameserver {dns}\noptions timeout:2 attempts:2\n"));
+    let _ = std::fs::write(
+        conf,
+        format!("# written by spinup: the sandbox's own resolver\nnameserver {dns}\noptions timeout:2 attempts:2\n"),
+    );
     if !first {
         return;
     }
@@ -399,7 +402,9 @@ fn serve_identity(r: &mut std::fs::File) -> bool {
         return false;
     }
     match head[0] {
-        SET_HOSTNAME if !body.is_empty() && body.iter().all(|b| b.is_ascii_alphanumeric() || *b == b'-' || *b == b'.') => {
+        SET_HOSTNAME
+            if !body.is_empty() && body.iter().all(|b| b.is_ascii_alphanumeric() || *b == b'-' || *b == b'.') =>
+        {
             let _ = nix::unistd::sethostname(std::ffi::OsStr::from_bytes(&body));
         }
         SET_NET if body.iter().all(|b| b.is_ascii_digit() || b"./,".contains(b)) => {
@@ -549,7 +554,10 @@ pub fn boot() -> String {
     net_up(&cmdline);
     // Secrets (file mode) live here, in memory.
     let _ = std::fs::create_dir_all(crate::net::SECRETS_DIR);
-    let _ = std::fs::set_permissions(crate::net::SECRETS_DIR, <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o750));
+    let _ = std::fs::set_permissions(
+        crate::net::SECRETS_DIR,
+        <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o750),
+    );
     let port = loop {
         if let Some(p) = find_port(PORT_NAME) {
             break p;

@@ -633,11 +633,20 @@ pub async fn run_snapshots(c: &Client, o: Opts) -> Result<Value> {
             for _ in 0..n {
                 let (d, v) = timed(&mut conn, "POST", &format!("/v1/sandboxes/{id}/snapshot"), json!({}), 201).await?;
                 snap.push(d);
-                ok(&mut conn, "DELETE", &format!("/v1/snapshots/{}", v["id"].as_str().unwrap_or("")), json!(null), 204).await?;
-                let (d, v) = timed(&mut conn, "POST", &format!("/v1/sandboxes/{id}/fork"), json!({"count": 1}), 201).await?;
+                ok(&mut conn, "DELETE", &format!("/v1/snapshots/{}", v["id"].as_str().unwrap_or("")), json!(null), 204)
+                    .await?;
+                let (d, v) =
+                    timed(&mut conn, "POST", &format!("/v1/sandboxes/{id}/fork"), json!({"count": 1}), 201).await?;
                 fork.push(d);
                 for ch in v["children"].as_array().cloned().unwrap_or_default() {
-                    ok(&mut conn, "DELETE", &format!("/v1/sandboxes/{}?force=true", ch["id"].as_str().unwrap_or("")), json!(null), 204).await?;
+                    ok(
+                        &mut conn,
+                        "DELETE",
+                        &format!("/v1/sandboxes/{}?force=true", ch["id"].as_str().unwrap_or("")),
+                        json!(null),
+                        204,
+                    )
+                    .await?;
                 }
             }
             let src = o.data_dir.join("container/sandboxes").join(&id).join("upper/root/data");
@@ -691,13 +700,22 @@ pub async fn run_snapshots(c: &Client, o: Opts) -> Result<Value> {
         if mem {
             let (mut save, mut restore) = (vec![], vec![]);
             for _ in 0..3 {
-                let (d, v) = timed(&mut conn, "POST", &format!("/v1/sandboxes/{id}/snapshot"), json!({"memory": true}), 201).await?;
+                let (d, v) =
+                    timed(&mut conn, "POST", &format!("/v1/sandboxes/{id}/snapshot"), json!({"memory": true}), 201)
+                        .await?;
                 save.push(d);
                 let sid = v["id"].as_str().unwrap_or_default().to_string();
                 let body = json!({"driver": driver, "from_snapshot": sid});
                 let (d, v) = timed(&mut conn, "POST", "/v1/sandboxes", body, 201).await?;
                 restore.push(d);
-                ok(&mut conn, "DELETE", &format!("/v1/sandboxes/{}?force=true", v["id"].as_str().unwrap_or("")), json!(null), 204).await?;
+                ok(
+                    &mut conn,
+                    "DELETE",
+                    &format!("/v1/sandboxes/{}?force=true", v["id"].as_str().unwrap_or("")),
+                    json!(null),
+                    204,
+                )
+                .await?;
                 ok(&mut conn, "DELETE", &format!("/v1/snapshots/{sid}"), json!(null), 204).await?;
             }
             let (r, c0) = (stats(restore.clone()), stats(cold));
@@ -742,7 +760,8 @@ pub fn print_snapshot_table(v: &Value) {
         if e.is_null() {
             continue;
         }
-        let ratio = e["ratio_memory_restore_vs_cold_create_p50"].as_f64().map(|r| format!("{r:.2}×")).unwrap_or("-".into());
+        let ratio =
+            e["ratio_memory_restore_vs_cold_create_p50"].as_f64().map(|r| format!("{r:.2}×")).unwrap_or("-".into());
         println!(
             "| {d} | {} | {} | {} | {} | {} | {ratio} |",
             f(&e["pause_ms"]["p50"]),
@@ -803,9 +822,10 @@ impl BenchNet {
             }
             let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
             rt.block_on(async move {
-                let (Ok(http), Ok(https)) =
-                    (tokio::net::TcpListener::bind("0.0.0.0:80").await, tokio::net::TcpListener::bind("0.0.0.0:443").await)
-                else {
+                let (Ok(http), Ok(https)) = (
+                    tokio::net::TcpListener::bind("0.0.0.0:80").await,
+                    tokio::net::TcpListener::bind("0.0.0.0:443").await,
+                ) else {
                     let _ = tx.send(Err("binding the bench server".into()));
                     return;
                 };
@@ -917,14 +937,19 @@ pub async fn run_network(c: &Client, o: Opts) -> Result<Value> {
     let net = BenchNet::start()?;
     // The daemon's proxy trusts this run's CA for sandboxes made from now.
     let ca_dir = o.data_dir.join("net/upstream-ca.d");
-    std::fs::create_dir_all(&ca_dir).with_context(|| format!("{} (pass --data-dir of the running daemon)", ca_dir.display()))?;
+    std::fs::create_dir_all(&ca_dir)
+        .with_context(|| format!("{} (pass --data-dir of the running daemon)", ca_dir.display()))?;
     let ca_file = ca_dir.join(format!("spinup-bench-{}.pem", std::process::id()));
     std::fs::write(&ca_file, &net.ca_pem)?;
     let host_ca = std::env::temp_dir().join(format!("spinup-bench-ca-{}.pem", std::process::id()));
     std::fs::write(&host_ca, &net.ca_pem)?;
     let secret = "SPINUP_BENCH_TOKEN";
-    c.json_body(http::Method::PUT, &format!("/v1/secrets/{secret}"), spinup_protocol::client::full_body("bench-token-value"))
-        .await?;
+    c.json_body(
+        http::Method::PUT,
+        &format!("/v1/secrets/{secret}"),
+        spinup_protocol::client::full_body("bench-token-value"),
+    )
+    .await?;
     let result = async {
         let ip = &net.ip;
         let host_run = |script: String| -> Result<String> {
@@ -967,7 +992,8 @@ pub async fn run_network(c: &Client, o: Opts) -> Result<Value> {
             ("host_https", host_run(curl_script("https://bench.test", n, &host_tls))?),
             (
                 "sandbox_https_proxy",
-                sandbox_run(curl_script("https://bench.test", n, "-H \"Authorization: Bearer $SPINUP_BENCH_TOKEN\"")).await?,
+                sandbox_run(curl_script("https://bench.test", n, "-H \"Authorization: Bearer $SPINUP_BENCH_TOKEN\""))
+                    .await?,
             ),
         ];
         let _ = conn.call("DELETE", &format!("/v1/sandboxes/{id}?force=true"), json!(null)).await;
@@ -979,7 +1005,10 @@ pub async fn run_network(c: &Client, o: Opts) -> Result<Value> {
         }
         let r = |a: &str, b: &str, f: &str| {
             let (x, y) = if f == "lat" {
-                (out[a]["latency_ms"]["p50"].as_f64().unwrap_or(0.0), out[b]["latency_ms"]["p50"].as_f64().unwrap_or(1.0))
+                (
+                    out[a]["latency_ms"]["p50"].as_f64().unwrap_or(0.0),
+                    out[b]["latency_ms"]["p50"].as_f64().unwrap_or(1.0),
+                )
             } else {
                 (out[a]["throughput_mb_s"].as_f64().unwrap_or(0.0), out[b]["throughput_mb_s"].as_f64().unwrap_or(1.0))
             };
@@ -1017,7 +1046,12 @@ pub fn print_network_table(v: &Value) {
         ("sandbox_https_proxy", "curl in a sandbox, HTTPS through the secrets proxy"),
     ] {
         let e = &v[k];
-        println!("| {label} | {} | {} | {} |", f(&e["latency_ms"]["p50"]), f(&e["latency_ms"]["p95"]), f(&e["throughput_mb_s"]));
+        println!(
+            "| {label} | {} | {} | {} |",
+            f(&e["latency_ms"]["p50"]),
+            f(&e["latency_ms"]["p95"]),
+            f(&e["throughput_mb_s"])
+        );
     }
     println!();
     println!(

@@ -815,7 +815,11 @@ async fn run(cli: Cli) -> Result<i32> {
         Cmd::Pause { id, free_memory } => {
             if free_memory {
                 let v = c
-                    .json(Method::POST, &format!("/v1/sandboxes/{}/pause", enc(&id)), Some(json!({"free_memory": true})))
+                    .json(
+                        Method::POST,
+                        &format!("/v1/sandboxes/{}/pause", enc(&id)),
+                        Some(json!({"free_memory": true})),
+                    )
                     .await?;
                 if cli.json {
                     print_json(&v);
@@ -829,7 +833,11 @@ async fn run(cli: Cli) -> Result<i32> {
         Cmd::Resume { id } => freeze(&c, &id, "resume", cli.json).await?,
         Cmd::Net { action, id, mode, allow, hosts } => match action.as_str() {
             "set" => {
-                let body = policy_json(mode.as_deref().or(Some(if allow.is_empty() { "none" } else { "allow" })), &allow, &hosts)?;
+                let body = policy_json(
+                    mode.as_deref().or(Some(if allow.is_empty() { "none" } else { "allow" })),
+                    &allow,
+                    &hosts,
+                )?;
                 let v = c.json(Method::PUT, &format!("/v1/sandboxes/{}/network", enc(&id)), Some(body)).await?;
                 print_json(&v["network"]);
             }

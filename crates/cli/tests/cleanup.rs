@@ -188,7 +188,9 @@ async fn spinup_gc_removes_every_kind_of_leftover_and_nothing_else() {
         "address": std::net::Ipv4Addr::from(base + idx * 4 + 2).to_string(), "prefix": 30});
     std::fs::create_dir_all(data.join("net").join(net_id)).unwrap();
     std::fs::write(data.join("net").join(net_id).join("slot.json"), slot.to_string()).unwrap();
-    assert!(sh(&format!("ip netns add {ns} && ip link add {veth} type veth peer name eth0 netns {ns}")).status.success());
+    assert!(sh(&format!("ip netns add {ns} && ip link add {veth} type veth peer name eth0 netns {ns}"))
+        .status
+        .success());
     // ...and one with no record, found by the pool's veth it holds.
     let (bare_ns, bare_veth) = ("spinup-a0a0a0a0a0a5".to_string(), format!("sp{pool}v9002"));
     assert!(sh(&format!("ip netns add {bare_ns} && ip link add {bare_veth} type veth peer name eth0 netns {bare_ns}"))
@@ -247,8 +249,9 @@ async fn spinup_gc_removes_every_kind_of_leftover_and_nothing_else() {
     assert!(!netns_exists(&ns) && !netns_exists(&bare_ns));
     assert!(!Path::new("/sys/class/net").join(&bare_veth).exists());
     assert!(!Path::new("/sys/class/net").join(&veth).exists());
-    let chains = String::from_utf8_lossy(&Command::new("nft").args(["list", "table", "inet", &t]).output().unwrap().stdout)
-        .to_string();
+    let chains =
+        String::from_utf8_lossy(&Command::new("nft").args(["list", "table", "inet", &t]).output().unwrap().stdout)
+            .to_string();
     assert!(!chains.contains(&format!("chain sb_{idx} ")) && !chains.contains("chain rd_9001 "), "{chains}");
     assert!(!data.join("container/sandboxes").join(ids[1]).exists());
     assert!(cgroups.iter().all(|c| !c.exists()), "{cgroups:?}");
@@ -268,7 +271,6 @@ async fn spinup_gc_removes_every_kind_of_leftover_and_nothing_else() {
     assert_eq!(leftovers(&d), Vec::<String>::new());
     assert_eq!(leftovers(&other), Vec::<String>::new());
 }
-
 
 suite!(
     a_client_that_hangs_up_mid_create_or_remove_leaves_nothing_half_made,

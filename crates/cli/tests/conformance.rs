@@ -1063,8 +1063,10 @@ async fn snapshot_restore_diff_and_fork() {
     assert_eq!(st, 200, "{v}");
     // Sizes are the new ones (the old one for a deletion); a directory's
     // size is its filesystem's business.
-    let got: Vec<(String, String, u64)> =
-        changes(&v).into_iter().map(|(k, p, n)| if p == "/srv" || p == "/srv/d" { (k, p, 0) } else { (k, p, n) }).collect();
+    let got: Vec<(String, String, u64)> = changes(&v)
+        .into_iter()
+        .map(|(k, p, n)| if p == "/srv" || p == "/srv/d" { (k, p, 0) } else { (k, p, n) })
+        .collect();
     assert_eq!(
         got,
         vec![
@@ -1080,7 +1082,10 @@ async fn snapshot_restore_diff_and_fork() {
     );
     // One path with its content before and after.
     let (_, v) = d.req("GET", &format!("/v1/sandboxes/{parent}/diff?path=/etc/passwd&content=true"), None).await;
-    assert!(v["after"].as_str().unwrap().ends_with("extra\n") && !v["before"].as_str().unwrap().contains("extra"), "{v}");
+    assert!(
+        v["after"].as_str().unwrap().ends_with("extra\n") && !v["before"].as_str().unwrap().contains("extra"),
+        "{v}"
+    );
 
     // Snapshot (named), listed; names are unique and validated.
     let (st, snap) =
@@ -1089,7 +1094,8 @@ async fn snapshot_restore_diff_and_fork() {
     let sid = snap["id"].as_str().unwrap().to_string();
     assert!(snap["layer"].as_str().unwrap().starts_with("sha256:") && snap["sandbox_id"] == parent.as_str(), "{snap}");
     assert_eq!(snap["env"], "busybox");
-    let (st, _) = d.req("POST", &format!("/v1/sandboxes/{parent}/snapshot"), Some(json!({"name": format!("s-{parent}")}))).await;
+    let (st, _) =
+        d.req("POST", &format!("/v1/sandboxes/{parent}/snapshot"), Some(json!({"name": format!("s-{parent}")}))).await;
     assert_eq!(st, 409, "duplicate name");
     for bad in [json!({"name": "../x"}), json!({"name": 7}), json!({"bogus": 1})] {
         let (st, v) = d.req("POST", &format!("/v1/sandboxes/{parent}/snapshot"), Some(bad.clone())).await;
@@ -1116,7 +1122,10 @@ async fn snapshot_restore_diff_and_fork() {
     // Restore by name on this driver: the snapshot's files, not later ones.
     let child = d.create(json!({"env": null, "from_snapshot": format!("s-{parent}")})).await;
     assert_eq!(d.ok(&child, "cat /root/added /srv/link; tail -1 /etc/passwd").await, "hello\nsecret\nextra\n");
-    assert_eq!(d.ok(&child, "stat -c %a /srv/d/f; test -e /etc/group || echo gone; test -e /root/later || echo none").await, "600\ngone\nnone\n");
+    assert_eq!(
+        d.ok(&child, "stat -c %a /srv/d/f; test -e /etc/group || echo gone; test -e /root/later || echo none").await,
+        "600\ngone\nnone\n"
+    );
     let (_, v) = d.req("GET", &format!("/v1/sandboxes/{child}/diff"), None).await;
     assert_eq!(changes(&v), vec![], "nothing changed since the restore: {v}");
     let (_, info) = d.req("GET", &format!("/v1/sandboxes/{child}"), None).await;
@@ -1141,7 +1150,10 @@ async fn snapshot_restore_diff_and_fork() {
     for k in &kids {
         assert_eq!(d.ok(k, "cat /root/later /root/added").await, "later\nhello\n");
         let (_, sb) = d.req("GET", &format!("/v1/sandboxes/{k}"), None).await;
-        assert_eq!((sb["labels"]["spinup.fork.parent"].as_str(), sb["driver"].as_str()), (Some(parent.as_str()), Some(driver().as_str())));
+        assert_eq!(
+            (sb["labels"]["spinup.fork.parent"].as_str(), sb["driver"].as_str()),
+            (Some(parent.as_str()), Some(driver().as_str()))
+        );
     }
     d.ok(&kids[0], "echo k0 > /root/mine").await;
     d.ok(&parent, "echo p > /root/parent-after").await;
@@ -1156,10 +1168,7 @@ async fn snapshot_restore_diff_and_fork() {
     // The fork's own snapshot went with its last child; the named one stays
     // until removed, and then is gone.
     let (_, list) = d.req("GET", "/v1/snapshots", None).await;
-    assert!(
-        !list.as_array().unwrap().iter().any(|s| s["labels"]["spinup.fork.parent"] == parent.as_str()),
-        "{list}"
-    );
+    assert!(!list.as_array().unwrap().iter().any(|s| s["labels"]["spinup.fork.parent"] == parent.as_str()), "{list}");
     let (st, _) = d.req("DELETE", &format!("/v1/snapshots/s-{parent}"), None).await;
     assert_eq!(st, 204);
     let (st, _) = d.req("GET", &format!("/v1/snapshots/{sid}"), None).await;
@@ -1186,7 +1195,6 @@ async fn cli_interactive_terminal() {
     assert_eq!(out.status.code(), Some(3), "{text}");
     d.rm(&id).await;
 }
-
 
 suite!(
     declared_capabilities_match_behaviour,

@@ -183,7 +183,8 @@ async fn daemon_killed_during_snapshot_or_fork_leaves_a_consistent_store() {
     let id = d.create(json!({})).await;
     // Big enough that the export takes a while (TCG moves ~6 MB/s).
     let mib = if common::driver() == "microvm" { 12 } else { 96 };
-    let sum = d.ok(&id, &format!("dd if=/dev/urandom of=/root/big bs=1M count={mib} 2>/dev/null; md5sum /root/big")).await;
+    let sum =
+        d.ok(&id, &format!("dd if=/dev/urandom of=/root/big bs=1M count={mib} 2>/dev/null; md5sum /root/big")).await;
     d.start_counter(&id).await;
     eventually("the counter runs", 20, || async { d.sh(&id, "cat /tmp/count").await["exit_code"] == 0 }).await;
 
@@ -302,7 +303,13 @@ async fn snapshots_move_between_drivers() {
     assert_eq!(avail.len(), 3, "every driver runs here: {drivers}");
     for from in ["container", "gvisor", "microvm"] {
         let src = d.create(json!({"driver": from})).await;
-        d.ok(&src, &format!("echo {from} > /root/origin; rm /etc/group; mkdir -p /srv; chmod 1777 /srv; ln -s /root/origin /srv/o")).await;
+        d.ok(
+            &src,
+            &format!(
+                "echo {from} > /root/origin; rm /etc/group; mkdir -p /srv; chmod 1777 /srv; ln -s /root/origin /srv/o"
+            ),
+        )
+        .await;
         let (st, snap) = d.req("POST", &format!("/v1/sandboxes/{src}/snapshot"), Some(json!({}))).await;
         assert_eq!(st, 201, "{snap}");
         assert_eq!(snap["driver"], from);
@@ -312,10 +319,12 @@ async fn snapshots_move_between_drivers() {
             let c = d.create(json!({"driver": to, "env": null, "from_snapshot": snap["id"]})).await;
             assert_eq!(
                 d.ok(&c, "cat /srv/o; stat -c %a /srv; test -e /etc/group || echo no-group").await,
-                format!("{from}
+                format!(
+                    "{from}
 1777
 no-group
-"),
+"
+                ),
                 "{from} -> {to}"
             );
             let (_, v) = d.req("GET", &format!("/v1/sandboxes/{c}/diff"), None).await;
@@ -341,7 +350,8 @@ async fn memory_snapshot_continues_processes_across_a_daemon_restart() {
         d.sh(&id, "cat /tmp/count").await["stdout"].as_str().unwrap_or("").trim().parse::<u64>().unwrap_or(0) >= 5
     })
     .await;
-    let (st, snap) = d.req("POST", &format!("/v1/sandboxes/{id}/snapshot"), Some(json!({"memory": true, "name": "mem"}))).await;
+    let (st, snap) =
+        d.req("POST", &format!("/v1/sandboxes/{id}/snapshot"), Some(json!({"memory": true, "name": "mem"}))).await;
     assert_eq!(st, 201, "{snap}");
     assert_eq!(snap["memory"], "microvm");
     let at_snapshot: u64 = d.ok(&id, "cat /tmp/count").await.trim().parse().unwrap();
@@ -376,7 +386,11 @@ async fn memory_snapshot_continues_processes_across_a_daemon_restart() {
     .await;
     // Saved memory fixes the machine's size.
     let (st, v) = d
-        .req("POST", "/v1/sandboxes", Some(json!({"driver": "microvm", "from_snapshot": "mem", "resources": {"memory_mib": 512}})))
+        .req(
+            "POST",
+            "/v1/sandboxes",
+            Some(json!({"driver": "microvm", "from_snapshot": "mem", "resources": {"memory_mib": 512}})),
+        )
         .await;
     assert_eq!(st, 400, "{v}");
     // Another driver boots the snapshot's filesystem.
@@ -435,7 +449,6 @@ async fn pause_to_disk_frees_the_vm_and_resumes_it() {
     d.rm(&c).await;
     assert_eq!(leftovers(&d), Vec::<String>::new());
 }
-
 
 suite!(
     daemon_restart_reattaches_and_timeouts_still_fire,

@@ -17,7 +17,10 @@ use serde_json::{json, Value};
 /// `sh -c` in a sandbox; (exit code, stdout+stderr).
 async fn run(d: &Daemon, id: &str, cmd: &str) -> (i64, String) {
     let v = d.sh(id, cmd).await;
-    (v["exit_code"].as_i64().unwrap_or(-1), format!("{}{}", v["stdout"].as_str().unwrap_or(""), v["stderr"].as_str().unwrap_or("")))
+    (
+        v["exit_code"].as_i64().unwrap_or(-1),
+        format!("{}{}", v["stdout"].as_str().unwrap_or(""), v["stderr"].as_str().unwrap_or("")),
+    )
 }
 
 /// Start a background process (it outlives this call).
@@ -101,14 +104,22 @@ async fn policy_modes_forbidden_set_and_live_changes() {
 
     // A private network opens only when listed.
     let (st, v) = d
-        .req("PUT", &format!("/v1/sandboxes/{a}/network"), Some(json!({"mode": "open", "allow": [format!("{}/32", t.private_ip)]})))
+        .req(
+            "PUT",
+            &format!("/v1/sandboxes/{a}/network"),
+            Some(json!({"mode": "open", "allow": [format!("{}/32", t.private_ip)]})),
+        )
         .await;
     assert_eq!(st, 200, "{v}");
     let (code, out) = run(d, &a, &format!("echo listed | nc -w 3 {} 9000", t.private_ip)).await;
     assert!(code == 0 && out.contains("listed"), "a listed private CIDR stays closed: {out}");
     // Listing never opens the metadata address or the host.
     let (st, _) = d
-        .req("PUT", &format!("/v1/sandboxes/{a}/network"), Some(json!({"mode": "open", "allow": ["169.254.0.0/16", format!("{}/32", t.host_ip)]})))
+        .req(
+            "PUT",
+            &format!("/v1/sandboxes/{a}/network"),
+            Some(json!({"mode": "open", "allow": ["169.254.0.0/16", format!("{}/32", t.host_ip)]})),
+        )
         .await;
     assert_eq!(st, 200);
     for target in [format!("169.254.169.254 {meta}"), format!("{} {hostp}", t.host_ip)] {
@@ -119,7 +130,10 @@ async fn policy_modes_forbidden_set_and_live_changes() {
     // A live connection is cut the moment the policy forbids it.
     d.req("PUT", &format!("/v1/sandboxes/{a}/network"), Some(json!({"mode": "open"}))).await;
     bg(d, &a, &format!("nc {} 8080 > /tmp/ticks; echo done > /tmp/nc-ended", t.ip)).await;
-    eventually("ticks arrive", 20, || async { run(d, &a, "grep -c tick /tmp/ticks").await.1.trim().parse::<u32>().unwrap_or(0) >= 3 }).await;
+    eventually("ticks arrive", 20, || async {
+        run(d, &a, "grep -c tick /tmp/ticks").await.1.trim().parse::<u32>().unwrap_or(0) >= 3
+    })
+    .await;
     let (st, v) = d.req("PUT", &format!("/v1/sandboxes/{a}/network"), Some(json!({"mode": "none"}))).await;
     assert_eq!(st, 200, "{v}");
     assert_eq!(v["network"]["mode"], "none");
@@ -155,7 +169,10 @@ async fn allow_mode_resolver_and_host_checks() {
     assert_ne!(code, 0, "the resolver answered a name not allowed: {out}");
     // Domain fronting: an allowed address, another Host.
     let (_, out) = run(d, &a, &get_cmd("allowed.test", "/front", "evil.test")).await;
-    assert!(out.contains(" 403 ") && !out.contains("GET /front"), "fronting through an allowed address got through: {out}");
+    assert!(
+        out.contains(" 403 ") && !out.contains("GET /front"),
+        "fronting through an allowed address got through: {out}"
+    );
     // The address opened for `a` only.
     let (code, out) = run(d, &other, &format!("echo hi | nc -w 3 {ip} 9000")).await;
     assert_ne!(code, 0, "another sandbox reached an address learned by the first: {out}");
@@ -167,7 +184,8 @@ async fn allow_mode_resolver_and_host_checks() {
 async fn ports_are_exposed_through_the_daemon() {
     let d = shared();
     let id = d.create(json!({})).await;
-    bg(d, &id, "mkdir -p /tmp/www && echo served-from-sandbox > /tmp/www/index.html && httpd -f -p 8080 -h /tmp/www").await;
+    bg(d, &id, "mkdir -p /tmp/www && echo served-from-sandbox > /tmp/www/index.html && httpd -f -p 8080 -h /tmp/www")
+        .await;
     eventually("httpd listens", 20, || async { run(d, &id, "echo | nc 127.0.0.1 8080").await.0 == 0 }).await;
     let (st, v) = d.req("POST", &format!("/v1/sandboxes/{id}/ports"), Some(json!({"port": 8080}))).await;
     assert_eq!(st, 201, "{v}");
@@ -211,15 +229,22 @@ async fn ports_are_exposed_through_the_daemon() {
     let (_, l) = d.req("GET", &format!("/v1/sandboxes/{id}/ports"), None).await;
     assert!(!l.to_string().contains(&token));
     // Public, on a unix socket.
-    let (st, v) = d.req("POST", &format!("/v1/sandboxes/{id}/ports"), Some(json!({"port": 8080, "public": true, "unix": true}))).await;
+    let (st, v) = d
+        .req("POST", &format!("/v1/sandboxes/{id}/ports"), Some(json!({"port": 8080, "public": true, "unix": true})))
+        .await;
     assert_eq!(st, 409, "the same port twice: {v}");
     d.req("DELETE", &format!("/v1/sandboxes/{id}/ports/8080"), None).await;
-    let (st, v) = d.req("POST", &format!("/v1/sandboxes/{id}/ports"), Some(json!({"port": 8080, "public": true, "unix": true}))).await;
+    let (st, v) = d
+        .req("POST", &format!("/v1/sandboxes/{id}/ports"), Some(json!({"port": 8080, "public": true, "unix": true})))
+        .await;
     assert_eq!(st, 201, "{v}");
     let path = v["address"].as_str().unwrap().to_string();
     let mut out = None;
     for _ in 0..3 {
-        let o = std::process::Command::new("curl").args(["-s", "--max-time", "10", "--unix-socket", &path, "http://x/"]).output().unwrap();
+        let o = std::process::Command::new("curl")
+            .args(["-s", "--max-time", "10", "--unix-socket", &path, "http://x/"])
+            .output()
+            .unwrap();
         let ok = String::from_utf8_lossy(&o.stdout).contains("served-from-sandbox");
         out = Some(o);
         if ok {
@@ -231,7 +256,10 @@ async fn ports_are_exposed_through_the_daemon() {
     // Nothing listening there: a clear 502 once past the token.
     let (_, v) = d.req("POST", &format!("/v1/sandboxes/{id}/ports"), Some(json!({"port": 9999}))).await;
     let (a2, t2) = (v["address"].as_str().unwrap().to_string(), v["token"].as_str().unwrap().to_string());
-    let out = std::process::Command::new("curl").args(["-s", "--max-time", "10", "-H", &format!("X-Spinup-Token: {t2}"), &format!("http://{a2}/")]).output().unwrap();
+    let out = std::process::Command::new("curl")
+        .args(["-s", "--max-time", "10", "-H", &format!("X-Spinup-Token: {t2}"), &format!("http://{a2}/")])
+        .output()
+        .unwrap();
     assert!(String::from_utf8_lossy(&out.stdout).contains("nothing accepts connections on port 9999"), "{out:?}");
     // Bad input.
     for body in [json!({"port": 0}), json!({"port": 8080, "listen": "0.0.0.0:0"}), json!({"port": "x"})] {
@@ -242,8 +270,11 @@ async fn ports_are_exposed_through_the_daemon() {
     assert!(!std::path::Path::new(&path).exists(), "the unix socket outlived its sandbox");
 }
 
-
-suite!(policy_modes_forbidden_set_and_live_changes, allow_mode_resolver_and_host_checks, ports_are_exposed_through_the_daemon);
+suite!(
+    policy_modes_forbidden_set_and_live_changes,
+    allow_mode_resolver_and_host_checks,
+    ports_are_exposed_through_the_daemon
+);
 
 /// A daemon killed with -9 comes back to working networks: the resolver,
 /// the policy, the proxy and exposed ports of running sandboxes.
@@ -264,7 +295,10 @@ async fn daemon_restart_keeps_networks_and_ports() {
     assert!(code == 0 && out.contains("GET /after"), "after a restart: {out}");
     let (_, out) = run(&d, &a, "nslookup evil.test").await;
     assert!(!out.contains(&ip), "the policy is gone after a restart: {out}");
-    let out = std::process::Command::new("curl").args(["-s", "--max-time", "10", &format!("http://{addr}/")]).output().unwrap();
+    let out = std::process::Command::new("curl")
+        .args(["-s", "--max-time", "10", &format!("http://{addr}/")])
+        .output()
+        .unwrap();
     assert!(String::from_utf8_lossy(&out.stdout).contains("still-here"), "the port is gone after a restart: {out:?}");
     let (st, _) = d.req("PUT", &format!("/v1/sandboxes/{a}/network"), Some(json!({"mode": "none"}))).await;
     assert_eq!(st, 200);
@@ -314,7 +348,8 @@ async fn malformed_policies_and_secrets_are_400() {
 /// inspecting proxy).
 async fn trust_host_cas(d: &Daemon, id: &str) {
     let bundle = std::fs::read("/etc/ssl/certs/ca-certificates.crt").unwrap();
-    let (st, v) = d.raw("PUT", &format!("/v1/sandboxes/{id}/files?path=/etc/ssl/certs/ca-certificates.crt"), bundle.into()).await;
+    let (st, v) =
+        d.raw("PUT", &format!("/v1/sandboxes/{id}/files?path=/etc/ssl/certs/ca-certificates.crt"), bundle.into()).await;
     assert!(st == 200 || st == 204, "{v:?}");
 }
 
@@ -349,14 +384,25 @@ async fn pip_install_is_scoped_to_its_sandbox_and_none_fails_fast() {
     // Visible to that sandbox only.
     let (c, _) = run(d, &none, "/root/venv/bin/python -c 'import iniconfig'").await;
     assert_ne!(c, 0, "another sandbox sees the package");
-    assert!(!std::path::Path::new("/root/venv/lib").exists() || std::process::Command::new("sh").args(["-c", "ls /root/venv/lib/python3*/site-packages/iniconfig"]).output().map(|o| !o.status.success()).unwrap_or(true), "the package landed on the host");
+    assert!(
+        !std::path::Path::new("/root/venv/lib").exists()
+            || std::process::Command::new("sh")
+                .args(["-c", "ls /root/venv/lib/python3*/site-packages/iniconfig"])
+                .output()
+                .map(|o| !o.status.success())
+                .unwrap_or(true),
+        "the package landed on the host"
+    );
     // none: a network error, fast.
     let t0 = Instant::now();
     let (c, o) = run(d, &none, &format!("{pip} --retries 0 --timeout 30")).await;
     let took = t0.elapsed();
     assert_ne!(c, 0, "pip install worked with networking off: {o}");
     assert!(
-        o.contains("NewConnectionError") || o.contains("Name or service not known") || o.contains("resolution") || o.contains("No matching distribution"),
+        o.contains("NewConnectionError")
+            || o.contains("Name or service not known")
+            || o.contains("resolution")
+            || o.contains("No matching distribution"),
         "not a network error: {o}"
     );
     assert!(took < Duration::from_secs(30), "none mode took {took:?} to fail");
@@ -371,14 +417,20 @@ async fn tls_sni_is_checked_in_allow_mode() {
     let d = shared();
     let t = TestNet::new(3);
     let ip = t.ip.to_string();
-    let id = debian(d, json!({"network": {"mode": "allow", "allow": ["allowed.test"], "hosts": {"allowed.test": ip}}})).await;
+    let id = debian(d, json!({"network": {"mode": "allow", "allow": ["allowed.test"], "hosts": {"allowed.test": ip}}}))
+        .await;
     let (st, _) = d.raw("PUT", &format!("/v1/sandboxes/{id}/files?path=/tmp/ca.pem"), t.ca_pem.clone().into()).await;
     assert!(st < 300);
     let (c, o) = run(d, &id, "curl -sS --max-time 10 --cacert /tmp/ca.pem https://allowed.test/tls").await;
     assert_eq!(c, 0, "{o}");
     assert!(o.contains("GET /tls HTTP/1.1"), "{o}");
     // SNI for a name not allowed, to the allowed address: refused.
-    let (c, o) = run(d, &id, &format!("curl -sS --max-time 10 --cacert /tmp/ca.pem --resolve evil.test:443:{ip} https://evil.test/")).await;
+    let (c, o) = run(
+        d,
+        &id,
+        &format!("curl -sS --max-time 10 --cacert /tmp/ca.pem --resolve evil.test:443:{ip} https://evil.test/"),
+    )
+    .await;
     assert_ne!(c, 0, "SNI fronting got through: {o}");
     // An allowed SNI with another Host inside is the upstream's business
     // (the proxy cannot see it without terminating TLS); a plain-HTTP Host
@@ -430,7 +482,12 @@ async fn secrets_are_projected_and_never_leak() {
     )
     .await;
     // file: /run/secrets/NAME, 0400, on a tmpfs.
-    let (c, o) = run(&d, &id, "stat -c '%a %U' /run/secrets/FILE_TOKEN; cat /run/secrets/FILE_TOKEN; echo; findmnt -no FSTYPE /run/secrets").await;
+    let (c, o) = run(
+        &d,
+        &id,
+        "stat -c '%a %U' /run/secrets/FILE_TOKEN; cat /run/secrets/FILE_TOKEN; echo; findmnt -no FSTYPE /run/secrets",
+    )
+    .await;
     assert_eq!(c, 0, "{o}");
     assert!(o.starts_with("400 root") && o.contains(&file_v) && o.contains("tmpfs"), "{o}");
     // env: in processes started in the sandbox, not in PID 1's environment.
@@ -440,10 +497,12 @@ async fn secrets_are_projected_and_never_leak() {
     let (_, ph) = run(&d, &id, "printf %s \"$API_KEY\"").await;
     assert!(ph.starts_with("SPINUP_PLACEHOLDER_API_KEY_"), "{ph}");
     // ...which the proxy swaps for the value towards echo.test only.
-    let (c, o) = run(&d, &id, "curl -sS --max-time 10 -H \"Authorization: Bearer $API_KEY\" https://echo.test/api").await;
+    let (c, o) =
+        run(&d, &id, "curl -sS --max-time 10 -H \"Authorization: Bearer $API_KEY\" https://echo.test/api").await;
     assert_eq!(c, 0, "intercepted request failed: {o}");
     assert!(o.contains(&format!("Bearer {proxy_v}")), "the allowed host did not get the value: {o}");
-    let (st, _) = d.raw("PUT", &format!("/v1/sandboxes/{id}/files?path=/tmp/upstream-ca.pem"), t.ca_pem.clone().into()).await;
+    let (st, _) =
+        d.raw("PUT", &format!("/v1/sandboxes/{id}/files?path=/tmp/upstream-ca.pem"), t.ca_pem.clone().into()).await;
     assert!(st < 300);
     let (c, o) = run(&d, &id, "curl -sS --max-time 10 --cacert /tmp/upstream-ca.pem -H \"Authorization: Bearer $API_KEY\" https://other.test/api").await;
     assert_eq!(c, 0, "{o}");
@@ -472,20 +531,34 @@ async fn secrets_are_projected_and_never_leak() {
     assert!(o.contains(&file_v) && !o.contains("rotated"), "{o}");
 
     // Attach later: a running sandbox gets a secret in another mode.
-    let (st, v) = d.req("POST", &format!("/v1/sandboxes/{id}/secrets"), Some(json!({"attach": [{"name": "FILE_TOKEN", "mode": "env"}]}))).await;
+    let (st, v) = d
+        .req(
+            "POST",
+            &format!("/v1/sandboxes/{id}/secrets"),
+            Some(json!({"attach": [{"name": "FILE_TOKEN", "mode": "env"}]})),
+        )
+        .await;
     assert_eq!(st, 200, "{v}");
     let (_, o) = run(&d, &id, "echo \"$FILE_TOKEN\"; ls /run/secrets").await;
     assert!(o.contains(&file_v) && !o.contains("FILE_TOKEN"), "re-attached as env: {o}");
-    let (st, _) = d.req("POST", &format!("/v1/sandboxes/{id}/secrets"), Some(json!({"attach": [{"name": "FILE_TOKEN"}]}))).await;
+    let (st, _) =
+        d.req("POST", &format!("/v1/sandboxes/{id}/secrets"), Some(json!({"attach": [{"name": "FILE_TOKEN"}]}))).await;
     assert_eq!(st, 200);
 
     // Snapshots, diffs and the writable layer never hold a value.
     let (st, snap) = d.req("POST", &format!("/v1/sandboxes/{id}/snapshot"), Some(json!({}))).await;
     assert_eq!(st, 201, "{snap}");
-    let (_, layer) = d.raw("GET", &format!("/v1/snapshots/{}/layer", snap["id"].as_str().unwrap()), bytes::Bytes::new()).await;
+    let (_, layer) =
+        d.raw("GET", &format!("/v1/snapshots/{}/layer", snap["id"].as_str().unwrap()), bytes::Bytes::new()).await;
     let (_, diff) = d.raw("GET", &format!("/v1/sandboxes/{id}/diff?content=true"), bytes::Bytes::new()).await;
     let mut api = vec![];
-    for path in [format!("/v1/sandboxes/{id}"), "/v1/sandboxes".into(), "/v1/secrets".into(), "/v1/secrets/API_KEY".into(), format!("/v1/sandboxes/{child}")] {
+    for path in [
+        format!("/v1/sandboxes/{id}"),
+        "/v1/sandboxes".into(),
+        "/v1/secrets".into(),
+        "/v1/secrets/API_KEY".into(),
+        format!("/v1/sandboxes/{child}"),
+    ] {
         api.extend_from_slice(&d.raw("GET", &path, bytes::Bytes::new()).await.1);
     }
     let upper = d.data().join("container/sandboxes").join(&id).join("upper");
@@ -511,7 +584,13 @@ async fn secrets_are_projected_and_never_leak() {
         procs.extend(std::fs::read(e.path().join("cmdline")).unwrap_or_default());
     }
     // A bad request naming the secret: the error has no value either.
-    let (_, err) = d.raw("POST", &format!("/v1/sandboxes/{id}/secrets"), json!({"attach": [{"name": "API_KEY", "mode": "proxy"}]}).to_string().into()).await;
+    let (_, err) = d
+        .raw(
+            "POST",
+            &format!("/v1/sandboxes/{id}/secrets"),
+            json!({"attach": [{"name": "API_KEY", "mode": "proxy"}]}).to_string().into(),
+        )
+        .await;
     let log = d.log();
     let state_db = std::fs::read(d.data().join("state.db")).unwrap_or_default();
     for v in values.iter().chain([&new_file_v]) {
@@ -675,14 +754,19 @@ while True:
 "#;
     d.raw("PUT", &format!("/v1/sandboxes/{id}/files?path=/tmp/server.py"), server.to_string().into()).await;
     bg(d, &id, "python3 /tmp/server.py").await;
-    eventually("the server listens", 20, || async { run(d, &id, "python3 -c \"import socket; socket.create_connection(('127.0.0.1', 8000), 1)\"").await.0 == 0 }).await;
+    eventually("the server listens", 20, || async {
+        run(d, &id, "python3 -c \"import socket; socket.create_connection(('127.0.0.1', 8000), 1)\"").await.0 == 0
+    })
+    .await;
     let (st, v) = d.req("POST", &format!("/v1/sandboxes/{id}/ports"), Some(json!({"port": 8000}))).await;
     assert_eq!(st, 201, "{v}");
     let (addr, token) = (v["address"].as_str().unwrap().to_string(), v["token"].as_str().unwrap().to_string());
     // Long-lived HTTP: chunks arrive as they are sent, not at the end.
     let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    s.write_all(format!("GET /stream HTTP/1.1\r\nHost: x\r\nX-Spinup-Token: {token}\r\n\r\n").as_bytes()).await.unwrap();
+    s.write_all(format!("GET /stream HTTP/1.1\r\nHost: x\r\nX-Spinup-Token: {token}\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
     let t0 = Instant::now();
     let mut got = String::new();
     let mut first_chunk_at = None;
@@ -698,7 +782,10 @@ while True:
         }
     }
     assert!(got.contains("chunk 4"), "{got}");
-    assert!(first_chunk_at.unwrap() < Duration::from_millis(1200), "the first chunk waited for the end: {first_chunk_at:?}");
+    assert!(
+        first_chunk_at.unwrap() < Duration::from_millis(1200),
+        "the first chunk waited for the end: {first_chunk_at:?}"
+    );
     // WebSocket, token in the query (as a browser would).
     let url = format!("ws://{addr}/ws?spinup_token={token}");
     let (mut ws, _) = tokio_tungstenite::connect_async(url).await.expect("websocket through the port");

@@ -100,16 +100,12 @@ pub fn router(m: Arc<Manager>) -> Router {
                     free_memory: bool,
                 }
                 let b: PauseBody = parse(&body)?;
-                Ok::<_, ApiError>(Json(
-                    m.pause(&id, b.free_memory).await?,
-                ))
+                Ok::<_, ApiError>(Json(m.pause(&id, b.free_memory).await?))
             }),
         )
         .route(
             "/v1/sandboxes/{id}/resume",
-            post(|State(m): M, Path(id): Path<String>| async move {
-                Ok::<_, ApiError>(Json(m.resume(&id).await?))
-            }),
+            post(|State(m): M, Path(id): Path<String>| async move { Ok::<_, ApiError>(Json(m.resume(&id).await?)) }),
         )
         .route("/v1/sandboxes/{id}/snapshot", post(snapshot))
         .route("/v1/sandboxes/{id}/fork", post(fork))

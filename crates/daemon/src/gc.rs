@@ -140,8 +140,10 @@ fn owned_processes(data: &Path) -> Vec<Owned> {
         if pid == me {
             continue;
         }
-        let cmdline = String::from_utf8_lossy(&std::fs::read(e.path().join("cmdline")).unwrap_or_default()).replace('\0', " ");
-        let exe = std::fs::read_link(e.path().join("exe")).map(|p| p.to_string_lossy().into_owned()).unwrap_or_default();
+        let cmdline =
+            String::from_utf8_lossy(&std::fs::read(e.path().join("cmdline")).unwrap_or_default()).replace('\0', " ");
+        let exe =
+            std::fs::read_link(e.path().join("exe")).map(|p| p.to_string_lossy().into_owned()).unwrap_or_default();
         let mut found: Option<Option<String>> = None;
         for text in [exe.as_str(), cmdline.as_str()] {
             for (at, _) in text.match_indices(&prefix) {
@@ -157,9 +159,8 @@ fn owned_processes(data: &Path) -> Vec<Owned> {
         let Some(id) = found else { continue };
         // Only what a driver runs: never a user's `tail -f` of a console log.
         let base = exe.rsplit('/').next().unwrap_or("");
-        let component = exe.starts_with(&prefix)
-            || base.starts_with("qemu-system")
-            || ["runsc", "runc", "crun"].contains(&base);
+        let component =
+            exe.starts_with(&prefix) || base.starts_with("qemu-system") || ["runsc", "runc", "crun"].contains(&base);
         if !component {
             continue;
         }

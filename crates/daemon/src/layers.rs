@@ -144,9 +144,9 @@ pub fn snapshot_upper(upper: &Path, staging: &Path) -> io::Result<(String, u64)>
 
 /// Owner, permissions and mtime of `m` on `p` (never following a symlink).
 fn own(p: &Path, m: &Metadata) -> io::Result<()> {
+    use nix::fcntl::AtFlags;
     use nix::sys::stat::{utimensat, UtimensatFlags};
     use nix::sys::time::TimeSpec;
-    use nix::fcntl::AtFlags;
     use nix::unistd::{fchownat, Gid, Uid};
     fchownat(None, p, Some(Uid::from_raw(m.uid())), Some(Gid::from_raw(m.gid())), AtFlags::AT_SYMLINK_NOFOLLOW)
         .map_err(io::Error::from)?;
@@ -542,13 +542,8 @@ mod tests {
         fs::write(up.join("etc/change"), "new!").unwrap();
         fs::write(up.join("etc/keep"), "same").unwrap(); // copied up, unchanged
         fs::write(up.join("new"), "hello").unwrap();
-        nix::sys::stat::mknod(
-            &up.join("etc/gone"),
-            nix::sys::stat::SFlag::S_IFCHR,
-            nix::sys::stat::Mode::empty(),
-            0,
-        )
-        .unwrap();
+        nix::sys::stat::mknod(&up.join("etc/gone"), nix::sys::stat::SFlag::S_IFCHR, nix::sys::stat::Mode::empty(), 0)
+            .unwrap();
         // Round trip through the OCI tar form into a fresh layer dir.
         let tar = export_upper(&up, vec![]).unwrap();
         let back = root.join("back");

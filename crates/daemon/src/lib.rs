@@ -173,8 +173,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let default_driver = cfg.file.default_driver.clone().unwrap_or_else(|| "container".into());
     // Sandbox networking: the slots of every sandbox the store still has
     // keep their objects; a host without ip/nft runs loopback-only.
-    let live: Vec<spinup_model::NetSlot> =
-        store.list_sandboxes()?.into_iter().filter_map(|(sb, _)| sb.net).collect();
+    let live: Vec<spinup_model::NetSlot> = store.list_sandboxes()?.into_iter().filter_map(|(sb, _)| sb.net).collect();
     let net = match network::Network::new(&cfg.data_dir, cfg.file.network.clone(), &live) {
         Ok(n) => {
             tracing::info!(pool = %format!("10.{}.0.0/16", n.pool), "sandbox networking ready");

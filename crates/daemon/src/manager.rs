@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use spinup_model::{
-    now_ms, validate_id, validate_label, Driver, OnTimeout, DriverStatus, Error, Resources, Result, Sandbox, SandboxSpec,
-    SandboxState,
+    now_ms, validate_id, validate_label, Driver, DriverStatus, Error, OnTimeout, Resources, Result, Sandbox,
+    SandboxSpec, SandboxState,
 };
 use spinup_protocol::AgentClient;
 
@@ -115,7 +115,9 @@ impl Manager {
 
     /// The network, or a clear error saying why there is none.
     pub fn network(&self) -> Result<&Arc<crate::network::Network>> {
-        self.net.as_ref().map_err(|e| Error::Unavailable(format!("sandbox networking is unavailable on this host: {e}")))
+        self.net
+            .as_ref()
+            .map_err(|e| Error::Unavailable(format!("sandbox networking is unavailable on this host: {e}")))
     }
 
     pub fn drivers(&self) -> Vec<spinup_model::Capabilities> {
@@ -235,7 +237,8 @@ impl Manager {
         resources.validate()?;
         if memory.is_some() && resources != base_resources {
             return Err(Error::InvalidArgument(
-                "a sandbox restored from saved memory keeps the snapshot's resources (vcpus, memory, disk, pids)".into(),
+                "a sandbox restored from saved memory keeps the snapshot's resources (vcpus, memory, disk, pids)"
+                    .into(),
             ));
         }
         let network = match req.network.clone() {
@@ -247,7 +250,9 @@ impl Manager {
         };
         network.validate()?;
         let secrets = self.check_secrets(&req.secrets)?;
-        if network.mode != spinup_model::NetMode::None || secrets.iter().any(|s| s.mode == spinup_model::SecretMode::Proxy) {
+        if network.mode != spinup_model::NetMode::None
+            || secrets.iter().any(|s| s.mode == spinup_model::SecretMode::Proxy)
+        {
             self.network()?;
         }
         let on_timeout = req.on_timeout.unwrap_or_default();
@@ -305,7 +310,8 @@ impl Manager {
         };
         let started = async {
             if let (Some(n), Some(slot)) = (&net, &sb.net) {
-                let kind = if driver.nic_is_tap() { crate::network::NetKind::Tap } else { crate::network::NetKind::Veth };
+                let kind =
+                    if driver.nic_is_tap() { crate::network::NetKind::Tap } else { crate::network::NetKind::Veth };
                 n.setup(&id, slot, kind, &sb.network).await?;
             }
             let ds = match &memory {
@@ -631,12 +637,19 @@ impl Manager {
                     if !cur.expires_at.is_some_and(|t| t <= now) {
                         continue;
                     }
-                    if cur.on_timeout == OnTimeout::Pause && matches!(cur.state, SandboxState::Running | SandboxState::Paused) {
+                    if cur.on_timeout == OnTimeout::Pause
+                        && matches!(cur.state, SandboxState::Running | SandboxState::Paused)
+                    {
                         // Pause instead of destroying; disarmed until resumed.
                         cur.expires_at = None;
                         let res = if cur.state == SandboxState::Running {
                             match driver.pause(&cur.id).await {
-                                Ok(()) => self.set_state(&mut cur, SandboxState::Paused, Some("paused: timeout expired".into()), None),
+                                Ok(()) => self.set_state(
+                                    &mut cur,
+                                    SandboxState::Paused,
+                                    Some("paused: timeout expired".into()),
+                                    None,
+                                ),
                                 Err(e) => Err(e),
                             }
                         } else {

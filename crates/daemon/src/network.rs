@@ -194,7 +194,9 @@ impl Network {
         use anyhow::Context;
         for tool in ["ip", "nft"] {
             if crate::envs::which(tool).is_none() {
-                anyhow::bail!("{tool} not found: sandbox networking needs iproute2 and nftables (scripts/install-deps.sh)");
+                anyhow::bail!(
+                    "{tool} not found: sandbox networking needs iproute2 and nftables (scripts/install-deps.sh)"
+                );
             }
         }
         std::fs::write("/proc/sys/net/ipv4/ip_forward", "1").context("enabling IPv4 forwarding")?;
@@ -205,9 +207,7 @@ impl Network {
         // Always forbidden: the host, every sandbox pool, link-local and
         // metadata, loopback, "this network", multicast and reserved.
         let mut forbidden = own;
-        forbidden.extend(
-            ["0.0.0.0/8", "127.0.0.0/8", "169.254.0.0/16", "224.0.0.0/3", "255.255.255.255/32"].map(cidr),
-        );
+        forbidden.extend(["0.0.0.0/8", "127.0.0.0/8", "169.254.0.0/16", "224.0.0.0/3", "255.255.255.255/32"].map(cidr));
         forbidden.push(Cidr { addr: Ipv4Addr::new(10, pool, 0, 0), prefix: 16 });
         // Private unless listed: RFC 1918, shared address space, and the
         // networks the host is on.
@@ -332,9 +332,9 @@ add rule inet {t} postrouting iifname \"{p}*\" oifname != \"{p}*\" masquerade
     pub fn allocate(&self) -> Result<NetSlot> {
         let mut used = self.used.lock().unwrap();
         // /30 per sandbox: .0 network, .1 gateway (host), .2 guest.
-        let idx = (0..POOL_SLOTS).find(|i| !used.contains(i)).ok_or_else(|| {
-            Error::Unavailable("the address pool is full (16384 sandboxes); remove some".into())
-        })?;
+        let idx = (0..POOL_SLOTS)
+            .find(|i| !used.contains(i))
+            .ok_or_else(|| Error::Unavailable("the address pool is full (16384 sandboxes); remove some".into()))?;
         used.insert(idx);
         Ok(self.slot_at(idx))
     }
@@ -413,7 +413,13 @@ add rule inet {t} postrouting iifname \"{p}*\" oifname != \"{p}*\" masquerade
         chain.await.map_err(|e| Error::internal("nftables task", e))??;
         let t_chain = t0.elapsed();
         self.start(&sn).await?;
-        tracing::debug!(id, links_ms = t_links.as_millis() as u64, chain_ms = t_chain.as_millis() as u64, total_ms = t0.elapsed().as_millis() as u64, "network ready");
+        tracing::debug!(
+            id,
+            links_ms = t_links.as_millis() as u64,
+            chain_ms = t_chain.as_millis() as u64,
+            total_ms = t0.elapsed().as_millis() as u64,
+            "network ready"
+        );
         Ok(())
     }
 
@@ -458,7 +464,8 @@ add rule inet {t} postrouting iifname \"{p}*\" oifname != \"{p}*\" masquerade
         if let (Ok(cert), Ok(key)) = (std::fs::read_to_string(&c), std::fs::read_to_string(&k)) {
             return SandboxCa::from_pem(&cert, &key).map(Arc::new).map_err(|e| Error::internal("sandbox CA", e));
         }
-        let ca = SandboxCa::generate(&format!("Spinup sandbox {id} egress CA")).map_err(|e| Error::internal("sandbox CA", e))?;
+        let ca = SandboxCa::generate(&format!("Spinup sandbox {id} egress CA"))
+            .map_err(|e| Error::internal("sandbox CA", e))?;
         std::fs::create_dir_all(&dir).map_err(|e| Error::internal("net dir", e))?;
         use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
         let _ = std::fs::set_permissions(self.data_dir.join("net"), std::fs::Permissions::from_mode(0o700));
@@ -792,8 +799,8 @@ impl ChainWriter {
         let i = sn.slot.index;
         let h = &sn.slot.host_if;
         let policy = sn.policy.read().unwrap().clone();
-        let proxied = policy.mode == NetMode::Allow
-            || (policy.mode == NetMode::Open && !sn.secrets.read().unwrap().is_empty());
+        let proxied =
+            policy.mode == NetMode::Allow || (policy.mode == NetMode::Open && !sn.secrets.read().unwrap().is_empty());
         let maxc = self.max_connections;
         let rate = self.new_per_sec;
         let mut r = format!(
@@ -861,7 +868,6 @@ add rule inet {t} sb_{i} ip daddr @forbidden jump refuse
         }
         run("nft", &["-f", "-"], Some(&r))
     }
-
 }
 
 /// Take the daemon's /16: the configured one, the one it had, or the first
@@ -879,7 +885,12 @@ fn claim_pool(
     let file = data_dir.join("net-pool");
     let had: Option<u8> = std::fs::read_to_string(&file).ok().and_then(|s| s.trim().parse().ok());
     let try_lock = |p: u8| -> Option<Flock<std::fs::File>> {
-        let f = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(dir.join(format!("10.{p}"))).ok()?;
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(dir.join(format!("10.{p}")))
+            .ok()?;
         Flock::lock(f, FlockArg::LockExclusiveNonblock).ok()
     };
     let fixed = want.or(had);

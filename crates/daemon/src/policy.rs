@@ -155,7 +155,8 @@ impl Manager {
         if sb.state != SandboxState::Running {
             return Err(Error::Conflict(format!("sandbox {id} is {}; secrets go to a running sandbox", sb.state)));
         }
-        let mut by_name: BTreeMap<String, SecretMount> = sb.secrets.iter().map(|m| (m.name.clone(), m.clone())).collect();
+        let mut by_name: BTreeMap<String, SecretMount> =
+            sb.secrets.iter().map(|m| (m.name.clone(), m.clone())).collect();
         for n in &req.detach {
             if by_name.remove(n).is_none() {
                 return Err(Error::NotFound { kind: "attached secret", id: n.clone() });
@@ -166,7 +167,9 @@ impl Manager {
         }
         let mounts: Vec<SecretMount> = by_name.into_values().collect();
         if mounts.iter().any(|m| m.mode == SecretMode::Proxy) && sb.net.is_none() {
-            return Err(Error::Conflict(format!("sandbox {id} has no network, so no egress proxy for proxy-mode secrets")));
+            return Err(Error::Conflict(format!(
+                "sandbox {id} has no network, so no egress proxy for proxy-mode secrets"
+            )));
         }
         let old = std::mem::replace(&mut sb.secrets, mounts);
         if let Err(e) = self.project_secrets(&sb).await {

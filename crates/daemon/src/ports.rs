@@ -87,9 +87,8 @@ impl Manager {
             dir.join(format!("{id}-{}.sock", req.port)).display().to_string()
         } else {
             let a = req.listen.clone().unwrap_or_else(|| "127.0.0.1:0".into());
-            let sa: std::net::SocketAddr = a
-                .parse()
-                .map_err(|_| Error::InvalidArgument(format!("listen {a:?} is not an IP:PORT address")))?;
+            let sa: std::net::SocketAddr =
+                a.parse().map_err(|_| Error::InvalidArgument(format!("listen {a:?} is not an IP:PORT address")))?;
             if !sa.ip().is_loopback() {
                 return Err(Error::InvalidArgument(format!(
                     "listen {a}: ports are exposed on loopback only (put your own proxy in front for more)"
@@ -115,7 +114,8 @@ impl Manager {
             getrandom::fill(&mut b).expect("OS randomness");
             hex::encode(b)
         });
-        let info = PortExposure { port: req.port, address, public: req.public, token_sha256: token.as_deref().map(sha) };
+        let info =
+            PortExposure { port: req.port, address, public: req.public, token_sha256: token.as_deref().map(sha) };
         let info = self.listen(id, info).await?;
         sb.ports.push(info.clone());
         sb.updated_at = spinup_model::now_ms();
@@ -358,7 +358,10 @@ mod tests {
     #[test]
     fn token_from_header_or_query() {
         assert_eq!(super::token_of(b"GET / HTTP/1.1\r\nX-Spinup-Token: abc\r\n\r\n").as_deref(), Some("abc"));
-        assert_eq!(super::token_of(b"GET /ws?a=1&spinup_token=xyz HTTP/1.1\r\nHost: h\r\n\r\n").as_deref(), Some("xyz"));
+        assert_eq!(
+            super::token_of(b"GET /ws?a=1&spinup_token=xyz HTTP/1.1\r\nHost: h\r\n\r\n").as_deref(),
+            Some("xyz")
+        );
         assert_eq!(super::token_of(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n"), None);
     }
 }

@@ -103,7 +103,9 @@ impl Secrets {
         let key = self.key(true)?;
         // A key that differs from the one existing secrets were made with.
         let kid = key_id(&key);
-        if let Some((other, _, _)) = self.store.list_secrets()?.first().and_then(|(n, _, _)| self.store.get_secret(n).ok().flatten()) {
+        if let Some((other, _, _)) =
+            self.store.list_secrets()?.first().and_then(|(n, _, _)| self.store.get_secret(n).ok().flatten())
+        {
             if other != kid {
                 return Err(self.lost_key(self.store.list_secrets()?.len()));
             }
@@ -120,10 +122,7 @@ impl Secrets {
 
     pub fn info(&self, name: &str) -> Result<SecretInfo> {
         validate_secret_name(name)?;
-        self.list()?
-            .into_iter()
-            .find(|s| s.name == name)
-            .ok_or_else(|| Error::not_found("secret", name))
+        self.list()?.into_iter().find(|s| s.name == name).ok_or_else(|| Error::not_found("secret", name))
     }
 
     pub fn list(&self) -> Result<Vec<SecretInfo>> {

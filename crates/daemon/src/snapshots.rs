@@ -184,8 +184,11 @@ impl Manager {
         .await
         .map_err(|e| Error::internal("base listing", e))?;
         let c = self.agent_locked(sb).await?;
-        let body = serde_json::to_vec(&spinup_protocol::ChangesRequest { base, exclude: layers::EXCLUDED.map(String::from).to_vec() })
-            .map_err(|e| Error::internal("changes request", e))?;
+        let body = serde_json::to_vec(&spinup_protocol::ChangesRequest {
+            base,
+            exclude: layers::EXCLUDED.map(String::from).to_vec(),
+        })
+        .map_err(|e| Error::internal("changes request", e))?;
         let resp = c
             .request(http::Method::POST, "/v1/fs/changes", spinup_protocol::client::full_body(body))
             .await
@@ -233,7 +236,10 @@ impl Manager {
         let _g = lock.lock().await;
         let sb = self.get(id)?;
         if !matches!(sb.state, SandboxState::Running | SandboxState::Paused) {
-            return Err(Error::Conflict(format!("sandbox {id} is {}; only a live sandbox can be snapshotted", sb.state)));
+            return Err(Error::Conflict(format!(
+                "sandbox {id} is {}; only a live sandbox can be snapshotted",
+                sb.state
+            )));
         }
         let base = self.sandbox_layers(&sb)?;
         let config = match &sb.snapshot {
@@ -320,9 +326,12 @@ impl Manager {
         if snap.memory.is_some() {
             // A memory snapshot of a sandbox restored from this one keeps a
             // disk backed by this one's saved disk.
-            if let Some(child) = self.store.list_snapshots(true)?.into_iter().find(|s| {
-                s.memory.is_some() && s.parent_snapshot.as_deref() == Some(&snap.id)
-            }) {
+            if let Some(child) = self
+                .store
+                .list_snapshots(true)?
+                .into_iter()
+                .find(|s| s.memory.is_some() && s.parent_snapshot.as_deref() == Some(&snap.id))
+            {
                 return Err(Error::Conflict(format!(
                     "snapshot {} is in use: the saved disk of memory snapshot {} builds on it; remove that first",
                     snap.id, child.id
@@ -424,7 +433,13 @@ impl Manager {
     }
 
     /// What changed in a sandbox since its creation or since a snapshot.
-    pub(crate) async fn diff_now(&self, id: &str, since: Option<&str>, path: Option<&str>, content: bool) -> Result<Diff> {
+    pub(crate) async fn diff_now(
+        &self,
+        id: &str,
+        since: Option<&str>,
+        path: Option<&str>,
+        content: bool,
+    ) -> Result<Diff> {
         let sb = self.get(id)?;
         self.require(&sb, "fs_snapshot")?;
         let since_snap = since.map(|s| self.snapshot_get(s)).transpose()?;
@@ -432,7 +447,9 @@ impl Manager {
             Some(p) => {
                 let rel = PathBuf::from(p.trim_start_matches('/'));
                 if layers::normal(&rel).map(|c| c.is_empty()).unwrap_or(true) {
-                    return Err(Error::InvalidArgument(format!("path '{p}' must be an absolute path inside the sandbox")));
+                    return Err(Error::InvalidArgument(format!(
+                        "path '{p}' must be an absolute path inside the sandbox"
+                    )));
                 }
                 Some(rel)
             }
@@ -496,7 +513,13 @@ impl Manager {
         })
         .await
         .map_err(|e| Error::internal("diff task", e))?;
-        Ok(Diff { sandbox: id.into(), since: since_snap.map(|s| s.id), changes: result.0, before: result.1, after: result.2 })
+        Ok(Diff {
+            sandbox: id.into(),
+            since: since_snap.map(|s| s.id),
+            changes: result.0,
+            before: result.1,
+            after: result.2,
+        })
     }
 
     /// After a restart (and after `recover`): snapshots a killed daemon left

@@ -107,7 +107,8 @@ impl Store {
     }
 
     pub fn delete_secret(&self, name: &str) -> Result<bool> {
-        let n = self.conn.lock().unwrap().execute("DELETE FROM secrets WHERE name = ?1", params![name]).map_err(db_err)?;
+        let n =
+            self.conn.lock().unwrap().execute("DELETE FROM secrets WHERE name = ?1", params![name]).map_err(db_err)?;
         Ok(n > 0)
     }
 
@@ -283,11 +284,9 @@ impl Store {
 
     pub fn get_snapshot(&self, id_or_name: &str) -> Result<Option<Snapshot>> {
         let c = self.conn.lock().unwrap();
-        c.query_row(
-            "SELECT body FROM snapshots WHERE ready = 1 AND (id = ?1 OR name = ?1)",
-            params![id_or_name],
-            |r| r.get::<_, String>(0),
-        )
+        c.query_row("SELECT body FROM snapshots WHERE ready = 1 AND (id = ?1 OR name = ?1)", params![id_or_name], |r| {
+            r.get::<_, String>(0)
+        })
         .optional()
         .map_err(db_err)?
         .map(|b| serde_json::from_str(&b).map_err(|e| Error::internal("corrupt snapshot row", e)))

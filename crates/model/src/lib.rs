@@ -13,8 +13,8 @@ pub use driver::{AgentIo, AgentStream, Capabilities, Driver, DriverStatus, Guest
 pub use error::{Error, Result};
 pub use network::{Cidr, NetMode, NetworkPolicy};
 pub use sandbox::{
-    validate_id, validate_label, validate_secret_name, validate_snapshot_name, Environment, NetSlot, PortExposure, SecretMode, SecretMount, OnTimeout, EnvironmentConfig, Resources, Sandbox, SandboxState,
-    Snapshot,
+    validate_id, validate_label, validate_secret_name, validate_snapshot_name, Environment, EnvironmentConfig, NetSlot,
+    OnTimeout, PortExposure, Resources, Sandbox, SandboxState, SecretMode, SecretMount, Snapshot,
 };
 
 /// Milliseconds since the Unix epoch; the one clock the store uses.

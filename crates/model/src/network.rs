@@ -52,7 +52,11 @@ impl Cidr {
         (c.network() == addr).then_some(c)
     }
     pub fn mask(self) -> u32 {
-        if self.prefix == 0 { 0 } else { u32::MAX << (32 - self.prefix) }
+        if self.prefix == 0 {
+            0
+        } else {
+            u32::MAX << (32 - self.prefix)
+        }
     }
     pub fn network(self) -> Ipv4Addr {
         Ipv4Addr::from(u32::from(self.addr) & self.mask())
@@ -138,7 +142,8 @@ impl NetworkPolicy {
             if e.is_empty() {
                 return Err(Error::InvalidArgument("network.allow: empty entry".into()));
             }
-            let looks_ip = e.bytes().next().is_some_and(|b| b.is_ascii_digit()) && e.bytes().all(|b| b.is_ascii_digit() || b == b'.' || b == b'/');
+            let looks_ip = e.bytes().next().is_some_and(|b| b.is_ascii_digit())
+                && e.bytes().all(|b| b.is_ascii_digit() || b == b'.' || b == b'/');
             if looks_ip || e.contains('/') || e.contains(':') {
                 if Cidr::parse(e).is_none() {
                     return Err(Error::InvalidArgument(format!(
@@ -167,11 +172,7 @@ impl NetworkPolicy {
     }
 
     pub fn domains(&self) -> Vec<DomainRule> {
-        self.allow
-            .iter()
-            .filter(|e| Cidr::parse(e).is_none())
-            .map(|e| DomainRule::parse(e))
-            .collect()
+        self.allow.iter().filter(|e| Cidr::parse(e).is_none()).map(|e| DomainRule::parse(e)).collect()
     }
 
     /// Whether `name` is an allowed domain in `allow` mode (`open` allows

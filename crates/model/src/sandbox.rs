@@ -280,7 +280,10 @@ impl SecretMount {
                     allow: self.hosts.iter().filter(|h| !h.contains('/')).cloned().collect(),
                     hosts: Default::default(),
                 };
-                if self.hosts.iter().any(|h| h.contains('/') || h.contains(':')) || p.validate().is_err() || !p.cidrs().is_empty() {
+                if self.hosts.iter().any(|h| h.contains('/') || h.contains(':'))
+                    || p.validate().is_err()
+                    || !p.cidrs().is_empty()
+                {
                     return Err(Error::InvalidArgument(format!(
                         "secret {}: proxy hosts must be host names (api.example.com or *.example.com)",
                         self.name

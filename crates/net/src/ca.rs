@@ -22,8 +22,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{anyhow, bail, Context};
 use rcgen::{
-    BasicConstraints, Certificate, CertificateParams, DistinguishedName, DnType,
-    ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose,
+    BasicConstraints, Certificate, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    KeyPair, KeyUsagePurpose,
 };
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert};
@@ -62,15 +62,11 @@ impl fmt::Debug for SandboxCa {
     }
 }
 
-
 /// Sets `params`' validity to [now - `back`, now - `back` + `length`].
 fn set_validity(params: &mut CertificateParams, back: Duration, length: Duration) {
     // rcgen takes `time::OffsetDateTime`; build it from the Unix epoch so
     // this crate needs no direct dependency on `time`.
-    let since_epoch = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .saturating_sub(back);
+    let since_epoch = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().saturating_sub(back);
     let start = rcgen::date_time_ymd(1970, 1, 1) + since_epoch;
     params.not_before = start;
     params.not_after = start + length;
@@ -87,15 +83,11 @@ impl SandboxCa {
     /// CA:true pathlen 0, key usage keyCertSign + cRLSign, valid from one day
     /// ago for ten years.
     pub fn generate(common_name: &str) -> anyhow::Result<SandboxCa> {
-        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
-            .context("generating the CA key")?;
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).context("generating the CA key")?;
         let mut dn = DistinguishedName::new();
         dn.push(DnType::CommonName, common_name);
         let params = ca_params(dn);
-        let cert = params
-            .clone()
-            .self_signed(&key)
-            .context("self-signing the CA certificate")?;
+        let cert = params.clone().self_signed(&key).context("self-signing the CA certificate")?;
         let cert_pem = cert.pem();
         let cert_der = cert.der().clone();
         Ok(SandboxCa {
@@ -121,8 +113,8 @@ impl SandboxCa {
         // key's contents; keep them generic anyway.
         let key = KeyPair::from_pem(key_pem).map_err(|_| anyhow!("the CA key PEM is not a usable private key"))?;
 
-        let parsed = der::parse_certificate(&cert_der)
-            .ok_or_else(|| anyhow!("the CA certificate is not well-formed DER"))?;
+        let parsed =
+            der::parse_certificate(&cert_der).ok_or_else(|| anyhow!("the CA certificate is not well-formed DER"))?;
         if parsed.public_key != key.public_key_raw() {
             bail!("the CA key does not belong to the CA certificate");
         }
@@ -132,11 +124,9 @@ impl SandboxCa {
         // Re-create rcgen's view of the issuer (same subject, same key) and
         // make sure its subject encodes exactly like the stored one, since
         // the leaves' issuer field must match the CA's subject byte for byte.
-        let issuer = ca_params(dn)
-            .self_signed(&key)
-            .context("re-creating the CA issuer")?;
-        let reparsed = der::parse_certificate(issuer.der())
-            .ok_or_else(|| anyhow!("re-encoding the CA certificate failed"))?;
+        let issuer = ca_params(dn).self_signed(&key).context("re-creating the CA issuer")?;
+        let reparsed =
+            der::parse_certificate(issuer.der()).ok_or_else(|| anyhow!("re-encoding the CA certificate failed"))?;
         if reparsed.subject != parsed.subject {
             bail!("the CA certificate's subject name cannot be reproduced exactly");
         }
@@ -208,8 +198,7 @@ impl SandboxCa {
 
     /// Issues a leaf for `host` (already lower-case) with a fresh key.
     fn issue_leaf(&self, host: &str) -> anyhow::Result<Arc<CertifiedKey>> {
-        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
-            .context("generating a leaf key")?;
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).context("generating a leaf key")?;
         let mut params = CertificateParams::new(vec![host.to_string()])
             .with_context(|| format!("{host} is not a valid certificate name"))?;
         let mut dn = DistinguishedName::new();
@@ -220,18 +209,14 @@ impl SandboxCa {
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         params.use_authority_key_identifier_extension = true;
         set_validity(&mut params, DAY, DAY + LEAF_VALIDITY);
-        let cert = params
-            .signed_by(&key, &self.issuer, &self.key)
-            .with_context(|| format!("issuing a leaf for {host}"))?;
+        let cert =
+            params.signed_by(&key, &self.issuer, &self.key).with_context(|| format!("issuing a leaf for {host}"))?;
         let key_der = Zeroizing::new(key.serialize_der());
         let signing_key = rustls::crypto::ring::sign::any_supported_type(&PrivateKeyDer::Pkcs8(
             PrivatePkcs8KeyDer::from(key_der.as_slice()),
         ))
         .map_err(|e| anyhow!("loading the leaf key for {host}: {e}"))?;
-        Ok(Arc::new(CertifiedKey::new(
-            vec![cert.der().clone(), self.cert_der.clone()],
-            signing_key,
-        )))
+        Ok(Arc::new(CertifiedKey::new(vec![cert.der().clone(), self.cert_der.clone()], signing_key)))
     }
 }
 
@@ -509,7 +494,11 @@ mod tests {
         assert!(SandboxCa::from_pem("garbage", a.key_pem()).is_err());
         assert!(SandboxCa::from_pem(a.cert_pem(), "garbage").is_err());
         // The error must not echo the key.
-        let err = format!("{:#}", SandboxCa::from_pem(a.cert_pem(), "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n").unwrap_err());
+        let err = format!(
+            "{:#}",
+            SandboxCa::from_pem(a.cert_pem(), "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n")
+                .unwrap_err()
+        );
         assert!(!err.contains("AAAA"), "{err}");
         assert_eq!(format!("{a:?}"), "SandboxCa { .. }");
     }

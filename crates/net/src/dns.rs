@@ -486,9 +486,7 @@ impl Resolver {
             return Ok((resp, raw));
         }
         debug!(%upstream, qname = %q.name(), "dns: truncated answer, retrying over tcp");
-        timeout(t, exchange_tcp(upstream, msg, q))
-            .await
-            .map_err(|_| anyhow!("no answer over tcp within {t:?}"))?
+        timeout(t, exchange_tcp(upstream, msg, q)).await.map_err(|_| anyhow!("no answer over tcp within {t:?}"))?
     }
 }
 

@@ -130,9 +130,7 @@ pub fn load_roots(system_bundle: &Path, extra: &[PathBuf]) -> anyhow::Result<rus
         let mut n = 0;
         for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
             let cert = cert.with_context(|| format!("parsing extra root file {}", path.display()))?;
-            roots
-                .add(cert)
-                .with_context(|| format!("unusable certificate in extra root file {}", path.display()))?;
+            roots.add(cert).with_context(|| format!("unusable certificate in extra root file {}", path.display()))?;
             n += 1;
         }
         if n == 0 {
@@ -279,7 +277,11 @@ impl Proxy {
                 let host = head
                     .split("\r\n")
                     .skip(1)
-                    .find_map(|l| l.split_once(':').filter(|(k, _)| k.trim().eq_ignore_ascii_case("host")).map(|(_, v)| v.trim().to_string()))
+                    .find_map(|l| {
+                        l.split_once(':')
+                            .filter(|(k, _)| k.trim().eq_ignore_ascii_case("host"))
+                            .map(|(_, v)| v.trim().to_string())
+                    })
                     .and_then(|v| parse_host(&v));
                 self.named(conn_id, host);
             }
@@ -341,11 +343,7 @@ impl Proxy {
             }
         };
         // rustls parsed the same bytes; make sure it agrees on the name.
-        let agreed = tls
-            .get_ref()
-            .1
-            .server_name()
-            .is_some_and(|n| n.trim_end_matches('.').eq_ignore_ascii_case(&sni));
+        let agreed = tls.get_ref().1.server_name().is_some_and(|n| n.trim_end_matches('.').eq_ignore_ascii_case(&sni));
         if !agreed {
             tracing::info!(host = %sni, "SNI seen by rustls differs from the parsed one; closing");
             return;
@@ -387,10 +385,7 @@ fn original_dst(stream: &TcpStream) -> Option<SocketAddrV4> {
     if i32::from(sa.sin_family) != libc::AF_INET {
         return None;
     }
-    Some(SocketAddrV4::new(
-        Ipv4Addr::from(u32::from_be(sa.sin_addr.s_addr)),
-        u16::from_be(sa.sin_port),
-    ))
+    Some(SocketAddrV4::new(Ipv4Addr::from(u32::from_be(sa.sin_addr.s_addr)), u16::from_be(sa.sin_port)))
 }
 
 // ---------------------------------------------------------------------------
@@ -488,8 +483,7 @@ impl<'a> Reader<'a> {
         self.bytes(2).map(|b| usize::from(b[0]) << 8 | usize::from(b[1]))
     }
     fn u24(&mut self) -> Option<usize> {
-        self.bytes(3)
-            .map(|b| usize::from(b[0]) << 16 | usize::from(b[1]) << 8 | usize::from(b[2]))
+        self.bytes(3).map(|b| usize::from(b[0]) << 16 | usize::from(b[1]) << 8 | usize::from(b[2]))
     }
     /// A vector with a `len_bytes`-byte length prefix.
     fn vec(&mut self, len_bytes: usize) -> Option<Reader<'a>> {
@@ -660,12 +654,7 @@ fn request_host<B>(req: &Request<B>) -> Result<Option<String>, &'static str> {
     if hosts.next().is_some() {
         return Err("the request has several Host headers");
     }
-    value
-        .to_str()
-        .ok()
-        .and_then(parse_host)
-        .map(Some)
-        .ok_or("the request's Host header is not valid")
+    value.to_str().ok().and_then(parse_host).map(Some).ok_or("the request's Host header is not valid")
 }
 
 /// Turns an absolute-form request into origin-form (what an origin server
@@ -750,8 +739,7 @@ fn wants_upgrade<B>(req: &Request<B>) -> bool {
 fn text(status: StatusCode, msg: String) -> Response<ProxyBody> {
     let mut resp = Response::new(Full::new(Bytes::from(msg)).map_err(|never| match never {}).boxed());
     *resp.status_mut() = status;
-    resp.headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    resp.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
     resp
 }
 
@@ -1039,10 +1027,7 @@ mod tests {
         let mut resolver = rustls::server::ResolvesServerCertUsingSni::new();
         for name in ["echo.test", "other.test"] {
             let key = KeyPair::generate().unwrap();
-            let leaf = CertificateParams::new(vec![name.to_string()])
-                .unwrap()
-                .signed_by(&key, &ca, &ca_key)
-                .unwrap();
+            let leaf = CertificateParams::new(vec![name.to_string()]).unwrap().signed_by(&key, &ca, &ca_key).unwrap();
             let der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
             let signing = rustls::crypto::ring::sign::any_supported_type(&der).unwrap();
             let ck = rustls::sign::CertifiedKey::new(vec![leaf.der().clone(), ca.der().clone()], signing);
@@ -1694,7 +1679,22 @@ mod tests {
         assert_eq!(parse_host("[::1]:443"), Some("::1".into()));
         assert_eq!(parse_host("[::1]"), Some("::1".into()));
         assert_eq!(parse_host("10.0.0.1:80"), Some("10.0.0.1".into()));
-        for bad in ["", ":", ":80", "a:", "a:b", "a:123456", "a b", "a..b", "[::1", "[zz]", "[::1]x", "a/b", "ä.test", "a.test:80:80"] {
+        for bad in [
+            "",
+            ":",
+            ":80",
+            "a:",
+            "a:b",
+            "a:123456",
+            "a b",
+            "a..b",
+            "[::1",
+            "[zz]",
+            "[::1]x",
+            "a/b",
+            "ä.test",
+            "a.test:80:80",
+        ] {
             assert_eq!(parse_host(bad), None, "{bad:?}");
         }
         let req = Request::builder().uri("http://Evil.test:81/x?y").header(HOST, "good.test").body(()).unwrap();

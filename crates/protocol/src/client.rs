@@ -125,10 +125,7 @@ impl AgentClient {
     /// A byte tunnel to TCP `port` on the guest's loopback: bytes sent on
     /// the sender reach the guest's listener, its answers come back on the
     /// stream. Dropping the sender half-closes the connection.
-    pub async fn tunnel(
-        &self,
-        port: u16,
-    ) -> Result<(mpsc::Sender<Bytes>, BodyDataStream<Incoming>), ClientError> {
+    pub async fn tunnel(&self, port: u16) -> Result<(mpsc::Sender<Bytes>, BodyDataStream<Incoming>), ClientError> {
         use futures::StreamExt;
         let (tx, rx) = mpsc::channel::<Bytes>(16);
         let s = tokio_util_stream(rx).map(|b| Ok::<_, std::io::Error>(hyper::body::Frame::data(b)));

@@ -157,7 +157,8 @@ impl Daemon {
         assert!(st.success(), "mounting a tmpfs data dir");
         let sock = dir.join("spinup.sock");
         let child = spawn_daemon(&dir, &sock, &[], &[]);
-        let d = Daemon { child: Mutex::new(Some(child)), dir, sock, extra: vec![], envs: vec![], owned: true, tmpfs: true };
+        let d =
+            Daemon { child: Mutex::new(Some(child)), dir, sock, extra: vec![], envs: vec![], owned: true, tmpfs: true };
         d.wait_ready();
         d
     }
@@ -280,7 +281,11 @@ impl Daemon {
                 match cli(&args) {
                     Some(out) if out.status.success() => {}
                     Some(out) => {
-                        eprintln!("cleanup of {}: rm failed: {}", self.dir.display(), String::from_utf8_lossy(&out.stderr))
+                        eprintln!(
+                            "cleanup of {}: rm failed: {}",
+                            self.dir.display(),
+                            String::from_utf8_lossy(&out.stderr)
+                        )
                     }
                     None => eprintln!("cleanup of {}: cannot run {BIN}", self.dir.display()),
                 }

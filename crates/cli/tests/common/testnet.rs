@@ -62,7 +62,15 @@ impl TestNet {
         let ca = Arc::new(spinup_net::ca::SandboxCa::generate("Spinup test upstream CA").unwrap());
         let ca_file = std::env::temp_dir().join(format!("spinup-test-ca-{}-{slot}.pem", std::process::id()));
         std::fs::write(&ca_file, ca.cert_pem()).unwrap();
-        let t = TestNet { ns: ns.clone(), host_if, host_ip, ip: addr, private_ip, ca_file, ca_pem: ca.cert_pem().to_string() };
+        let t = TestNet {
+            ns: ns.clone(),
+            host_if,
+            host_ip,
+            ip: addr,
+            private_ip,
+            ca_file,
+            ca_pem: ca.cert_pem().to_string(),
+        };
         let netns = std::fs::File::open(format!("/run/netns/{ns}")).unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
@@ -155,7 +163,9 @@ async fn echo_http<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(mut 
         let text = String::from_utf8_lossy(&head).to_string();
         let len = text
             .lines()
-            .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse::<usize>().unwrap_or(0)))
+            .find_map(|l| {
+                l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse::<usize>().unwrap_or(0))
+            })
             .unwrap_or(0);
         while buf.len() < len {
             match s.read(&mut chunk).await {

@@ -120,7 +120,8 @@ pub async fn remove_cgroups(parent: &str, id: &str) -> Result<()> {
 fn sandbox_id_prefix(name: &str) -> Option<String> {
     let id = name.get(..12)?;
     let rest = &name[12..];
-    (spinup_model::validate_id(id).is_ok() && !rest.starts_with(|c: char| c.is_ascii_hexdigit())).then(|| id.to_string())
+    (spinup_model::validate_id(id).is_ok() && !rest.starts_with(|c: char| c.is_ascii_hexdigit()))
+        .then(|| id.to_string())
 }
 
 fn mounted(path: &Path) -> bool {
@@ -167,7 +168,16 @@ impl OciEngine {
     ) -> Self {
         let _ = std::fs::create_dir_all(root.join("sandboxes"));
         let _ = std::fs::create_dir_all(root.join("state"));
-        OciEngine { root, agent, cgroup_parent, runtime, global_args, transport, listeners: Default::default(), networked: Mutex::new("--network=sandbox") }
+        OciEngine {
+            root,
+            agent,
+            cgroup_parent,
+            runtime,
+            global_args,
+            transport,
+            listeners: Default::default(),
+            networked: Mutex::new("--network=sandbox"),
+        }
     }
 
     /// The sandbox's overlayfs upper dir (its writable layer).

@@ -127,7 +127,10 @@ impl Driver for GvisorDriver {
             // refuses the daemon's namespace. Then the Sentry uses the host
             // kernel's stack (hostinet), still inside that namespace and
             // under the same nftables policy; said once in the log.
-            Err(e) if spec.net.is_some() && e.to_string().contains("cannot run with network enabled in root network namespace") => {
+            Err(e)
+                if spec.net.is_some()
+                    && e.to_string().contains("cannot run with network enabled in root network namespace") =>
+            {
                 {
                     let mut n = self.engine.networked.lock().unwrap();
                     if *n == "--network=host" {

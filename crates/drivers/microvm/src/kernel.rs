@@ -197,7 +197,13 @@ pub fn module_order(wanted: &[&str], file_of: &dyn Fn(&str) -> Option<Vec<u8>>) 
 /// kernel) pair and cached under `dir`.
 pub fn initramfs(dir: &Path, kernel: &Kernel, agent: &Path) -> Result<PathBuf> {
     let agent_bytes = std::fs::read(agent).map_err(|e| internal("reading the agent", e))?;
-    let key = hex::encode(Sha256::new().chain_update(&agent_bytes).chain_update(kernel.release.as_bytes()).chain_update(GUEST_MODULES.join(",")).finalize());
+    let key = hex::encode(
+        Sha256::new()
+            .chain_update(&agent_bytes)
+            .chain_update(kernel.release.as_bytes())
+            .chain_update(GUEST_MODULES.join(","))
+            .finalize(),
+    );
     let path = dir.join(format!("initramfs-{}.cpio", &key[..16]));
     if path.is_file() {
         return Ok(path);

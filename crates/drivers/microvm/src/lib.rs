@@ -147,7 +147,12 @@ impl MicrovmDriver {
 
     /// Start a VM on an overlay of `base` (an environment image or a saved
     /// disk), booting or, with `incoming`, continuing from saved memory.
-    async fn launch(&self, spec: &SandboxSpec, base: &std::path::Path, incoming: Option<PathBuf>) -> Result<serde_json::Value> {
+    async fn launch(
+        &self,
+        spec: &SandboxSpec,
+        base: &std::path::Path,
+        incoming: Option<PathBuf>,
+    ) -> Result<serde_json::Value> {
         self.launch_on(spec, Some(base), incoming).await
     }
 
@@ -506,7 +511,6 @@ impl Driver for MicrovmDriver {
         let _ = std::fs::remove_dir_all(sdir.join("suspend"));
         Ok(state)
     }
-
 
     async fn status(&self, id: &str, state: &serde_json::Value) -> DriverStatus {
         if self.is_suspended(id) {

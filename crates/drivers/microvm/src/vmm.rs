@@ -155,7 +155,9 @@ impl Vmm for Qemu {
                     // Never fall back to the host's namespace.
                     let kind = e.kind();
                     // SAFETY: returns an error; nothing else runs.
-                    unsafe { c.pre_exec(move || Err(std::io::Error::new(kind, "the sandbox's network namespace is gone"))) };
+                    unsafe {
+                        c.pre_exec(move || Err(std::io::Error::new(kind, "the sandbox's network namespace is gone")))
+                    };
                 }
             }
         }
