@@ -20,17 +20,11 @@
 use std::collections::HashSet;
 use std::path::Path;
 
-use serde::{Deserialize, Serialize};
 use spinup_model::{validate_id, Result};
 
 use crate::manager::Manager;
 
-/// What a pass removed, and what it could not.
-#[derive(Debug, Default, Clone, Serialize, Deserialize)]
-pub struct GcReport {
-    pub removed: Vec<String>,
-    pub failed: Vec<String>,
-}
+pub use spinup_api::GcReport;
 
 /// A process that names a sandbox dir of this data dir.
 struct Owned {
@@ -116,7 +110,7 @@ impl Manager {
     }
 
     fn known_ids(&self) -> Result<HashSet<String>> {
-        Ok(self.store.list_sandboxes()?.into_iter().map(|(s, _)| s.id).collect())
+        Ok(self.store.list_sandboxes()?.into_iter().map(|(s, _)| s.id.into()).collect())
     }
 }
 

@@ -15,8 +15,6 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Component, Path, PathBuf};
 
-use serde::Serialize;
-
 /// OCI whiteout prefix: `.wh.NAME` deletes NAME from the layers below.
 pub const WHITEOUT: &str = ".wh.";
 /// OCI opaque marker: the directory hides everything below it.
@@ -378,18 +376,7 @@ pub fn touched_paths(layer: &Path, rel: &Path, below: &[PathBuf], out: &mut BTre
     }
 }
 
-/// One path that differs between two filesystem states.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Change {
-    pub path: String,
-    /// `added`, `modified` or `deleted`.
-    pub kind: &'static str,
-    /// `file`, `dir`, `symlink` or `other`.
-    #[serde(rename = "type")]
-    pub file_type: &'static str,
-    /// Bytes: the new size, or for a deletion the old one.
-    pub size: u64,
-}
+pub use spinup_api::Change;
 
 fn type_name(m: &Metadata) -> &'static str {
     let ft = m.file_type();
@@ -462,7 +449,9 @@ pub fn diff(before: &[PathBuf], after: &[PathBuf], paths: &BTreeSet<PathBuf>) ->
         let path = format!("/{}", rel.display());
         match (b, a) {
             (None, None) => {}
-            (None, Some(a)) => out.push(Change { path, kind: "added", file_type: type_name(&a.1), size: a.1.len() }),
+            (None, Some(a)) => {
+                out.push(Change { path, kind: "added".into(), file_type: type_name(&a.1).into(), size: a.1.len() })
+            }
             (Some(b), None) => {
                 if deleted_dirs.iter().any(|d| rel.starts_with(d)) {
                     continue;
@@ -470,11 +459,16 @@ pub fn diff(before: &[PathBuf], after: &[PathBuf], paths: &BTreeSet<PathBuf>) ->
                 if b.1.is_dir() {
                     deleted_dirs.push(rel.clone());
                 }
-                out.push(Change { path, kind: "deleted", file_type: type_name(&b.1), size: b.1.len() })
+                out.push(Change { path, kind: "deleted".into(), file_type: type_name(&b.1).into(), size: b.1.len() })
             }
             (Some(b), Some(a)) => {
                 if differs(&b, &a) {
-                    out.push(Change { path, kind: "modified", file_type: type_name(&a.1), size: a.1.len() })
+                    out.push(Change {
+                        path,
+                        kind: "modified".into(),
+                        file_type: type_name(&a.1).into(),
+                        size: a.1.len(),
+                    })
                 }
             }
         }
@@ -568,7 +562,7 @@ mod tests {
         let mut paths = BTreeSet::new();
         touched_paths(&back, Path::new(""), &[low.clone()], &mut paths);
         let changes = diff(&[low.clone()], &[back.clone(), low.clone()], &paths);
-        let got: Vec<(String, &str, u64)> = changes.iter().map(|c| (c.path.clone(), c.kind, c.size)).collect();
+        let got: Vec<(String, &str, u64)> = changes.iter().map(|c| (c.path.clone(), c.kind.as_str(), c.size)).collect();
         assert_eq!(
             got,
             vec![

@@ -1,17 +1,17 @@
-//! The Spinup daemon: the HTTP API, the lifecycle manager, the environment
-//! store and the SQLite state, wired to the drivers.
+//! The Spinup daemon: the lifecycle manager, the environment store and the
+//! SQLite state, wired to the drivers, behind [`service::Service`]; it
+//! mounts the front ends (`spinup-http`) on its listeners.
 
-pub mod api;
 pub mod envs;
 pub mod gc;
 pub mod layers;
 pub mod manager;
 pub mod network;
-pub mod openapi;
 pub mod ops;
 pub mod policy;
 pub mod ports;
 pub mod secrets;
+pub mod service;
 pub mod snapshots;
 pub mod store;
 
@@ -206,7 +206,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         tokio::net::UnixListener::bind(&cfg.socket).with_context(|| format!("binding {}", cfg.socket.display()))?;
     std::fs::set_permissions(&cfg.socket, std::fs::Permissions::from_mode(0o600))?;
     tracing::info!(socket = %cfg.socket.display(), data_dir = %cfg.data_dir.display(), "spinup daemon listening");
-    let app = api::router(m.clone());
+    let app = spinup_http::router(Arc::new(service::Service::new(m.clone())));
     let mut tasks = tokio::task::JoinSet::new();
     {
         let app = app.clone();
@@ -216,7 +216,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         let key = cfg.api_key.clone().filter(|k| !k.is_empty()).context("--tcp needs an API key (SPINUP_API_KEY)")?;
         let l = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
         tracing::info!(%addr, "TCP listener (bearer API key required)");
-        let app = api::with_api_key(app, key);
+        let app = spinup_http::with_api_key(app, key);
         tasks.spawn(async move { axum::serve(l, app).await.context("tcp listener") });
     }
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;

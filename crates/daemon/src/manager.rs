@@ -9,9 +9,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
 use spinup_model::{
-    now_ms, validate_id, validate_label, Driver, DriverStatus, Error, OnTimeout, Resources, Result, Sandbox,
+    now_ms, validate_id, validate_label, Driver, DriverStatus, Error, OnTimeout, Resources, Result, Sandbox, SandboxId,
     SandboxSpec, SandboxState,
 };
 use spinup_protocol::AgentClient;
@@ -22,51 +21,11 @@ use crate::store::Store;
 /// How often running sandboxes are checked and timeouts fired.
 const MONITOR_INTERVAL: Duration = Duration::from_millis(500);
 
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct CreateRequest {
-    pub env: Option<String>,
-    pub driver: Option<String>,
-    pub timeout_s: Option<u64>,
-    pub resources: Option<ResourcesPatch>,
-    pub labels: BTreeMap<String, String>,
-    /// Start from a snapshot (id or name) instead of an environment.
-    pub from_snapshot: Option<String>,
-    /// What the timeout does: `destroy` (default) or `pause`.
-    pub on_timeout: Option<OnTimeout>,
-    /// Resume a paused sandbox on exec or file access.
-    pub auto_resume: Option<bool>,
-    /// What it may reach (default: the daemon's `[network] default_mode`,
-    /// `none` unless configured).
-    pub network: Option<spinup_model::NetworkPolicy>,
-    /// Secrets from the store to project into it.
-    pub secrets: Vec<spinup_model::SecretMount>,
-}
-
-/// Resources as a request gives them: unset fields take the daemon's defaults.
-#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct ResourcesPatch {
-    pub vcpus: Option<f64>,
-    pub memory_mib: Option<u64>,
-    pub disk_mib: Option<u64>,
-    pub pids: Option<u64>,
-}
-
-impl ResourcesPatch {
-    pub fn over(self, d: Resources) -> Resources {
-        Resources {
-            vcpus: self.vcpus.unwrap_or(d.vcpus),
-            memory_mib: self.memory_mib.unwrap_or(d.memory_mib),
-            disk_mib: self.disk_mib.unwrap_or(d.disk_mib),
-            pids: self.pids.unwrap_or(d.pids),
-        }
-    }
-}
+pub use spinup_api::{CreateRequest, ResourcesPatch};
 
 pub struct Manager {
-    pub store: Arc<Store>,
-    pub envs: EnvStore,
+    pub(crate) store: Arc<Store>,
+    pub(crate) envs: EnvStore,
     drivers: BTreeMap<String, Arc<dyn Driver>>,
     default_driver: String,
     default_resources: Resources,
@@ -74,16 +33,16 @@ pub struct Manager {
     /// Serializes lifecycle operations per sandbox.
     locks: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Sandbox networking; `Err`: why this host cannot do it.
-    pub net: std::result::Result<Arc<crate::network::Network>, String>,
-    pub secrets: crate::secrets::Secrets,
+    pub(crate) net: std::result::Result<Arc<crate::network::Network>, String>,
+    pub(crate) secrets: crate::secrets::Secrets,
     /// Exposed ports (see `ports.rs`).
     pub(crate) ports: std::sync::Mutex<HashMap<String, crate::ports::Exposed>>,
 }
 
+/// Snapshot ids have the format of sandbox ids (and must never be taken
+/// for a name).
 pub(crate) fn new_id() -> String {
-    let mut b = [0u8; 6];
-    getrandom::fill(&mut b).expect("OS randomness");
-    hex::encode(b)
+    SandboxId::random().into()
 }
 
 impl Manager {
@@ -262,7 +221,7 @@ impl Manager {
         }
 
         let now = now_ms();
-        let id = new_id();
+        let id = SandboxId::random();
         let timeout_s = req.timeout_s.filter(|t| *t > 0);
         let mut sb = Sandbox {
             id: id.clone(),
@@ -299,8 +258,8 @@ impl Manager {
             return Err(e);
         }
         let spec = SandboxSpec {
-            id: id.clone(),
-            hostname: id.clone(),
+            id: id.to_string(),
+            hostname: id.to_string(),
             resources,
             layers: layers.iter().map(|l| self.envs.layer_dir(l)).collect(),
             net: match (&net, &sb.net) {
@@ -324,7 +283,7 @@ impl Manager {
                 // original: a new hostname and machine-id, and a reseeded RNG.
                 let mut entropy = [0u8; 64];
                 getrandom::fill(&mut entropy).map_err(|e| Error::internal("host entropy", e))?;
-                let c = self.agents.lock().unwrap().get(&id).cloned();
+                let c = self.agents.lock().unwrap().get(id.as_str()).cloned();
                 let c = c.ok_or_else(|| Error::Agent("no agent connection".into()))?;
                 c.call::<serde_json::Value>(
                     http::Method::POST,
@@ -354,7 +313,7 @@ impl Manager {
                 if let (Some(n), Some(slot)) = (&net, &sb.net) {
                     n.teardown(&id, slot);
                 }
-                self.agents.lock().unwrap().remove(&id);
+                self.agents.lock().unwrap().remove(id.as_str());
                 self.store.delete_sandbox(&id, SandboxState::Creating, Some(&format!("create failed: {e}")))?;
                 Err(e)
             }
@@ -395,16 +354,17 @@ impl Manager {
     }
 
     /// A connected agent for a running sandbox.
-    pub async fn agent(&self, id: &str) -> Result<AgentClient> {
+    pub async fn agent(self: &Arc<Self>, id: &str) -> Result<AgentClient> {
         self.agent_for(&self.get(id)?).await
     }
 
     /// A connected agent for `sb`, which must be running (or paused with
-    /// `auto_resume`: then it is resumed first).
-    pub async fn agent_for(&self, sb: &Sandbox) -> Result<AgentClient> {
+    /// `auto_resume`: then it is resumed first, on a task of its own like
+    /// every resume).
+    pub async fn agent_for(self: &Arc<Self>, sb: &Sandbox) -> Result<AgentClient> {
         let resumed;
         let sb = if sb.state == SandboxState::Paused && sb.auto_resume {
-            resumed = match self.freeze(&sb.id, SandboxState::Running).await {
+            resumed = match self.resume(&sb.id).await {
                 Ok(s) => s,
                 // Someone else resumed it first.
                 Err(Error::Conflict(_)) => self.get(&sb.id)?,
@@ -442,10 +402,6 @@ impl Manager {
     }
 
     /// Pause (`to` = Paused) or resume (`to` = Running) a sandbox in place.
-    pub async fn freeze(&self, id: &str, to: SandboxState) -> Result<Sandbox> {
-        self.freeze_with(id, to, false).await
-    }
-
     /// With `free_memory`, a pause saves the sandbox's memory to disk and
     /// stops its VMM (drivers with `memory_snapshot`); resume loads it back.
     pub(crate) async fn freeze_with(&self, id: &str, to: SandboxState, free_memory: bool) -> Result<Sandbox> {
@@ -525,7 +481,7 @@ impl Manager {
 
     pub(crate) async fn destroy_locked(&self, sb: &Sandbox, reason: &str) -> Result<()> {
         let driver = self.driver(&sb.driver)?;
-        self.agents.lock().unwrap().remove(&sb.id);
+        self.agents.lock().unwrap().remove(sb.id.as_str());
         if sb.state == SandboxState::Paused && !driver.is_suspended(&sb.id) {
             // Frozen processes cannot act on a kill: thaw, then destroy.
             let _ = driver.resume(&sb.id).await;
@@ -536,7 +492,7 @@ impl Manager {
             n.teardown(&sb.id, slot);
         }
         self.store.delete_sandbox(&sb.id, sb.state, Some(reason))?;
-        self.locks.lock().unwrap().remove(&sb.id);
+        self.locks.lock().unwrap().remove(sb.id.as_str());
         if let Some(s) = &sb.snapshot {
             // A fork's snapshot goes with its last child.
             self.drop_ephemeral(s);
@@ -600,7 +556,7 @@ impl Manager {
         if let (Ok(n), Some(slot)) = (&self.net, &sb.net) {
             n.teardown(&sb.id, slot);
         }
-        self.agents.lock().unwrap().remove(&sb.id);
+        self.agents.lock().unwrap().remove(sb.id.as_str());
         self.store.delete_sandbox(&sb.id, sb.state, Some(reason))
     }
 
@@ -620,7 +576,7 @@ impl Manager {
             return Ok(());
         }
         tracing::warn!(id = %sb.id, "sandbox stopped: {reason}");
-        self.agents.lock().unwrap().remove(&sb.id);
+        self.agents.lock().unwrap().remove(sb.id.as_str());
         self.set_state(&mut sb, SandboxState::Stopped, Some(reason), None)
     }
 

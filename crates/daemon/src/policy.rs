@@ -5,21 +5,13 @@
 
 use std::collections::BTreeMap;
 
-use serde::Deserialize;
 use spinup_model::network::DomainRule;
 use spinup_model::{Error, NetMode, NetworkPolicy, Result, Sandbox, SandboxState, SecretMode, SecretMount};
 
 use crate::manager::Manager;
 use crate::network::ProxySecret;
 
-/// `POST /v1/sandboxes/{id}/secrets`: attach (or re-attach with another
-/// mode) secrets to a running sandbox; `detach` removes by name.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct AttachRequest {
-    pub attach: Vec<SecretMount>,
-    pub detach: Vec<String>,
-}
+pub use spinup_api::AttachRequest;
 
 fn placeholder(name: &str) -> String {
     let mut b = [0u8; 16];
@@ -89,7 +81,7 @@ impl Manager {
         if sb.secrets.is_empty() && sb.state == SandboxState::Creating {
             return Ok(());
         }
-        let c = self.agents.lock().unwrap().get(&sb.id).cloned();
+        let c = self.agents.lock().unwrap().get(sb.id.as_str()).cloned();
         let c = match c {
             Some(c) if !c.is_closed() => c,
             _ => self.agent_locked(sb).await?,

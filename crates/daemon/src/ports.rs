@@ -15,7 +15,6 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::StreamExt;
-use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use spinup_model::{Error, PortExposure, Result, SandboxState};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -33,30 +32,7 @@ impl Drop for Exposed {
     }
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct ExposeRequest {
-    pub port: u16,
-    /// No token needed.
-    pub public: bool,
-    /// Listen on a unix socket instead of loopback TCP.
-    pub unix: bool,
-    /// Loopback TCP address to listen on (default 127.0.0.1, a free port).
-    pub listen: Option<String>,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct ExposeAnswer {
-    pub port: u16,
-    pub address: String,
-    /// `http://127.0.0.1:PORT` for TCP.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub url: Option<String>,
-    pub public: bool,
-    /// The access token, shown only here.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub token: Option<String>,
-}
+pub use spinup_api::{ExposeAnswer, ExposeRequest};
 
 fn key(id: &str, port: u16) -> String {
     format!("{id}:{port}")

@@ -24,12 +24,7 @@ pub struct Secrets {
     key_path: PathBuf,
 }
 
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct SecretInfo {
-    pub name: String,
-    pub created_at: i64,
-    pub updated_at: i64,
-}
+pub use spinup_api::SecretInfo;
 
 fn key_id(key: &[u8]) -> String {
     hex::encode(&Sha256::digest([b"spinup-secret-key-id:".as_slice(), key].concat())[..8])

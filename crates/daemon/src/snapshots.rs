@@ -17,51 +17,15 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::path::{Path, PathBuf};
 
 use futures::StreamExt;
-use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use spinup_model::{
     now_ms, validate_id, validate_label, validate_snapshot_name, Error, Result, Sandbox, SandboxState, Snapshot,
 };
 
-use crate::layers::{self, Change};
+use crate::layers;
 use crate::manager::{new_id, CreateRequest, Manager, ResourcesPatch};
 
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct SnapshotRequest {
-    pub name: Option<String>,
-    pub labels: BTreeMap<String, String>,
-    /// Keep the processes' memory too (drivers that declare memory_snapshot).
-    pub memory: bool,
-}
-
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct ForkRequest {
-    pub count: Option<u32>,
-    /// Children's driver; default: the parent's.
-    pub driver: Option<String>,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct ForkResult {
-    pub snapshot: Snapshot,
-    pub children: Vec<Sandbox>,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct Diff {
-    pub sandbox: String,
-    /// The snapshot compared against; `None`: the sandbox's creation.
-    pub since: Option<String>,
-    pub changes: Vec<Change>,
-    /// With `path` and `content`: the path's bytes before and after (files
-    /// only, at most 1 MiB each), lossy UTF-8.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub before: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub after: Option<String>,
-}
+pub use spinup_api::{Diff, ForkRequest, ForkResult, SnapshotRequest};
 
 /// A sandbox's changes, as exported: a layer directory (host-side upper
 /// dirs, copied in one pass while their tar is hashed) or a tar (from an
@@ -250,7 +214,7 @@ impl Manager {
         let mut snap = Snapshot {
             id: new_id(),
             name: req.name.clone(),
-            sandbox_id: sb.id.clone(),
+            sandbox_id: sb.id.to_string(),
             driver: sb.driver.clone(),
             env: sb.env.clone(),
             parent_snapshot: sb.snapshot.clone(),

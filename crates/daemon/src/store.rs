@@ -19,14 +19,7 @@ fn db_err(e: rusqlite::Error) -> Error {
     Error::internal("state database", e)
 }
 
-/// One recorded lifecycle transition.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct Transition {
-    pub from: Option<String>,
-    pub to: String,
-    pub reason: Option<String>,
-    pub at: i64,
-}
+pub use spinup_api::Transition;
 
 impl Store {
     pub fn open(path: &Path) -> Result<Store> {
@@ -118,12 +111,12 @@ impl Store {
         let tx = c.transaction().map_err(db_err)?;
         tx.execute(
             "INSERT INTO sandboxes (id, state, body) VALUES (?1, ?2, ?3)",
-            params![sb.id, sb.state.as_str(), serde_json::to_string(sb).unwrap()],
+            params![sb.id.as_str(), sb.state.as_str(), serde_json::to_string(sb).unwrap()],
         )
         .map_err(db_err)?;
         tx.execute(
             "INSERT INTO transitions (sandbox_id, from_state, to_state, reason, at) VALUES (?1, NULL, ?2, NULL, ?3)",
-            params![sb.id, sb.state.as_str(), sb.created_at],
+            params![sb.id.as_str(), sb.state.as_str(), sb.created_at],
         )
         .map_err(db_err)?;
         tx.commit().map_err(db_err)
@@ -142,7 +135,7 @@ impl Store {
             .execute(
                 "UPDATE sandboxes SET state = ?2, body = ?3, driver_state = COALESCE(?4, driver_state) WHERE id = ?1",
                 params![
-                    sb.id,
+                    sb.id.as_str(),
                     sb.state.as_str(),
                     serde_json::to_string(sb).unwrap(),
                     driver_state.map(|v| v.to_string())
@@ -150,12 +143,12 @@ impl Store {
             )
             .map_err(db_err)?;
         if n == 0 {
-            return Err(Error::not_found("sandbox", &sb.id));
+            return Err(Error::not_found("sandbox", sb.id.as_str()));
         }
         if from != sb.state {
             tx.execute(
                 "INSERT INTO transitions (sandbox_id, from_state, to_state, reason, at) VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![sb.id, from.as_str(), sb.state.as_str(), sb.reason, sb.updated_at],
+                params![sb.id.as_str(), from.as_str(), sb.state.as_str(), sb.reason, sb.updated_at],
             )
             .map_err(db_err)?;
         }
@@ -312,7 +305,7 @@ mod tests {
 
     fn sb(id: &str) -> Sandbox {
         Sandbox {
-            id: id.into(),
+            id: spinup_model::SandboxId::parse(id).unwrap(),
             env: "busybox".into(),
             env_digest: "sha256:0".into(),
             driver: "container".into(),

@@ -6,11 +6,13 @@
 
 pub mod driver;
 pub mod error;
+pub mod id;
 pub mod network;
 pub mod sandbox;
 
 pub use driver::{AgentIo, AgentStream, Capabilities, Driver, DriverStatus, GuestNet, IsolationClass, SandboxSpec};
 pub use error::{Error, Result};
+pub use id::SandboxId;
 pub use network::{Cidr, NetMode, NetworkPolicy};
 pub use sandbox::{
     validate_id, validate_label, validate_secret_name, validate_snapshot_name, Environment, EnvironmentConfig, NetSlot,

@@ -131,7 +131,7 @@ impl Resources {
 /// One sandbox as the store and the API see it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Sandbox {
-    pub id: String,
+    pub id: crate::SandboxId,
     /// Environment name as requested (e.g. `busybox`).
     pub env: String,
     /// Content digest of the environment the sandbox was made from.
@@ -378,11 +378,7 @@ pub struct Snapshot {
 /// Ids are what the daemon generates: lowercase hex, 12 characters.
 /// Anything else (path separators, dots) is refused before it reaches a path.
 pub fn validate_id(id: &str) -> Result<()> {
-    if id.len() == 12 && id.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()) {
-        Ok(())
-    } else {
-        Err(Error::not_found("sandbox", id))
-    }
+    crate::SandboxId::parse(id).map(drop)
 }
 
 /// Snapshot names: like environment names (never a path), and never
@@ -460,7 +456,7 @@ mod tests {
     #[test]
     fn label_filters_match_all() {
         let mut sb = Sandbox {
-            id: "0123456789ab".into(),
+            id: crate::SandboxId::parse("0123456789ab").unwrap(),
             env: "busybox".into(),
             env_digest: "sha256:x".into(),
             driver: "container".into(),

@@ -1,0 +1,28 @@
+//! The one error shape of `/v1`: `{code, message}`, plus the driver and
+//! capability of an `unsupported` answer.
+
+use serde::{Deserialize, Serialize};
+use spinup_model::Error;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// Stable machine code: `not_found`, `invalid_argument`, `conflict`,
+    /// `unsupported`, `unavailable`, `agent_error`, `internal`, or the
+    /// agent's own code for a guest error.
+    pub code: String,
+    pub message: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub driver: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub capability: Option<String>,
+}
+
+impl From<&Error> for ErrorBody {
+    fn from(e: &Error) -> Self {
+        let (driver, capability) = match e {
+            Error::Unsupported { driver, capability } => (Some(driver.clone()), Some(capability.clone())),
+            _ => (None, None),
+        };
+        ErrorBody { code: e.code().to_string(), message: e.to_string(), driver, capability }
+    }
+}

@@ -1,0 +1,196 @@
+//! [`SandboxService`]: one async method per operation of the API.
+//!
+//! The daemon implements it once, over its lifecycle manager; that
+//! implementation owns validation, defaults, capability checks and
+//! filters. Front ends (the native HTTP API, E2B, MCP) only translate to
+//! it, and a cluster router will implement it remotely. Every mutating
+//! method runs to completion, or undoes itself, whether or not its caller
+//! still waits for the answer.
+
+use std::fmt;
+
+use bytes::Bytes;
+use futures::stream::BoxStream;
+use spinup_model::{Capabilities, Environment, NetworkPolicy, PortExposure, Result, Sandbox, SandboxId, Snapshot};
+use spinup_protocol::{AgentInfo, Frame, ProcessInfo, SignalRequest};
+
+use crate::{
+    AttachRequest, BuildEvent, CreateRequest, Diff, DiffQuery, EnvList, ExecRequest, ExposeAnswer, ExposeRequest,
+    ForkRequest, ForkResult, GcReport, ListQuery, PauseRequest, SecretInfo, SnapshotRequest, TimeoutRequest,
+    Transition,
+};
+
+/// A streamed body, in or out.
+pub type ByteStream = BoxStream<'static, std::io::Result<Bytes>>;
+
+/// A running process's streams. The `/v1` WebSocket carries these frames
+/// as they are (protocol frames are its documented wire format).
+pub struct ExecSession {
+    /// To the process: `Stdin`, `StdinClose`, `Signal`, `Resize`. Dropping
+    /// it closes the request; a foreground process whose caller is gone
+    /// is killed.
+    pub input: tokio::sync::mpsc::Sender<Frame>,
+    /// From it: `Started`, `Stdout`, `Stderr`, then `Exit` or `Error`; an
+    /// `Err` is a broken stream.
+    pub output: BoxStream<'static, std::result::Result<Frame, String>>,
+}
+
+impl fmt::Debug for ExecSession {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ExecSession").finish_non_exhaustive()
+    }
+}
+
+/// File operations, answered by the sandbox's agent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileOp {
+    Read,
+    Write,
+    Stat,
+    List,
+    Mkdir,
+    Remove,
+    Rename,
+    Chmod,
+}
+
+impl FileOp {
+    /// The operations `POST /v1/sandboxes/{id}/files/{op}` names.
+    pub fn from_post(op: &str) -> Option<FileOp> {
+        Some(match op {
+            "mkdir" => FileOp::Mkdir,
+            "remove" => FileOp::Remove,
+            "rename" => FileOp::Rename,
+            "chmod" => FileOp::Chmod,
+            _ => return None,
+        })
+    }
+}
+
+/// A file operation: `query` is the raw query (`path=…&mode=…`), `body`
+/// the content to write or the JSON of a POST operation.
+pub struct FileRequest {
+    pub op: FileOp,
+    pub query: String,
+    pub body: ByteStream,
+}
+
+impl fmt::Debug for FileRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FileRequest").field("op", &self.op).field("query", &self.query).finish_non_exhaustive()
+    }
+}
+
+/// An answer passed through from the agent as it gave it: its status,
+/// type and (streamed) body.
+pub struct Forwarded {
+    pub status: u16,
+    pub content_type: Option<String>,
+    pub content_length: Option<u64>,
+    pub body: ByteStream,
+}
+
+impl fmt::Debug for Forwarded {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Forwarded")
+            .field("status", &self.status)
+            .field("content_type", &self.content_type)
+            .field("content_length", &self.content_length)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A snapshot's layer tar.
+pub struct Layer {
+    /// `sha256:…`, the snapshot's `layer`.
+    pub digest: String,
+    pub len: u64,
+    pub body: ByteStream,
+}
+
+impl fmt::Debug for Layer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Layer").field("digest", &self.digest).field("len", &self.len).finish_non_exhaustive()
+    }
+}
+
+/// What setting a secret did.
+#[derive(Debug, Clone)]
+pub struct SecretSet {
+    /// It did not exist before.
+    pub created: bool,
+    pub info: SecretInfo,
+}
+
+/// A secret's value on its way in. Debug never prints it; it is wiped
+/// from memory when dropped.
+pub struct SecretValue(pub zeroize::Zeroizing<Vec<u8>>);
+
+impl fmt::Debug for SecretValue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SecretValue(<{} bytes, redacted>)", self.0.len())
+    }
+}
+
+#[async_trait::async_trait]
+pub trait SandboxService: Send + Sync + 'static {
+    // The daemon.
+    async fn drivers(&self) -> Result<Vec<Capabilities>>;
+    async fn gc(&self) -> Result<GcReport>;
+
+    // Sandboxes.
+    async fn list(&self, q: ListQuery) -> Result<Vec<Sandbox>>;
+    async fn create(&self, req: CreateRequest) -> Result<Sandbox>;
+    async fn get(&self, id: &SandboxId) -> Result<Sandbox>;
+    async fn remove(&self, id: &SandboxId, force: bool) -> Result<()>;
+    async fn set_timeout(&self, id: &SandboxId, req: TimeoutRequest) -> Result<Sandbox>;
+    async fn info(&self, id: &SandboxId) -> Result<AgentInfo>;
+    async fn events(&self, id: &SandboxId) -> Result<Vec<Transition>>;
+    async fn pause(&self, id: &SandboxId, req: PauseRequest) -> Result<Sandbox>;
+    async fn resume(&self, id: &SandboxId) -> Result<Sandbox>;
+    async fn update_resources(&self, id: &SandboxId) -> Result<Sandbox>;
+
+    // Snapshots.
+    async fn snapshot(&self, id: &SandboxId, req: SnapshotRequest) -> Result<Snapshot>;
+    async fn fork(&self, id: &SandboxId, req: ForkRequest) -> Result<ForkResult>;
+    async fn diff(&self, id: &SandboxId, q: DiffQuery) -> Result<Diff>;
+    async fn snapshots(&self) -> Result<Vec<Snapshot>>;
+    /// By id or name.
+    async fn snapshot_get(&self, id: &str) -> Result<Snapshot>;
+    async fn snapshot_remove(&self, id: &str) -> Result<()>;
+    async fn snapshot_layer(&self, id: &str) -> Result<Layer>;
+
+    // Network, ports and secrets.
+    async fn set_network(&self, id: &SandboxId, policy: NetworkPolicy) -> Result<Sandbox>;
+    async fn ports(&self, id: &SandboxId) -> Result<Vec<PortExposure>>;
+    async fn expose(&self, id: &SandboxId, req: ExposeRequest) -> Result<ExposeAnswer>;
+    async fn unexpose(&self, id: &SandboxId, port: u16) -> Result<()>;
+    async fn attach_secrets(&self, id: &SandboxId, req: AttachRequest) -> Result<Sandbox>;
+    async fn secrets(&self) -> Result<Vec<SecretInfo>>;
+    async fn secret(&self, name: &str) -> Result<SecretInfo>;
+    async fn set_secret(&self, name: &str, value: SecretValue) -> Result<SecretSet>;
+    async fn remove_secret(&self, name: &str) -> Result<()>;
+
+    // Processes.
+    /// Start a process. `terminal`: the caller can carry a pty (a
+    /// WebSocket); without it a pty request is refused.
+    async fn exec(&self, id: &SandboxId, req: ExecRequest, terminal: bool) -> Result<ExecSession>;
+    /// Re-attach to a process (buffered output is replayed).
+    async fn attach(&self, id: &SandboxId, pid: u32) -> Result<ExecSession>;
+    async fn processes(&self, id: &SandboxId) -> Result<Vec<ProcessInfo>>;
+    async fn signal(&self, id: &SandboxId, pid: u32, req: SignalRequest) -> Result<serde_json::Value>;
+    /// Feed stdin; `query` is passed on (`close=true`).
+    async fn stdin(&self, id: &SandboxId, pid: u32, query: String, body: ByteStream) -> Result<Forwarded>;
+
+    // Files.
+    async fn files(&self, id: &SandboxId, req: FileRequest) -> Result<Forwarded>;
+
+    // Environments.
+    async fn environments(&self) -> Result<EnvList>;
+    async fn environment(&self, name: &str) -> Result<Environment>;
+    async fn remove_environment(&self, name: &str) -> Result<()>;
+    /// A rootfs tarball (tar or tar.gz), streamed.
+    async fn import_environment(&self, name: &str, tar: ByteStream) -> Result<Environment>;
+    /// Build a built-in recipe: progress, then the environment or an error.
+    async fn build_environment(&self, name: &str) -> Result<BoxStream<'static, BuildEvent>>;
+}

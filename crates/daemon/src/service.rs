@@ -1,0 +1,411 @@
+//! [`SandboxService`] over the lifecycle manager: the one implementation
+//! every front end calls. Validation, defaults, capability checks, usage
+//! checks and filters live here, never in a handler. Mutating operations
+//! go through `ops.rs`, so each runs on its own task to the end.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::stream::BoxStream;
+use futures::StreamExt;
+use http_body_util::{BodyExt, StreamBody};
+use spinup_api::{
+    AttachRequest, BuildEvent, ByteStream, CreateRequest, Diff, DiffQuery, EnvList, ErrorBody, ExecRequest,
+    ExecSession, ExposeAnswer, ExposeRequest, FileOp, FileRequest, ForkRequest, ForkResult, Forwarded, GcReport, Layer,
+    ListQuery, PauseRequest, SandboxService, SecretInfo, SecretSet, SecretValue, SnapshotRequest, TimeoutRequest,
+    Transition,
+};
+use spinup_model::{
+    Capabilities, Environment, Error, NetworkPolicy, PortExposure, Result, Sandbox, SandboxId, Snapshot,
+};
+use spinup_protocol::client::{full_body, FrameStream};
+use spinup_protocol::{AgentClient, AgentInfo, ClientError, Frame, ProcessInfo, SignalRequest};
+
+use crate::manager::Manager;
+
+/// The service, shared by every front end.
+#[derive(Clone)]
+pub struct Service {
+    m: Arc<Manager>,
+}
+
+impl std::fmt::Debug for Service {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Service").finish_non_exhaustive()
+    }
+}
+
+impl Service {
+    pub fn new(m: Arc<Manager>) -> Service {
+        Service { m }
+    }
+}
+
+/// An agent's error, in the model's terms.
+pub fn agent_err(e: ClientError) -> Error {
+    match e {
+        ClientError::Remote { status, code, message } => Error::Guest { status, code, message },
+        other => Error::Agent(other.to_string()),
+    }
+}
+
+/// Fill in what an exec request leaves open from the environment's
+/// defaults; refuse one with nothing to run.
+fn apply_defaults(m: &Manager, sb: &Sandbox, req: &mut ExecRequest) -> Result<()> {
+    if req.argv.is_empty() && req.cmd.as_deref().is_none_or(str::is_empty) {
+        return Err(Error::InvalidArgument("exec needs argv or cmd".into()));
+    }
+    if req.argv.iter().any(|a| a.contains('\0')) || req.cmd.as_deref().is_some_and(|c| c.contains('\0')) {
+        return Err(Error::InvalidArgument("command contains a NUL byte".into()));
+    }
+    if let Ok(env) = m.envs.get(&sb.env) {
+        for kv in &env.config.env {
+            if let Some((k, v)) = kv.split_once('=') {
+                req.env.entry(k.to_string()).or_insert_with(|| v.to_string());
+            }
+        }
+        if req.cwd.is_none() && !env.config.workdir.is_empty() {
+            req.cwd = Some(env.config.workdir.clone());
+        }
+        if req.user.is_none() && !env.config.user.is_empty() {
+            req.user = Some(env.config.user.clone());
+        }
+    }
+    Ok(())
+}
+
+/// A frame reader as a stream.
+fn frames(rx: FrameStream) -> BoxStream<'static, std::result::Result<Frame, String>> {
+    futures::stream::unfold(rx, |mut rx| async move { rx.next().await.map(|f| (f, rx)) }).boxed()
+}
+
+fn body_of(s: ByteStream) -> spinup_protocol::client::Body {
+    StreamBody::new(s.map(|r| r.map(hyper::body::Frame::data))).boxed_unsync()
+}
+
+/// Pass a request through to the agent, streaming both bodies.
+async fn forward(
+    c: &AgentClient,
+    method: http::Method,
+    uri: &str,
+    body: spinup_protocol::client::Body,
+) -> Result<Forwarded> {
+    let resp = c.request(method, uri, body).await.map_err(agent_err)?;
+    let (parts, incoming) = resp.into_parts();
+    let header = |h: http::HeaderName| parts.headers.get(h).and_then(|v| v.to_str().ok()).map(str::to_string);
+    Ok(Forwarded {
+        status: parts.status.as_u16(),
+        content_type: header(http::header::CONTENT_TYPE),
+        content_length: header(http::header::CONTENT_LENGTH).and_then(|v| v.parse().ok()),
+        body: incoming.into_data_stream().map(|r| r.map_err(std::io::Error::other)).boxed(),
+    })
+}
+
+#[async_trait::async_trait]
+impl SandboxService for Service {
+    async fn drivers(&self) -> Result<Vec<Capabilities>> {
+        Ok(self.m.drivers())
+    }
+
+    async fn gc(&self) -> Result<GcReport> {
+        self.m.gc().await
+    }
+
+    async fn list(&self, q: ListQuery) -> Result<Vec<Sandbox>> {
+        self.m.list(&q.labels)
+    }
+
+    async fn create(&self, req: CreateRequest) -> Result<Sandbox> {
+        self.m.create(req, None).await
+    }
+
+    async fn get(&self, id: &SandboxId) -> Result<Sandbox> {
+        self.m.get(id)
+    }
+
+    async fn remove(&self, id: &SandboxId, force: bool) -> Result<()> {
+        self.m.destroy(id, force).await
+    }
+
+    async fn set_timeout(&self, id: &SandboxId, req: TimeoutRequest) -> Result<Sandbox> {
+        self.m.set_timeout(id, req.timeout_s)
+    }
+
+    async fn info(&self, id: &SandboxId) -> Result<AgentInfo> {
+        let c = self.m.agent(id).await?;
+        c.call(http::Method::GET, "/v1/info", None::<&()>).await.map_err(agent_err)
+    }
+
+    async fn events(&self, id: &SandboxId) -> Result<Vec<Transition>> {
+        let t = self.m.store.transitions(id)?;
+        if t.is_empty() {
+            return Err(Error::not_found("sandbox", id.as_str()));
+        }
+        Ok(t)
+    }
+
+    async fn pause(&self, id: &SandboxId, req: PauseRequest) -> Result<Sandbox> {
+        self.m.pause(id, req.free_memory).await
+    }
+
+    async fn resume(&self, id: &SandboxId) -> Result<Sandbox> {
+        self.m.resume(id).await
+    }
+
+    /// No driver implements it yet: the answer comes from the sandbox's
+    /// driver's declaration (`unsupported` with the driver and capability),
+    /// never a silent no-op.
+    async fn update_resources(&self, id: &SandboxId) -> Result<Sandbox> {
+        const CAPABILITY: &str = "live_resource_update";
+        let sb = self.m.get(id)?;
+        self.m.require(&sb, CAPABILITY)?;
+        Err(Error::Unsupported { driver: sb.driver, capability: CAPABILITY.into() })
+    }
+
+    async fn snapshot(&self, id: &SandboxId, req: SnapshotRequest) -> Result<Snapshot> {
+        self.m.snapshot(id, req).await
+    }
+
+    async fn fork(&self, id: &SandboxId, req: ForkRequest) -> Result<ForkResult> {
+        self.m.fork(id, req).await
+    }
+
+    async fn diff(&self, id: &SandboxId, q: DiffQuery) -> Result<Diff> {
+        self.m.diff(id, q.since, q.path, q.content).await
+    }
+
+    async fn snapshots(&self) -> Result<Vec<Snapshot>> {
+        self.m.snapshot_list()
+    }
+
+    async fn snapshot_get(&self, id: &str) -> Result<Snapshot> {
+        self.m.snapshot_get(id)
+    }
+
+    async fn snapshot_remove(&self, id: &str) -> Result<()> {
+        self.m.snapshot_remove(id)
+    }
+
+    /// The snapshot's own layer as an OCI layer tar; its sha256 is the
+    /// snapshot's `layer` digest.
+    async fn snapshot_layer(&self, id: &str) -> Result<Layer> {
+        let snap = self.m.snapshot_get(id)?;
+        let m = self.m.clone();
+        let digest = snap.layer.clone();
+        let path = tokio::task::spawn_blocking(move || m.envs.layer_blob(&digest))
+            .await
+            .map_err(|e| Error::internal("blob task", e))??;
+        let f = tokio::fs::File::open(&path).await.map_err(|e| Error::internal("opening the layer blob", e))?;
+        let len = f.metadata().await.map(|m| m.len()).unwrap_or(0);
+        Ok(Layer { digest: snap.layer, len, body: tokio_util::io::ReaderStream::new(f).boxed() })
+    }
+
+    async fn set_network(&self, id: &SandboxId, policy: NetworkPolicy) -> Result<Sandbox> {
+        self.m.set_network(id, policy).await
+    }
+
+    async fn ports(&self, id: &SandboxId) -> Result<Vec<PortExposure>> {
+        Ok(self.m.get(id)?.ports)
+    }
+
+    async fn expose(&self, id: &SandboxId, req: ExposeRequest) -> Result<ExposeAnswer> {
+        self.m.expose(id, req).await
+    }
+
+    async fn unexpose(&self, id: &SandboxId, port: u16) -> Result<()> {
+        self.m.unexpose(id, port).await
+    }
+
+    async fn attach_secrets(&self, id: &SandboxId, req: AttachRequest) -> Result<Sandbox> {
+        self.m.attach_secrets(id, req).await
+    }
+
+    async fn secrets(&self) -> Result<Vec<SecretInfo>> {
+        self.m.secrets.list()
+    }
+
+    async fn secret(&self, name: &str) -> Result<SecretInfo> {
+        self.m.secrets.info(name)
+    }
+
+    async fn set_secret(&self, name: &str, value: SecretValue) -> Result<SecretSet> {
+        let existed = self.m.secrets.info(name).is_ok();
+        let info = self.m.secrets.set(name, &value.0)?;
+        Ok(SecretSet { created: !existed, info })
+    }
+
+    /// Refused while any sandbox has it attached.
+    async fn remove_secret(&self, name: &str) -> Result<()> {
+        let users: Vec<String> = self
+            .m
+            .list(&Default::default())?
+            .into_iter()
+            .filter(|s| s.secrets.iter().any(|x| x.name == name))
+            .map(|s| s.id.into())
+            .collect();
+        if !users.is_empty() {
+            return Err(Error::Conflict(format!(
+                "secret {name} is attached to sandbox(es) {}; detach it or remove them first",
+                users.join(", ")
+            )));
+        }
+        self.m.secrets.remove(name)
+    }
+
+    async fn exec(&self, id: &SandboxId, mut req: ExecRequest, terminal: bool) -> Result<ExecSession> {
+        let sb = self.m.get(id)?;
+        if req.pty.is_some() {
+            if !terminal {
+                return Err(Error::InvalidArgument("a pty needs the WebSocket endpoint (/exec/ws)".into()));
+            }
+            self.m.require(&sb, "pty")?;
+        }
+        apply_defaults(&self.m, &sb, &mut req)?;
+        let input = req.input.take();
+        if input.is_some() {
+            req.stdin = true;
+        }
+        let c = self.m.agent_for(&sb).await?;
+        let start = Frame::Start(req.into());
+        let (tx, rx) = c.process_stream("/v1/exec", Some(start)).await.map_err(agent_err)?;
+        if let Some(input) = input {
+            let _ = tx.send(Frame::Stdin(Bytes::from(input))).await;
+            let _ = tx.send(Frame::StdinClose).await;
+        }
+        Ok(ExecSession { input: tx, output: frames(rx) })
+    }
+
+    async fn attach(&self, id: &SandboxId, pid: u32) -> Result<ExecSession> {
+        let c = self.m.agent(id).await?;
+        let procs: Vec<ProcessInfo> =
+            c.call(http::Method::GET, "/v1/processes", None::<&()>).await.map_err(agent_err)?;
+        if !procs.iter().any(|p| p.pid == pid) {
+            return Err(Error::not_found("process", pid.to_string()));
+        }
+        let (tx, rx) = c.process_stream(&format!("/v1/processes/{pid}/attach"), None).await.map_err(agent_err)?;
+        Ok(ExecSession { input: tx, output: frames(rx) })
+    }
+
+    async fn processes(&self, id: &SandboxId) -> Result<Vec<ProcessInfo>> {
+        let c = self.m.agent(id).await?;
+        c.call(http::Method::GET, "/v1/processes", None::<&()>).await.map_err(agent_err)
+    }
+
+    async fn signal(&self, id: &SandboxId, pid: u32, req: SignalRequest) -> Result<serde_json::Value> {
+        let c = self.m.agent(id).await?;
+        c.call(http::Method::POST, &format!("/v1/processes/{pid}/signal"), Some(&req)).await.map_err(agent_err)
+    }
+
+    async fn stdin(&self, id: &SandboxId, pid: u32, query: String, body: ByteStream) -> Result<Forwarded> {
+        let c = self.m.agent(id).await?;
+        forward(&c, http::Method::POST, &format!("/v1/processes/{pid}/stdin?{query}"), body_of(body)).await
+    }
+
+    async fn files(&self, id: &SandboxId, req: FileRequest) -> Result<Forwarded> {
+        let (method, path) = match req.op {
+            FileOp::Read => (http::Method::GET, "content"),
+            FileOp::Write => (http::Method::PUT, "content"),
+            FileOp::Stat => (http::Method::GET, "stat"),
+            FileOp::List => (http::Method::GET, "list"),
+            FileOp::Mkdir => (http::Method::POST, "mkdir"),
+            FileOp::Remove => (http::Method::POST, "remove"),
+            FileOp::Rename => (http::Method::POST, "rename"),
+            FileOp::Chmod => (http::Method::POST, "chmod"),
+        };
+        if method != http::Method::POST {
+            let c = self.m.agent(id).await?;
+            let body = if req.op == FileOp::Write { body_of(req.body) } else { full_body(Bytes::new()) };
+            return forward(&c, method, &format!("/v1/files/{path}?{}", req.query), body).await;
+        }
+        // A POST operation's body is JSON: check it here so a malformed one
+        // gets the API's error, not the agent's.
+        let body: Vec<Bytes> = req
+            .body
+            .collect::<Vec<_>>()
+            .await
+            .into_iter()
+            .collect::<std::io::Result<_>>()
+            .map_err(|e| Error::InvalidArgument(format!("reading the request body: {e}")))?;
+        let body = Bytes::from(body.concat());
+        spinup_api::parse_json::<serde_json::Value>(&body)?;
+        let c = self.m.agent(id).await?;
+        let mut out = forward(&c, method, &format!("/v1/files/{path}"), full_body(body)).await?;
+        out.content_type = Some("application/json".into());
+        out.content_length = None;
+        Ok(out)
+    }
+
+    async fn environments(&self) -> Result<EnvList> {
+        let environments = self.m.envs.list()?;
+        Ok(EnvList { environments, builtin: crate::envs::BUILTINS.iter().map(|s| s.to_string()).collect() })
+    }
+
+    async fn environment(&self, name: &str) -> Result<Environment> {
+        self.m.envs.get(name)
+    }
+
+    /// Refused while a sandbox uses it; layers a snapshot or sandbox still
+    /// stacks stay.
+    async fn remove_environment(&self, name: &str) -> Result<()> {
+        self.m.envs.get(name)?;
+        if let Some(sb) = self.m.list(&Default::default())?.into_iter().find(|s| s.env == name) {
+            return Err(Error::Conflict(format!("environment {name} is used by sandbox {}", sb.id)));
+        }
+        let layers = self.m.envs.get(name)?.layers;
+        self.m.envs.forget(name)?;
+        self.m.gc_layers(&layers);
+        Ok(())
+    }
+
+    async fn import_environment(&self, name: &str, tar: ByteStream) -> Result<Environment> {
+        crate::envs::validate_name(name)?;
+        let reader = tokio_util::io::StreamReader::new(tar);
+        let m = self.m.clone();
+        let name = name.to_string();
+        tokio::task::spawn_blocking(move || {
+            let sync = tokio_util::io::SyncIoBridge::new(reader);
+            m.envs.import_tar(&name, sync, &None)
+        })
+        .await
+        .map_err(|e| Error::internal("import task", e))?
+    }
+
+    async fn build_environment(&self, name: &str) -> Result<BoxStream<'static, BuildEvent>> {
+        crate::envs::validate_name(name)?;
+        if !crate::envs::BUILTINS.contains(&name) {
+            return Err(Error::InvalidArgument(format!(
+                "no built-in recipe '{name}'; recipes: {}",
+                crate::envs::BUILTINS.join(", ")
+            )));
+        }
+        let (ptx, prx) = tokio::sync::mpsc::unbounded_channel::<String>();
+        let build = {
+            let m = self.m.clone();
+            let name = name.to_string();
+            tokio::spawn(async move { m.envs.build(&name, Some(ptx)).await })
+        };
+        let progress =
+            futures::stream::unfold(
+                prx,
+                |mut rx| async move { rx.recv().await.map(|l| (BuildEvent::Progress(l), rx)) },
+            );
+        let last = futures::stream::once(async move {
+            match build.await {
+                Ok(Ok(env)) => BuildEvent::Environment(env),
+                Ok(Err(e)) => BuildEvent::Error(ErrorBody {
+                    code: e.code().into(),
+                    message: e.to_string(),
+                    driver: None,
+                    capability: None,
+                }),
+                Err(e) => BuildEvent::Error(ErrorBody {
+                    code: "internal".into(),
+                    message: e.to_string(),
+                    driver: None,
+                    capability: None,
+                }),
+            }
+        });
+        Ok(progress.chain(last).boxed())
+    }
+}

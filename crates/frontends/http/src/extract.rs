@@ -1,0 +1,80 @@
+//! Extractors that reject with the API's own error shape.
+
+use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request};
+use axum::http::request::Parts;
+use bytes::Bytes;
+use futures::StreamExt;
+use serde::de::DeserializeOwned;
+use spinup_api::{ByteStream, Error, SandboxId};
+
+use crate::error::ApiError;
+
+/// The `{id}` of a sandbox route: anything that is not an id is a sandbox
+/// that does not exist.
+pub struct Id(pub SandboxId);
+
+impl<S: Send + Sync> FromRequestParts<S> for Id {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let Path(params) = Path::<Vec<(String, String)>>::from_request_parts(parts, state)
+            .await
+            .map_err(|e| ApiError(Error::InvalidArgument(e.body_text())))?;
+        let id = params.iter().find(|(k, _)| k == "id").map(|(_, v)| v.as_str()).unwrap_or_default();
+        Ok(Id(SandboxId::parse(id)?))
+    }
+}
+
+/// One named path segment other than `{id}`, as text.
+pub fn segment(parts: &[(String, String)], name: &str) -> String {
+    parts.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone()).unwrap_or_default()
+}
+
+/// All path segments, as text (`{name}`, `{pid}`, `{port}`, `{op}`).
+pub struct Segments(pub Vec<(String, String)>);
+
+impl<S: Send + Sync> FromRequestParts<S> for Segments {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let Path(params) = Path::<Vec<(String, String)>>::from_request_parts(parts, state)
+            .await
+            .map_err(|e| ApiError(Error::InvalidArgument(e.body_text())))?;
+        Ok(Segments(params))
+    }
+}
+
+/// A number in the path (`{pid}`, `{port}`).
+pub fn number<T: std::str::FromStr>(s: &Segments, name: &str, what: impl Fn(&str) -> String) -> Result<T, ApiError> {
+    let v = segment(&s.0, name);
+    v.parse().map_err(|_| ApiError(Error::InvalidArgument(what(&v))))
+}
+
+/// A JSON body; empty means `{}`.
+pub struct Body<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Body<T> {
+    type Rejection = ApiError;
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        let b = Bytes::from_request(req, state)
+            .await
+            .map_err(|e| ApiError(Error::InvalidArgument(format!("reading the request body: {e}"))))?;
+        Ok(Body(spinup_api::parse_json(&b)?))
+    }
+}
+
+/// A query string.
+pub struct Q<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for Q<T> {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let Query(q) = Query::<T>::from_request_parts(parts, state)
+            .await
+            .map_err(|e| ApiError(Error::InvalidArgument(e.body_text())))?;
+        Ok(Q(q))
+    }
+}
+
+/// A streamed body.
+pub fn stream(body: axum::body::Body) -> ByteStream {
+    body.into_data_stream().map(|r| r.map_err(std::io::Error::other)).boxed()
+}

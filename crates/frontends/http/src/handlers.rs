@@ -1,0 +1,285 @@
+//! One handler per operation (exec and its WebSockets are in `exec.rs`):
+//! extract, call the service, encode.
+
+use axum::body::Body;
+use axum::extract::{RawQuery, State};
+use axum::http::{self, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use bytes::Bytes;
+use futures::StreamExt;
+use serde::Deserialize;
+use spinup_api::service::{Layer, SecretValue};
+use spinup_api::{
+    AttachRequest, CreateRequest, DiffQuery, Error, FileOp, FileRequest, ForceQuery, ForkRequest, Forwarded, ListQuery,
+    NetworkPolicy, PauseRequest, SnapshotRequest, TimeoutRequest,
+};
+
+use crate::error::{ApiError, ApiResult};
+use crate::extract::{number, segment, stream, Body as JsonBody, Id, Segments, Q};
+use crate::Svc;
+
+type S = State<Svc>;
+
+pub async fn openapi() -> Json<serde_json::Value> {
+    Json(spinup_api::openapi::document())
+}
+
+pub async fn drivers(State(s): S) -> ApiResult<impl IntoResponse> {
+    Ok(Json(s.drivers().await?))
+}
+
+/// Remove what belongs to no sandbox in the store (`spinup gc`).
+pub async fn gc(State(s): S) -> ApiResult<impl IntoResponse> {
+    Ok(Json(s.gc().await?))
+}
+
+pub async fn list(State(s): S, Q(q): Q<Vec<(String, String)>>) -> ApiResult<impl IntoResponse> {
+    Ok(Json(s.list(ListQuery::from_pairs(q)?).await?))
+}
+
+pub async fn create(State(s): S, JsonBody(req): JsonBody<CreateRequest>) -> ApiResult<impl IntoResponse> {
+    Ok((StatusCode::CREATED, Json(s.create(req).await?)))
+}
+
+pub async fn get(State(s): S, Id(id): Id) -> ApiResult<impl IntoResponse> {
+    Ok(Json(s.get(&id).await?))
+}
+
+pub async fn remove(State(s): S, Id(id): Id, Q(q): Q<ForceQuery>) -> ApiResult<impl IntoResponse> {
+    s.remove(&id, q.force).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+pub async fn set_timeout(
+    State(s): S,
+    Id(id): Id,
+    JsonBody(t): JsonBody<TimeoutRequest>,
+) -> ApiResult<impl IntoResponse> {
+    Ok(Json(s.set_timeout(&id, t).await?))
+}
+
+pub async fn info(State(s): S, Id(id): Id) -> ApiResult<impl IntoResponse> {
+    Ok(Json(s.info(&id).await?))
+}
+
+pub async fn events(State(s): S, Id(id): Id) -> ApiResult<impl IntoResponse> {
+    Ok(Json(s.events(&id).await?))
+}
+
+pub async fn pause(State(s): S, Id(id): Id, JsonBody(b): JsonBody<PauseRequest>) -> ApiResult<impl IntoResponse> {
+    Ok(Json(s.pause(&id, b).await?))
+}
+
+pub async fn resume(State(s): S, Id(id): Id) -> ApiResult<impl IntoResponse> {
+    Ok(Json(s.resume(&id).await?))
+}
+
+pub async fn update_resources(State(s): S, Id(id): Id) -> ApiResult<impl IntoResponse> {
+    Ok(Json(s.update_resources(&id).await?))
+}
+
+pub async fn snapshot(State(s): S, Id(id): Id, JsonBody(r): JsonBody<SnapshotRequest>) -> ApiResult<impl IntoResponse> {
+    Ok((StatusCode::CREATED, Json(s.snapshot(&id, r).await?)))
+}
+
+pub async fn fork(State(s): S, Id(id): Id, JsonBody(r): JsonBody<ForkRequest>) -> ApiResult<impl IntoResponse> {
+    Ok((StatusCode::CREATED, Json(s.fork(&id, r).await?)))
+}
+
+pub async fn diff(State(s): S, Id(id): Id, Q(q): Q<DiffQuery>) -> ApiResult<impl IntoResponse> {
+    Ok(Json(s.diff(&id, q).await?))
+}
+
+pub async fn snapshots(State(s): S) -> ApiResult<impl IntoResponse> {
+    Ok(Json(s.snapshots().await?))
+}
+
+pub async fn snapshot_get(State(s): S, p: Segments) -> ApiResult<impl IntoResponse> {
+    Ok(Json(s.snapshot_get(&segment(&p.0, "id")).await?))
+}
+
+pub async fn snapshot_remove(State(s): S, p: Segments) -> ApiResult<impl IntoResponse> {
+    s.snapshot_remove(&segment(&p.0, "id")).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// An OCI layer tar; `X-Spinup-Digest` is its sha256.
+pub async fn snapshot_layer(State(s): S, p: Segments) -> ApiResult<Response> {
+    let Layer { digest, len, body } = s.snapshot_layer(&segment(&p.0, "id")).await?;
+    Ok((
+        [
+            (http::header::CONTENT_TYPE, "application/vnd.oci.image.layer.v1.tar".to_string()),
+            (http::header::CONTENT_LENGTH, len.to_string()),
+            (http::HeaderName::from_static("x-spinup-digest"), digest),
+        ],
+        Body::from_stream(body),
+    )
+        .into_response())
+}
+
+pub async fn set_network(
+    State(s): S,
+    Id(id): Id,
+    JsonBody(p): JsonBody<NetworkPolicy>,
+) -> ApiResult<impl IntoResponse> {
+    Ok(Json(s.set_network(&id, p).await?))
+}
+
+pub async fn ports(State(s): S, Id(id): Id) -> ApiResult<impl IntoResponse> {
+    Ok(Json(s.ports(&id).await?))
+}
+
+pub async fn expose(
+    State(s): S,
+    Id(id): Id,
+    JsonBody(r): JsonBody<spinup_api::ExposeRequest>,
+) -> ApiResult<impl IntoResponse> {
+    Ok((StatusCode::CREATED, Json(s.expose(&id, r).await?)))
+}
+
+pub async fn unexpose(State(s): S, Id(id): Id, p: Segments) -> ApiResult<impl IntoResponse> {
+    let port: u16 = number(&p, "port", |v| format!("bad port {v:?}"))?;
+    s.unexpose(&id, port).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+pub async fn attach_secrets(
+    State(s): S,
+    Id(id): Id,
+    JsonBody(r): JsonBody<AttachRequest>,
+) -> ApiResult<impl IntoResponse> {
+    Ok(Json(s.attach_secrets(&id, r).await?))
+}
+
+pub async fn secrets(State(s): S) -> ApiResult<impl IntoResponse> {
+    Ok(Json(s.secrets().await?))
+}
+
+pub async fn secret(State(s): S, p: Segments) -> ApiResult<impl IntoResponse> {
+    Ok(Json(s.secret(&segment(&p.0, "name")).await?))
+}
+
+/// The value is the raw body (or `{"value": "..."}` with a JSON content
+/// type); the answer never contains it.
+pub async fn set_secret(State(s): S, p: Segments, headers: HeaderMap, body: Bytes) -> ApiResult<impl IntoResponse> {
+    let json = headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    let value = if json {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct V {
+            value: String,
+        }
+        let v: V = serde_json::from_slice(&body).map_err(|_| {
+            ApiError(Error::InvalidArgument("malformed JSON body: expected {\"value\": \"...\"}".into()))
+        })?;
+        zeroize::Zeroizing::new(v.value.into_bytes())
+    } else {
+        zeroize::Zeroizing::new(body.to_vec())
+    };
+    let set = s.set_secret(&segment(&p.0, "name"), SecretValue(value)).await?;
+    Ok((if set.created { StatusCode::CREATED } else { StatusCode::OK }, Json(set.info)))
+}
+
+pub async fn remove_secret(State(s): S, p: Segments) -> ApiResult<impl IntoResponse> {
+    s.remove_secret(&segment(&p.0, "name")).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+fn pid(p: &Segments) -> ApiResult<u32> {
+    number(p, "pid", |v| format!("pid '{v}' is not a number"))
+}
+
+pub async fn processes(State(s): S, Id(id): Id) -> ApiResult<impl IntoResponse> {
+    Ok(Json(s.processes(&id).await?))
+}
+
+pub async fn signal(
+    State(s): S,
+    Id(id): Id,
+    p: Segments,
+    JsonBody(r): JsonBody<spinup_protocol::SignalRequest>,
+) -> ApiResult<impl IntoResponse> {
+    let pid = pid(&p)?;
+    Ok(Json(s.signal(&id, pid, r).await?))
+}
+
+pub async fn stdin(State(s): S, Id(id): Id, p: Segments, RawQuery(q): RawQuery, body: Body) -> ApiResult<Response> {
+    let pid = pid(&p)?;
+    Ok(forwarded(s.stdin(&id, pid, q.unwrap_or_default(), stream(body)).await?))
+}
+
+/// An agent's answer, passed through.
+fn forwarded(f: Forwarded) -> Response {
+    let mut out = Response::new(Body::from_stream(f.body));
+    *out.status_mut() = StatusCode::from_u16(f.status).unwrap_or(StatusCode::BAD_GATEWAY);
+    let h = out.headers_mut();
+    if let Some(v) = f.content_type.and_then(|v| http::HeaderValue::from_str(&v).ok()) {
+        h.insert(http::header::CONTENT_TYPE, v);
+    }
+    if let Some(n) = f.content_length {
+        h.insert(http::header::CONTENT_LENGTH, n.into());
+    }
+    out
+}
+
+async fn file(s: Svc, id: spinup_api::SandboxId, op: FileOp, q: Option<String>, body: Body) -> ApiResult<Response> {
+    let req = FileRequest { op, query: q.unwrap_or_default(), body: stream(body) };
+    Ok(forwarded(s.files(&id, req).await?))
+}
+
+pub async fn read_file(State(s): S, Id(id): Id, RawQuery(q): RawQuery) -> ApiResult<Response> {
+    file(s, id, FileOp::Read, q, Body::empty()).await
+}
+
+pub async fn write_file(State(s): S, Id(id): Id, RawQuery(q): RawQuery, body: Body) -> ApiResult<Response> {
+    file(s, id, FileOp::Write, q, body).await
+}
+
+pub async fn stat_file(State(s): S, Id(id): Id, RawQuery(q): RawQuery) -> ApiResult<Response> {
+    file(s, id, FileOp::Stat, q, Body::empty()).await
+}
+
+pub async fn list_files(State(s): S, Id(id): Id, RawQuery(q): RawQuery) -> ApiResult<Response> {
+    file(s, id, FileOp::List, q, Body::empty()).await
+}
+
+/// `mkdir`, `remove`, `rename`, `chmod`, with a JSON body.
+pub async fn file_op(State(s): S, p: Segments, body: Body) -> ApiResult<Response> {
+    let name = segment(&p.0, "op");
+    let op = FileOp::from_post(&name).ok_or(ApiError(Error::NotFound { kind: "file operation", id: name }))?;
+    let id = spinup_api::SandboxId::parse(&segment(&p.0, "id"))?;
+    file(s, id, op, None, body).await
+}
+
+pub async fn environments(State(s): S) -> ApiResult<impl IntoResponse> {
+    Ok(Json(s.environments().await?))
+}
+
+pub async fn environment(State(s): S, p: Segments) -> ApiResult<impl IntoResponse> {
+    Ok(Json(s.environment(&segment(&p.0, "name")).await?))
+}
+
+pub async fn remove_environment(State(s): S, p: Segments) -> ApiResult<impl IntoResponse> {
+    s.remove_environment(&segment(&p.0, "name")).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Body: a rootfs tarball (tar or tar.gz), streamed.
+pub async fn import_environment(State(s): S, p: Segments, body: Body) -> ApiResult<impl IntoResponse> {
+    Ok((StatusCode::CREATED, Json(s.import_environment(&segment(&p.0, "name"), stream(body)).await?)))
+}
+
+/// NDJSON progress, then the environment (or an error) as the last line.
+pub async fn build_environment(State(s): S, p: Segments) -> ApiResult<Response> {
+    let events = s.build_environment(&segment(&p.0, "name")).await?;
+    let lines = events.map(|e| {
+        let mut l = serde_json::to_vec(&e).expect("events serialize");
+        l.push(b'\n');
+        Ok::<_, std::io::Error>(Bytes::from(l))
+    });
+    Ok(([(http::header::CONTENT_TYPE, "application/x-ndjson")], Body::from_stream(lines)).into_response())
+}

@@ -1,0 +1,130 @@
+//! The native `/v1` HTTP front end. JSON in and out; errors are
+//! [`spinup_api::ErrorBody`] with the matching status. Exec and PTY stream
+//! over WebSocket (binary messages carrying protocol frames) or NDJSON.
+//!
+//! A handler extracts its inputs, calls one [`SandboxService`] method and
+//! encodes the answer; nothing else. The router is built from
+//! [`spinup_api::ROUTES`], one handler per [`Op`].
+
+mod error;
+mod exec;
+mod extract;
+mod handlers;
+
+use std::sync::Arc;
+
+use axum::extract::Request;
+use axum::http::StatusCode;
+use axum::middleware::{self, Next};
+use axum::response::IntoResponse;
+use axum::routing::{on, MethodFilter, MethodRouter};
+use axum::{Json, Router};
+use spinup_api::{Error, Op, SandboxService, ROUTES};
+
+pub use error::{status_of, ApiError};
+
+type Svc = Arc<dyn SandboxService>;
+
+/// The `/v1` router over a service.
+pub fn router(svc: Svc) -> Router {
+    let mut r = Router::new();
+    for route in ROUTES {
+        r = r.route(route.path, handler(route.op, filter(route.method)));
+    }
+    r.fallback(|| async { ApiError(Error::NotFound { kind: "route", id: "requested".into() }) }).with_state(svc)
+}
+
+fn filter(method: &str) -> MethodFilter {
+    match method {
+        "get" => MethodFilter::GET,
+        "post" => MethodFilter::POST,
+        "put" => MethodFilter::PUT,
+        "patch" => MethodFilter::PATCH,
+        "delete" => MethodFilter::DELETE,
+        other => panic!("ROUTES has a method axum does not route: {other}"),
+    }
+}
+
+/// The one handler of each operation.
+fn handler(op: Op, f: MethodFilter) -> MethodRouter<Svc> {
+    use handlers as h;
+    match op {
+        Op::OpenApi => on(f, h::openapi),
+        Op::Drivers => on(f, h::drivers),
+        Op::Gc => on(f, h::gc),
+        Op::List => on(f, h::list),
+        Op::Create => on(f, h::create),
+        Op::Get => on(f, h::get),
+        Op::Remove => on(f, h::remove),
+        Op::SetTimeout => on(f, h::set_timeout),
+        Op::Info => on(f, h::info),
+        Op::Events => on(f, h::events),
+        Op::Pause => on(f, h::pause),
+        Op::Resume => on(f, h::resume),
+        Op::Snapshot => on(f, h::snapshot),
+        Op::Fork => on(f, h::fork),
+        Op::Diff => on(f, h::diff),
+        Op::Snapshots => on(f, h::snapshots),
+        Op::GetSnapshot => on(f, h::snapshot_get),
+        Op::RemoveSnapshot => on(f, h::snapshot_remove),
+        Op::SnapshotLayer => on(f, h::snapshot_layer),
+        Op::UpdateResources => on(f, h::update_resources),
+        Op::SetNetwork => on(f, h::set_network),
+        Op::Ports => on(f, h::ports),
+        Op::Expose => on(f, h::expose),
+        Op::Unexpose => on(f, h::unexpose),
+        Op::AttachSecrets => on(f, h::attach_secrets),
+        Op::Secrets => on(f, h::secrets),
+        Op::Secret => on(f, h::secret),
+        Op::SetSecret => on(f, h::set_secret),
+        Op::RemoveSecret => on(f, h::remove_secret),
+        Op::Exec => on(f, exec::exec),
+        Op::ExecWs => on(f, exec::exec_ws),
+        Op::Processes => on(f, h::processes),
+        Op::AttachWs => on(f, exec::attach_ws),
+        Op::Signal => on(f, h::signal),
+        Op::Stdin => on(f, h::stdin),
+        Op::ReadFile => on(f, h::read_file),
+        Op::WriteFile => on(f, h::write_file),
+        Op::StatFile => on(f, h::stat_file),
+        Op::ListFiles => on(f, h::list_files),
+        Op::FileOp => on(f, h::file_op),
+        Op::Environments => on(f, h::environments),
+        Op::Environment => on(f, h::environment),
+        Op::RemoveEnvironment => on(f, h::remove_environment),
+        Op::ImportEnvironment => on(f, h::import_environment),
+        Op::BuildEnvironment => on(f, h::build_environment),
+    }
+}
+
+/// TCP listeners require `Authorization: Bearer <key>` on every request.
+pub fn with_api_key(r: Router, key: String) -> Router {
+    let key = Arc::new(key);
+    r.layer(middleware::from_fn(move |req: Request, next: Next| {
+        let key = key.clone();
+        async move {
+            let given = req
+                .headers()
+                .get("authorization")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "));
+            if given.is_some_and(|g| constant_time_eq(g.as_bytes(), key.as_bytes())) {
+                next.run(req).await
+            } else {
+                (
+                    StatusCode::UNAUTHORIZED,
+                    Json(serde_json::json!({"code": "unauthorized", "message": "missing or wrong API key (Authorization: Bearer <key>)"})),
+                )
+                    .into_response()
+            }
+        }
+    }))
+}
+
+/// Equal, in time that depends only on the lengths.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod tests;

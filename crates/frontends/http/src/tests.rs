@@ -1,0 +1,230 @@
+//! The router against the route table, over a service that answers every
+//! call with one recognisable error.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::http::{Method, Request, StatusCode};
+use futures::stream::BoxStream;
+use http_body_util::BodyExt;
+use spinup_api::service::{Layer, SecretValue};
+use spinup_api::*;
+use spinup_protocol::{AgentInfo, ProcessInfo, SignalRequest};
+use tower::ServiceExt;
+
+struct Refuses;
+
+fn no<T>() -> Result<T> {
+    Err(Error::Unavailable("fake service".into()))
+}
+
+#[async_trait::async_trait]
+impl SandboxService for Refuses {
+    async fn drivers(&self) -> Result<Vec<Capabilities>> {
+        no()
+    }
+    async fn gc(&self) -> Result<GcReport> {
+        no()
+    }
+    async fn list(&self, _: ListQuery) -> Result<Vec<Sandbox>> {
+        no()
+    }
+    async fn create(&self, _: CreateRequest) -> Result<Sandbox> {
+        no()
+    }
+    async fn get(&self, _: &SandboxId) -> Result<Sandbox> {
+        no()
+    }
+    async fn remove(&self, _: &SandboxId, _: bool) -> Result<()> {
+        no()
+    }
+    async fn set_timeout(&self, _: &SandboxId, _: TimeoutRequest) -> Result<Sandbox> {
+        no()
+    }
+    async fn info(&self, _: &SandboxId) -> Result<AgentInfo> {
+        no()
+    }
+    async fn events(&self, _: &SandboxId) -> Result<Vec<Transition>> {
+        no()
+    }
+    async fn pause(&self, _: &SandboxId, _: PauseRequest) -> Result<Sandbox> {
+        no()
+    }
+    async fn resume(&self, _: &SandboxId) -> Result<Sandbox> {
+        no()
+    }
+    async fn update_resources(&self, _: &SandboxId) -> Result<Sandbox> {
+        no()
+    }
+    async fn snapshot(&self, _: &SandboxId, _: SnapshotRequest) -> Result<Snapshot> {
+        no()
+    }
+    async fn fork(&self, _: &SandboxId, _: ForkRequest) -> Result<ForkResult> {
+        no()
+    }
+    async fn diff(&self, _: &SandboxId, _: DiffQuery) -> Result<Diff> {
+        no()
+    }
+    async fn snapshots(&self) -> Result<Vec<Snapshot>> {
+        no()
+    }
+    async fn snapshot_get(&self, _: &str) -> Result<Snapshot> {
+        no()
+    }
+    async fn snapshot_remove(&self, _: &str) -> Result<()> {
+        no()
+    }
+    async fn snapshot_layer(&self, _: &str) -> Result<Layer> {
+        no()
+    }
+    async fn set_network(&self, _: &SandboxId, _: NetworkPolicy) -> Result<Sandbox> {
+        no()
+    }
+    async fn ports(&self, _: &SandboxId) -> Result<Vec<PortExposure>> {
+        no()
+    }
+    async fn expose(&self, _: &SandboxId, _: ExposeRequest) -> Result<ExposeAnswer> {
+        no()
+    }
+    async fn unexpose(&self, _: &SandboxId, _: u16) -> Result<()> {
+        no()
+    }
+    async fn attach_secrets(&self, _: &SandboxId, _: AttachRequest) -> Result<Sandbox> {
+        no()
+    }
+    async fn secrets(&self) -> Result<Vec<SecretInfo>> {
+        no()
+    }
+    async fn secret(&self, _: &str) -> Result<SecretInfo> {
+        no()
+    }
+    async fn set_secret(&self, _: &str, _: SecretValue) -> Result<SecretSet> {
+        no()
+    }
+    async fn remove_secret(&self, _: &str) -> Result<()> {
+        no()
+    }
+    async fn exec(&self, _: &SandboxId, _: ExecRequest, _: bool) -> Result<ExecSession> {
+        no()
+    }
+    async fn attach(&self, _: &SandboxId, _: u32) -> Result<ExecSession> {
+        no()
+    }
+    async fn processes(&self, _: &SandboxId) -> Result<Vec<ProcessInfo>> {
+        no()
+    }
+    async fn signal(&self, _: &SandboxId, _: u32, _: SignalRequest) -> Result<serde_json::Value> {
+        no()
+    }
+    async fn stdin(&self, _: &SandboxId, _: u32, _: String, _: ByteStream) -> Result<Forwarded> {
+        no()
+    }
+    async fn files(&self, _: &SandboxId, _: FileRequest) -> Result<Forwarded> {
+        no()
+    }
+    async fn environments(&self) -> Result<EnvList> {
+        no()
+    }
+    async fn environment(&self, _: &str) -> Result<Environment> {
+        no()
+    }
+    async fn remove_environment(&self, _: &str) -> Result<()> {
+        no()
+    }
+    async fn import_environment(&self, _: &str, _: ByteStream) -> Result<Environment> {
+        no()
+    }
+    async fn build_environment(&self, _: &str) -> Result<BoxStream<'static, BuildEvent>> {
+        no()
+    }
+}
+
+/// A concrete path for a template: ids are ids, other segments plausible.
+fn concrete(template: &str) -> String {
+    template
+        .split('/')
+        .map(|seg| match seg {
+            "{id}" => "0123456789ab",
+            "{pid}" | "{port}" => "7",
+            "{op}" => "mkdir",
+            "{name}" => "busybox",
+            s => s,
+        })
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+async fn call(method: &str, path: &str, ws: bool) -> (StatusCode, String) {
+    let app = crate::router(Arc::new(Refuses));
+    let mut req = Request::builder().method(Method::from_bytes(method.to_uppercase().as_bytes()).unwrap()).uri(path);
+    if ws {
+        req = req
+            .header("connection", "upgrade")
+            .header("upgrade", "websocket")
+            .header("sec-websocket-version", "13")
+            .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==");
+    }
+    // A body each JSON handler takes.
+    let body = if path.ends_with("/signal") {
+        "{\"signal\": 15}"
+    } else if path.ends_with("/timeout") {
+        "{\"timeout_s\": 1}"
+    } else {
+        "{}"
+    };
+    let resp = app.oneshot(req.body(Body::from(body)).unwrap()).await.unwrap();
+    let status = resp.status();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+#[tokio::test]
+async fn every_route_in_the_table_reaches_its_handler() {
+    for r in ROUTES {
+        let path = concrete(r.path);
+        let (status, body) = call(r.method, &path, r.path.ends_with("/ws")).await;
+        assert_ne!(status, StatusCode::METHOD_NOT_ALLOWED, "{} {path} is not routed: {body}", r.method);
+        assert!(!body.contains("route 'requested' not found"), "{} {path} fell through: {body}", r.method);
+        if r.path.ends_with("/ws") {
+            // Routed to a WebSocket handler: without a real connection to
+            // upgrade, its upgrade extractor answers before it runs.
+            assert_eq!(status, StatusCode::UPGRADE_REQUIRED, "{} {path}: {body}", r.method);
+        } else if r.op != Op::OpenApi {
+            // Every other handler asks the service.
+            assert!(body.contains("fake service"), "{} {path} answered without the service: {status} {body}", r.method);
+        }
+    }
+}
+
+#[tokio::test]
+async fn nothing_outside_the_table_is_served() {
+    // Every path of the table with every method it does not list.
+    let methods = ["get", "post", "put", "patch", "delete"];
+    for r in ROUTES {
+        for m in methods {
+            if ROUTES.iter().any(|x| x.path == r.path && x.method == m) {
+                continue;
+            }
+            let (status, body) = call(m, &concrete(r.path), false).await;
+            assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED, "{m} {} is served but not in the table: {body}", r.path);
+        }
+    }
+    for path in ["/v1", "/v1/sandbox", "/v1/sandboxes/0123456789ab/nothing", "/v2/sandboxes", "/"] {
+        let (status, body) = call("get", path, false).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{path}: {body}");
+        assert!(body.contains("\"code\":\"not_found\""), "{path}: {body}");
+    }
+}
+
+#[tokio::test]
+async fn a_bad_id_is_a_missing_sandbox_and_bad_input_gets_the_error_shape() {
+    let (status, body) = call("get", "/v1/sandboxes/..%2F..%2Fetc", false).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    assert!(body.contains("\"code\":\"not_found\""), "{body}");
+    let (status, body) = call("get", "/v1/sandboxes?color=red", false).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert!(body.contains("unknown query parameter"), "{body}");
+    let (status, body) = call("delete", "/v1/sandboxes/0123456789ab/ports/notaport", false).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert!(body.contains("bad port"), "{body}");
+}
