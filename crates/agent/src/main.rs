@@ -6,6 +6,12 @@
 //! path (`--listen`), a host socket the agent dials out to (`--dial`), or a
 //! character device such as a virtio-serial port (`--serial`).
 
+#![allow(
+    clippy::print_stdout,
+    clippy::print_stderr,
+    reason = "the static agent has no logging stack: its few messages go to stdout/stderr, which the driver logs"
+)]
+
 mod changes;
 mod files;
 mod info;
@@ -30,6 +36,7 @@ enum Listen {
     Vm,
 }
 
+#[allow(clippy::exit, reason = "a usage error ends the agent before it serves anything")]
 fn usage() -> ! {
     eprintln!("usage: spinup-agent [--listen-fd N | --listen PATH | --dial PATH | --serial DEV | --vm]\n       spinup-agent --version");
     std::process::exit(2)
@@ -40,6 +47,7 @@ fn parse_args() -> Listen {
     match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
         ["--version"] => {
             println!("spinup-agent {} (protocol {})", env!("CARGO_PKG_VERSION"), spinup_protocol::PROTOCOL_VERSION);
+            #[allow(clippy::exit, reason = "--version answers and ends")]
             std::process::exit(0)
         }
         [] => Listen::Fd(spinup_protocol::LISTEN_FD),

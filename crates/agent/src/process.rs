@@ -188,9 +188,9 @@ impl Table {
         // no pre-exec hook, which lets std use posix_spawn (vfork-like,
         // measurably faster than fork on the exec hot path).
         let already_root = uid == 0 && gid == 0 && groups.iter().all(|g| *g == 0) && !is_pty;
-        // SAFETY: only async-signal-safe calls (setsid, ioctl, setgroups,
-        // setgid, setuid) run between fork and exec.
         if !already_root {
+            // SAFETY: only async-signal-safe calls (setsid, ioctl, setgroups,
+            // setgid, setuid) run between fork and exec.
             unsafe {
                 cmd.pre_exec(move || {
                     if is_pty {

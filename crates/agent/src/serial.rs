@@ -30,7 +30,10 @@ impl Port {
         )?;
         // SAFETY: open just returned this fd and nothing else owns it.
         let owned = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
-        Ok(Port { fd: AsyncFd::new(owned)?, idle_ms: AtomicU64::new(5) })
+        // SAFETY: an OwnedFd: the fd is open, and it stays this fd until the
+        // AsyncFd drops it.
+        let fd = unsafe { AsyncFd::register(owned) }?;
+        Ok(Port { fd, idle_ms: AtomicU64::new(5) })
     }
 
     /// Read what is there; `Ok(None)` while no host is attached.

@@ -33,6 +33,7 @@ pub fn power_off() -> ! {
         libc::sync();
         libc::reboot(libc::RB_AUTOBOOT);
     }
+    #[allow(clippy::exit, reason = "PID 1 of a VM whose reboot failed has nothing left to run")]
     std::process::exit(1)
 }
 
@@ -203,9 +204,9 @@ fn grow_root() {
     let Ok(sectors) = std::fs::read_to_string("/sys/block/vda/size") else { return };
     let Ok(sectors) = sectors.trim().parse::<u64>() else { return };
     let Ok(st) = nix::sys::statvfs::statvfs("/") else { return };
-    let bsize = st.fragment_size() as u64;
+    let bsize = st.fragment_size();
     let want = sectors * 512 / bsize;
-    if want <= st.blocks() as u64 {
+    if want <= st.blocks() {
         return;
     }
     let Ok(f) = std::fs::File::open("/") else { return };

@@ -87,6 +87,21 @@ impl FileConfig {
     }
 }
 
+/// Debug never prints the API key.
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("data_dir", &self.data_dir)
+            .field("socket", &self.socket)
+            .field("tcp", &self.tcp)
+            .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"))
+            .field("file", &self.file)
+            .field("agent", &format_args!("<{} bytes>", self.agent.len()))
+            .field("cgroup_parent", &self.cgroup_parent)
+            .finish()
+    }
+}
+
 pub struct Config {
     pub data_dir: PathBuf,
     pub socket: PathBuf,
@@ -228,4 +243,22 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     // Sandboxes keep running; a restarted daemon re-attaches.
     tracing::info!("daemon stopping; sandboxes keep running");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn config_debug_never_prints_the_api_key() {
+        let cfg = super::Config {
+            data_dir: "/d".into(),
+            socket: "/s".into(),
+            tcp: None,
+            api_key: Some("k3y-v4lue".into()),
+            file: Default::default(),
+            agent: vec![0; 3],
+            cgroup_parent: "spinup".into(),
+        };
+        let s = format!("{cfg:?}");
+        assert!(!s.contains("k3y-v4lue") && s.contains("<redacted>"), "{s}");
+    }
 }

@@ -23,6 +23,16 @@ const MONITOR_INTERVAL: Duration = Duration::from_millis(500);
 
 pub use spinup_api::{CreateRequest, ResourcesPatch};
 
+impl std::fmt::Debug for Manager {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Manager")
+            .field("drivers", &self.drivers.keys().collect::<Vec<_>>())
+            .field("default_driver", &self.default_driver)
+            .field("default_resources", &self.default_resources)
+            .finish_non_exhaustive()
+    }
+}
+
 pub struct Manager {
     pub(crate) store: Arc<Store>,
     pub(crate) envs: EnvStore,

@@ -21,6 +21,8 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::manager::Manager;
 
+/// The token itself is never kept (only its sha256).
+#[derive(Debug)]
 pub struct Exposed {
     pub info: PortExposure,
     task: tokio::task::JoinHandle<()>,

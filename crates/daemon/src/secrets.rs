@@ -19,6 +19,8 @@ use crate::store::Store;
 /// The largest value accepted (64 KiB).
 pub const MAX_VALUE: usize = 64 * 1024;
 
+/// Holds where the key is, never the key: Debug prints no secret.
+#[derive(Debug)]
 pub struct Secrets {
     store: Arc<Store>,
     key_path: PathBuf,

@@ -11,6 +11,7 @@ use std::sync::Mutex;
 use rusqlite::{params, Connection, OptionalExtension};
 use spinup_model::{now_ms, Environment, Error, Result, Sandbox, SandboxState, Snapshot};
 
+#[derive(Debug)]
 pub struct Store {
     conn: Mutex<Connection>,
 }

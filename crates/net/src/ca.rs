@@ -278,8 +278,11 @@ mod der {
         pub public_key: &'a [u8],
     }
 
-    /// Splits one TLV off `input`: (tag, contents, whole TLV, rest).
-    pub(super) fn tlv(input: &[u8]) -> Option<(u8, &[u8], &[u8], &[u8])> {
+    /// One TLV split off its input: (tag, contents, whole TLV, rest).
+    pub(super) type Tlv<'a> = (u8, &'a [u8], &'a [u8], &'a [u8]);
+
+    /// Splits one TLV off `input`.
+    pub(super) fn tlv(input: &[u8]) -> Option<Tlv<'_>> {
         let (&tag, after_tag) = input.split_first()?;
         if tag & 0x1f == 0x1f {
             return None; // high tag numbers do not occur in what we read

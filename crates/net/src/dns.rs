@@ -222,6 +222,15 @@ pub struct Resolver {
     rate_limited: AtomicU64,
 }
 
+impl std::fmt::Debug for Resolver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Resolver")
+            .field("answered", &self.answered)
+            .field("rate_limited", &self.rate_limited)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Resolver {
     pub fn new(cfg: ResolverConfig, policy: Arc<dyn DnsPolicy>) -> Arc<Resolver> {
         let bucket = TokenBucket::new(cfg.queries_per_sec, cfg.burst);

@@ -140,6 +140,10 @@ pub fn load_roots(system_bundle: &Path, extra: &[PathBuf]) -> anyhow::Result<rus
     Ok(roots)
 }
 
+/// An open connection: its destination, the name it was allowed for, and
+/// a handle that ends it.
+type LiveConn = (SocketAddrV4, Option<String>, Arc<tokio::sync::Notify>);
+
 /// One sandbox's egress proxy.
 pub struct Proxy {
     cfg: ProxyConfig,
@@ -151,11 +155,22 @@ pub struct Proxy {
     permits: Arc<Semaphore>,
     /// Open connections: (destination, name it was allowed for, a handle
     /// that ends it), so [`Proxy::recheck`] can cut what a new policy forbids.
-    live: std::sync::Mutex<std::collections::HashMap<u64, (SocketAddrV4, Option<String>, Arc<tokio::sync::Notify>)>>,
+    live: std::sync::Mutex<std::collections::HashMap<u64, LiveConn>>,
     next_conn: AtomicU64,
     accepted: AtomicU64,
     refused: AtomicU64,
     intercepted: AtomicU64,
+}
+
+/// Counters only: no key, certificate or secret.
+impl std::fmt::Debug for Proxy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Proxy")
+            .field("accepted", &self.accepted)
+            .field("refused", &self.refused)
+            .field("intercepted", &self.intercepted)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Response bodies: upstream bodies streamed through, or our own text.

@@ -53,7 +53,7 @@ fn tokio_util_stream<T: Send + 'static>(mut rx: mpsc::Receiver<T>) -> impl futur
     futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
 }
 
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct AgentClient {
     tx: hyper::client::conn::http2::SendRequest<Body>,
 }

@@ -113,7 +113,7 @@ impl Frame {
 }
 
 /// Incremental decoder for frames split across arbitrary chunks.
-#[derive(Default)]
+#[derive(Debug, Default)]
 pub struct FrameDecoder {
     buf: BytesMut,
 }
@@ -148,6 +148,7 @@ impl FrameDecoder {
 }
 
 /// Reads frames from any stream of byte chunks (an HTTP body, say).
+#[derive(Debug)]
 pub struct FrameReader<S> {
     inner: S,
     dec: FrameDecoder,
