@@ -28,6 +28,7 @@ fn say(p: &Progress, msg: impl Into<String>) {
     }
 }
 
+#[derive(Debug)]
 pub struct EnvStore {
     root: PathBuf,
     store: Arc<Store>,

@@ -368,10 +368,8 @@ pub fn touched_paths(layer: &Path, rel: &Path, below: &[PathBuf], out: &mut BTre
                 merged_paths(below, &r, out);
             }
             touched_paths(layer, &r, below, out);
-        } else if is_whiteout(&m) {
-            if lookup(below, &r).is_some_and(|(_, m)| m.is_dir()) {
-                merged_paths(below, &r, out);
-            }
+        } else if is_whiteout(&m) && lookup(below, &r).is_some_and(|(_, m)| m.is_dir()) {
+            merged_paths(below, &r, out);
         }
     }
 }
@@ -560,8 +558,8 @@ mod tests {
         assert_eq!((digest.clone(), len), (hex::encode(sha2::Sha256::digest(&tar)), tar.len() as u64));
         assert_eq!(hex::encode(sha2::Sha256::digest(&again)), digest);
         let mut paths = BTreeSet::new();
-        touched_paths(&back, Path::new(""), &[low.clone()], &mut paths);
-        let changes = diff(&[low.clone()], &[back.clone(), low.clone()], &paths);
+        touched_paths(&back, Path::new(""), std::slice::from_ref(&low), &mut paths);
+        let changes = diff(std::slice::from_ref(&low), &[back.clone(), low.clone()], &paths);
         let got: Vec<(String, &str, u64)> = changes.iter().map(|c| (c.path.clone(), c.kind.as_str(), c.size)).collect();
         assert_eq!(
             got,

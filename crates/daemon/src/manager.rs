@@ -600,7 +600,7 @@ impl Manager {
                 let lock = self.lock_for(&sb.id);
                 let _g = lock.lock().await;
                 if let Ok(Some((mut cur, _))) = self.store.get_sandbox(&sb.id) {
-                    if !cur.expires_at.is_some_and(|t| t <= now) {
+                    if cur.expires_at.is_none_or(|t| t > now) {
                         continue;
                     }
                     if cur.on_timeout == OnTimeout::Pause

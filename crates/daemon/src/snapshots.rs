@@ -304,7 +304,7 @@ impl Manager {
         }
         self.store.delete_snapshot(&snap.id)?;
         let _ = std::fs::remove_dir_all(self.memory_dir(&snap.id));
-        self.gc_layers(&[snap.layer.clone()]);
+        self.gc_layers(std::slice::from_ref(&snap.layer));
         Ok(())
     }
 

@@ -11,6 +11,9 @@ use std::sync::Mutex;
 use rusqlite::{params, Connection, OptionalExtension};
 use spinup_model::{now_ms, Environment, Error, Result, Sandbox, SandboxState, Snapshot};
 
+/// A secret as stored: (key_id, nonce, ciphertext).
+pub type SealedSecret = (String, Vec<u8>, Vec<u8>);
+
 #[derive(Debug)]
 pub struct Store {
     conn: Mutex<Connection>,
@@ -83,7 +86,7 @@ impl Store {
     }
 
     /// (key_id, nonce, ciphertext) of a secret.
-    pub fn get_secret(&self, name: &str) -> Result<Option<(String, Vec<u8>, Vec<u8>)>> {
+    pub fn get_secret(&self, name: &str) -> Result<Option<SealedSecret>> {
         let c = self.conn.lock().unwrap();
         c.query_row("SELECT key_id, nonce, ciphertext FROM secrets WHERE name = ?1", params![name], |r| {
             Ok((r.get(0)?, r.get(1)?, r.get(2)?))
