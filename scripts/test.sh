@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Runs the whole test suite: unit tests, the conformance suite (per driver)
-# and the lifecycle tests, as root against real runc, overlayfs and cgroups;
+# Runs the whole test suite: formatting and lints (cargo fmt --check,
+# clippy -D warnings), unit tests, the conformance suite (per driver) and
+# the lifecycle tests, as root against real runc, overlayfs and cgroups;
 # then checks that the suite left the host as it found it (no process,
 # namespace, link, nftables table, mount, cgroup or data dir of a test
 # daemon). The last line printed is the test runner's summary.
@@ -12,6 +13,12 @@ if [ "$(id -u)" != 0 ]; then
 fi
 scripts/install-deps.sh
 command -v cargo-nextest >/dev/null || cargo install cargo-nextest --locked
+# Formatting and lints first: a warning fails the run (the lint table is
+# [workspace.lints] in Cargo.toml; the toolchain is rust-toolchain.toml's).
+echo "--- cargo fmt --check"
+cargo fmt --all -- --check
+echo "--- cargo clippy -D warnings"
+cargo clippy --workspace --all-targets --locked -- -D warnings
 before=$(mktemp)
 log=$(mktemp)
 trap 'rm -f "$before" "$log"' EXIT
