@@ -172,9 +172,11 @@ pub trait SandboxService: Send + Sync + 'static {
     async fn remove_secret(&self, name: &str) -> Result<()>;
 
     // Processes.
-    /// Start a process. `terminal`: the caller can carry a pty (a
-    /// WebSocket); without it a pty request is refused.
-    async fn exec(&self, id: &SandboxId, req: ExecRequest, terminal: bool) -> Result<ExecSession>;
+    /// Start a process. `interactive`: the caller carries a live two-way
+    /// stream (a WebSocket), so it may ask for a pty and keep stdin open;
+    /// otherwise a pty is refused and stdin is `input` (then closed) or
+    /// nothing.
+    async fn exec(&self, id: &SandboxId, req: ExecRequest, interactive: bool) -> Result<ExecSession>;
     /// Re-attach to a process (buffered output is replayed).
     async fn attach(&self, id: &SandboxId, pid: u32) -> Result<ExecSession>;
     async fn processes(&self, id: &SandboxId) -> Result<Vec<ProcessInfo>>;

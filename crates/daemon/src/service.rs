@@ -252,19 +252,19 @@ impl SandboxService for Service {
         self.m.secrets.remove(name)
     }
 
-    async fn exec(&self, id: &SandboxId, mut req: ExecRequest, terminal: bool) -> Result<ExecSession> {
+    async fn exec(&self, id: &SandboxId, mut req: ExecRequest, interactive: bool) -> Result<ExecSession> {
         let sb = self.m.get(id)?;
         if req.pty.is_some() {
-            if !terminal {
+            if !interactive {
                 return Err(Error::InvalidArgument("a pty needs the WebSocket endpoint (/exec/ws)".into()));
             }
             self.m.require(&sb, "pty")?;
         }
         apply_defaults(&self.m, &sb, &mut req)?;
+        // Stdin stays open for input frames only on a two-way stream;
+        // otherwise it is `input` (then closed) or nothing.
         let input = req.input.take();
-        if input.is_some() {
-            req.stdin = true;
-        }
+        req.stdin = input.is_some() || (interactive && req.stdin);
         let c = self.m.agent_for(&sb).await?;
         let start = Frame::Start(req.into());
         let (tx, rx) = c.process_stream("/v1/exec", Some(start)).await.map_err(agent_err)?;
