@@ -137,6 +137,20 @@ impl Client {
     }
 }
 
+/// `spinup bench` reaches the daemon through this client.
+#[async_trait::async_trait]
+impl spinup_bench::Api for Client {
+    type Io = Box<dyn Io>;
+
+    async fn connect(&self) -> Result<Box<dyn Io>> {
+        Client::connect(self).await
+    }
+
+    async fn call(&self, method: Method, path: &str, body: Body) -> Result<serde_json::Value> {
+        self.json_body(method, path, body).await
+    }
+}
+
 /// An error answer from the daemon.
 #[derive(Debug)]
 pub struct ApiError {

@@ -1,7 +1,6 @@
 //! `spinup`: `spinup serve` runs the daemon; every other verb is a client
 //! of its API. `--json` prints the API's answer as is.
 
-mod bench;
 mod client;
 mod exec;
 
@@ -961,22 +960,22 @@ async fn run(cli: Cli) -> Result<i32> {
             }
         }
         Cmd::Bench { iterations, exec_iterations, idle, data_dir, driver, snapshots, network } => {
-            let o = bench::Opts { iterations, exec_iterations, idle, data_dir, driver };
+            let o = spinup_bench::Opts { iterations, exec_iterations, idle, data_dir, driver };
             let v = if snapshots {
-                bench::run_snapshots(&c, o).await?
+                spinup_bench::run_snapshots(&c, o).await?
             } else if network {
-                bench::run_network(&c, o).await?
+                spinup_bench::run_network(&c, o).await?
             } else {
-                bench::run(&c, o).await?
+                spinup_bench::run(&c, o).await?
             };
             if cli.json {
                 print_json(&v);
             } else if network {
-                bench::print_network_table(&v);
+                spinup_bench::print_network_table(&v);
             } else if snapshots {
-                bench::print_snapshot_table(&v);
+                spinup_bench::print_snapshot_table(&v);
             } else {
-                bench::print_table(&v);
+                spinup_bench::print_table(&v);
             }
         }
         Cmd::Gc => {
