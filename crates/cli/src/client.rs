@@ -9,6 +9,9 @@ use http::{Method, Request, Response};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use serde_json::Value;
 use spinup_protocol::client::{empty_body, full_body, Body};
 use tokio::io::{AsyncRead, AsyncWrite};
 
@@ -90,27 +93,49 @@ impl Client {
         }
         let status = resp.status();
         let bytes = resp.into_body().collect().await?.to_bytes();
-        let msg = serde_json::from_slice::<serde_json::Value>(&bytes)
+        let msg = serde_json::from_slice::<Value>(&bytes)
             .ok()
             .and_then(|v| v["message"].as_str().map(str::to_string))
             .unwrap_or_else(|| String::from_utf8_lossy(&bytes).into_owned());
         Err(anyhow!(ApiError { status: status.as_u16(), message: msg }))
     }
 
-    pub async fn json(&self, method: Method, path: &str, body: Option<serde_json::Value>) -> Result<serde_json::Value> {
-        let b = match body {
-            Some(v) => full_body(serde_json::to_vec(&v)?),
-            None => empty_body(),
-        };
-        self.json_body(method, path, b).await
+    /// The answers below are the daemon's JSON as it sent it (`null` when
+    /// empty): `--json` prints it unchanged, tables read it into the
+    /// `spinup_api` type (see `Ctx::emit`).
+    pub async fn get(&self, path: &str) -> Result<Value> {
+        self.json_body(Method::GET, path, empty_body()).await
+    }
+
+    /// A GET whose answer the command needs as a `T` whatever the output mode.
+    pub async fn get_as<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
+        Ok(serde_json::from_value(self.get(path).await?)?)
+    }
+
+    /// POST with a JSON body (a `spinup_api` request).
+    pub async fn post<B: Serialize>(&self, path: &str, body: &B) -> Result<Value> {
+        self.json_body(Method::POST, path, full_body(serde_json::to_vec(body)?)).await
+    }
+
+    /// POST without a body.
+    pub async fn post_empty(&self, path: &str) -> Result<Value> {
+        self.json_body(Method::POST, path, empty_body()).await
+    }
+
+    pub async fn put<B: Serialize>(&self, path: &str, body: &B) -> Result<Value> {
+        self.json_body(Method::PUT, path, full_body(serde_json::to_vec(body)?)).await
+    }
+
+    pub async fn delete(&self, path: &str) -> Result<Value> {
+        self.json_body(Method::DELETE, path, empty_body()).await
     }
 
     /// Any request body; the answer parsed as JSON (`null` when empty).
-    pub async fn json_body(&self, method: Method, path: &str, body: Body) -> Result<serde_json::Value> {
+    pub async fn json_body(&self, method: Method, path: &str, body: Body) -> Result<Value> {
         let resp = self.request(method, path, body).await?;
         let bytes = resp.into_body().collect().await?.to_bytes();
         if bytes.is_empty() {
-            return Ok(serde_json::Value::Null);
+            return Ok(Value::Null);
         }
         Ok(serde_json::from_slice(&bytes)?)
     }
@@ -125,7 +150,7 @@ impl Client {
         let (ws, _) = tokio_tungstenite::client_async(req, io).await.map_err(|e| match e {
             tokio_tungstenite::tungstenite::Error::Http(resp) => {
                 let body = resp.body().as_ref().map(|b| String::from_utf8_lossy(b).into_owned()).unwrap_or_default();
-                let msg = serde_json::from_str::<serde_json::Value>(&body)
+                let msg = serde_json::from_str::<Value>(&body)
                     .ok()
                     .and_then(|v| v["message"].as_str().map(str::to_string))
                     .unwrap_or(body);

@@ -1,11 +1,12 @@
-//! `spinup exec` and `spinup attach`: a WebSocket carrying protocol frames,
-//! with raw-mode terminals and window-size changes for `-t`.
+//! The session behind `spinup exec` and `spinup attach`: a WebSocket
+//! carrying protocol frames, with raw-mode terminals and window-size
+//! changes for `-t`.
 
 use std::os::fd::AsRawFd;
 
 use anyhow::{bail, Result};
 use futures::{SinkExt, StreamExt};
-use spinup_protocol::{ExecRequest, Frame, PtySize};
+use spinup_protocol::{Frame, PtySize};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::Message;
 
@@ -51,7 +52,17 @@ impl Drop for RawMode {
     }
 }
 
-pub async fn run(c: &Client, id: &str, mut req: ExecRequest, tty: bool, detach: bool, json: bool) -> Result<i32> {
+/// Start `req` in sandbox `id`: its exit code, or 0 once a detached one
+/// has started (its pid printed).
+pub async fn run(
+    c: &Client,
+    id: &str,
+    req: spinup_api::ExecRequest,
+    tty: bool,
+    detach: bool,
+    json: bool,
+) -> Result<i32> {
+    let mut req = spinup_protocol::ExecRequest::from(req);
     if tty {
         req.pty = Some(term_size());
     }

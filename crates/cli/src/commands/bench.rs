@@ -1,0 +1,68 @@
+//! `spinup bench`: the performance harness (the `spinup-bench` crate) run
+//! against this daemon, through this CLI's client.
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use http::Method;
+use serde_json::Value;
+use spinup_protocol::client::Body;
+
+use crate::client::{Client, Io};
+use crate::ctx::Ctx;
+
+#[derive(clap::Args)]
+pub struct Args {
+    #[arg(long, default_value_t = 30)]
+    iterations: usize,
+    #[arg(long, default_value_t = 300)]
+    exec_iterations: usize,
+    /// Idle sandboxes for the memory figure.
+    #[arg(long, default_value_t = 10)]
+    idle: usize,
+    /// The running daemon's data dir (to find the busybox layer).
+    #[arg(long, env = "SPINUP_DATA_DIR", default_value = spinup_daemon::DEFAULT_DATA_DIR)]
+    data_dir: PathBuf,
+    #[arg(long)]
+    driver: Option<String>,
+    /// Measure snapshots, fork, pause/resume and memory restore instead.
+    #[arg(long)]
+    snapshots: bool,
+    /// Measure HTTP from a sandbox and through the secrets proxy instead.
+    #[arg(long, conflicts_with = "snapshots")]
+    network: bool,
+}
+
+pub async fn run(args: Args, ctx: &Ctx) -> Result<()> {
+    let c = &ctx.client;
+    let o = spinup_bench::Opts {
+        iterations: args.iterations,
+        exec_iterations: args.exec_iterations,
+        idle: args.idle,
+        data_dir: args.data_dir,
+        driver: args.driver,
+    };
+    if args.snapshots {
+        let v = spinup_bench::run_snapshots(c, o).await?;
+        ctx.emit(&v, |v: Value| spinup_bench::print_snapshot_table(&v))
+    } else if args.network {
+        let v = spinup_bench::run_network(c, o).await?;
+        ctx.emit(&v, |v: Value| spinup_bench::print_network_table(&v))
+    } else {
+        let v = spinup_bench::run(c, o).await?;
+        ctx.emit(&v, |v: Value| spinup_bench::print_table(&v))
+    }
+}
+
+#[async_trait::async_trait]
+impl spinup_bench::Api for Client {
+    type Io = Box<dyn Io>;
+
+    async fn connect(&self) -> Result<Box<dyn Io>> {
+        Client::connect(self).await
+    }
+
+    async fn call(&self, method: Method, path: &str, body: Body) -> Result<Value> {
+        self.json_body(method, path, body).await
+    }
+}
