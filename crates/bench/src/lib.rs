@@ -15,6 +15,8 @@
 //! client implements; it reads the daemon's data dir and `/proc` directly,
 //! so it runs as root on the daemon's host.
 
+#![allow(clippy::print_stdout, clippy::print_stderr, reason = "the harness prints its progress and tables")]
+
 pub mod container;
 pub mod gvisor;
 pub mod microvm;
@@ -49,6 +51,7 @@ pub trait Api: Sync {
     async fn call(&self, method: Method, path: &str, body: Body) -> Result<Value>;
 }
 
+#[derive(Debug)]
 pub struct Opts {
     pub iterations: usize,
     pub exec_iterations: usize,

@@ -1,6 +1,8 @@
 //! `spinup`: `spinup serve` runs the daemon; every other verb is a client
 //! of its API. `--json` prints the API's answer as is.
 
+#![allow(clippy::print_stdout, clippy::print_stderr, reason = "a CLI: what it prints is its interface")]
+
 mod cli;
 mod client;
 mod commands;

@@ -3,6 +3,12 @@
 //! store that lost track) left on the host is removed by the next start or
 //! by `spinup gc`, without touching anything that is not its own.
 
+#![allow(
+    clippy::print_stdout,
+    clippy::print_stderr,
+    reason = "tests report to the runner, which captures their output"
+)]
+
 #[macro_use]
 mod common;
 
@@ -237,7 +243,7 @@ async fn spinup_gc_removes_every_kind_of_leftover_and_nothing_else() {
     for want in [
         format!("removed network namespace {ns}"),
         format!("removed link {veth}"),
-        format!("removed nftables chain rd_9001"),
+        "removed nftables chain rd_9001".to_string(),
         format!("removed link {bare_veth}"),
         format!("removed network namespace {bare_ns}"),
         format!("removed container sandbox {}", ids[1]),

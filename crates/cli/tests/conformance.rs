@@ -2,6 +2,12 @@
 //! run per driver (SPINUP_TEST_DRIVER, default `container`), as root,
 //! against the real runtime. Every test cleans up its sandboxes.
 
+#![allow(
+    clippy::print_stdout,
+    clippy::print_stderr,
+    reason = "tests report to the runner, which captures their output"
+)]
+
 #[macro_use]
 mod common;
 
@@ -633,7 +639,7 @@ async fn one_gib_file_streams_without_buffering() {
     // 1 GiB; a quarter of that under software emulation (TCG moves about
     // 6 MB/s through a virtio-serial port): still far above every bound.
     let tcg = my_caps(d).await["backend"].as_str().unwrap_or("").contains("TCG");
-    #[allow(non_snake_case)]
+    #[allow(non_snake_case, reason = "a constant, chosen at run time")]
     let GIB: u64 = if tcg { 256 << 20 } else { 1 << 30 };
     const CHUNK: usize = 1 << 20;
     // Upload it from a generator.

@@ -2,6 +2,12 @@
 //! leak checks over many cycles, and the TCP listener's API key. Each test
 //! owns its daemon, so killing it disturbs nobody else.
 
+#![allow(
+    clippy::print_stdout,
+    clippy::print_stderr,
+    reason = "tests report to the runner, which captures their output"
+)]
+
 #[macro_use]
 mod common;
 

@@ -6,6 +6,12 @@
 //! host reaches each of them, the sandbox must not. The only outside
 //! traffic is `pip install` from the package registry.
 
+#![allow(
+    clippy::print_stdout,
+    clippy::print_stderr,
+    reason = "tests report to the runner, which captures their output"
+)]
+
 mod common;
 
 use std::time::{Duration, Instant};

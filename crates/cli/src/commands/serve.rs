@@ -60,6 +60,7 @@ pub fn main(args: Args, api_key: Option<String>) {
     }
 }
 
+#[allow(clippy::exit, reason = "the daemon could not start: say why and end, as before")]
 fn fail(e: anyhow::Error) -> ! {
     eprintln!("spinup serve: {e:#}");
     std::process::exit(1);

@@ -1,7 +1,7 @@
 //! Test harness: real daemons (the built `spinup` binary) on private data
 //! dirs and sockets, and a small API client. Tests run as root against the
 //! real OCI runtime, overlayfs and cgroups.
-#![allow(dead_code)]
+#![allow(dead_code, reason = "each test binary uses its own part of the harness")]
 
 pub mod testnet;
 

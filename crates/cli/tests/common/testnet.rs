@@ -5,6 +5,7 @@
 //! - :443  the same over TLS, for any SNI, under the test's own CA
 //! - :8080 a TCP stream that writes "tick\n" every 100 ms until closed
 //! - :9000 TCP echo
+//!
 //! Plus the metadata address 169.254.169.254 on a host-only interface.
 
 use std::net::Ipv4Addr;
