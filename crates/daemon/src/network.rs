@@ -187,6 +187,21 @@ fn cidr(s: &str) -> Cidr {
     Cidr::parse(s).expect("constant CIDR")
 }
 
+/// The forbidden and private sets of pool `pool` on a host with addresses
+/// `own` whose uplinks are on `on_link`.
+fn address_sets(pool: u8, own: Vec<Cidr>, on_link: Vec<Cidr>) -> (Vec<Cidr>, Vec<Cidr>) {
+    // Always forbidden: the host, every sandbox pool, link-local and
+    // metadata, loopback, "this network", multicast and reserved.
+    let mut forbidden = own;
+    forbidden.extend(["0.0.0.0/8", "127.0.0.0/8", "169.254.0.0/16", "224.0.0.0/3", "255.255.255.255/32"].map(cidr));
+    forbidden.push(Cidr { addr: Ipv4Addr::new(10, pool, 0, 0), prefix: 16 });
+    // Private unless listed: RFC 1918, shared address space, and the
+    // networks the host is on.
+    let mut private = ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10"].map(cidr).to_vec();
+    private.extend(on_link);
+    (forbidden, private)
+}
+
 impl Network {
     /// Set up the daemon's table and pool. `live`: the slots of sandboxes
     /// the store still has (their objects are kept; others are removed).
@@ -204,15 +219,7 @@ impl Network {
         let (pool, lock) = claim_pool(data_dir, cfg.pool, &own)?;
         let table = format!("spinup_{pool}");
         let prefix = format!("sp{pool}v");
-        // Always forbidden: the host, every sandbox pool, link-local and
-        // metadata, loopback, "this network", multicast and reserved.
-        let mut forbidden = own;
-        forbidden.extend(["0.0.0.0/8", "127.0.0.0/8", "169.254.0.0/16", "224.0.0.0/3", "255.255.255.255/32"].map(cidr));
-        forbidden.push(Cidr { addr: Ipv4Addr::new(10, pool, 0, 0), prefix: 16 });
-        // Private unless listed: RFC 1918, shared address space, and the
-        // networks the host is on.
-        let mut private = ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10"].map(cidr).to_vec();
-        private.extend(on_link);
+        let (forbidden, private) = address_sets(pool, own, on_link);
         let resolver_cfg = ResolverConfig {
             queries_per_sec: cfg.dns_queries_per_sec.unwrap_or(100),
             burst: cfg.dns_queries_per_sec.unwrap_or(100) * 2,
@@ -251,71 +258,12 @@ impl Network {
         let live_idx: BTreeSet<u32> = live.iter().map(|s| s.index).collect();
         // Objects of sandboxes that are gone.
         let _ = run("nft", &["add", "table", "inet", t], None);
-        let (mut stale_chains, mut stale_sets) = (String::new(), String::new());
-        if let Ok(out) = std::process::Command::new("nft").args(["-j", "list", "table", "inet", t]).output() {
-            for (kind, name, i) in slot_objects(&out.stdout) {
-                if !live_idx.contains(&i) {
-                    // A chain goes empty first; sets after the chains that
-                    // name them (below).
-                    if kind == "chain" {
-                        stale_chains.push_str(&format!("flush chain inet {t} {name}\ndelete chain inet {t} {name}\n"));
-                    } else {
-                        stale_sets.push_str(&format!("delete set inet {t} {name}\n"));
-                    }
-                }
-            }
-        }
-        let sets = |c: &[Cidr]| c.iter().map(|c| c.to_string()).collect::<Vec<_>>().join(", ");
-        let mut r = format!(
-            "add table inet {t}
-add set inet {t} forbidden {{ type ipv4_addr; flags interval; auto-merge; }}
-flush set inet {t} forbidden
-add element inet {t} forbidden {{ {forbidden} }}
-add set inet {t} private {{ type ipv4_addr; flags interval; auto-merge; }}
-flush set inet {t} private
-add element inet {t} private {{ {private} }}
-add set inet {t} gw {{ type ifname . ipv4_addr; }}
-add map inet {t} egress {{ type ifname : verdict; }}
-add map inet {t} proxied {{ type ifname : verdict; }}
-add chain inet {t} forward {{ type filter hook forward priority filter - 5; policy accept; }}
-add chain inet {t} input {{ type filter hook input priority filter - 5; policy accept; }}
-add chain inet {t} prerouting {{ type nat hook prerouting priority dstnat; policy accept; }}
-add chain inet {t} postrouting {{ type nat hook postrouting priority srcnat; policy accept; }}
-flush chain inet {t} forward
-flush chain inet {t} input
-flush chain inet {t} prerouting
-flush chain inet {t} postrouting
-flush map inet {t} egress
-flush map inet {t} proxied
-flush set inet {t} gw
-{stale_chains}{stale_sets}add chain inet {t} refuse
-flush chain inet {t} refuse
-add rule inet {t} refuse meta l4proto tcp reject with tcp reset
-add rule inet {t} refuse reject with icmpx admin-prohibited
-add rule inet {t} forward iifname \"{p}*\" iifname vmap @egress
-add rule inet {t} forward iifname \"{p}*\" jump refuse
-add rule inet {t} forward oifname \"{p}*\" ct state established,related accept
-add rule inet {t} forward oifname \"{p}*\" jump refuse
-add rule inet {t} input iifname \"{p}*\" iifname . ip daddr @gw udp dport 53 accept
-add rule inet {t} input iifname \"{p}*\" iifname . ip daddr @gw tcp dport {{ 53, {PROXY_PORT} }} accept
-add rule inet {t} input iifname \"{p}*\" ct state established,related accept
-add rule inet {t} input iifname \"{p}*\" jump refuse
-add rule inet {t} prerouting iifname \"{p}*\" iifname vmap @proxied
-add rule inet {t} postrouting iifname \"{p}*\" oifname != \"{p}*\" masquerade
-",
-            forbidden = sets(&self.shared.forbidden),
-            private = sets(&self.shared.private),
-        );
-        for s in live {
-            // The chain may not exist yet (a daemon killed mid-create): an
-            // empty one refuses everything (the forward chain's next rule).
-            r.push_str(&format!(
-                "add chain inet {t} sb_{i}\nadd element inet {t} gw {{ \"{h}\" . {g} }}\nadd element inet {t} egress {{ \"{h}\" : jump sb_{i} }}\n",
-                i = s.index,
-                h = s.host_if,
-                g = s.gateway
-            ));
-        }
+        let (stale_chains, stale_sets) =
+            match std::process::Command::new("nft").args(["-j", "list", "table", "inet", t]).output() {
+                Ok(out) => stale_objects(t, &out.stdout, &live_idx),
+                Err(_) => Default::default(),
+            };
+        let r = base_script(t, p, &self.shared.forbidden, &self.shared.private, &stale_chains, &stale_sets, live);
         if let Err(e) = run("nft", &["-f", "-"], Some(&r)) {
             // Whatever state the table is in, start it over: running
             // sandboxes get their chains back when they are re-attached
@@ -706,19 +654,7 @@ add rule inet {t} postrouting iifname \"{p}*\" oifname != \"{p}*\" masquerade
     /// nftables commands removing a slot's objects: references first (map
     /// elements, then the chains' rules), then the objects.
     fn slot_steps(&self, slot: &NetSlot) -> Vec<String> {
-        let t = &self.table;
-        let (i, h) = (slot.index, &slot.host_if);
-        vec![
-            format!("delete element inet {t} egress {{ \"{h}\" }}"),
-            format!("delete element inet {t} proxied {{ \"{h}\" }}"),
-            format!("delete element inet {t} gw {{ \"{h}\" . {} }}", slot.gateway),
-            format!("flush chain inet {t} sb_{i}"),
-            format!("flush chain inet {t} rd_{i}"),
-            format!("delete chain inet {t} sb_{i}"),
-            format!("delete chain inet {t} rd_{i}"),
-            format!("delete set inet {t} explicit_{i}"),
-            format!("delete set inet {t} dyn_{i}"),
-        ]
+        slot_steps(&self.table, slot)
     }
 
     /// Remove everything: tasks, chain and sets, veth, namespace, CA.
@@ -766,6 +702,111 @@ fn slot_objects(json: &[u8]) -> Vec<(&'static str, String, u32)> {
     out
 }
 
+/// nftables commands removing a slot's objects from table `t`: references
+/// first (map elements, then the chains' rules), then the objects.
+fn slot_steps(t: &str, slot: &NetSlot) -> Vec<String> {
+    let (i, h) = (slot.index, &slot.host_if);
+    vec![
+        format!("delete element inet {t} egress {{ \"{h}\" }}"),
+        format!("delete element inet {t} proxied {{ \"{h}\" }}"),
+        format!("delete element inet {t} gw {{ \"{h}\" . {} }}", slot.gateway),
+        format!("flush chain inet {t} sb_{i}"),
+        format!("flush chain inet {t} rd_{i}"),
+        format!("delete chain inet {t} sb_{i}"),
+        format!("delete chain inet {t} rd_{i}"),
+        format!("delete set inet {t} explicit_{i}"),
+        format!("delete set inet {t} dyn_{i}"),
+    ]
+}
+
+/// The command opening `ip` for `ttl` to the sandbox of slot `index`.
+fn open_command(t: &str, index: u32, ip: Ipv4Addr, ttl: Duration) -> String {
+    format!("add element inet {t} dyn_{index} {{ {ip} timeout {}s }}", ttl.as_secs().clamp(60, 86_400))
+}
+
+/// Commands removing the per-slot objects in `json` (`nft -j list table`)
+/// of slots not in `live`: (chains, sets).
+fn stale_objects(t: &str, json: &[u8], live: &BTreeSet<u32>) -> (String, String) {
+    let (mut stale_chains, mut stale_sets) = (String::new(), String::new());
+    for (kind, name, i) in slot_objects(json) {
+        if !live.contains(&i) {
+            // A chain goes empty first; sets after the chains that
+            // name them (below).
+            if kind == "chain" {
+                stale_chains.push_str(&format!("flush chain inet {t} {name}\ndelete chain inet {t} {name}\n"));
+            } else {
+                stale_sets.push_str(&format!("delete set inet {t} {name}\n"));
+            }
+        }
+    }
+    (stale_chains, stale_sets)
+}
+
+/// The base table's script: sets, maps and hook chains (rebuilt), the
+/// stale objects' removal, and each live sandbox's chain and map elements.
+fn base_script(
+    t: &str,
+    p: &str,
+    forbidden: &[Cidr],
+    private: &[Cidr],
+    stale_chains: &str,
+    stale_sets: &str,
+    live: &[NetSlot],
+) -> String {
+    let sets = |c: &[Cidr]| c.iter().map(|c| c.to_string()).collect::<Vec<_>>().join(", ");
+    let mut r = format!(
+        "add table inet {t}
+add set inet {t} forbidden {{ type ipv4_addr; flags interval; auto-merge; }}
+flush set inet {t} forbidden
+add element inet {t} forbidden {{ {forbidden} }}
+add set inet {t} private {{ type ipv4_addr; flags interval; auto-merge; }}
+flush set inet {t} private
+add element inet {t} private {{ {private} }}
+add set inet {t} gw {{ type ifname . ipv4_addr; }}
+add map inet {t} egress {{ type ifname : verdict; }}
+add map inet {t} proxied {{ type ifname : verdict; }}
+add chain inet {t} forward {{ type filter hook forward priority filter - 5; policy accept; }}
+add chain inet {t} input {{ type filter hook input priority filter - 5; policy accept; }}
+add chain inet {t} prerouting {{ type nat hook prerouting priority dstnat; policy accept; }}
+add chain inet {t} postrouting {{ type nat hook postrouting priority srcnat; policy accept; }}
+flush chain inet {t} forward
+flush chain inet {t} input
+flush chain inet {t} prerouting
+flush chain inet {t} postrouting
+flush map inet {t} egress
+flush map inet {t} proxied
+flush set inet {t} gw
+{stale_chains}{stale_sets}add chain inet {t} refuse
+flush chain inet {t} refuse
+add rule inet {t} refuse meta l4proto tcp reject with tcp reset
+add rule inet {t} refuse reject with icmpx admin-prohibited
+add rule inet {t} forward iifname \"{p}*\" iifname vmap @egress
+add rule inet {t} forward iifname \"{p}*\" jump refuse
+add rule inet {t} forward oifname \"{p}*\" ct state established,related accept
+add rule inet {t} forward oifname \"{p}*\" jump refuse
+add rule inet {t} input iifname \"{p}*\" iifname . ip daddr @gw udp dport 53 accept
+add rule inet {t} input iifname \"{p}*\" iifname . ip daddr @gw tcp dport {{ 53, {PROXY_PORT} }} accept
+add rule inet {t} input iifname \"{p}*\" ct state established,related accept
+add rule inet {t} input iifname \"{p}*\" jump refuse
+add rule inet {t} prerouting iifname \"{p}*\" iifname vmap @proxied
+add rule inet {t} postrouting iifname \"{p}*\" oifname != \"{p}*\" masquerade
+",
+        forbidden = sets(forbidden),
+        private = sets(private),
+    );
+    for s in live {
+        // The chain may not exist yet (a daemon killed mid-create): an
+        // empty one refuses everything (the forward chain's next rule).
+        r.push_str(&format!(
+            "add chain inet {t} sb_{i}\nadd element inet {t} gw {{ \"{h}\" . {g} }}\nadd element inet {t} egress {{ \"{h}\" : jump sb_{i} }}\n",
+            i = s.index,
+            h = s.host_if,
+            g = s.gateway
+        ));
+    }
+    r
+}
+
 /// The name of the network namespace the peer of veth `link` is in.
 async fn peer_netns(link: &str) -> Option<String> {
     let json = |args: &'static [&'static str], extra: Option<&str>| {
@@ -795,12 +836,31 @@ struct ChainWriter {
 impl ChainWriter {
     /// Write the sandbox's chain for its current policy (atomically).
     fn write_chain(&self, sn: &SandboxNet, fresh: bool) -> Result<()> {
-        let t = &self.table;
-        let i = sn.slot.index;
-        let h = &sn.slot.host_if;
         let policy = sn.policy.read().unwrap().clone();
-        let proxied =
-            policy.mode == NetMode::Allow || (policy.mode == NetMode::Open && !sn.secrets.read().unwrap().is_empty());
+        let has_secrets = !sn.secrets.read().unwrap().is_empty();
+        let learned = sn.learned.lock().unwrap().clone();
+        run(
+            "nft",
+            &["-f", "-"],
+            Some(&self.chain_script(&sn.slot, &policy, has_secrets, &learned, fresh, Instant::now())),
+        )
+    }
+
+    /// The script writing a sandbox's chain for `policy` (`learned`: the
+    /// addresses its resolver handed out, as of `now`).
+    fn chain_script(
+        &self,
+        slot: &NetSlot,
+        policy: &NetworkPolicy,
+        has_secrets: bool,
+        learned: &HashMap<Ipv4Addr, (String, Instant)>,
+        fresh: bool,
+        now: Instant,
+    ) -> String {
+        let t = &self.table;
+        let i = slot.index;
+        let h = &slot.host_if;
+        let proxied = policy.mode == NetMode::Allow || (policy.mode == NetMode::Open && has_secrets);
         let maxc = self.max_connections;
         let rate = self.new_per_sec;
         let mut r = format!(
@@ -838,24 +898,23 @@ add rule inet {t} sb_{i} ip daddr @forbidden jump refuse
         r.push_str(&format!("add rule inet {t} sb_{i} jump refuse\n"));
         r.push_str(&format!(
             "add rule inet {t} rd_{i} ip daddr != @forbidden tcp dport {{ 80, 443 }} dnat ip to {}:{PROXY_PORT}\n",
-            sn.slot.gateway
+            slot.gateway
         ));
         // Map elements: add is idempotent; delete the proxied one first.
         r.push_str(&format!(
             "add element inet {t} gw {{ \"{h}\" . {} }}\nadd element inet {t} egress {{ \"{h}\" : jump sb_{i} }}\nadd element inet {t} proxied {{ \"{h}\" : jump rd_{i} }}\ndelete element inet {t} proxied {{ \"{h}\" }}\n",
-            sn.slot.gateway
+            slot.gateway
         ));
         if proxied {
             r.push_str(&format!("add element inet {t} proxied {{ \"{h}\" : jump rd_{i} }}\n"));
         }
         // Keep learned addresses that the new policy still allows.
         if !fresh && policy.mode == NetMode::Allow {
-            let now = Instant::now();
-            let keep: Vec<String> = sn
-                .learned
-                .lock()
-                .unwrap()
-                .iter()
+            // In address order (a set: the order is only for reading).
+            let mut keep: Vec<(&Ipv4Addr, &(String, Instant))> = learned.iter().collect();
+            keep.sort_by_key(|(ip, _)| **ip);
+            let keep: Vec<String> = keep
+                .into_iter()
                 .filter(|(_, (name, exp))| *exp > now && policy.allows_domain(name))
                 .map(|(ip, (_, exp))| format!("{ip} timeout {}s", exp.duration_since(now).as_secs().max(1)))
                 .collect();
@@ -866,7 +925,7 @@ add rule inet {t} sb_{i} ip daddr @forbidden jump refuse
         } else if !fresh {
             r.push_str(&format!("flush set inet {t} dyn_{i}\n"));
         }
-        run("nft", &["-f", "-"], Some(&r))
+        r
     }
 }
 
@@ -920,11 +979,7 @@ impl SandboxNet {
     /// Open `ip` for this sandbox (the resolver is about to hand it out).
     fn open(&self, ip: Ipv4Addr, ttl: Duration) {
         let t = &self.shared.table;
-        let cmd = format!(
-            "add element inet {t} dyn_{} {{ {ip} timeout {}s }}",
-            self.slot.index,
-            ttl.as_secs().clamp(60, 86_400)
-        );
+        let cmd = open_command(t, self.slot.index, ip, ttl);
         if let Err(e) = run("nft", &["-f", "-"], Some(&cmd)) {
             tracing::warn!(id = %self.id, "opening {ip}: {e}");
         }
@@ -998,6 +1053,129 @@ impl EgressPolicy for SandboxNet {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Compare `actual` with `tests/golden/<name>`; `UPDATE_GOLDEN=1`
+    /// rewrites the file instead.
+    fn golden(name: &str, actual: &str) {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden").join(name);
+        if std::env::var_os("UPDATE_GOLDEN").is_some() {
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(&path, actual).unwrap();
+            return;
+        }
+        let want = std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("{}: {e} (UPDATE_GOLDEN=1 writes it)", path.display()));
+        assert!(
+            want == actual,
+            "{} differs from the generated rules (UPDATE_GOLDEN=1 rewrites it)\n--- want\n{want}\n--- got\n{actual}",
+            path.display()
+        );
+    }
+
+    const POOL: u8 = 213;
+    const TABLE: &str = "spinup_213";
+    const PREFIX: &str = "sp213v";
+
+    /// Slot `i` of pool 213, as `Network::slot_at` makes it.
+    fn slot(i: u32) -> NetSlot {
+        let base = u32::from(Ipv4Addr::new(10, POOL, 0, 0)) + i * 4;
+        NetSlot {
+            index: i,
+            host_if: format!("{PREFIX}{i}"),
+            gateway: Ipv4Addr::from(base + 1),
+            address: Ipv4Addr::from(base + 2),
+            prefix: 30,
+        }
+    }
+
+    fn writer() -> ChainWriter {
+        ChainWriter { table: TABLE.into(), max_connections: 512, new_per_sec: 200 }
+    }
+
+    fn policy(mode: NetMode, allow: &[&str]) -> NetworkPolicy {
+        NetworkPolicy { mode, allow: allow.iter().map(|s| s.to_string()).collect(), hosts: Default::default() }
+    }
+
+    /// A host at 192.168.1.20/24 (its uplink) and 172.17.0.1/16 (a bridge).
+    fn host_sets() -> (Vec<Cidr>, Vec<Cidr>) {
+        address_sets(
+            POOL,
+            vec![cidr("127.0.0.1/32"), cidr("192.168.1.20/32"), cidr("172.17.0.1/32")],
+            vec![cidr("192.168.1.0/24")],
+        )
+    }
+
+    #[test]
+    fn golden_base_table_fresh() {
+        let (forbidden, private) = host_sets();
+        golden("base-fresh.nft", &base_script(TABLE, PREFIX, &forbidden, &private, "", "", &[]));
+    }
+
+    #[test]
+    fn golden_base_table_with_live_and_stale_slots() {
+        let (forbidden, private) = host_sets();
+        let listed = br#"{"nftables": [{"table": {"family": "inet", "name": "spinup_213"}},
+            {"chain": {"family": "inet", "table": "spinup_213", "name": "sb_0"}},
+            {"chain": {"family": "inet", "table": "spinup_213", "name": "rd_0"}},
+            {"chain": {"family": "inet", "table": "spinup_213", "name": "sb_5"}},
+            {"chain": {"family": "inet", "table": "spinup_213", "name": "rd_5"}},
+            {"set": {"family": "inet", "table": "spinup_213", "name": "explicit_5"}},
+            {"set": {"family": "inet", "table": "spinup_213", "name": "dyn_5"}},
+            {"set": {"family": "inet", "table": "spinup_213", "name": "dyn_0"}}]}"#;
+        let live = [slot(0), slot(3)];
+        let (chains, sets) = stale_objects(TABLE, listed, &live.iter().map(|s| s.index).collect());
+        golden("base-live-stale.nft", &base_script(TABLE, PREFIX, &forbidden, &private, &chains, &sets, &live));
+    }
+
+    #[test]
+    fn golden_chain_none() {
+        let w = writer();
+        let p = policy(NetMode::None, &["pypi.org", "10.1.2.0/24"]);
+        let now = Instant::now();
+        golden("chain-none-fresh.nft", &w.chain_script(&slot(7), &p, false, &HashMap::new(), true, now));
+        golden("chain-none-update.nft", &w.chain_script(&slot(7), &p, true, &HashMap::new(), false, now));
+    }
+
+    #[test]
+    fn golden_chain_allow() {
+        let w = writer();
+        let p = policy(NetMode::Allow, &["pypi.org", "*.pythonhosted.org", "10.1.2.0/24", "192.168.1.50/32"]);
+        let now = Instant::now();
+        golden("chain-allow-fresh.nft", &w.chain_script(&slot(7), &p, false, &HashMap::new(), true, now));
+        // A policy change keeps the learned addresses still allowed and
+        // not expired.
+        let learned: HashMap<Ipv4Addr, (String, Instant)> = [
+            (Ipv4Addr::new(151, 101, 0, 223), ("pypi.org".to_string(), now + Duration::from_secs(300))),
+            (Ipv4Addr::new(146, 75, 32, 223), ("files.pythonhosted.org".to_string(), now + Duration::from_secs(90))),
+            (Ipv4Addr::new(140, 82, 112, 3), ("github.com".to_string(), now + Duration::from_secs(300))),
+            (Ipv4Addr::new(151, 101, 64, 223), ("pypi.org".to_string(), now)),
+        ]
+        .into();
+        golden("chain-allow-update.nft", &w.chain_script(&slot(7), &p, true, &learned, false, now));
+    }
+
+    #[test]
+    fn golden_chain_open() {
+        let w = writer();
+        let p = policy(NetMode::Open, &["10.1.2.0/24"]);
+        let now = Instant::now();
+        golden("chain-open-fresh.nft", &w.chain_script(&slot(16383), &p, false, &HashMap::new(), true, now));
+        // Proxy-mode secrets send 80/443 to the proxy (DNAT).
+        golden("chain-open-secrets.nft", &w.chain_script(&slot(16383), &p, true, &HashMap::new(), false, now));
+    }
+
+    #[test]
+    fn golden_slot_removal_and_dns_opening() {
+        let mut r = slot_steps(TABLE, &slot(7)).join("\n");
+        r.push('\n');
+        r.push_str(&open_command(TABLE, 7, Ipv4Addr::new(151, 101, 0, 223), Duration::from_secs(5)));
+        r.push('\n');
+        r.push_str(&open_command(TABLE, 7, Ipv4Addr::new(151, 101, 0, 223), Duration::from_secs(3600)));
+        r.push('\n');
+        r.push_str(&open_command(TABLE, 7, Ipv4Addr::new(151, 101, 0, 223), Duration::from_secs(1 << 20)));
+        r.push('\n');
+        golden("slot-removal-and-dns.nft", &r);
+    }
 
     #[test]
     fn slot_objects_are_found_by_name_in_nft_json() {
