@@ -298,8 +298,7 @@ impl RecordingHost {
     /// Record `call`; the failure set up for it, if any.
     fn record(&self, call: String) -> Result<()> {
         self.with(|s| {
-            let failure =
-                s.failures.iter().find(|(prefix, _)| call.starts_with(prefix.as_str())).map(|(_, m)| m.clone());
+            let failure = s.failures.iter().find(|(part, _)| call.contains(part.as_str())).map(|(_, m)| m.clone());
             s.calls.push(call);
             failure.map_or(Ok(()), |m| Err(Error::Internal(m)))
         })
@@ -345,10 +344,10 @@ impl RecordingHost {
         self.with(|s| s.missing.insert(tool.to_string()));
     }
 
-    /// Calls whose line starts with `prefix` fail with `message` (they are
+    /// Calls whose line contains `part` fail with `message` (they are
     /// recorded all the same); the first matching rule wins.
-    pub fn fail(&self, prefix: &str, message: &str) {
-        self.with(|s| s.failures.push((prefix.to_string(), message.to_string())));
+    pub fn fail(&self, part: &str, message: &str) {
+        self.with(|s| s.failures.push((part.to_string(), message.to_string())));
     }
 
     /// Forget every failure rule.
@@ -529,7 +528,7 @@ mod tests {
         let h = RecordingHost::new();
         h.ip_batch(None, "netns add spinup-a\nlink add v1 type veth peer name eth0 netns spinup-a\n").await.unwrap();
         assert!(h.netns_exists("spinup-a").await && h.link_exists("v1").await);
-        h.fail("nft -f - <<< delete", "Error: No such file or directory");
+        h.fail("<<< delete", "Error: No such file or directory");
         assert!(h.nft("delete chain inet t sb_1\n").await.is_err());
         h.nft("add table inet t").await.unwrap();
         h.link_del("v1").await.unwrap();
