@@ -35,18 +35,18 @@ impl<'a> Run<'a> {
     /// iproute2 and nftables (scripts/install-deps.sh)". Its stdin is
     /// /dev/null and a non-zero exit is [`Error::Internal`] unless said
     /// otherwise.
-    pub fn new(fix: &'a str) -> Run<'a> {
+    pub const fn new(fix: &'a str) -> Run<'a> {
         Run { stdin: None, fix, failed: Error::Internal }
     }
 
     /// Feed `input` to the tool's stdin (then close it).
-    pub fn stdin(self, input: &'a [u8]) -> Run<'a> {
+    pub const fn stdin(self, input: &'a [u8]) -> Run<'a> {
         Run { stdin: Some(input), ..self }
     }
 
     /// The error a non-zero exit becomes (its message says what ran, how it
     /// exited and its stderr).
-    pub fn failed_as(self, failed: fn(String) -> Error) -> Run<'a> {
+    pub const fn failed_as(self, failed: fn(String) -> Error) -> Run<'a> {
         Run { failed, ..self }
     }
 }
