@@ -476,10 +476,6 @@ fn default_config() -> EnvironmentConfig {
     EnvironmentConfig { env: vec![], workdir: String::new(), user: String::new() }
 }
 
-pub(crate) fn which(bin: &str) -> Option<PathBuf> {
-    std::env::split_paths(&std::env::var_os("PATH")?).map(|d| d.join(bin)).find(|p| p.is_file())
-}
-
 /// The Debian mirror this host already uses (so no address is baked in).
 fn debian_mirror() -> Option<String> {
     if let Ok(m) = std::env::var("SPINUP_DEBIAN_MIRROR") {
