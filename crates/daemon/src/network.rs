@@ -1225,21 +1225,31 @@ mod tests {
     /// address of a live sandbox could be bound by accident).
     const FAKE_POOL: u8 = 251;
 
-    fn scratch_dir() -> PathBuf {
+    /// A data dir of its own, removed when dropped.
+    struct Scratch(PathBuf);
+
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn scratch_dir() -> Scratch {
         static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let d = std::env::temp_dir().join(format!("spinup-network-test-{}-{n}", std::process::id()));
         let _ = std::fs::remove_dir_all(&d);
         std::fs::create_dir_all(&d).unwrap();
-        d
+        Scratch(d)
     }
 
     /// A network on the fake host (no pool lock, no host state touched).
-    fn fake_network(live: &[NetSlot]) -> (Arc<spinup_host::RecordingHost>, Network) {
+    fn fake_network(live: &[NetSlot]) -> (Arc<spinup_host::RecordingHost>, Network, Scratch) {
         let host = Arc::new(spinup_host::RecordingHost::new());
         let own = (vec![cidr("192.168.1.20/32")], vec![cidr("192.168.1.0/24")]);
+        let dir = scratch_dir();
         let net = Network::assemble(
-            &scratch_dir(),
+            &dir.0,
             NetConfig::default(),
             live,
             FAKE_POOL,
@@ -1249,7 +1259,7 @@ mod tests {
             host.clone(),
         )
         .unwrap();
-        (host, net)
+        (host, net, dir)
     }
 
     /// How the fake records `nft -f -` of `script`.
@@ -1273,7 +1283,7 @@ mod tests {
     async fn create_refuses_a_host_without_nft_before_changing_anything() {
         let host = Arc::new(spinup_host::RecordingHost::new());
         host.without_tool("nft");
-        let e = Network::create(&scratch_dir(), NetConfig::default(), &[], host.clone()).await.unwrap_err();
+        let e = Network::create(&scratch_dir().0, NetConfig::default(), &[], host.clone()).await.unwrap_err();
         assert_eq!(
             e.to_string(),
             "nft not found: sandbox networking needs iproute2 and nftables (scripts/install-deps.sh)"
@@ -1302,7 +1312,7 @@ mod tests {
     #[tokio::test]
     async fn the_base_table_is_written_in_one_transaction_after_listing_it() {
         let live = [slot(0)];
-        let (host, net) = fake_network(&live);
+        let (host, net, _dir) = fake_network(&live);
         let t = "spinup_251";
         host.set_table_json(t, r#"{"nftables": [{"chain": {"name": "sb_4"}}, {"set": {"name": "dyn_4"}}]}"#);
         net.install_base(&live).await.unwrap();
@@ -1321,7 +1331,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_base_table_that_does_not_take_is_started_over() {
-        let (host, net) = fake_network(&[]);
+        let (host, net, _dir) = fake_network(&[]);
         let t = "spinup_251";
         host.set_table_json(t, r#"{"nftables": [{"chain": {"name": "sb_4"}}]}"#);
         host.fail("delete chain inet spinup_251 sb_4", "Error: Could not process rule: No such file or directory");
@@ -1342,7 +1352,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn setup_makes_the_namespace_links_and_chain_and_teardown_removes_them() {
-        let (host, net) = fake_network(&[]);
+        let (host, net, _dir) = fake_network(&[]);
         let slot = net.allocate().unwrap();
         assert_eq!((slot.index, slot.host_if.as_str()), (0, "sp251v0"));
         let policy = policy(NetMode::Allow, &["pypi.org"]);
@@ -1382,7 +1392,7 @@ mod tests {
 
     #[tokio::test]
     async fn teardown_falls_back_to_one_step_at_a_time() {
-        let (host, net) = fake_network(&[]);
+        let (host, net, _dir) = fake_network(&[]);
         let slot = net.allocate().unwrap();
         host.fail("sb_0", "Error: No such file or directory");
         net.teardown_async("gone", &slot).await;
@@ -1395,7 +1405,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_policy_change_rewrites_the_chain_keeping_what_is_still_allowed() {
-        let (host, net) = fake_network(&[]);
+        let (host, net, _dir) = fake_network(&[]);
         let slot = net.allocate().unwrap();
         let sn = net.attach_live("sb1", &slot, policy(NetMode::Allow, &["pypi.org", "github.com"]));
         // The resolver hands out an address: it is opened before it answers.
@@ -1440,7 +1450,7 @@ mod tests {
 
     #[tokio::test]
     async fn sweep_removes_links_namespaces_and_objects_of_unused_slots() {
-        let (host, net) = fake_network(&[slot_of(FAKE_POOL, 1)]);
+        let (host, net, _dir) = fake_network(&[slot_of(FAKE_POOL, 1)]);
         for l in ["sp251v1", "sp251v3", "eth0", "sp251vx"] {
             host.add_link(l);
         }
@@ -1471,7 +1481,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_orphan_whose_slot_is_taken_keeps_the_slots_objects() {
-        let (host, net) = fake_network(&[slot_of(FAKE_POOL, 2)]);
+        let (host, net, _dir) = fake_network(&[slot_of(FAKE_POOL, 2)]);
         host.add_netns("spinup-lost");
         let what = net.remove_orphan_async("lost", Some(&slot_of(FAKE_POOL, 2))).await;
         assert_eq!(what, ["network namespace spinup-lost", "network record of sandbox lost"]);
