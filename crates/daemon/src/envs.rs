@@ -348,10 +348,11 @@ impl EnvStore {
                 || Error::Unavailable("busybox is not installed; run: apt-get install busybox-static".into()),
             )?;
         say(progress, format!("building busybox from {}", busybox.display()));
-        let list = tokio::process::Command::new(&busybox).arg("--list-full").output().await?;
-        if !list.status.success() {
-            return Err(Error::Unavailable(format!("{} --list-full failed", busybox.display())));
-        }
+        let list = spinup_host::run(
+            tokio::process::Command::new(&busybox).arg("--list-full"),
+            spinup_host::Run::new("run: apt-get install busybox-static").failed_as(Error::Unavailable),
+        )
+        .await?;
         let root = staging.join("rootfs");
         for d in
             ["bin", "sbin", "usr/bin", "usr/sbin", "etc", "proc", "sys", "dev", "tmp", "root", "run", "home", "var/tmp"]
@@ -363,7 +364,7 @@ impl EnvStore {
         std::fs::set_permissions(root.join("var/tmp"), std::fs::Permissions::from_mode(0o1777))?;
         std::fs::set_permissions(root.join("root"), std::fs::Permissions::from_mode(0o700))?;
         std::fs::copy(&busybox, root.join("bin/busybox"))?;
-        for applet in String::from_utf8_lossy(&list.stdout).lines() {
+        for applet in list.stdout.lines() {
             let applet = applet.trim();
             if applet.is_empty() || applet == "bin/busybox" || applet.contains("..") {
                 continue;
@@ -385,7 +386,7 @@ impl EnvStore {
     }
 
     async fn build_debian(&self, staging: &Path, progress: &Progress) -> Result<Environment> {
-        let tool = which("mmdebstrap")
+        let tool = spinup_host::which("mmdebstrap")
             .ok_or_else(|| Error::Unavailable("mmdebstrap is not installed; run: apt-get install mmdebstrap".into()))?;
         let mirror = debian_mirror().ok_or_else(|| {
             Error::Unavailable(
@@ -474,10 +475,6 @@ fn unpack_into(dir: &Path, reader: impl Read, progress: &Progress, keep_fifos: b
 
 fn default_config() -> EnvironmentConfig {
     EnvironmentConfig { env: vec![], workdir: String::new(), user: String::new() }
-}
-
-pub(crate) fn which(bin: &str) -> Option<PathBuf> {
-    std::env::split_paths(&std::env::var_os("PATH")?).map(|d| d.join(bin)).find(|p| p.is_file())
 }
 
 /// The Debian mirror this host already uses (so no address is baked in).

@@ -18,17 +18,6 @@ impl Runtime {
     }
 }
 
-fn which(bin: &str) -> Option<PathBuf> {
-    if bin.contains('/') {
-        return Path::new(bin).is_file().then(|| PathBuf::from(bin));
-    }
-    std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).map(|d| d.join(bin)).collect::<Vec<_>>())
-        .unwrap_or_default()
-        .into_iter()
-        .find(|p| p.is_file())
-}
-
 /// Try `candidate` end to end: run the agent's `--version` in a minimal
 /// bundle with every namespace and a cgroup.
 pub async fn try_runtime(
@@ -38,7 +27,8 @@ pub async fn try_runtime(
     global_args: &[String],
     cgroup_parent: &str,
 ) -> Result<Runtime, String> {
-    let path = which(candidate).ok_or_else(|| format!("{candidate}: not installed (apt-get install {candidate})"))?;
+    let path = spinup_host::which(candidate)
+        .ok_or_else(|| format!("{candidate}: not installed (apt-get install {candidate})"))?;
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| candidate.into());
     let v = tokio::process::Command::new(&path).arg("--version").output().await.map_err(|e| format!("{name}: {e}"))?;
     let version = String::from_utf8_lossy(&v.stdout)

@@ -7,10 +7,6 @@ use std::path::{Path, PathBuf};
 use sha2::{Digest, Sha256};
 use spinup_model::{Error, Result};
 
-async fn run(cmd: &mut tokio::process::Command, what: &str) -> Result<String> {
-    crate::run_tool(cmd, what, Error::Internal).await
-}
-
 fn du(dir: &Path) -> u64 {
     use std::os::unix::fs::MetadataExt;
     let mut total = 0;
@@ -71,14 +67,14 @@ pub async fn environment_image(dir: &Path, layers: &[PathBuf]) -> Result<PathBuf
     // Content plus room for metadata; each sandbox's disk grows from here to
     // its own disk limit (the guest resizes the filesystem at boot).
     let size_mib = du(&source) * 5 / 4 / (1 << 20) + 64;
-    let r = run(
+    let r = spinup_host::run(
         tokio::process::Command::new("mkfs.ext4")
             // One inode per 4 KiB: environments are many small files.
             .args(["-q", "-F", "-m", "0", "-i", "4096", "-L", "spinup-root", "-E", "lazy_itable_init=0", "-d"])
             .arg(&source)
             .arg(&tmp)
             .arg(format!("{size_mib}M")),
-        "mkfs.ext4",
+        crate::TOOL,
     )
     .await;
     if source == merged {
@@ -119,7 +115,7 @@ pub async fn overlay(base: &Path, disk: &Path, size_mib: u64) -> Result<()> {
             "disk_mib {size_mib} is smaller than the environment's image ({base_mib} MiB)"
         )));
     }
-    run(
+    spinup_host::run(
         tokio::process::Command::new("qemu-img")
             .args(["create", "-q", "-f", "qcow2", "-F"])
             .arg(if base.extension().is_some_and(|e| e == "qcow2") { "qcow2" } else { "raw" })
@@ -127,7 +123,7 @@ pub async fn overlay(base: &Path, disk: &Path, size_mib: u64) -> Result<()> {
             .arg(base)
             .arg(disk)
             .arg(format!("{size_mib}M")),
-        "qemu-img create",
+        crate::TOOL,
     )
     .await
     .map(|_| ())

@@ -41,8 +41,9 @@ fn internal(what: &str, e: impl std::fmt::Display) -> Error {
     Error::Internal(format!("{what}: {e}"))
 }
 
-async fn run(cmd: &mut tokio::process::Command, what: &str) -> Result<String> {
-    crate::run_tool(cmd, what, Error::Unavailable).await
+/// A tool that fails leaves the driver without a kernel: unavailable.
+async fn run(cmd: &mut tokio::process::Command) -> Result<String> {
+    spinup_host::run(cmd, crate::TOOL.failed_as(Error::Unavailable)).await.map(|o| o.stdout)
 }
 
 /// The kernel under `dir` (`<data>/microvm/kernel`), fetching it first if
@@ -84,11 +85,7 @@ fn installed(dir: &Path) -> Option<Kernel> {
 
 async fn fetch(dir: &Path) -> Result<Kernel> {
     // The metapackage names the versioned image package it depends on.
-    let deps = run(
-        tokio::process::Command::new("apt-cache").args(["depends", "--important", KERNEL_PACKAGE]),
-        "apt-cache depends",
-    )
-    .await?;
+    let deps = run(tokio::process::Command::new("apt-cache").args(["depends", "--important", KERNEL_PACKAGE])).await?;
     let pkg = deps
         .lines()
         .filter_map(|l| l.trim().strip_prefix("Depends:"))
@@ -106,11 +103,7 @@ async fn fetch(dir: &Path) -> Result<Kernel> {
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp).map_err(|e| internal("kernel download dir", e))?;
     let result = async {
-        run(
-            tokio::process::Command::new("apt-get").args(["download", "-q", &pkg]).current_dir(&tmp),
-            "apt-get download",
-        )
-        .await?;
+        run(tokio::process::Command::new("apt-get").args(["download", "-q", &pkg]).current_dir(&tmp)).await?;
         let deb = std::fs::read_dir(&tmp)
             .map_err(|e| internal("kernel download dir", e))?
             .flatten()
@@ -119,7 +112,7 @@ async fn fetch(dir: &Path) -> Result<Kernel> {
             .ok_or_else(|| Error::Unavailable(format!("apt-get download {pkg} produced no .deb")))?;
         tracing::info!(deb = %deb.display(), "unpacking the guest kernel");
         let unpacked = tmp.join("root");
-        run(tokio::process::Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&unpacked), "dpkg-deb -x").await?;
+        run(tokio::process::Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&unpacked)).await?;
         let dest = dir.join(&release);
         let _ = std::fs::remove_dir_all(&dest);
         std::fs::create_dir_all(&dest).map_err(|e| internal("kernel dir", e))?;

@@ -246,7 +246,7 @@ impl MicrovmDriver {
         let _ = std::fs::create_dir_all(cfg.root.join("sandboxes"));
         let qemu = Qemu::find(cfg.qemu.as_deref()).await.map_err(|e| e.to_string())?;
         for tool in ["qemu-img", "mkfs.ext4"] {
-            which(tool).ok_or_else(|| {
+            spinup_host::which(tool).ok_or_else(|| {
                 format!("{tool} not found; install qemu-utils and e2fsprogs (scripts/install-deps.sh)")
             })?;
         }
@@ -288,27 +288,9 @@ impl MicrovmDriver {
     }
 }
 
-/// Run a host tool; its stdout, or `failed` with its stderr. A tool that
-/// cannot be started is unavailable, with what installs it.
-pub(crate) async fn run_tool(
-    cmd: &mut tokio::process::Command,
-    what: &str,
-    failed: fn(String) -> Error,
-) -> Result<String> {
-    let out = cmd
-        .stdin(std::process::Stdio::null())
-        .output()
-        .await
-        .map_err(|e| Error::Unavailable(format!("{what}: {e} (scripts/install-deps.sh installs it)")))?;
-    if !out.status.success() {
-        return Err(failed(format!("{what} failed: {}", String::from_utf8_lossy(&out.stderr).trim())));
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-fn which(tool: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH")?.to_str()?.split(':').map(|d| Path::new(d).join(tool)).find(|p| p.is_file())
-}
+/// How the driver runs a host tool: one that cannot be started is
+/// unavailable, with what installs it.
+pub(crate) const TOOL: spinup_host::Run<'static> = spinup_host::Run::new("scripts/install-deps.sh installs it");
 
 /// `auto` uses KVM only once a probe guest has booted under it within a
 /// bound; otherwise TCG, and the note says why. Results are cached per host

@@ -68,15 +68,13 @@ impl Qemu {
     /// Find qemu-system-x86_64 (or `binary`) and its version.
     pub async fn find(binary: Option<&str>) -> Result<Qemu> {
         let binary = PathBuf::from(binary.unwrap_or("qemu-system-x86_64"));
-        let out = tokio::process::Command::new(&binary).arg("--version").stdin(Stdio::null()).output().await.map_err(
-            |e| {
-                Error::Unavailable(format!(
-                    "{}: {e}; install qemu-system-x86 and qemu-utils (scripts/install-deps.sh)",
-                    binary.display()
-                ))
-            },
-        )?;
-        let first = String::from_utf8_lossy(&out.stdout).lines().next().unwrap_or("").to_string();
+        let out = spinup_host::run(
+            tokio::process::Command::new(&binary).arg("--version"),
+            spinup_host::Run::new("install qemu-system-x86 and qemu-utils (scripts/install-deps.sh)")
+                .failed_as(Error::Unavailable),
+        )
+        .await?;
+        let first = out.stdout.lines().next().unwrap_or("").to_string();
         let version = first.split("version ").nth(1).and_then(|v| v.split_whitespace().next()).unwrap_or("?");
         Ok(Qemu { binary, version: format!("qemu {version}") })
     }
