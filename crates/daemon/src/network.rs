@@ -256,7 +256,10 @@ impl Network {
 
     /// The network of pool `pool` on a host with addresses `own` whose
     /// uplinks are on `on_link` (nothing made on the host yet).
-    #[allow(clippy::too_many_arguments)]
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "the parts of a network, each from a different source; a struct would only rename them"
+    )]
     fn assemble(
         data_dir: &Path,
         cfg: NetConfig,

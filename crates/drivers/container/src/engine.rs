@@ -48,6 +48,16 @@ pub enum Transport {
 /// How long a dialling agent has to connect.
 const DIAL_TIMEOUT: Duration = Duration::from_secs(10);
 
+impl std::fmt::Debug for OciEngine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OciEngine")
+            .field("root", &self.root)
+            .field("runtime", &self.runtime.as_ref().map(|r| r.path.display().to_string()))
+            .field("global_args", &self.global_args)
+            .finish_non_exhaustive()
+    }
+}
+
 pub struct OciEngine {
     root: PathBuf,
     agent: PathBuf,

@@ -14,6 +14,7 @@ use spinup_model::{AgentStream, Capabilities, Driver, DriverStatus, IsolationCla
 pub use engine::{proc_starttime, OciEngine, Transport};
 pub use probe::Runtime;
 
+#[derive(Debug)]
 pub struct Config {
     /// Directory the driver owns (`<data-dir>/container`).
     pub root: PathBuf,
@@ -25,6 +26,7 @@ pub struct Config {
     pub cgroup_parent: String,
 }
 
+#[derive(Debug)]
 pub struct ContainerDriver {
     engine: OciEngine,
 }

@@ -25,6 +25,7 @@ const PLATFORMS: [&str; 2] = ["systrap", "ptrace"];
 /// Host threads the Sentry and gofer need beyond the guest's own tasks.
 pub const SENTRY_THREADS: u64 = 128;
 
+#[derive(Debug)]
 pub struct Config {
     /// Directory the driver owns (`<data-dir>/gvisor`).
     pub root: PathBuf,
@@ -36,6 +37,7 @@ pub struct Config {
     pub cgroup_parent: String,
 }
 
+#[derive(Debug)]
 pub struct GvisorDriver {
     engine: OciEngine,
 }

@@ -2,7 +2,7 @@
 //! (Thirty lines of a fixed ASCII header; no crate needed.)
 
 /// A newc archive under construction.
-#[derive(Default)]
+#[derive(Debug, Default)]
 pub struct Archive {
     out: Vec<u8>,
     ino: u32,

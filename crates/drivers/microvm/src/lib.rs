@@ -23,6 +23,7 @@ use spinup_model::{AgentStream, Capabilities, Driver, DriverStatus, Error, Isola
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use vmm::{Accel, Qemu, VmConfig, Vmm};
 
+#[derive(Debug)]
 pub struct Config {
     /// Directory the driver owns (`<data-dir>/microvm`).
     pub root: PathBuf,
@@ -46,6 +47,15 @@ struct Ready {
     accel_note: String,
     kernel: PathBuf,
     initrd: PathBuf,
+}
+
+impl std::fmt::Debug for MicrovmDriver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MicrovmDriver")
+            .field("root", &self.root)
+            .field("accel", &self.ready.as_ref().map(|r| &r.accel_note))
+            .finish_non_exhaustive()
+    }
 }
 
 pub struct MicrovmDriver {

@@ -59,6 +59,7 @@ pub trait Vmm: Send + Sync {
     fn command(&self, vm: &VmConfig, accel: Accel) -> tokio::process::Command;
 }
 
+#[derive(Debug)]
 pub struct Qemu {
     pub binary: PathBuf,
     pub version: String,
