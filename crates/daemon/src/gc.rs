@@ -71,7 +71,7 @@ impl Manager {
         }
         if let Some(n) = &net {
             for (id, slot) in net_traced.into_iter().filter(|(i, _)| !known.contains(i)) {
-                report.removed.extend(n.remove_orphan(&id, slot.as_ref()));
+                report.removed.extend(n.remove_orphan(&id, slot.as_ref()).await);
             }
             let (removed, failed) = n.sweep().await;
             report.removed.extend(removed);

@@ -189,7 +189,8 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     // Sandbox networking: the slots of every sandbox the store still has
     // keep their objects; a host without ip/nft runs loopback-only.
     let live: Vec<spinup_model::NetSlot> = store.list_sandboxes()?.into_iter().filter_map(|(sb, _)| sb.net).collect();
-    let net = match network::Network::new(&cfg.data_dir, cfg.file.network.clone(), &live) {
+    let host: Arc<dyn spinup_host::HostTools> = Arc::new(spinup_host::RealHost);
+    let net = match network::Network::create(&cfg.data_dir, cfg.file.network.clone(), &live, host).await {
         Ok(n) => {
             tracing::info!(pool = %format!("10.{}.0.0/16", n.pool), "sandbox networking ready");
             Ok(Arc::new(n))

@@ -321,7 +321,7 @@ impl Manager {
                 tracing::warn!(id = %id, "create failed: {e}");
                 let _ = driver.destroy(&id).await;
                 if let (Some(n), Some(slot)) = (&net, &sb.net) {
-                    n.teardown(&id, slot);
+                    n.teardown(&id, slot).await;
                 }
                 self.agents.lock().unwrap().remove(id.as_str());
                 self.store.delete_sandbox(&id, SandboxState::Creating, Some(&format!("create failed: {e}")))?;
@@ -499,7 +499,7 @@ impl Manager {
         driver.destroy(&sb.id).await?;
         self.unexpose_all(&sb.id);
         if let (Ok(n), Some(slot)) = (&self.net, &sb.net) {
-            n.teardown(&sb.id, slot);
+            n.teardown(&sb.id, slot).await;
         }
         self.store.delete_sandbox(&sb.id, sb.state, Some(reason))?;
         self.locks.lock().unwrap().remove(sb.id.as_str());
@@ -564,7 +564,7 @@ impl Manager {
     async fn undo_create(&self, sb: &Sandbox, driver: &dyn Driver, reason: &str) -> Result<()> {
         driver.destroy(&sb.id).await?;
         if let (Ok(n), Some(slot)) = (&self.net, &sb.net) {
-            n.teardown(&sb.id, slot);
+            n.teardown(&sb.id, slot).await;
         }
         self.agents.lock().unwrap().remove(sb.id.as_str());
         self.store.delete_sandbox(&sb.id, sb.state, Some(reason))

@@ -24,7 +24,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use spinup_host::{HostTools, RealHost};
+use spinup_host::HostTools;
 use spinup_model::network::{domain_matches, DomainRule};
 use spinup_model::{Cidr, Error, GuestNet, NetMode, NetSlot, NetworkPolicy, Result};
 use spinup_net::ca::SandboxCa;
@@ -162,27 +162,6 @@ impl std::fmt::Debug for Network {
     }
 }
 
-/// Wait for `f` from synchronous code: on a multi-thread runtime its worker
-/// first hands its other tasks off (`block_in_place`); anywhere else on a
-/// thread of its own, with a runtime of its own.
-fn block<F>(f: F) -> F::Output
-where
-    F: std::future::Future + Send,
-    F::Output: Send,
-{
-    use tokio::runtime::{Handle, RuntimeFlavor};
-    match Handle::try_current() {
-        Ok(h) if h.runtime_flavor() == RuntimeFlavor::MultiThread => tokio::task::block_in_place(|| h.block_on(f)),
-        _ => std::thread::scope(|s| {
-            s.spawn(|| {
-                tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a tokio runtime").block_on(f)
-            })
-            .join()
-            .unwrap_or_else(|p| std::panic::resume_unwind(p))
-        }),
-    }
-}
-
 /// The host's own addresses, and the networks of its uplinks (the
 /// interfaces its default routes leave by: its LAN).
 async fn host_networks(host: &dyn HostTools) -> (Vec<Cidr>, Vec<Cidr>) {
@@ -220,13 +199,6 @@ fn address_sets(pool: u8, own: Vec<Cidr>, on_link: Vec<Cidr>) -> (Vec<Cidr>, Vec
 }
 
 impl Network {
-    /// Set up the daemon's table and pool. `live`: the slots of sandboxes
-    /// the store still has (their objects are kept; others are removed).
-    /// Waits for [`Network::create`] with the real host.
-    pub fn new(data_dir: &Path, cfg: NetConfig, live: &[NetSlot]) -> anyhow::Result<Network> {
-        block(Network::create(data_dir, cfg, live, Arc::new(RealHost)))
-    }
-
     /// Set up the daemon's table and pool on `host`. `live`: the slots of
     /// sandboxes the store still has (their objects are kept; others are
     /// removed).
@@ -557,15 +529,10 @@ impl Network {
         self.chain_writer().write_chain(sn, fresh).await
     }
 
-    /// [`Network::set_policy_async`], waited for (for synchronous callers).
-    pub fn set_policy(&self, id: &str, policy: &NetworkPolicy) -> Result<()> {
-        block(self.set_policy_async(id, policy))
-    }
-
     /// Apply a new policy to a running sandbox at once: its chain is
     /// rewritten, learned addresses no longer allowed are dropped, and
     /// proxied connections to what is now forbidden are cut.
-    pub async fn set_policy_async(&self, id: &str, policy: &NetworkPolicy) -> Result<()> {
+    pub async fn set_policy(&self, id: &str, policy: &NetworkPolicy) -> Result<()> {
         let sn = self.live.lock().unwrap().get(id).cloned();
         let Some(sn) = sn else { return Ok(()) };
         *sn.policy.write().unwrap() = policy.clone();
@@ -578,15 +545,9 @@ impl Network {
         Ok(())
     }
 
-    /// [`Network::set_proxy_secrets_async`], waited for (for synchronous
-    /// callers).
-    pub fn set_proxy_secrets(&self, id: &str, secrets: Vec<ProxySecret>) -> Result<()> {
-        block(self.set_proxy_secrets_async(id, secrets))
-    }
-
     /// The proxy-mode secrets of a running sandbox (80/443 go through its
     /// proxy while it has any).
-    pub async fn set_proxy_secrets_async(&self, id: &str, secrets: Vec<ProxySecret>) -> Result<()> {
+    pub async fn set_proxy_secrets(&self, id: &str, secrets: Vec<ProxySecret>) -> Result<()> {
         let sn = self.live.lock().unwrap().get(id).cloned();
         let Some(sn) = sn else { return Ok(()) };
         let had = !sn.secrets.read().unwrap().is_empty();
@@ -626,16 +587,10 @@ impl Network {
             .collect()
     }
 
-    /// [`Network::remove_orphan_async`], waited for (for synchronous
-    /// callers).
-    pub fn remove_orphan(&self, id: &str, slot: Option<&NetSlot>) -> Vec<String> {
-        block(self.remove_orphan_async(id, slot))
-    }
-
     /// Remove the network of a sandbox the store does not have; what was
     /// there, in words. Its slot's objects go only when no live sandbox
     /// has been given that slot since.
-    pub async fn remove_orphan_async(&self, id: &str, slot: Option<&NetSlot>) -> Vec<String> {
+    pub async fn remove_orphan(&self, id: &str, slot: Option<&NetSlot>) -> Vec<String> {
         let ns = Self::netns_name(id);
         let mut what = vec![];
         if self.host.netns_exists(&ns).await {
@@ -653,7 +608,7 @@ impl Network {
                     what.push(format!("link {}", slot.host_if));
                 }
                 what.push(format!("nftables objects of slot {}", slot.index));
-                self.teardown_async(id, &slot).await;
+                self.teardown(id, &slot).await;
             }
             None => {
                 let _ = self.host.netns_del(&ns).await;
@@ -724,13 +679,8 @@ impl Network {
         }
     }
 
-    /// [`Network::teardown_async`], waited for (for synchronous callers).
-    pub fn teardown(&self, id: &str, slot: &NetSlot) {
-        block(self.teardown_async(id, slot))
-    }
-
     /// Remove everything: tasks, chain and sets, veth, namespace, CA.
-    pub async fn teardown_async(&self, id: &str, slot: &NetSlot) {
+    pub async fn teardown(&self, id: &str, slot: &NetSlot) {
         let sn = self.live.lock().unwrap().remove(id);
         if let Some(sn) = sn {
             sn.stop();
@@ -1022,23 +972,24 @@ impl SandboxNet {
     }
 
     /// Open `ip` for this sandbox (the resolver is about to hand it out).
-    fn open(&self, ip: Ipv4Addr, ttl: Duration) {
+    async fn open(&self, ip: Ipv4Addr, ttl: Duration) {
         let t = &self.shared.table;
         let cmd = open_command(t, self.slot.index, ip, ttl);
-        // Before the resolver answers (the caller is synchronous): the
-        // sandbox may connect as soon as it has the answer.
-        if let Err(e) = block(self.shared.host.nft(&cmd)) {
+        // Before the resolver answers: the sandbox may connect as soon as
+        // it has the answer.
+        if let Err(e) = self.shared.host.nft(&cmd).await {
             tracing::warn!(id = %self.id, "opening {ip}: {e}");
         }
     }
 }
 
+#[async_trait::async_trait]
 impl DnsPolicy for SandboxNet {
     fn policy(&self) -> NetworkPolicy {
         self.policy.read().unwrap().clone()
     }
 
-    fn learned(&self, name: &str, addrs: &[Ipv4Addr], ttl: Duration) {
+    async fn learned(&self, name: &str, addrs: &[Ipv4Addr], ttl: Duration) {
         let ttl = ttl.clamp(Duration::from_secs(60), Duration::from_secs(86_400));
         let exp = Instant::now() + ttl;
         for ip in addrs {
@@ -1053,7 +1004,7 @@ impl DnsPolicy for SandboxNet {
                 prev.is_none_or(|(_, e)| e < exp - Duration::from_secs(30))
             };
             if fresh && self.policy.read().unwrap().mode == NetMode::Allow {
-                self.open(*ip, ttl);
+                self.open(*ip, ttl).await;
             }
         }
     }
@@ -1382,8 +1333,7 @@ mod tests {
             ]
         );
         assert!(host.has_link("sp251v0") && host.has_netns("spinup-sb1"));
-        // The synchronous teardown, as the manager calls it.
-        net.teardown("sb1", &slot);
+        net.teardown("sb1", &slot).await;
         let steps = slot_steps("spinup_251", &slot);
         assert_eq!(
             host.take_calls(),
@@ -1398,7 +1348,7 @@ mod tests {
         let (host, net, _dir) = fake_network(&[]);
         let slot = net.allocate().unwrap();
         host.fail("sb_0", "Error: No such file or directory");
-        net.teardown_async("gone", &slot).await;
+        net.teardown("gone", &slot).await;
         let steps = slot_steps("spinup_251", &slot);
         let mut want = vec![nft(&steps.join("\n"))];
         want.extend(steps.iter().map(|s| nft(s)));
@@ -1416,8 +1366,9 @@ mod tests {
             "pypi.org",
             &[Ipv4Addr::new(151, 101, 0, 223), Ipv4Addr::new(10, 0, 0, 5)],
             Duration::from_secs(300),
-        );
-        sn.learned("github.com", &[Ipv4Addr::new(140, 82, 112, 3)], Duration::from_secs(30));
+        )
+        .await;
+        sn.learned("github.com", &[Ipv4Addr::new(140, 82, 112, 3)], Duration::from_secs(30)).await;
         assert_eq!(
             host.take_calls(),
             [
@@ -1426,7 +1377,7 @@ mod tests {
             ]
         );
         let narrower = policy(NetMode::Allow, &["pypi.org"]);
-        net.set_policy("sb1", &narrower).unwrap();
+        net.set_policy("sb1", &narrower).await.unwrap();
         let calls = host.take_calls();
         assert_eq!(calls.len(), 1);
         assert!(calls[0].starts_with("nft -f - <<< add set inet spinup_251 explicit_0"), "{}", calls[0]);
@@ -1435,19 +1386,19 @@ mod tests {
         let tail = calls[0].rsplit_once(kept).map(|(_, t)| t);
         assert!(matches!(tail, Some("300s }" | "299s }")), "{}", calls[0]);
         // Proxy-mode secrets in open mode turn the proxy on, and off again.
-        net.set_policy_async("sb1", &policy(NetMode::Open, &[])).await.unwrap();
+        net.set_policy("sb1", &policy(NetMode::Open, &[])).await.unwrap();
         host.take_calls();
         let secret = || ProxySecret { placeholder: "P".into(), value: Zeroizing::new("v".into()), hosts: vec![] };
-        net.set_proxy_secrets("sb1", vec![secret()]).unwrap();
-        net.set_proxy_secrets_async("sb1", vec![secret()]).await.unwrap();
-        net.set_proxy_secrets_async("sb1", vec![]).await.unwrap();
+        net.set_proxy_secrets("sb1", vec![secret()]).await.unwrap();
+        net.set_proxy_secrets("sb1", vec![secret()]).await.unwrap();
+        net.set_proxy_secrets("sb1", vec![]).await.unwrap();
         let calls = host.take_calls();
         assert_eq!(calls.len(), 2, "only changes rewrite the chain: {calls:?}");
         assert!(calls[0]
             .contains("delete element inet spinup_251 proxied { \"sp251v0\" }; add element inet spinup_251 proxied"));
         assert!(calls[1].contains("delete element inet spinup_251 proxied { \"sp251v0\" }; flush set"));
         // A sandbox without a network: nothing to do.
-        net.set_policy("nope", &narrower).unwrap();
+        net.set_policy("nope", &narrower).await.unwrap();
         assert!(host.calls().is_empty());
     }
 
@@ -1486,7 +1437,7 @@ mod tests {
     async fn an_orphan_whose_slot_is_taken_keeps_the_slots_objects() {
         let (host, net, _dir) = fake_network(&[slot_of(FAKE_POOL, 2)]);
         host.add_netns("spinup-lost");
-        let what = net.remove_orphan_async("lost", Some(&slot_of(FAKE_POOL, 2))).await;
+        let what = net.remove_orphan("lost", Some(&slot_of(FAKE_POOL, 2))).await;
         assert_eq!(what, ["network namespace spinup-lost", "network record of sandbox lost"]);
         assert_eq!(host.calls(), ["test -e /run/netns/spinup-lost", "ip netns del spinup-lost"]);
     }

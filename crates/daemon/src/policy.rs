@@ -76,7 +76,7 @@ impl Manager {
             }
         }
         if let Ok(n) = &self.net {
-            n.set_proxy_secrets(&sb.id, proxied)?;
+            n.set_proxy_secrets(&sb.id, proxied).await?;
         }
         if sb.secrets.is_empty() && sb.state == SandboxState::Creating {
             return Ok(());
@@ -107,7 +107,7 @@ impl Manager {
                 Err(e) => tracing::warn!(id = %sb.id, secret = %m.name, "cannot re-attach: {e}"),
             }
         }
-        if let Err(e) = n.set_proxy_secrets(&sb.id, proxied) {
+        if let Err(e) = n.set_proxy_secrets(&sb.id, proxied).await {
             tracing::warn!(id = %sb.id, "re-attaching proxy secrets: {e}");
         }
     }
@@ -128,7 +128,7 @@ impl Manager {
                 "sandbox {id} was made without a network; make a new one to give it one"
             )));
         }
-        n.set_policy(id, &policy)?;
+        n.set_policy(id, &policy).await?;
         sb.network = policy;
         sb.updated_at = spinup_model::now_ms();
         self.store.update_sandbox(&sb, sb.state, None)?;

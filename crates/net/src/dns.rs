@@ -70,11 +70,12 @@ const TCP_IDLE: Duration = Duration::from_secs(10);
 const MAX_TCP_CONNS: usize = 16;
 
 /// What the resolver needs from the daemon for one sandbox.
+#[async_trait::async_trait]
 pub trait DnsPolicy: Send + Sync + 'static {
     /// The sandbox's current policy, read on every query (so a policy change applies at once).
     fn policy(&self) -> NetworkPolicy;
     /// Called with the IPv4 addresses about to be handed out for `name` (the queried name), BEFORE the answer is sent to the sandbox. `ttl` = the smallest TTL among them.
-    fn learned(&self, name: &str, addrs: &[Ipv4Addr], ttl: Duration);
+    async fn learned(&self, name: &str, addrs: &[Ipv4Addr], ttl: Duration);
 }
 
 /// Settings of one [`Resolver`].
@@ -425,7 +426,7 @@ impl Resolver {
             let mut r = reply_to(msg, ResponseCode::NoError);
             r.set_authoritative(true);
             if qtype == RecordType::A {
-                self.policy.learned(&name, &[ip], Duration::from_secs(STATIC_TTL.into()));
+                self.policy.learned(&name, &[ip], Duration::from_secs(STATIC_TTL.into())).await;
                 r.add_answer(Record::from_rdata(q.name().clone(), STATIC_TTL, RData::A(ip.into())));
             }
             return encode(&r);
@@ -472,7 +473,7 @@ impl Resolver {
             if learn {
                 let (addrs, ttl) = a_records(&resp);
                 if !addrs.is_empty() {
-                    self.policy.learned(name, &addrs, Duration::from_secs(ttl.into()));
+                    self.policy.learned(name, &addrs, Duration::from_secs(ttl.into())).await;
                 }
             }
             // Back to the client's id and RD flag; the rest is the
@@ -725,11 +726,12 @@ mod tests {
         }
     }
 
+    #[async_trait::async_trait]
     impl DnsPolicy for TestPolicy {
         fn policy(&self) -> NetworkPolicy {
             self.policy.lock().unwrap().clone()
         }
-        fn learned(&self, name: &str, addrs: &[Ipv4Addr], ttl: Duration) {
+        async fn learned(&self, name: &str, addrs: &[Ipv4Addr], ttl: Duration) {
             self.learned.lock().unwrap().push((name.to_string(), addrs.to_vec(), ttl));
         }
     }
