@@ -134,12 +134,24 @@ pub struct ChangesRequest {
 /// environment of every process started afterwards (never PID 1's), and
 /// `ca_pem` (the egress proxy's CA for proxy-mode secrets) into the trust
 /// store.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SecretsRequest {
     pub user: Option<String>,
     pub files: BTreeMap<String, String>,
     pub env: BTreeMap<String, String>,
     pub ca_pem: Option<String>,
+}
+
+/// Names only: the values are secrets.
+impl std::fmt::Debug for SecretsRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SecretsRequest")
+            .field("user", &self.user)
+            .field("files", &self.files.keys().collect::<Vec<_>>())
+            .field("env", &self.env.keys().collect::<Vec<_>>())
+            .field("ca_pem", &self.ca_pem.as_ref().map(|_| "<certificate>"))
+            .finish()
+    }
 }
 
 /// A new identity for a guest continued from saved memory (microVM): its
@@ -180,4 +192,20 @@ pub struct AgentInfo {
 pub struct ErrorBody {
     pub code: String,
     pub message: String,
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn secrets_request_debug_shows_names_never_values() {
+        let r = super::SecretsRequest {
+            user: None,
+            files: [("TOKEN".to_string(), "s3cr3t-file".to_string())].into(),
+            env: [("API_KEY".to_string(), "s3cr3t-env".to_string())].into(),
+            ca_pem: None,
+        };
+        let s = format!("{r:?}");
+        assert!(s.contains("TOKEN") && s.contains("API_KEY"), "{s}");
+        assert!(!s.contains("s3cr3t"), "{s}");
+    }
 }
