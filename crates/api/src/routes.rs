@@ -1,7 +1,7 @@
-//! The route table: every `/v1` route, once. The daemon's HTTP router is
-//! built from it (each [`Op`] maps to one handler, checked by the
-//! compiler) and so is the OpenAPI document (`openapi.rs`); a test in the
-//! daemon asks the live router for every entry.
+//! The route table: every `/v1` route, once. The HTTP front end's router
+//! is built from it (each [`Op`] maps to one handler, checked by the
+//! compiler) and so is the OpenAPI document (`openapi.rs`); spinup-http's
+//! tests ask the router for every entry, and for nothing else.
 
 /// One operation of the API. Routes and handlers are keyed by it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
