@@ -172,6 +172,11 @@ pub trait SandboxService: Send + Sync + 'static {
     async fn remove_secret(&self, name: &str) -> Result<()>;
 
     // Processes.
+    /// Make sure the sandbox can run a process now: running (resumed
+    /// first if it is paused with `auto_resume`) and its agent connected.
+    /// A caller that must answer before it has the request (a WebSocket
+    /// before its upgrade) asks this first.
+    async fn ready(&self, id: &SandboxId) -> Result<Sandbox>;
     /// Start a process. `interactive`: the caller carries a live two-way
     /// stream (a WebSocket), so it may ask for a pty and keep stdin open;
     /// otherwise a pty is refused and stdin is `input` (then closed) or

@@ -252,6 +252,12 @@ impl SandboxService for Service {
         self.m.secrets.remove(name)
     }
 
+    async fn ready(&self, id: &SandboxId) -> Result<Sandbox> {
+        let sb = self.m.get(id)?;
+        self.m.agent_for(&sb).await?;
+        self.m.get(id)
+    }
+
     async fn exec(&self, id: &SandboxId, mut req: ExecRequest, interactive: bool) -> Result<ExecSession> {
         let sb = self.m.get(id)?;
         if req.pty.is_some() {
@@ -331,7 +337,6 @@ impl SandboxService for Service {
         let c = self.m.agent(id).await?;
         let mut out = forward(&c, method, &format!("/v1/files/{path}"), full_body(body)).await?;
         out.content_type = Some("application/json".into());
-        out.content_length = None;
         Ok(out)
     }
 

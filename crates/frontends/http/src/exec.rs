@@ -138,8 +138,9 @@ fn raw_error_frame(code: &str, message: &str) -> Message {
 /// WebSocket exec (with or without a pty): the first message must be a
 /// Start frame.
 pub async fn exec_ws(State(s): State<Svc>, Id(id): Id, ws: WebSocketUpgrade) -> ApiResult<Response> {
-    // Fail before the upgrade when the sandbox does not exist.
-    s.get(&id).await?;
+    // Fail before the upgrade when the sandbox does not exist, is not
+    // running, or its agent cannot be reached.
+    s.ready(&id).await?;
     Ok(ws.on_upgrade(move |socket| async move {
         let (mut sink, mut stream) = socket.split();
         let start = loop {
@@ -151,12 +152,14 @@ pub async fn exec_ws(State(s): State<Svc>, Id(id): Id, ws: WebSocketUpgrade) -> 
         };
         let Ok(Frame::Start(req)) = start else {
             let _ = sink.send(raw_error_frame("invalid_argument", "the first message must be a Start frame")).await;
+            let _ = sink.close().await;
             return;
         };
         match s.exec(&id, ExecRequest::from(req), true).await {
             Ok(session) => pump(session, sink, stream).await,
             Err(e) => {
                 let _ = sink.send(error_frame(&e)).await;
+                let _ = sink.close().await;
             }
         }
     }))

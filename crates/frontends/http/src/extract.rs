@@ -2,6 +2,7 @@
 
 use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request};
 use axum::http::request::Parts;
+use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use futures::StreamExt;
 use serde::de::DeserializeOwned;
@@ -52,12 +53,12 @@ pub fn number<T: std::str::FromStr>(s: &Segments, name: &str, what: impl Fn(&str
 pub struct Body<T>(pub T);
 
 impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Body<T> {
-    type Rejection = ApiError;
-    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
-        let b = Bytes::from_request(req, state)
-            .await
-            .map_err(|e| ApiError(Error::InvalidArgument(format!("reading the request body: {e}"))))?;
-        Ok(Body(spinup_api::parse_json(&b)?))
+    type Rejection = Response;
+    async fn from_request(req: Request, state: &S) -> Result<Self, Response> {
+        // A body that cannot be read keeps axum's answer (413 past the
+        // body limit); one that is not the JSON wanted gets ours.
+        let b = Bytes::from_request(req, state).await.map_err(IntoResponse::into_response)?;
+        spinup_api::parse_json(&b).map(Body).map_err(|e| ApiError(e).into_response())
     }
 }
 

@@ -247,12 +247,13 @@ pub async fn list_files(State(s): S, Id(id): Id, RawQuery(q): RawQuery) -> ApiRe
     file(s, id, FileOp::List, q, Body::empty()).await
 }
 
-/// `mkdir`, `remove`, `rename`, `chmod`, with a JSON body.
-pub async fn file_op(State(s): S, p: Segments, body: Body) -> ApiResult<Response> {
+/// `mkdir`, `remove`, `rename`, `chmod`, with a JSON body (read whole,
+/// within axum's body limit).
+pub async fn file_op(State(s): S, p: Segments, body: Bytes) -> ApiResult<Response> {
     let name = segment(&p.0, "op");
     let op = FileOp::from_post(&name).ok_or(ApiError(Error::NotFound { kind: "file operation", id: name }))?;
     let id = spinup_api::SandboxId::parse(&segment(&p.0, "id"))?;
-    file(s, id, op, None, body).await
+    file(s, id, op, None, Body::from(body)).await
 }
 
 pub async fn environments(State(s): S) -> ApiResult<impl IntoResponse> {

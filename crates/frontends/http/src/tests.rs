@@ -104,6 +104,9 @@ impl SandboxService for Refuses {
     async fn remove_secret(&self, _: &str) -> Result<()> {
         no()
     }
+    async fn ready(&self, _: &SandboxId) -> Result<Sandbox> {
+        no()
+    }
     async fn exec(&self, _: &SandboxId, _: ExecRequest, _: bool) -> Result<ExecSession> {
         no()
     }
@@ -227,4 +230,15 @@ async fn a_bad_id_is_a_missing_sandbox_and_bad_input_gets_the_error_shape() {
     let (status, body) = call("delete", "/v1/sandboxes/0123456789ab/ports/notaport", false).await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
     assert!(body.contains("bad port"), "{body}");
+}
+
+#[tokio::test]
+async fn a_body_past_the_limit_is_413_as_axum_answers_it() {
+    let big = vec![b' '; 3 << 20];
+    for path in ["/v1/sandboxes", "/v1/sandboxes/0123456789ab/files/mkdir"] {
+        let app = crate::router(Arc::new(Refuses));
+        let req = Request::builder().method(Method::POST).uri(path).body(Body::from(big.clone())).unwrap();
+        let resp = app.oneshot(req).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::PAYLOAD_TOO_LARGE, "{path}");
+    }
 }
