@@ -176,7 +176,7 @@ pub trait SandboxService: Send + Sync + 'static {
     /// first if it is paused with `auto_resume`) and its agent connected.
     /// A caller that must answer before it has the request (a WebSocket
     /// before its upgrade) asks this first.
-    async fn ready(&self, id: &SandboxId) -> Result<Sandbox>;
+    async fn ready(&self, id: &SandboxId) -> Result<()>;
     /// Start a process. `interactive`: the caller carries a live two-way
     /// stream (a WebSocket), so it may ask for a pty and keep stdin open;
     /// otherwise a pty is refused and stdin is `input` (then closed) or

@@ -198,6 +198,19 @@ fn address_sets(pool: u8, own: Vec<Cidr>, on_link: Vec<Cidr>) -> (Vec<Cidr>, Vec
     (forbidden, private)
 }
 
+/// Slot `idx` of pool 10.`pool`.0.0/16: a /30 (gateway .1, sandbox .2)
+/// whose host link is `<link_prefix><idx>`.
+fn slot_in(pool: u8, link_prefix: &str, idx: u32) -> NetSlot {
+    let base = u32::from(Ipv4Addr::new(10, pool, 0, 0)) + idx * 4;
+    NetSlot {
+        index: idx,
+        host_if: format!("{link_prefix}{idx}"),
+        gateway: Ipv4Addr::from(base + 1),
+        address: Ipv4Addr::from(base + 2),
+        prefix: 30,
+    }
+}
+
 impl Network {
     /// Set up the daemon's table and pool on `host`. `live`: the slots of
     /// sandboxes the store still has (their objects are kept; others are
@@ -310,14 +323,7 @@ impl Network {
 
     /// The slot with index `idx` (its names and addresses follow from it).
     fn slot_at(&self, idx: u32) -> NetSlot {
-        let base = u32::from(Ipv4Addr::new(10, self.pool, 0, 0)) + idx * 4;
-        NetSlot {
-            index: idx,
-            host_if: format!("{}{idx}", self.prefix),
-            gateway: Ipv4Addr::from(base + 1),
-            address: Ipv4Addr::from(base + 2),
-            prefix: 30,
-        }
+        slot_in(self.pool, &self.prefix, idx)
     }
 
     pub fn netns_name(id: &str) -> String {
@@ -1076,14 +1082,7 @@ mod tests {
 
     /// Slot `i` of pool 213, as `Network::slot_at` makes it.
     fn slot(i: u32) -> NetSlot {
-        let base = u32::from(Ipv4Addr::new(10, POOL, 0, 0)) + i * 4;
-        NetSlot {
-            index: i,
-            host_if: format!("{PREFIX}{i}"),
-            gateway: Ipv4Addr::from(base + 1),
-            address: Ipv4Addr::from(base + 2),
-            prefix: 30,
-        }
+        slot_in(POOL, PREFIX, i)
     }
 
     fn writer() -> ChainWriter {
@@ -1444,14 +1443,7 @@ mod tests {
 
     /// Slot `i` of `pool`.
     fn slot_of(pool: u8, i: u32) -> NetSlot {
-        let base = u32::from(Ipv4Addr::new(10, pool, 0, 0)) + i * 4;
-        NetSlot {
-            index: i,
-            host_if: format!("sp{pool}v{i}"),
-            gateway: Ipv4Addr::from(base + 1),
-            address: Ipv4Addr::from(base + 2),
-            prefix: 30,
-        }
+        slot_in(pool, &format!("sp{pool}v"), i)
     }
 
     #[test]

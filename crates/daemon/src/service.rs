@@ -252,10 +252,8 @@ impl SandboxService for Service {
         self.m.secrets.remove(name)
     }
 
-    async fn ready(&self, id: &SandboxId) -> Result<Sandbox> {
-        let sb = self.m.get(id)?;
-        self.m.agent_for(&sb).await?;
-        self.m.get(id)
+    async fn ready(&self, id: &SandboxId) -> Result<()> {
+        self.m.agent(id).await.map(drop)
     }
 
     async fn exec(&self, id: &SandboxId, mut req: ExecRequest, interactive: bool) -> Result<ExecSession> {

@@ -13,7 +13,7 @@ use spinup_api::{Error, ExecQuery, ExecRequest, ExecResult, ExecSession};
 use spinup_protocol::{ErrorBody, Frame};
 
 use crate::error::{ApiError, ApiResult};
-use crate::extract::{number, Body as JsonBody, Id, Segments, Q};
+use crate::extract::{ndjson_line, number, Body as JsonBody, Id, Segments, Q};
 use crate::Svc;
 
 /// Output kept per stream by a non-streaming exec.
@@ -85,10 +85,8 @@ mod async_stream {
                 };
                 let end = matches!(f, Frame::Exit(_) | Frame::Error(_));
                 if let Some(v) = ndjson_event(&f) {
-                    let mut line = serde_json::to_vec(&v).expect("events serialize");
-                    line.push(b'\n');
                     let next = if end { None } else { Some((input, output)) };
-                    return Some((Ok(Bytes::from(line)), next));
+                    return Some((Ok(ndjson_line(&v)), next));
                 }
                 if end {
                     return None;

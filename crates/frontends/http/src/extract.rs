@@ -17,15 +17,12 @@ pub struct Id(pub SandboxId);
 impl<S: Send + Sync> FromRequestParts<S> for Id {
     type Rejection = ApiError;
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
-        let Path(params) = Path::<Vec<(String, String)>>::from_request_parts(parts, state)
-            .await
-            .map_err(|e| ApiError(Error::InvalidArgument(e.body_text())))?;
-        let id = params.iter().find(|(k, _)| k == "id").map(|(_, v)| v.as_str()).unwrap_or_default();
-        Ok(Id(SandboxId::parse(id)?))
+        let Segments(params) = Segments::from_request_parts(parts, state).await?;
+        Ok(Id(SandboxId::parse(&segment(&params, "id"))?))
     }
 }
 
-/// One named path segment other than `{id}`, as text.
+/// One named path segment, as text (empty when the route has none).
 pub fn segment(parts: &[(String, String)], name: &str) -> String {
     parts.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone()).unwrap_or_default()
 }
@@ -73,6 +70,13 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for Q<T> {
             .map_err(|e| ApiError(Error::InvalidArgument(e.body_text())))?;
         Ok(Q(q))
     }
+}
+
+/// One NDJSON line.
+pub fn ndjson_line(v: &impl serde::Serialize) -> Bytes {
+    let mut line = serde_json::to_vec(v).expect("events serialize");
+    line.push(b'\n');
+    Bytes::from(line)
 }
 
 /// A streamed body.

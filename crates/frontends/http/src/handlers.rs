@@ -16,7 +16,7 @@ use spinup_api::{
 };
 
 use crate::error::{ApiError, ApiResult};
-use crate::extract::{number, segment, stream, Body as JsonBody, Id, Segments, Q};
+use crate::extract::{ndjson_line, number, segment, stream, Body as JsonBody, Id, Segments, Q};
 use crate::Svc;
 
 type S = State<Svc>;
@@ -277,10 +277,6 @@ pub async fn import_environment(State(s): S, p: Segments, body: Body) -> ApiResu
 /// NDJSON progress, then the environment (or an error) as the last line.
 pub async fn build_environment(State(s): S, p: Segments) -> ApiResult<Response> {
     let events = s.build_environment(&segment(&p.0, "name")).await?;
-    let lines = events.map(|e| {
-        let mut l = serde_json::to_vec(&e).expect("events serialize");
-        l.push(b'\n');
-        Ok::<_, std::io::Error>(Bytes::from(l))
-    });
+    let lines = events.map(|e| Ok::<_, std::io::Error>(ndjson_line(&e)));
     Ok(([(http::header::CONTENT_TYPE, "application/x-ndjson")], Body::from_stream(lines)).into_response())
 }

@@ -104,7 +104,7 @@ impl SandboxService for Refuses {
     async fn remove_secret(&self, _: &str) -> Result<()> {
         no()
     }
-    async fn ready(&self, _: &SandboxId) -> Result<Sandbox> {
+    async fn ready(&self, _: &SandboxId) -> Result<()> {
         no()
     }
     async fn exec(&self, _: &SandboxId, _: ExecRequest, _: bool) -> Result<ExecSession> {
