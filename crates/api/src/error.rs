@@ -26,3 +26,19 @@ impl From<&Error> for ErrorBody {
         ErrorBody { code: e.code().to_string(), message: e.to_string(), driver, capability }
     }
 }
+
+/// The HTTP status every front end gives an error (the native API; the
+/// E2B front end maps the same statuses).
+pub fn http_status(e: &Error) -> u16 {
+    match e {
+        Error::NotFound { .. } => 404,
+        Error::InvalidArgument(_) => 400,
+        Error::Conflict(_) => 409,
+        Error::Unsupported { .. } => 501,
+        Error::Unavailable(_) => 503,
+        Error::Agent(_) => 502,
+        Error::Guest { status, .. } if (400..600).contains(status) => *status,
+        Error::Guest { .. } => 502,
+        Error::Internal(_) => 500,
+    }
+}

@@ -32,11 +32,12 @@ pub use sandboxes::{
 };
 pub use secrets::SecretInfo;
 pub use service::{
-    ByteStream, ExecSession, FileOp, FileRequest, Forwarded, Layer, SandboxService, SecretSet, SecretValue,
+    ByteStream, ExecSession, FileOp, FileRequest, Forwarded, Layer, SandboxService, SecretSet, SecretValue, Tunnel,
 };
 pub use snapshots::{Change, Diff, DiffQuery, ForkRequest, ForkResult, SnapshotRequest};
 pub use spinup_model::{
-    Capabilities, Environment, Error, NetworkPolicy, PortExposure, Result, Sandbox, SandboxId, SecretMount, Snapshot,
+    Capabilities, Environment, Error, NetMode, NetworkPolicy, OnTimeout, PortExposure, Result, Sandbox, SandboxId,
+    SecretMount, Snapshot,
 };
 
 /// Parse a JSON body. An empty (or all-whitespace) body is `{}`, so every

@@ -25,6 +25,8 @@ pub struct CreateRequest {
     pub network: Option<NetworkPolicy>,
     /// Secrets from the store to project into it.
     pub secrets: Vec<SecretMount>,
+    /// Environment variables of every process started in it.
+    pub env_vars: BTreeMap<String, String>,
 }
 
 /// Resources as a request gives them: unset fields take the daemon's defaults.

@@ -48,6 +48,8 @@ pub enum FileOp {
     Write,
     Stat,
     List,
+    /// A directory's changes: the agent's NDJSON stream, passed through.
+    Watch,
     Mkdir,
     Remove,
     Rename,
@@ -97,6 +99,20 @@ impl fmt::Debug for Forwarded {
             .field("content_type", &self.content_type)
             .field("content_length", &self.content_length)
             .finish_non_exhaustive()
+    }
+}
+
+/// A byte stream to a port inside a sandbox, carried by its agent (so it
+/// works on every driver, whatever the network policy). Dropping `input`
+/// half-closes the connection.
+pub struct Tunnel {
+    pub input: tokio::sync::mpsc::Sender<Bytes>,
+    pub output: ByteStream,
+}
+
+impl fmt::Debug for Tunnel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Tunnel").finish_non_exhaustive()
     }
 }
 
@@ -165,6 +181,9 @@ pub trait SandboxService: Send + Sync + 'static {
     async fn ports(&self, id: &SandboxId) -> Result<Vec<PortExposure>>;
     async fn expose(&self, id: &SandboxId, req: ExposeRequest) -> Result<ExposeAnswer>;
     async fn unexpose(&self, id: &SandboxId, port: u16) -> Result<()>;
+    /// Connect to a port inside the sandbox (resumed first if it is paused
+    /// with `auto_resume`), for a front end that proxies traffic itself.
+    async fn tunnel(&self, id: &SandboxId, port: u16) -> Result<Tunnel>;
     async fn attach_secrets(&self, id: &SandboxId, req: AttachRequest) -> Result<Sandbox>;
     async fn secrets(&self) -> Result<Vec<SecretInfo>>;
     async fn secret(&self, name: &str) -> Result<SecretInfo>;

@@ -9,7 +9,9 @@
 //! - [`run_snapshots`]: snapshot, fork, pause/resume and memory restore
 //!   ([`snapshots`]);
 //! - [`run_network`]: HTTP from a sandbox and through the secrets proxy
-//!   against curl on the host ([`network`]).
+//!   against curl on the host ([`network`]);
+//! - [`run_e2b`]: the official E2B Python SDK through the E2B front end
+//!   against the native API ([`e2b`]).
 //!
 //! The harness reaches the daemon through [`Api`], which the `spinup` CLI's
 //! client implements; it reads the daemon's data dir and `/proc` directly,
@@ -18,6 +20,7 @@
 #![allow(clippy::print_stdout, clippy::print_stderr, reason = "the harness prints its progress and tables")]
 
 pub mod container;
+pub mod e2b;
 pub mod gvisor;
 pub mod microvm;
 pub mod network;
@@ -37,6 +40,7 @@ use spinup_protocol::client::Body;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 pub use container::{print_table, run};
+pub use e2b::{print_e2b_table, run_e2b, E2bOpts};
 pub use network::{print_network_table, run_network};
 pub use snapshots::{print_snapshot_table, run_snapshots};
 

@@ -40,6 +40,21 @@ pub struct FileConfig {
     pub gvisor: RuntimeConfig,
     pub microvm: MicrovmConfig,
     pub network: network::NetConfig,
+    pub e2b: E2bConfig,
+}
+
+/// `[e2b]`: the E2B-compatible listener (off unless `listen` is set).
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct E2bConfig {
+    /// Address of the E2B API (`E2B_API_URL`) and of every sandbox's envd
+    /// (`E2B_SANDBOX_URL`), e.g. `127.0.0.1:3000`. Needs an API key.
+    pub listen: Option<SocketAddr>,
+    /// Serve `{port}-{id}.{domain}` and `api.{domain}` (`E2B_DOMAIN` mode).
+    pub domain: Option<String>,
+    /// PEM certificate chain and key: serve TLS (HTTP/2 and HTTP/1.1).
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
 }
 
 /// `[microvm]`: the VMM and guest kernel.
@@ -130,6 +145,31 @@ fn install_agent(data_dir: &Path, bytes: &[u8]) -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
+/// The secret the E2B front end derives each sandbox's access tokens from:
+/// 32 random bytes made once, kept in the data dir (0600), so tokens
+/// survive a restart.
+fn token_key(data_dir: &Path) -> anyhow::Result<Vec<u8>> {
+    let path = data_dir.join("e2b-token.key");
+    match std::fs::read(&path) {
+        Ok(k) if k.len() == 32 => return Ok(k),
+        Ok(_) => anyhow::bail!("{} is not a 32-byte key; remove it to make a new one", path.display()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    }
+    let mut k = vec![0u8; 32];
+    getrandom::fill(&mut k).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
+    let tmp = data_dir.join(".e2b-token.key.tmp");
+    {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
+        f.write_all(&k)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, &path)?;
+    Ok(k)
+}
+
 /// One daemon per data dir: a second would fight over the same sandboxes.
 fn lock_data_dir(data_dir: &Path) -> anyhow::Result<nix::fcntl::Flock<std::fs::File>> {
     let f = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(data_dir.join("daemon.lock"))?;
@@ -214,6 +254,30 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     }
     m.spawn_monitor();
 
+    // The E2B listener is bound before the unix socket, so a daemon that
+    // answers on its socket serves E2B too.
+    let mut e2b = None;
+    if let Some(addr) = cfg.file.e2b.listen {
+        let e = &cfg.file.e2b;
+        let key = cfg.api_key.clone().filter(|k| !k.is_empty()).context(
+            "the E2B listener needs an API key (SPINUP_API_KEY): clients send it as E2B_API_KEY",
+        )?;
+        let tls = match (&e.tls_cert, &e.tls_key) {
+            (Some(cert), Some(key)) => Some(spinup_e2b::Tls { cert: cert.clone(), key: key.clone() }),
+            (None, None) => None,
+            _ => anyhow::bail!("[e2b] needs both tls_cert and tls_key, or neither"),
+        };
+        let cfg = spinup_e2b::Config {
+            api_keys: vec![key],
+            token_key: token_key(&cfg.data_dir).context("the E2B token key")?,
+            domain: e.domain.clone(),
+        };
+        let app = spinup_e2b::router(Arc::new(service::Service::new(m.clone())), cfg);
+        tracing::info!(%addr, tls = tls.is_some(), "E2B API listener (X-API-KEY required)");
+        // Bind now, so a bad address or TLS file fails the start.
+        let serving = spinup_e2b::serve(addr, app, tls).await?;
+        e2b = Some(serving);
+    }
     if let Some(dir) = cfg.socket.parent() {
         std::fs::create_dir_all(dir)?;
     }
@@ -224,6 +288,9 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     tracing::info!(socket = %cfg.socket.display(), data_dir = %cfg.data_dir.display(), "spinup daemon listening");
     let app = spinup_http::router(Arc::new(service::Service::new(m.clone())));
     let mut tasks = tokio::task::JoinSet::new();
+    if let Some(serving) = e2b {
+        tasks.spawn(async move { serving.await.context("E2B listener") });
+    }
     {
         let app = app.clone();
         tasks.spawn(async move { axum::serve(unix, app).await.context("unix listener") });

@@ -174,6 +174,14 @@ impl Manager {
         if req.labels.len() > 64 {
             return Err(Error::InvalidArgument("at most 64 labels".into()));
         }
+        if req.env_vars.len() > 1024 {
+            return Err(Error::InvalidArgument("at most 1024 env_vars".into()));
+        }
+        for (k, v) in &req.env_vars {
+            if k.is_empty() || k.contains('=') || k.contains('\0') || v.contains('\0') {
+                return Err(Error::InvalidArgument(format!("env_vars: '{k}' is not a valid variable name")));
+            }
+        }
         if let Some(t) = req.timeout_s {
             if t > 366 * 24 * 3600 {
                 return Err(Error::InvalidArgument("timeout_s must be at most one year".into()));
@@ -254,6 +262,7 @@ impl Manager {
             net: None,
             secrets,
             ports: vec![],
+            env_vars: req.env_vars,
         };
         let lock = self.lock_for(&id);
         let _g = lock.lock().await;

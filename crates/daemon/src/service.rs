@@ -13,7 +13,7 @@ use spinup_api::{
     AttachRequest, BuildEvent, ByteStream, CreateRequest, Diff, DiffQuery, EnvList, ErrorBody, ExecRequest,
     ExecSession, ExposeAnswer, ExposeRequest, FileOp, FileRequest, ForkRequest, ForkResult, Forwarded, GcReport, Layer,
     ListQuery, PauseRequest, SandboxService, SecretInfo, SecretSet, SecretValue, SnapshotRequest, TimeoutRequest,
-    Transition,
+    Transition, Tunnel,
 };
 use spinup_model::{
     Capabilities, Environment, Error, NetworkPolicy, PortExposure, Result, Sandbox, SandboxId, Snapshot,
@@ -57,6 +57,9 @@ fn apply_defaults(m: &Manager, sb: &Sandbox, req: &mut ExecRequest) -> Result<()
     }
     if req.argv.iter().any(|a| a.contains('\0')) || req.cmd.as_deref().is_some_and(|c| c.contains('\0')) {
         return Err(Error::InvalidArgument("command contains a NUL byte".into()));
+    }
+    for (k, v) in &sb.env_vars {
+        req.env.entry(k.clone()).or_insert_with(|| v.clone());
     }
     if let Ok(env) = m.envs.get(&sb.env) {
         for kv in &env.config.env {
@@ -216,6 +219,17 @@ impl SandboxService for Service {
         self.m.unexpose(id, port).await
     }
 
+    async fn tunnel(&self, id: &SandboxId, port: u16) -> Result<Tunnel> {
+        if port == 0 {
+            return Err(Error::InvalidArgument("port must be 1-65535".into()));
+        }
+        let sb = self.m.get(id)?;
+        let c = self.m.agent_for(&sb).await?;
+        let (input, rx) = c.tunnel(port).await.map_err(agent_err)?;
+        let output = rx.map(|r| r.map_err(std::io::Error::other));
+        Ok(Tunnel { input, output: Box::pin(output) })
+    }
+
     async fn attach_secrets(&self, id: &SandboxId, req: AttachRequest) -> Result<Sandbox> {
         self.m.attach_secrets(id, req).await
     }
@@ -311,6 +325,7 @@ impl SandboxService for Service {
             FileOp::Write => (http::Method::PUT, "content"),
             FileOp::Stat => (http::Method::GET, "stat"),
             FileOp::List => (http::Method::GET, "list"),
+            FileOp::Watch => (http::Method::GET, "watch"),
             FileOp::Mkdir => (http::Method::POST, "mkdir"),
             FileOp::Remove => (http::Method::POST, "remove"),
             FileOp::Rename => (http::Method::POST, "rename"),

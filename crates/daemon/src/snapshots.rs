@@ -372,6 +372,7 @@ impl Manager {
                     .iter()
                     .map(|m| spinup_model::SecretMount { placeholder: None, ..m.clone() })
                     .collect(),
+                env_vars: parent.env_vars.clone(),
                 ..Default::default()
             }
         };

@@ -329,6 +329,7 @@ mod tests {
             net: None,
             secrets: vec![],
             ports: vec![],
+            env_vars: BTreeMap::new(),
         }
     }
 

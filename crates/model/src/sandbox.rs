@@ -175,6 +175,11 @@ pub struct Sandbox {
     /// Ports exposed through the daemon.
     #[serde(default)]
     pub ports: Vec<PortExposure>,
+    /// Environment variables of every process started in it (under the
+    /// request's own, over the environment's). Shown like `docker
+    /// inspect` shows them: credentials belong in secrets.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env_vars: BTreeMap<String, String>,
 }
 
 /// A guest port reachable through the daemon.
@@ -476,6 +481,7 @@ mod tests {
             net: None,
             secrets: vec![],
             ports: vec![],
+            env_vars: BTreeMap::new(),
         };
         sb.labels.insert("team".into(), "a".into());
         sb.labels.insert("run".into(), "7".into());

@@ -186,6 +186,13 @@ pub struct AgentInfo {
     /// CPU time used by the sandbox's cgroup, when visible.
     pub cpu_usage_us: Option<u64>,
     pub load_avg: [f64; 3],
+    /// Bytes used on the guest's root filesystem (`statvfs("/")`: total
+    /// less free blocks, as `df` counts them). Absent from older agents.
+    #[serde(default)]
+    pub disk_used_bytes: Option<u64>,
+    /// Size of the guest's root filesystem. Absent from older agents.
+    #[serde(default)]
+    pub disk_total_bytes: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

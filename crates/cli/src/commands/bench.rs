@@ -31,10 +31,36 @@ pub struct Args {
     /// Measure HTTP from a sandbox and through the secrets proxy instead.
     #[arg(long, conflicts_with = "snapshots")]
     network: bool,
+    /// Measure the official E2B Python SDK through this E2B listener
+    /// (e.g. http://127.0.0.1:3000) against the native API instead.
+    #[arg(long, conflicts_with_all = ["snapshots", "network"])]
+    e2b: Option<String>,
+    /// The Python with the `e2b` package (for --e2b).
+    #[arg(long, default_value = "/var/tmp/spinup-e2b/venv/bin/python")]
+    python: PathBuf,
+    /// Environment both sides use (for --e2b).
+    #[arg(long, default_value = "base")]
+    env: String,
 }
 
 pub async fn run(args: Args, ctx: &Ctx) -> Result<()> {
     let c = &ctx.client;
+    if let Some(url) = args.e2b {
+        let api_key = std::env::var("SPINUP_API_KEY")
+            .or_else(|_| std::env::var("E2B_API_KEY"))
+            .ok()
+            .ok_or_else(|| anyhow::anyhow!("--e2b needs the daemon's API key (SPINUP_API_KEY or E2B_API_KEY)"))?;
+        let o = spinup_bench::E2bOpts {
+            url,
+            api_key,
+            python: args.python,
+            env: args.env,
+            iterations: args.iterations,
+            exec_iterations: args.exec_iterations,
+        };
+        let v = spinup_bench::run_e2b(c, o).await?;
+        return ctx.emit(&v, |v: Value| spinup_bench::print_e2b_table(&v));
+    }
     let o = spinup_bench::Opts {
         iterations: args.iterations,
         exec_iterations: args.exec_iterations,

@@ -69,6 +69,7 @@ impl Args {
             network: network.then(|| flags::policy(self.net.as_deref(), &self.allow, &self.hosts)).transpose()?,
             secrets: flags::secret_mounts(&self.secrets)?,
             from_snapshot: self.from_snapshot,
+            env_vars: Default::default(),
         })
     }
 }

@@ -15,6 +15,11 @@ pub struct Args {
     /// Also listen on TCP (every request needs SPINUP_API_KEY as a bearer token).
     #[arg(long)]
     tcp: Option<std::net::SocketAddr>,
+    /// Also serve the E2B-compatible API here (`[e2b] listen`): point the
+    /// E2B SDKs at it with E2B_API_URL and E2B_SANDBOX_URL, and
+    /// E2B_API_KEY=SPINUP_API_KEY.
+    #[arg(long, env = "SPINUP_E2B_LISTEN")]
+    e2b_listen: Option<std::net::SocketAddr>,
     /// Daemon config file (TOML); a missing default file is fine.
     #[arg(long, env = "SPINUP_CONFIG")]
     config: Option<PathBuf>,
@@ -78,6 +83,7 @@ fn config(args: Args, api_key: Option<String>) -> anyhow::Result<spinup_daemon::
     file.microvm.kernel = args.kernel.or(file.microvm.kernel);
     file.microvm.initrd = args.initrd.or(file.microvm.initrd);
     file.microvm.kernel_dir = args.kernel_dir.or(file.microvm.kernel_dir);
+    file.e2b.listen = args.e2b_listen.or(file.e2b.listen);
     Ok(spinup_daemon::Config {
         data_dir: args.data_dir,
         socket: args.socket,

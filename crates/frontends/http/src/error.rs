@@ -15,16 +15,7 @@ impl From<Error> for ApiError {
 }
 
 pub fn status_of(e: &Error) -> StatusCode {
-    match e {
-        Error::NotFound { .. } => StatusCode::NOT_FOUND,
-        Error::InvalidArgument(_) => StatusCode::BAD_REQUEST,
-        Error::Conflict(_) => StatusCode::CONFLICT,
-        Error::Unsupported { .. } => StatusCode::NOT_IMPLEMENTED,
-        Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-        Error::Agent(_) => StatusCode::BAD_GATEWAY,
-        Error::Guest { status, .. } => StatusCode::from_u16(*status).unwrap_or(StatusCode::BAD_GATEWAY),
-        Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
-    }
+    StatusCode::from_u16(spinup_api::error::http_status(e)).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
 }
 
 impl IntoResponse for ApiError {

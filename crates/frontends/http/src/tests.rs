@@ -89,6 +89,9 @@ impl SandboxService for Refuses {
     async fn unexpose(&self, _: &SandboxId, _: u16) -> Result<()> {
         no()
     }
+    async fn tunnel(&self, _: &SandboxId, _: u16) -> Result<spinup_api::Tunnel> {
+        no()
+    }
     async fn attach_secrets(&self, _: &SandboxId, _: AttachRequest) -> Result<Sandbox> {
         no()
     }

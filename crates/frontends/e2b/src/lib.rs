@@ -1,0 +1,166 @@
+//! The E2B-compatible front end: the official E2B SDKs (`pip install e2b`,
+//! `npm install e2b`) work against Spinup unmodified.
+//!
+//! One listener serves both of E2B's planes:
+//! - the control plane (`/v2/sandboxes`, `/sandboxes/{id}/…`,
+//!   `/snapshots`, `/templates/{id}`), authenticated by `X-API-KEY`;
+//! - every sandbox's in-sandbox API (envd: `/health`, `/files`, the
+//!   Connect-RPC services `process.Process` and `filesystem.Filesystem`)
+//!   and its ports, chosen by the `E2b-Sandbox-Id` / `E2b-Sandbox-Port`
+//!   headers or by a `{port}-{id}.{domain}` host name, authenticated by the
+//!   sandbox's envd access token.
+//!
+//! It is a translation: every call becomes one or a few
+//! [`SandboxService`] calls; nothing here runs, stores or isolates
+//! anything itself. Watchers made by `CreateWatcher` live in memory (as in
+//! E2B's envd) and do not survive a daemon restart.
+
+mod connect;
+mod control;
+mod envd;
+mod filesystem;
+mod process;
+mod proxy;
+mod serve;
+mod token;
+mod wire;
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::Request;
+use axum::response::{IntoResponse, Response};
+use axum::Router;
+use http::{HeaderMap, StatusCode};
+use spinup_api::{SandboxId, SandboxService};
+use tower::ServiceExt;
+
+pub use serve::{serve, Tls};
+
+/// The envd port every SDK call to a sandbox names.
+pub const ENVD_PORT: u16 = 49983;
+/// The code interpreter's port (not served by this front end).
+pub const JUPYTER_PORT: u16 = 49999;
+/// The envd version reported: every feature up to it is served. 0.6.2
+/// (file metadata) and above are not, so the SDK refuses those calls
+/// itself with a clear message.
+pub const ENVD_VERSION: &str = "0.6.1";
+
+/// What the front end needs from the daemon.
+#[derive(Clone)]
+pub struct Config {
+    /// Keys accepted in `X-API-KEY` (the daemon's API keys).
+    pub api_keys: Vec<String>,
+    /// Secret for the per-sandbox envd and traffic access tokens (HMACs of
+    /// the sandbox id, so nothing per sandbox is stored).
+    pub token_key: Vec<u8>,
+    /// Serve `{port}-{id}.{domain}` host names and return `domain` to the
+    /// SDK (E2B_DOMAIN mode). It may end in `:PORT` when the listener is
+    /// not on 443 (the SDK puts it in its URLs as given).
+    pub domain: Option<String>,
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("api_keys", &format_args!("<{} redacted>", self.api_keys.len()))
+            .field("domain", &self.domain)
+            .finish_non_exhaustive()
+    }
+}
+
+pub(crate) struct App {
+    pub svc: Arc<dyn SandboxService>,
+    pub cfg: Config,
+    pub watchers: filesystem::Watchers,
+    pub processes: process::Processes,
+}
+
+/// The sandbox and port a sandbox-plane request is for.
+#[derive(Debug, Clone)]
+pub(crate) struct Target {
+    pub id: SandboxId,
+    pub port: u16,
+}
+
+/// The E2B front end as one router (mount it on its own listener).
+pub fn router(svc: Arc<dyn SandboxService>, cfg: Config) -> Router {
+    let app = Arc::new(App { svc, cfg, watchers: Default::default(), processes: Default::default() });
+    let control = control::routes().with_state(app.clone());
+    let envd = envd::routes().with_state(app.clone());
+    Router::new().fallback(move |req: Request| {
+        let (app, control, envd) = (app.clone(), control.clone(), envd.clone());
+        async move { dispatch(app, control, envd, req).await }
+    })
+}
+
+async fn dispatch(app: Arc<App>, control: Router, envd: Router, mut req: Request) -> Response {
+    match target(&app.cfg, req.headers()) {
+        Err(resp) => resp,
+        Ok(None) => {
+            if !token::api_key_ok(&app.cfg.api_keys, req.headers()) {
+                return wire::error(StatusCode::UNAUTHORIZED, "Invalid API key, it must be given in X-API-KEY");
+            }
+            control.oneshot(req).await.unwrap_or_else(|e| match e {})
+        }
+        Ok(Some(t)) => {
+            // Unknown or gone: the answer E2B's edge proxy gives, which the
+            // SDK turns into SandboxNotRunningException.
+            match app.svc.get(&t.id).await {
+                Ok(sb) if matches!(sb.state.as_str(), "running" | "paused") => {}
+                _ => return envd::sandbox_not_found(&t.id),
+            }
+            if t.port == ENVD_PORT {
+                if !token::envd_authorized(&app.cfg.token_key, &t.id, &req) {
+                    return wire::error(StatusCode::UNAUTHORIZED, "missing or wrong X-Access-Token for this sandbox");
+                }
+                req.extensions_mut().insert(t);
+                envd.oneshot(req).await.unwrap_or_else(|e| match e {})
+            } else {
+                proxy::port(&app, t, req).await
+            }
+        }
+    }
+}
+
+/// Which sandbox a request is for: the `E2b-Sandbox-Id` header (with
+/// `E2b-Sandbox-Port`, default envd's), or a `{port}-{id}.{domain}` host.
+/// `None`: the control plane.
+fn target(cfg: &Config, h: &HeaderMap) -> Result<Option<Target>, Response> {
+    let header = |n: &str| h.get(n).and_then(|v| v.to_str().ok()).map(str::trim).filter(|v| !v.is_empty());
+    if let Some(id) = header("e2b-sandbox-id") {
+        let port = match header("e2b-sandbox-port") {
+            None => ENVD_PORT,
+            Some(p) => p.parse().map_err(|_| bad_request(&format!("E2b-Sandbox-Port '{p}' is not a port")))?,
+        };
+        return Ok(Some(Target { id: sandbox_id(id)?, port }));
+    }
+    let (Some(domain), Some(host)) = (cfg.domain.as_deref(), header("host")) else { return Ok(None) };
+    // Both may carry a port (`domain = "spinup.test:3443"`).
+    let no_port = |h: &'_ str| -> String {
+        h.rsplit_once(':').filter(|(_, p)| p.bytes().all(|b| b.is_ascii_digit())).map_or(h, |(h, _)| h).to_string()
+    };
+    let (host, domain) = (no_port(host), no_port(domain));
+    let (host, domain) = (host.as_str(), domain.as_str());
+    let Some(label) = host.strip_suffix(domain).and_then(|l| l.strip_suffix('.')) else { return Ok(None) };
+    match label.split_once('-') {
+        Some((port, id)) if !label.contains('.') => {
+            let port = port.parse().map_err(|_| bad_request(&format!("host '{host}' is not PORT-ID.{domain}")))?;
+            Ok(Some(Target { id: sandbox_id(id)?, port }))
+        }
+        _ => Ok(None),
+    }
+}
+
+fn sandbox_id(id: &str) -> Result<SandboxId, Response> {
+    SandboxId::parse(id).map_err(|_| envd::sandbox_not_found_str(id))
+}
+
+fn bad_request(msg: &str) -> Response {
+    wire::error(StatusCode::BAD_REQUEST, msg)
+}
+
+/// A body-less response.
+pub(crate) fn empty(status: StatusCode) -> Response {
+    (status, Body::empty()).into_response()
+}
