@@ -48,6 +48,8 @@ pub enum FileOp {
     Write,
     Stat,
     List,
+    /// A directory's changes: the agent's NDJSON stream, passed through.
+    Watch,
     Mkdir,
     Remove,
     Rename,

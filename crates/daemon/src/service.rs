@@ -311,6 +311,7 @@ impl SandboxService for Service {
             FileOp::Write => (http::Method::PUT, "content"),
             FileOp::Stat => (http::Method::GET, "stat"),
             FileOp::List => (http::Method::GET, "list"),
+            FileOp::Watch => (http::Method::GET, "watch"),
             FileOp::Mkdir => (http::Method::POST, "mkdir"),
             FileOp::Remove => (http::Method::POST, "remove"),
             FileOp::Rename => (http::Method::POST, "rename"),
