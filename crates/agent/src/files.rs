@@ -33,7 +33,7 @@ pub fn routes() -> Router<AppState> {
         .route("/v1/files/chmod", post(chmod))
 }
 
-fn io_err(op: &str, path: &Path, e: io::Error) -> AgentError {
+pub(crate) fn io_err(op: &str, path: &Path, e: io::Error) -> AgentError {
     let (status, code) = match e.kind() {
         io::ErrorKind::NotFound => (StatusCode::NOT_FOUND, "not_found"),
         io::ErrorKind::PermissionDenied => (StatusCode::FORBIDDEN, "permission_denied"),
@@ -48,7 +48,7 @@ fn io_err(op: &str, path: &Path, e: io::Error) -> AgentError {
 }
 
 /// Paths must be absolute and sane; the kernel does the rest in our root.
-fn check(path: &str) -> Result<PathBuf, AgentError> {
+pub(crate) fn check(path: &str) -> Result<PathBuf, AgentError> {
     if !path.starts_with('/') {
         return Err(AgentError::bad(format!("path '{path}' must be absolute")));
     }
@@ -87,7 +87,7 @@ pub fn stat_of(path: &Path) -> io::Result<FileStat> {
     })
 }
 
-async fn blocking<T: Send + 'static>(
+pub(crate) async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, AgentError> + Send + 'static,
 ) -> Result<T, AgentError> {
     tokio::task::spawn_blocking(f).await.map_err(|e| AgentError::bad(format!("task failed: {e}")))?
@@ -100,6 +100,49 @@ struct PathQuery {
     mode: Option<u32>,
     #[serde(default)]
     depth: Option<usize>,
+    #[serde(default)]
+    user: Option<String>,
+}
+
+/// The uid and gid a request's `user` names (resolved as exec resolves it).
+fn owner(user: Option<&str>) -> Result<Option<(u32, u32)>, AgentError> {
+    match user {
+        None => Ok(None),
+        Some(u) => {
+            let u = crate::process::resolve_user(Some(u)).map_err(AgentError::bad)?;
+            Ok(Some((u.uid, u.gid)))
+        }
+    }
+}
+
+/// `mkdir -p`, and every directory it creates is chowned to `owner`.
+fn make_dirs(dir: &Path, owner: Option<(u32, u32)>) -> Result<(), AgentError> {
+    let Some((uid, gid)) = owner else {
+        return std::fs::create_dir_all(dir).map_err(|e| io_err("mkdir", dir, e));
+    };
+    // The missing ancestors, deepest first; then made from the top down.
+    let mut missing = vec![];
+    let mut p = dir;
+    while std::fs::symlink_metadata(p).is_err() {
+        missing.push(p);
+        match p.parent() {
+            Some(parent) => p = parent,
+            None => break,
+        }
+    }
+    for d in missing.into_iter().rev() {
+        match std::fs::create_dir(d) {
+            Ok(()) => nix::unistd::chown(d, Some(uid.into()), Some(gid.into()))
+                .map_err(|e| io_err("chown", d, io::Error::from(e)))?,
+            // Made meanwhile by someone else: theirs, as it is.
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists && d.is_dir() => {}
+            Err(e) => return Err(io_err("mkdir", d, e)),
+        }
+    }
+    if !dir.is_dir() {
+        return Err(io_err("mkdir", dir, io::Error::from(io::ErrorKind::NotADirectory)));
+    }
+    Ok(())
 }
 
 async fn read(Query(q): Query<PathQuery>) -> Result<Response, AgentError> {
@@ -130,8 +173,10 @@ async fn write(Query(q): Query<PathQuery>, body: Body) -> Result<Json<FileStat>,
     ));
     let (par, tmp2, dest) = (parent.clone(), tmp.clone(), path.clone());
     let mode = q.mode;
+    let user = q.user;
     let file = blocking(move || {
-        std::fs::create_dir_all(&par).map_err(|e| io_err("mkdir", &par, e))?;
+        let owner = owner(user.as_deref())?;
+        make_dirs(&par, owner)?;
         let keep = std::fs::metadata(&dest).ok().filter(|m| m.is_file()).map(|m| m.mode() & 0o7777);
         let mode = mode.or(keep).unwrap_or(0o644) & 0o7777;
         let f = std::fs::OpenOptions::new()
@@ -139,7 +184,18 @@ async fn write(Query(q): Query<PathQuery>, body: Body) -> Result<Json<FileStat>,
             .create_new(true)
             .open(&tmp2)
             .map_err(|e| io_err("write", &dest, e))?;
-        f.set_permissions(std::fs::Permissions::from_mode(mode)).map_err(|e| io_err("chmod", &dest, e))?;
+        // Owner before mode: a chown clears set-id bits.
+        let set = || -> Result<(), AgentError> {
+            if let Some((uid, gid)) = owner {
+                nix::unistd::fchown(std::os::fd::AsRawFd::as_raw_fd(&f), Some(uid.into()), Some(gid.into()))
+                    .map_err(|e| io_err("chown", &dest, io::Error::from(e)))?;
+            }
+            f.set_permissions(std::fs::Permissions::from_mode(mode)).map_err(|e| io_err("chmod", &dest, e))
+        };
+        if let Err(e) = set() {
+            let _ = std::fs::remove_file(&tmp2);
+            return Err(e);
+        }
         Ok(f)
     })
     .await?;
@@ -223,7 +279,7 @@ async fn mkdir(body: bytes::Bytes) -> Result<Json<FileStat>, AgentError> {
     let r: PathRequest = crate::server::parse(&body)?;
     let path = check(&r.path)?;
     blocking(move || {
-        std::fs::create_dir_all(&path).map_err(|e| io_err("mkdir", &path, e))?;
+        make_dirs(&path, owner(r.user.as_deref())?)?;
         if let Some(m) = r.mode {
             std::fs::set_permissions(&path, std::fs::Permissions::from_mode(m & 0o7777))
                 .map_err(|e| io_err("chmod", &path, e))?;

@@ -51,7 +51,18 @@ fn load_avg() -> [f64; 3] {
     [it.next().unwrap_or(0.0), it.next().unwrap_or(0.0), it.next().unwrap_or(0.0)]
 }
 
+/// Used and total bytes of the root filesystem, counted as `df` does:
+/// total = blocks × fragment size, used = total − free blocks.
+fn disk_usage() -> Option<(u64, u64)> {
+    let st = nix::sys::statvfs::statvfs("/").ok()?;
+    let frag = st.fragment_size() as u64;
+    let total = (st.blocks() as u64).saturating_mul(frag);
+    let free = (st.blocks_free() as u64).saturating_mul(frag);
+    Some((total.saturating_sub(free), total))
+}
+
 pub fn collect(started: Instant, processes: usize) -> AgentInfo {
+    let disk = disk_usage();
     AgentInfo {
         protocol: spinup_protocol::PROTOCOL_VERSION,
         version: env!("CARGO_PKG_VERSION").to_string(),
@@ -63,5 +74,7 @@ pub fn collect(started: Instant, processes: usize) -> AgentInfo {
         memory_bytes: cgroup_memory(),
         cpu_usage_us: cgroup_cpu_us(),
         load_avg: load_avg(),
+        disk_used_bytes: disk.map(|d| d.0),
+        disk_total_bytes: disk.map(|d| d.1),
     }
 }

@@ -21,6 +21,7 @@ mod pty;
 mod serial;
 mod server;
 mod vminit;
+mod watch;
 
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::sync::Arc;

@@ -84,9 +84,15 @@ pub(crate) struct User {
 }
 
 /// Resolve `name`, `uid` or `uid:gid` against the guest's own /etc files.
+/// (Exec, file writes, mkdir and secrets all resolve their `user` here.)
 pub(crate) fn resolve_user(spec: Option<&str>) -> Result<User, String> {
-    let spec = spec.unwrap_or("root");
     let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
+    let group = std::fs::read_to_string("/etc/group").unwrap_or_default();
+    resolve_user_in(spec.unwrap_or("root"), &passwd, &group)
+}
+
+/// [`resolve_user`] against the given passwd and group file contents.
+fn resolve_user_in(spec: &str, passwd: &str, groups: &str) -> Result<User, String> {
     let entries: Vec<Vec<&str>> =
         passwd.lines().map(|l| l.split(':').collect()).filter(|f: &Vec<&str>| f.len() >= 7).collect();
     let (user_part, group_part) = match spec.split_once(':') {
@@ -108,10 +114,11 @@ pub(crate) fn resolve_user(spec: Option<&str>) -> Result<User, String> {
     if let Some(g) = group_part {
         user.gid = match g.parse::<u32>() {
             Ok(gid) => gid,
-            Err(_) => group_id(g).ok_or_else(|| format!("group '{g}' does not exist in the sandbox's /etc/group"))?,
+            Err(_) => {
+                group_id(g, groups).ok_or_else(|| format!("group '{g}' does not exist in the sandbox's /etc/group"))?
+            }
         };
     }
-    let groups = std::fs::read_to_string("/etc/group").unwrap_or_default();
     for l in groups.lines() {
         let f: Vec<&str> = l.split(':').collect();
         if f.len() >= 4 && f[3].split(',').any(|m| m == user.name) {
@@ -124,8 +131,7 @@ pub(crate) fn resolve_user(spec: Option<&str>) -> Result<User, String> {
     Ok(user)
 }
 
-fn group_id(name: &str) -> Option<u32> {
-    let groups = std::fs::read_to_string("/etc/group").ok()?;
+fn group_id(name: &str, groups: &str) -> Option<u32> {
     groups.lines().map(|l| l.split(':').collect::<Vec<_>>()).find(|f| f.len() >= 3 && f[0] == name)?[2].parse().ok()
 }
 
@@ -533,5 +539,42 @@ fn frame_len(f: &Frame) -> usize {
     match f {
         Frame::Stdout(b) | Frame::Stderr(b) => b.len(),
         _ => 0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::resolve_user_in;
+
+    const PASSWD: &str =
+        "root:x:0:0:root:/root:/bin/sh\nuser:x:1000:1000::/home/user:/bin/bash\nbroken:x:zz:1::/:/bin/sh\n";
+    const GROUP: &str = "root:x:0:\nusers:x:100:user,other\nuser:x:1000:\nstaff:x:50:\n";
+
+    fn ids(spec: &str) -> Result<(u32, u32, Vec<u32>), String> {
+        resolve_user_in(spec, PASSWD, GROUP).map(|u| (u.uid, u.gid, u.groups))
+    }
+
+    #[test]
+    fn names_and_numbers_resolve_against_the_guest_files() {
+        assert_eq!(ids("root"), Ok((0, 0, vec![0])));
+        assert_eq!(ids("user"), Ok((1000, 1000, vec![100, 1000])));
+        let u = resolve_user_in("user", PASSWD, GROUP).unwrap();
+        assert_eq!((u.name.as_str(), u.home.as_str()), ("user", "/home/user"));
+        // A uid in passwd is that user; one not in it is itself, gid = uid.
+        assert_eq!(ids("1000"), Ok((1000, 1000, vec![100, 1000])));
+        assert_eq!(ids("4242"), Ok((4242, 4242, vec![4242])));
+        // An explicit group, by number or by name.
+        assert_eq!(ids("1000:1000"), Ok((1000, 1000, vec![100, 1000])));
+        assert_eq!(ids("4242:7"), Ok((4242, 7, vec![7])));
+        assert_eq!(ids("user:staff"), Ok((1000, 50, vec![100, 50])));
+    }
+
+    #[test]
+    fn unknown_users_and_groups_are_clear_errors() {
+        let e = ids("nosuchuser").unwrap_err();
+        assert!(e.contains("user 'nosuchuser' does not exist"), "{e}");
+        let e = ids("user:nosuchgroup").unwrap_err();
+        assert!(e.contains("group 'nosuchgroup' does not exist"), "{e}");
+        assert!(ids("broken").unwrap_err().contains("bad uid"));
     }
 }

@@ -29,6 +29,7 @@ pub struct AppState {
 }
 
 /// An error answer: status plus the protocol's JSON body.
+#[derive(Debug)]
 pub struct AgentError {
     pub status: StatusCode,
     pub code: &'static str,
@@ -62,6 +63,7 @@ pub fn router(table: Arc<Table>) -> Router {
         .merge(crate::files::routes())
         .merge(crate::changes::routes())
         .merge(crate::net::routes())
+        .merge(crate::watch::routes())
         .layer(middleware::from_fn(check_version))
         .with_state(state)
 }

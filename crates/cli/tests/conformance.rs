@@ -282,6 +282,147 @@ async fn file_operations() {
     d.rm(&id).await;
 }
 
+/// The sandbox's agent's open inotify fds, seen from the host (container
+/// driver: the agent is a host process; other drivers' agents are not).
+fn agent_inotify_fds(d: &common::Daemon, id: &str) -> Option<usize> {
+    if driver() != "container" {
+        return None;
+    }
+    let pid = std::fs::read_to_string(d.data().join(format!("container/sandboxes/{id}/init.pid"))).ok()?;
+    let fds = std::fs::read_dir(format!("/proc/{}/fd", pid.trim())).ok()?;
+    Some(
+        fds.flatten()
+            .filter(|e| std::fs::read_link(e.path()).is_ok_and(|l| l.to_string_lossy() == "anon_inode:inotify"))
+            .count(),
+    )
+}
+
+async fn file_watch_streams_changes_and_ends_with_its_client() {
+    let d = shared();
+    let id = d.create(json!({})).await;
+    let base = format!("/v1/sandboxes/{id}/files/watch");
+    d.ok(&id, "mkdir -p /w/pre").await;
+
+    // Refused before any stream: the agent's usual errors.
+    let (st, l) = d.stream(&format!("{base}?path=/no/such/dir&recursive=true")).await;
+    let v = l.rest().await;
+    assert_eq!((st, v["code"].as_str()), (404, Some("not_found")), "{v}");
+    let (st, l) = d.stream(&format!("{base}?path=w")).await;
+    let v = l.rest().await;
+    assert_eq!((st, v["code"].as_str()), (400, Some("invalid_argument")), "{v}");
+    let (st, l) = d.stream(&format!("{base}?path=/etc/passwd")).await;
+    let v = l.rest().await;
+    assert_eq!((st, v["code"].as_str()), (400, Some("invalid_argument")), "{v}");
+
+    let (st, mut w) = d.stream(&format!("{base}?path=/w&recursive=true")).await;
+    assert_eq!(st, 200);
+    assert_eq!(w.next(60).await, Some(json!({"type": "started"})), "the first line");
+    if let Some(n) = agent_inotify_fds(d, &id) {
+        assert_eq!(n, 1, "one inotify fd while the watch runs");
+    }
+    d.ok(&id, ": > /w/a").await;
+    d.ok(&id, "echo hello >> /w/a").await;
+    d.ok(&id, "chmod 600 /w/a").await;
+    // A new directory and a file in it at once (made before its watch can
+    // be: reported from reading it), then one in a directory that was there.
+    d.ok(&id, "mkdir /w/sub && echo x > /w/sub/f").await;
+    d.ok(&id, "echo y > /w/pre/g").await;
+    d.ok(&id, "mv /w/a /w/b").await;
+    d.ok(&id, "rm /w/b").await;
+
+    let mut got: Vec<Value> = vec![];
+    let last = json!({"type": "remove", "path": "/w/b", "is_dir": false});
+    while !got.contains(&last) {
+        match w.next(60).await {
+            Some(e) => got.push(e),
+            None => panic!("the stream ended or stalled before {last}; got {got:?}"),
+        }
+    }
+    let want: &[(&str, bool, &[&str])] = &[
+        ("/w/a", false, &["create", "write", "chmod", "rename"]),
+        ("/w/sub", true, &["create"]),
+        ("/w/sub/f", false, &["create"]),
+        ("/w/pre/g", false, &["create"]),
+        ("/w/b", false, &["create", "remove"]),
+    ];
+    for (path, is_dir, kinds) in want {
+        let mine: Vec<&Value> = got.iter().filter(|e| e["path"] == *path).collect();
+        assert!(mine.iter().all(|e| e["is_dir"] == *is_dir), "{path}: is_dir {is_dir}: {got:?}");
+        // The expected kinds in order; besides them only more writes, or
+        // the same kind again (a new directory's entry may be seen twice).
+        let mut next = 0;
+        let mut prev: Option<&str> = None;
+        for e in &mine {
+            let k = e["type"].as_str().unwrap();
+            if next < kinds.len() && k == kinds[next] {
+                next += 1;
+            } else {
+                assert!(k == "write" || Some(k) == prev, "{path}: unexpected {k} (want {kinds:?}): {got:?}");
+            }
+            prev = Some(k);
+        }
+        assert_eq!(next, kinds.len(), "{path}: want {kinds:?} in order: {got:?}");
+    }
+    let pos = |t: &str, p: &str| got.iter().position(|e| e["type"] == t && e["path"] == p).unwrap();
+    assert!(pos("rename", "/w/a") < pos("create", "/w/b"), "rename's old name first: {got:?}");
+    assert!(got.iter().all(|e| e["type"] != "overflow"), "{got:?}");
+
+    // The client goes: the watch ends and its inotify fd is closed.
+    drop(w);
+    if agent_inotify_fds(d, &id).is_some() {
+        eventually("the agent closed the watch's inotify fd", 20, || async { agent_inotify_fds(d, &id) == Some(0) })
+            .await;
+    }
+    // Not recursive: only the directory's own entries.
+    let (st, mut w) = d.stream(&format!("{base}?path=/w")).await;
+    assert_eq!(st, 200);
+    assert_eq!(w.next(60).await, Some(json!({"type": "started"})));
+    d.ok(&id, "echo z > /w/pre/deep && : > /w/top").await;
+    let e = w.next(60).await.unwrap();
+    assert_eq!(e, json!({"type": "create", "path": "/w/top", "is_dir": false}), "only the top level");
+    d.rm(&id).await;
+}
+
+async fn files_written_and_dirs_made_for_a_user_belong_to_it() {
+    let d = shared();
+    let id = d.create(json!({})).await;
+    let base = format!("/v1/sandboxes/{id}/files");
+    let owner = |s: &Value| (s["uid"].as_u64(), s["gid"].as_u64());
+    let (st, v) = d.raw("PUT", &format!("{base}?path=/tmp/x/y/z&user=1000:1000&mode=416"), "mine".into()).await;
+    assert_eq!(st, 200, "{v:?}");
+    for p in ["/tmp/x", "/tmp/x/y", "/tmp/x/y/z"] {
+        let (_, s) = d.req("GET", &format!("{base}/stat?path={p}"), None).await;
+        assert_eq!(owner(&s), (Some(1000), Some(1000)), "{p}: {s}");
+    }
+    let (_, s) = d.req("GET", &format!("{base}/stat?path=/tmp/x/y/z"), None).await;
+    assert_eq!(s["mode"], 0o640, "the mode stays with the owner: {s}");
+    let (_, s) = d.req("GET", &format!("{base}/stat?path=/tmp"), None).await;
+    assert_eq!(owner(&s), (Some(0), Some(0)), "a directory that was there keeps its owner: {s}");
+    // By name, as exec resolves it; only what is created changes hands.
+    let (st, v) = d.raw("PUT", &format!("{base}?path=/tmp/x/other&user=nobody"), "theirs".into()).await;
+    assert_eq!(st, 200, "{v:?}");
+    let (_, s) = d.req("GET", &format!("{base}/stat?path=/tmp/x/other"), None).await;
+    assert_eq!(s["uid"], 65534, "{s}");
+    let (_, s) = d.req("GET", &format!("{base}/stat?path=/tmp/x"), None).await;
+    assert_eq!(s["uid"], 1000, "{s}");
+    let (st, s) = d.req("POST", &format!("{base}/mkdir"), Some(json!({"path": "/tmp/m/n", "user": "nobody"}))).await;
+    assert_eq!((st, s["uid"].as_u64()), (200, Some(65534)), "{s}");
+    let (_, s) = d.req("GET", &format!("{base}/stat?path=/tmp/m"), None).await;
+    assert_eq!(s["uid"], 65534, "{s}");
+    // The owner's file is theirs to change.
+    let v = d.exec(&id, json!({"cmd": "echo more >> /tmp/x/y/z && cat /tmp/x/y/z", "user": "1000"})).await;
+    assert_eq!((v["exit_code"].as_i64(), v["stdout"].as_str()), (Some(0), Some("minemore\n")), "{v}");
+    // An unknown user: refused, nothing made.
+    let (st, v) = d.req("PUT", &format!("{base}?path=/tmp/q/r&user=nosuchuser"), None).await;
+    assert_eq!((st, v["code"].as_str()), (400, Some("invalid_argument")), "{v}");
+    assert!(v["message"].as_str().unwrap().contains("nosuchuser"), "{v}");
+    let (st, _) = d.req("GET", &format!("{base}/stat?path=/tmp/q"), None).await;
+    assert_eq!(st, 404);
+    let (st, v) = d.req("POST", &format!("{base}/mkdir"), Some(json!({"path": "/tmp/q", "user": "nosuchuser"}))).await;
+    assert_eq!((st, v["code"].as_str()), (400, Some("invalid_argument")), "{v}");
+    d.rm(&id).await;
+}
+
 async fn paths_never_leave_the_sandbox() {
     let d = shared();
     let marker = format!("/tmp/spinup-host-marker-{}", std::process::id());
@@ -516,6 +657,9 @@ async fn agent_info_reports_version_and_usage() {
     assert_eq!(v["hostname"], id.as_str());
     assert!(v["agent_rss_bytes"].as_u64().unwrap() > 0);
     assert!(v["memory_bytes"].as_u64().is_some(), "cgroup memory visible: {v}");
+    let (used, total) = (v["disk_used_bytes"].as_u64(), v["disk_total_bytes"].as_u64());
+    let (Some(used), Some(total)) = (used, total) else { panic!("root disk usage reported: {v}") };
+    assert!(used <= total && total > 0, "{v}");
     d.rm(&id).await;
 }
 
@@ -1213,6 +1357,8 @@ suite!(
     background_processes_list_attach_stdin_signal,
     pty_size_resize_and_input,
     file_operations,
+    file_watch_streams_changes_and_ends_with_its_client,
+    files_written_and_dirs_made_for_a_user_belong_to_it,
     paths_never_leave_the_sandbox,
     isolation_processes_hostname_pid1_and_layers,
     escape_classes_are_blocked,

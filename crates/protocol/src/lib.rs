@@ -17,10 +17,11 @@
 //! | POST | /v1/processes/{pid}/signal | [`SignalRequest`] → `{}` |
 //! | POST | /v1/processes/{pid}/stdin?close=BOOL | raw bytes → `{}` |
 //! | GET  | /v1/files/content?path=P | → raw bytes |
-//! | PUT  | /v1/files/content?path=P&mode=M | raw bytes → [`FileStat`] |
+//! | PUT  | /v1/files/content?path=P&mode=M&user=U | raw bytes → [`FileStat`] (file and created parents owned by U) |
 //! | GET  | /v1/files/stat?path=P | → [`FileStat`] |
 //! | GET  | /v1/files/list?path=P&depth=N | → `Vec<FileStat>` |
-//! | POST | /v1/files/mkdir | [`PathRequest`] → [`FileStat`] |
+//! | POST | /v1/files/mkdir | [`PathRequest`] → [`FileStat`] (created dirs owned by its `user`) |
+//! | GET  | /v1/files/watch?path=P&recursive=BOOL | → NDJSON [`WatchEvent`] stream: `started`, then changes, until the client goes |
 //! | POST | /v1/files/remove | [`RemoveRequest`] → `{}` |
 //! | POST | /v1/files/rename | [`RenameRequest`] → [`FileStat`] |
 //! | POST | /v1/files/chmod | [`ChmodRequest`] → [`FileStat`] |
@@ -29,6 +30,16 @@
 //! | POST | /v1/identity | [`IdentityRequest`] → `{}` (VM guests only) |
 //!
 //! Errors are JSON [`ErrorBody`] with a 4xx/5xx status.
+//!
+//! `user` (file writes, mkdir) is a user name or numeric `uid[:gid]`,
+//! resolved against the guest's own /etc/passwd and /etc/group exactly as
+//! exec's `user`; an unknown one is 400 `invalid_argument`.
+//!
+//! A watch answers `200 application/x-ndjson` whose first line,
+//! `{"type":"started"}`, is written only once the inotify watches are in
+//! place: a change made after a client has read it is reported. Errors
+//! before that (404 missing path, 400 relative path or not a directory)
+//! are the usual [`ErrorBody`].
 
 pub mod client;
 pub mod frame;

@@ -101,6 +101,10 @@ pub struct PathRequest {
     pub path: String,
     #[serde(default)]
     pub mode: Option<u32>,
+    /// Owner of the directories created (mkdir): a user name or numeric
+    /// `uid[:gid]`, resolved inside the guest as exec resolves its `user`.
+    #[serde(default)]
+    pub user: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -195,6 +199,34 @@ pub struct AgentInfo {
     pub disk_total_bytes: Option<u64>,
 }
 
+/// One line of a `GET /v1/files/watch` stream (NDJSON): `started` first,
+/// once every watch is in place, then one line per change. Paths are
+/// absolute guest paths of the entry that changed. The kinds follow Go's
+/// fsnotify: `create` (also the new name of a rename), `write`, `remove`,
+/// `rename` (the old name), `chmod` (attributes: mode, owner, times);
+/// `overflow` says events were lost (the kernel's queue overflowed, or a
+/// new directory was past the watch limit and is not watched).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum WatchEvent {
+    Started,
+    Create { path: String, is_dir: bool },
+    Write { path: String, is_dir: bool },
+    Remove { path: String, is_dir: bool },
+    Rename { path: String, is_dir: bool },
+    Chmod { path: String, is_dir: bool },
+    Overflow,
+}
+
+impl WatchEvent {
+    /// The NDJSON line: the JSON object and a newline.
+    pub fn line(&self) -> bytes::Bytes {
+        let mut v = serde_json::to_vec(self).unwrap_or_default();
+        v.push(b'\n');
+        v.into()
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorBody {
     pub code: String,
@@ -203,6 +235,30 @@ pub struct ErrorBody {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    #[test]
+    fn watch_events_are_the_documented_lines() {
+        assert_eq!(WatchEvent::Started.line().as_ref(), b"{\"type\":\"started\"}\n");
+        assert_eq!(WatchEvent::Overflow.line().as_ref(), b"{\"type\":\"overflow\"}\n");
+        let e = WatchEvent::Rename { path: "/w/a".into(), is_dir: false };
+        assert_eq!(e.line().as_ref(), b"{\"type\":\"rename\",\"path\":\"/w/a\",\"is_dir\":false}\n");
+        let back: WatchEvent = serde_json::from_str(r#"{"type":"create","path":"/w/d","is_dir":true}"#).unwrap();
+        assert_eq!(back, WatchEvent::Create { path: "/w/d".into(), is_dir: true });
+    }
+
+    #[test]
+    fn older_agent_info_and_path_requests_still_decode() {
+        let info: AgentInfo = serde_json::from_str(
+            r#"{"protocol":1,"version":"0.1.0","pid":1,"hostname":"h","uptime_ms":1,"processes":0,
+                "agent_rss_bytes":1,"memory_bytes":null,"cpu_usage_us":null,"load_avg":[0,0,0]}"#,
+        )
+        .unwrap();
+        assert_eq!((info.disk_used_bytes, info.disk_total_bytes), (None, None));
+        let r: PathRequest = serde_json::from_str(r#"{"path":"/x"}"#).unwrap();
+        assert_eq!(r.user, None);
+    }
+
     #[test]
     fn secrets_request_debug_shows_names_never_values() {
         let r = super::SecretsRequest {

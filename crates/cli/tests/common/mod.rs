@@ -335,6 +335,23 @@ impl Daemon {
         (status, resp.into_body().collect().await.unwrap().to_bytes())
     }
 
+    /// A GET whose answer streams (NDJSON): its status and the open body.
+    /// Dropping the [`Lines`] closes the connection.
+    pub async fn stream(&self, path: &str) -> (u16, Lines) {
+        let s = tokio::net::UnixStream::connect(&self.sock).await.expect("connect daemon");
+        let (mut tx, conn) = hyper::client::conn::http1::handshake::<_, Full<Bytes>>(TokioIo::new(s)).await.unwrap();
+        let conn = tokio::spawn(conn);
+        let req = http::Request::builder()
+            .method("GET")
+            .uri(path)
+            .header("host", "localhost")
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let resp = tx.send_request(req).await.expect("daemon request");
+        let status = resp.status().as_u16();
+        (status, Lines { body: resp.into_body(), buf: vec![], conn })
+    }
+
     pub async fn req(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
         let b = body.map(|v| Bytes::from(v.to_string())).unwrap_or_default();
         let (st, bytes) = self.raw(method, path, b).await;
@@ -417,6 +434,51 @@ impl Daemon {
 
     pub fn cli(&self, args: &[&str]) -> std::process::Output {
         Command::new(BIN).args(args).env("SPINUP_HOST", &self.sock).output().unwrap()
+    }
+}
+
+/// The lines of a streamed answer, as they come.
+pub struct Lines {
+    body: hyper::body::Incoming,
+    buf: Vec<u8>,
+    conn: tokio::task::JoinHandle<hyper::Result<()>>,
+}
+
+impl Lines {
+    /// The next line as JSON; `None` when the stream ends, or nothing
+    /// came for `secs` seconds.
+    pub async fn next(&mut self, secs: u64) -> Option<Value> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+        loop {
+            if let Some(i) = self.buf.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = self.buf.drain(..=i).collect();
+                return Some(
+                    serde_json::from_slice(&line)
+                        .unwrap_or_else(|e| panic!("not a JSON line ({e}): {}", String::from_utf8_lossy(&line))),
+                );
+            }
+            let frame = tokio::time::timeout_at(deadline, self.body.frame()).await.ok()??.ok()?;
+            if let Ok(data) = frame.into_data() {
+                self.buf.extend_from_slice(&data);
+            }
+        }
+    }
+
+    /// The whole rest of the body (an error answer's JSON).
+    pub async fn rest(mut self) -> Value {
+        let mut all = std::mem::take(&mut self.buf);
+        while let Some(Ok(f)) = self.body.frame().await {
+            if let Ok(d) = f.into_data() {
+                all.extend_from_slice(&d);
+            }
+        }
+        serde_json::from_slice(&all).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&all).into()))
+    }
+}
+
+impl Drop for Lines {
+    fn drop(&mut self) {
+        self.conn.abort();
     }
 }
 

@@ -247,6 +247,12 @@ pub async fn list_files(State(s): S, Id(id): Id, RawQuery(q): RawQuery) -> ApiRe
     file(s, id, FileOp::List, q, Body::empty()).await
 }
 
+/// NDJSON, streamed as the agent writes it (never buffered): it runs
+/// until the client goes.
+pub async fn watch_files(State(s): S, Id(id): Id, RawQuery(q): RawQuery) -> ApiResult<Response> {
+    file(s, id, FileOp::Watch, q, Body::empty()).await
+}
+
 /// `mkdir`, `remove`, `rename`, `chmod`, with a JSON body (read whole,
 /// within axum's body limit).
 pub async fn file_op(State(s): S, p: Segments, body: Bytes) -> ApiResult<Response> {

@@ -88,6 +88,7 @@ fn handler(op: Op, f: MethodFilter) -> MethodRouter<Svc> {
         Op::WriteFile => on(f, h::write_file),
         Op::StatFile => on(f, h::stat_file),
         Op::ListFiles => on(f, h::list_files),
+        Op::WatchFiles => on(f, h::watch_files),
         Op::FileOp => on(f, h::file_op),
         Op::Environments => on(f, h::environments),
         Op::Environment => on(f, h::environment),

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use axum::body::Body;
 use axum::http::{Method, Request, StatusCode};
 use futures::stream::BoxStream;
+use futures::StreamExt as _;
 use http_body_util::BodyExt;
 use spinup_api::service::{Layer, SecretValue};
 use spinup_api::*;
@@ -125,8 +126,21 @@ impl SandboxService for Refuses {
     async fn stdin(&self, _: &SandboxId, _: u32, _: String, _: ByteStream) -> Result<Forwarded> {
         no()
     }
-    async fn files(&self, _: &SandboxId, _: FileRequest) -> Result<Forwarded> {
-        no()
+    /// A watch of `/streamed` answers one line, then holds the stream
+    /// open (as a live watch does); everything else is refused.
+    async fn files(&self, _: &SandboxId, req: FileRequest) -> Result<Forwarded> {
+        if req.op != FileOp::Watch || req.query != "path=/streamed&recursive=true" {
+            return no();
+        }
+        let first = futures::stream::once(async {
+            Ok::<_, std::io::Error>(bytes::Bytes::from_static(b"{\"type\":\"started\"}\n"))
+        });
+        Ok(Forwarded {
+            status: 200,
+            content_type: Some("application/x-ndjson".into()),
+            content_length: None,
+            body: Box::pin(first.chain(futures::stream::pending())),
+        })
     }
     async fn environments(&self) -> Result<EnvList> {
         no()
@@ -233,6 +247,27 @@ async fn a_bad_id_is_a_missing_sandbox_and_bad_input_gets_the_error_shape() {
     let (status, body) = call("delete", "/v1/sandboxes/0123456789ab/ports/notaport", false).await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
     assert!(body.contains("bad port"), "{body}");
+}
+
+#[tokio::test]
+async fn a_watch_streams_each_line_as_it_comes() {
+    let app = crate::router(Arc::new(Refuses));
+    let req = Request::builder()
+        .uri("/v1/sandboxes/0123456789ab/files/watch?path=/streamed&recursive=true")
+        .body(Body::empty())
+        .unwrap();
+    let resp = app.oneshot(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(resp.headers()["content-type"], "application/x-ndjson");
+    assert!(!resp.headers().contains_key("content-length"));
+    // The first line arrives while the stream is still open: not buffered.
+    let mut body = resp.into_body();
+    let frame = tokio::time::timeout(std::time::Duration::from_secs(5), body.frame())
+        .await
+        .expect("the first line, before the stream ends")
+        .unwrap()
+        .unwrap();
+    assert_eq!(frame.into_data().unwrap().as_ref(), b"{\"type\":\"started\"}\n");
 }
 
 #[tokio::test]
