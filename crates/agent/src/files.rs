@@ -161,15 +161,36 @@ async fn read(Query(q): Query<PathQuery>) -> Result<Response, AgentError> {
     Ok(([(header::CONTENT_LENGTH, len.to_string())], Body::from_stream(stream)).into_response())
 }
 
+/// The temporary name a write streams into before it is renamed over the
+/// file (so a reader never sees half a file).
+fn upload_name(name: &str, nonce: u64) -> String {
+    format!(".{name}{UPLOAD_SUFFIX}{nonce:x}")
+}
+
+const UPLOAD_SUFFIX: &str = ".spinup-";
+
+#[cfg(test)]
+pub fn upload_name_for_tests(name: &str) -> String {
+    upload_name(name, 0xabc123)
+}
+
+/// Whether `name` is a write's temporary file (watchers do not see those).
+pub fn is_upload(name: &std::ffi::OsStr) -> bool {
+    let n = name.to_string_lossy();
+    n.starts_with('.')
+        && n.rsplit_once(UPLOAD_SUFFIX)
+            .is_some_and(|(_, hex)| !hex.is_empty() && hex.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
 async fn write(Query(q): Query<PathQuery>, body: Body) -> Result<Json<FileStat>, AgentError> {
     let path = check(&q.path)?;
     let parent = path.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("/"));
     let name = path.file_name().ok_or_else(|| AgentError::bad("cannot write to /"))?.to_string_lossy().into_owned();
     let mut nonce = [0u8; 6];
     let _ = std::fs::File::open("/dev/urandom").and_then(|mut f| io::Read::read_exact(&mut f, &mut nonce));
-    let tmp = parent.join(format!(
-        ".{name}.spinup-{:x}",
-        u64::from_le_bytes([nonce[0], nonce[1], nonce[2], nonce[3], nonce[4], nonce[5], 0, 0])
+    let tmp = parent.join(upload_name(
+        &name,
+        u64::from_le_bytes([nonce[0], nonce[1], nonce[2], nonce[3], nonce[4], nonce[5], 0, 0]),
     ));
     let (par, tmp2, dest) = (parent.clone(), tmp.clone(), path.clone());
     let mode = q.mode;
@@ -337,4 +358,18 @@ async fn chmod(body: bytes::Bytes) -> Result<Json<FileStat>, AgentError> {
     })
     .await
     .map(Json)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::ffi::OsStr;
+
+    #[test]
+    fn upload_names_are_recognised_and_nothing_else() {
+        assert!(super::is_upload(OsStr::new(&super::upload_name("f.txt", 0x1f))));
+        assert!(!super::is_upload(OsStr::new("f.txt")));
+        assert!(!super::is_upload(OsStr::new(".f.txt.spinup-")));
+        assert!(!super::is_upload(OsStr::new(".f.txt.spinup-xyz")));
+        assert!(!super::is_upload(OsStr::new("f.txt.spinup-12")));
+    }
 }

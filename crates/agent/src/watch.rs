@@ -224,6 +224,10 @@ impl Tree {
         // Directories moved from a watched place, by cookie, until their
         // IN_MOVED_TO (the pair comes in one read) says where to.
         let mut moved_from: HashMap<u32, PathBuf> = HashMap::new();
+        // Writes through the API stream into a temporary file renamed over
+        // the target: a watcher sees the target created and written, never
+        // the temporary name.
+        let mut uploads: std::collections::HashSet<u32> = Default::default();
         for ev in events {
             let m = ev.mask;
             if m.contains(F::IN_Q_OVERFLOW) {
@@ -260,6 +264,17 @@ impl Tree {
             };
             let path = dir.join(&name);
             let p = || path.to_string_lossy().into_owned();
+            if crate::files::is_upload(name.as_os_str()) && !is_dir {
+                if m.contains(F::IN_MOVED_FROM) {
+                    uploads.insert(ev.cookie);
+                }
+                continue;
+            }
+            if m.contains(F::IN_MOVED_TO) && uploads.remove(&ev.cookie) {
+                out.push(WatchEvent::Create { path: p(), is_dir });
+                out.push(WatchEvent::Write { path: p(), is_dir });
+                continue;
+            }
             if m.contains(F::IN_CREATE) {
                 out.push(WatchEvent::Create { path: p(), is_dir });
                 if is_dir && self.recursive {
@@ -432,6 +447,16 @@ mod tests {
         let h = new.join("deep/h");
         let got = events(&mut t, &ev("create", &h, false), || std::fs::write(&h, b"").unwrap());
         assert_eq!(got, [ev("create", &h, false)]);
+
+        // A write through the API (a temporary file renamed over the
+        // target) reads as the target created and written.
+        let up = root.join("up.txt");
+        let tmp = root.join(super::super::files::upload_name_for_tests("up.txt"));
+        let got = events(&mut t, &ev("write", &up, false), || {
+            std::fs::write(&tmp, b"data").unwrap();
+            std::fs::rename(&tmp, &up).unwrap();
+        });
+        assert_eq!(got, [ev("create", &up, false), ev("write", &up, false)]);
 
         let got = events(&mut t, &ev("remove", &a, false), || std::fs::remove_file(&a).unwrap());
         assert_eq!(got, [ev("remove", &a, false)]);

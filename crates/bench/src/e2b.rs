@@ -83,7 +83,12 @@ fn sdk(o: &E2bOpts) -> Result<(Vec<Duration>, Vec<Duration>)> {
     }
     let v: Value = serde_json::from_slice(out.stdout.trim_ascii()).context("the SDK run's figures")?;
     let ms = |k: &str| -> Vec<Duration> {
-        v[k].as_array().into_iter().flatten().filter_map(Value::as_f64).map(|m| Duration::from_secs_f64(m / 1000.0)).collect()
+        v[k].as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_f64)
+            .map(|m| Duration::from_secs_f64(m / 1000.0))
+            .collect()
     };
     Ok((ms("create_run_ms"), ms("run_ms")))
 }
@@ -118,7 +123,11 @@ pub async fn run_e2b(c: &impl Api, o: E2bOpts) -> Result<Value> {
 
 pub fn print_e2b_table(v: &Value) {
     let row = |name: &str, k: &str| {
-        println!("| {name} | {:.1} | {:.1} |", v[k]["p50"].as_f64().unwrap_or(0.0), v[k]["p95"].as_f64().unwrap_or(0.0));
+        println!(
+            "| {name} | {:.1} | {:.1} |",
+            v[k]["p50"].as_f64().unwrap_or(0.0),
+            v[k]["p95"].as_f64().unwrap_or(0.0)
+        );
     };
     println!("| measure (ms), env {} | p50 | p95 |", v["env"].as_str().unwrap_or(""));
     println!("|---|---|---|");

@@ -296,7 +296,8 @@ async fn bad_requests_get_e2b_errors_and_harm_nothing() {
     };
     let (st, _) = http(port, "GET", "/health", &[("e2b-sandbox-id", &id)], Bytes::new()).await;
     assert_eq!(st, 401, "envd needs the sandbox's token");
-    let (st, _) = http(port, "GET", "/health", &[("e2b-sandbox-id", &id), ("x-access-token", "00")], Bytes::new()).await;
+    let (st, _) =
+        http(port, "GET", "/health", &[("e2b-sandbox-id", &id), ("x-access-token", "00")], Bytes::new()).await;
     assert_eq!(st, 401);
     let h = to(&[]);
     let hs: Vec<(&str, &str)> = h.iter().map(|(k, v)| (*k, v.as_str())).collect();
@@ -322,10 +323,17 @@ async fn bad_requests_get_e2b_errors_and_harm_nothing() {
     assert_eq!(end_of(&b)["error"]["code"], "resource_exhausted");
     let (_, b) = call(to(&[]), "/process.Process/Start", envelope(0, b"{oops"), "application/connect+json").await;
     assert_eq!(end_of(&b)["error"]["code"], "invalid_argument");
-    let (st, b) = call(to(&[]), "/process.Process/SendSignal", br#"{"process":{"pid":99999},"signal":"SIGNAL_SIGKILL"}"#.to_vec(), "application/json").await;
+    let (st, b) = call(
+        to(&[]),
+        "/process.Process/SendSignal",
+        br#"{"process":{"pid":99999},"signal":"SIGNAL_SIGKILL"}"#.to_vec(),
+        "application/json",
+    )
+    .await;
     let v: Value = serde_json::from_slice(&b).unwrap();
     assert_eq!((st, v["code"].as_str()), (404, Some("not_found")), "{v}");
-    let (st, b) = call(to(&[]), "/filesystem.Filesystem/Stat", br#"{"path":"/no/such/file"}"#.to_vec(), "application/json").await;
+    let (st, b) =
+        call(to(&[]), "/filesystem.Filesystem/Stat", br#"{"path":"/no/such/file"}"#.to_vec(), "application/json").await;
     let v: Value = serde_json::from_slice(&b).unwrap();
     assert_eq!((st, v["code"].as_str()), (404, Some("not_found")), "{v}");
     let (st, _) = call(to(&[]), "/filesystem.Filesystem/Stat", vec![b'x'; 5 << 20], "application/json").await;
@@ -347,7 +355,10 @@ async fn bad_requests_get_e2b_errors_and_harm_nothing() {
         for (k, v) in &hs {
             b = b.header(*k, *v);
         }
-        let req = b.header("content-type", "application/connect+json").body(Full::new(Bytes::from(envelope(0, body.to_string().as_bytes())))).unwrap();
+        let req = b
+            .header("content-type", "application/connect+json")
+            .body(Full::new(Bytes::from(envelope(0, body.to_string().as_bytes()))))
+            .unwrap();
         let resp = tx.send_request(req).await.unwrap();
         let mut body = resp.into_body();
         let _ = body.frame().await;

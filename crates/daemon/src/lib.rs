@@ -259,9 +259,11 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let mut e2b = None;
     if let Some(addr) = cfg.file.e2b.listen {
         let e = &cfg.file.e2b;
-        let key = cfg.api_key.clone().filter(|k| !k.is_empty()).context(
-            "the E2B listener needs an API key (SPINUP_API_KEY): clients send it as E2B_API_KEY",
-        )?;
+        let key = cfg
+            .api_key
+            .clone()
+            .filter(|k| !k.is_empty())
+            .context("the E2B listener needs an API key (SPINUP_API_KEY): clients send it as E2B_API_KEY")?;
         let tls = match (&e.tls_cert, &e.tls_key) {
             (Some(cert), Some(key)) => Some(spinup_e2b::Tls { cert: cert.clone(), key: key.clone() }),
             (None, None) => None,

@@ -270,7 +270,11 @@ pub async fn first_message<T: DeserializeOwned>(headers: &HeaderMap, body: Body)
 
 /// `Connect-Timeout-Ms`, the client's deadline.
 pub fn timeout_ms(headers: &HeaderMap) -> Option<u64> {
-    headers.get("connect-timeout-ms").and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse().ok()).filter(|t| *t > 0)
+    headers
+        .get("connect-timeout-ms")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse().ok())
+        .filter(|t| *t > 0)
 }
 
 /// `Keepalive-Ping-Interval` (seconds), default E2B's 50.
@@ -341,8 +345,7 @@ mod tests {
         let two = message(&json!({"x": 2}));
         let mut all = one.to_vec();
         all.extend_from_slice(&two);
-        let chunks: Vec<Result<Bytes, std::io::Error>> =
-            all.chunks(3).map(|c| Ok(Bytes::copy_from_slice(c))).collect();
+        let chunks: Vec<Result<Bytes, std::io::Error>> = all.chunks(3).map(|c| Ok(Bytes::copy_from_slice(c))).collect();
         let mut e = Envelopes::new(futures::stream::iter(chunks));
         assert_eq!(e.next::<serde_json::Value>().await.unwrap().unwrap(), json!({"x": 1}));
         assert_eq!(e.next::<serde_json::Value>().await.unwrap().unwrap(), json!({"x": 2}));

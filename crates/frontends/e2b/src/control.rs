@@ -53,8 +53,7 @@ fn parse<T: serde::de::DeserializeOwned + Default>(body: &[u8]) -> Result<T, Res
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(T::default());
     }
-    serde_json::from_slice(body)
-        .map_err(|e| wire::error(StatusCode::BAD_REQUEST, &format!("malformed JSON body: {e}")))
+    serde_json::from_slice(body).map_err(|e| wire::error(StatusCode::BAD_REQUEST, &format!("malformed JSON body: {e}")))
 }
 
 fn id_of(id: &str) -> Result<SandboxId, Response> {
@@ -172,7 +171,10 @@ async fn template(app: &App, name: &str, req: &mut CreateRequest) -> Result<(), 
 async fn create(State(app): St, body: Bytes) -> Res {
     let n: wire::NewSandbox = parse(&body)?;
     if n.mcp.is_some() {
-        return Err(wire::error(StatusCode::BAD_REQUEST, "the MCP gateway (mcp=) is not supported by Spinup's E2B API"));
+        return Err(wire::error(
+            StatusCode::BAD_REQUEST,
+            "the MCP gateway (mcp=) is not supported by Spinup's E2B API",
+        ));
     }
     if n.volume_mounts.as_ref().is_some_and(|v| !v.is_empty()) {
         return Err(wire::error(StatusCode::BAD_REQUEST, "volumeMounts are not supported by Spinup's E2B API"));
@@ -187,7 +189,10 @@ async fn create(State(app): St, body: Bytes) -> Res {
         ..Default::default()
     };
     if req.labels.keys().any(|k| k.starts_with(HIDDEN_PREFIX)) {
-        return Err(wire::error(StatusCode::BAD_REQUEST, &format!("metadata keys starting '{HIDDEN_PREFIX}' are reserved")));
+        return Err(wire::error(
+            StatusCode::BAD_REQUEST,
+            &format!("metadata keys starting '{HIDDEN_PREFIX}' are reserved"),
+        ));
     }
     if n.network.as_ref().and_then(|n| n.allow_public_traffic) == Some(true) {
         req.labels.insert(PUBLIC_TRAFFIC_LABEL.into(), "true".into());
@@ -275,7 +280,8 @@ async fn metrics(State(app): St, Path(id): Path<String>) -> Res {
         }
         _ => 0.0,
     };
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0);
+    let now =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0);
     let mib = 1024 * 1024;
     Ok(Json(json!([{
         "timestamp": wire::rfc3339(now),
@@ -346,8 +352,7 @@ async fn network(State(app): St, Path(id): Path<String>, body: Bytes) -> Res {
     let u: NetworkUpdate = parse(&body)?;
     visible(&app, &id).await?;
     let internet = u.net.allow_internet_access;
-    let p = policy(internet, Some(&u.net))?
-        .unwrap_or(NetworkPolicy { mode: NetMode::Open, ..Default::default() });
+    let p = policy(internet, Some(&u.net))?.unwrap_or(NetworkPolicy { mode: NetMode::Open, ..Default::default() });
     app.svc.set_network(&id, p).await.map_err(err)?;
     Ok(empty(StatusCode::NO_CONTENT))
 }
@@ -361,9 +366,7 @@ fn pairs(q: Option<&str>) -> Vec<(String, String)> {
 /// percent-quoted (so decoded three times in all).
 fn metadata_filter(v: &str) -> BTreeMap<String, String> {
     let unquote = |s: &str| form_urlencoded::parse(format!("x={s}").as_bytes()).next().map(|(_, v)| v.into_owned());
-    form_urlencoded::parse(v.as_bytes())
-        .filter_map(|(k, v)| Some((unquote(&k)?, unquote(&v)?)))
-        .collect()
+    form_urlencoded::parse(v.as_bytes()).filter_map(|(k, v)| Some((unquote(&k)?, unquote(&v)?))).collect()
 }
 
 struct Page {
@@ -470,7 +473,8 @@ async fn snapshots(State(app): St, RawQuery(q): RawQuery) -> Res {
         .filter(|s| !s.ephemeral)
         .filter(|s| sandbox.is_none_or(|id| s.sandbox_id == id) && name.is_none_or(|n| s.name.as_deref() == Some(n)))
         .map(|s| {
-            let v = json!(wire::SnapshotInfo { snapshot_id: s.id.clone(), names: s.name.clone().into_iter().collect() });
+            let v =
+                json!(wire::SnapshotInfo { snapshot_id: s.id.clone(), names: s.name.clone().into_iter().collect() });
             ((s.created_at, s.id), v)
         })
         .collect();

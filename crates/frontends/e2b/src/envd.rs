@@ -90,7 +90,12 @@ fn params(q: Option<&str>) -> std::collections::HashMap<String, String> {
 }
 
 /// The user of a `/files` call: `?username=`, else the environment's.
-async fn files_user(app: &App, id: &SandboxId, p: &std::collections::HashMap<String, String>, h: &HeaderMap) -> Option<String> {
+async fn files_user(
+    app: &App,
+    id: &SandboxId,
+    p: &std::collections::HashMap<String, String>,
+    h: &HeaderMap,
+) -> Option<String> {
     match p.get("username").filter(|u| !u.is_empty()) {
         Some(u) => Some(u.clone()),
         None => acting_user(app, id, h).await,
@@ -105,7 +110,8 @@ async fn read(State(app): St, Extension(t): Ext, RawQuery(q): RawQuery, headers:
         Ok(p) => p,
         Err(e) => return from_connect(e),
     };
-    let req = FileRequest { op: FileOp::Read, query: query(&[("path", &path)]), body: futures::stream::empty().boxed() };
+    let req =
+        FileRequest { op: FileOp::Read, query: query(&[("path", &path)]), body: futures::stream::empty().boxed() };
     let f = match app.svc.files(&t.id, req).await {
         Ok(f) => f,
         Err(e) => return file_error(spinup_api::error::http_status(&e), &e.to_string()),
@@ -180,11 +186,8 @@ async fn write(State(app): St, Extension(t): Ext, RawQuery(q): RawQuery, req: Re
     } else {
         let Some(path) = p.get("path") else { return file_error(400, "missing ?path=") };
         let body = req.into_body();
-        let stream = if gz {
-            gunzip(body)
-        } else {
-            body.into_data_stream().map(|r| r.map_err(std::io::Error::other)).boxed()
-        };
+        let stream =
+            if gz { gunzip(body) } else { body.into_data_stream().map(|r| r.map_err(std::io::Error::other)).boxed() };
         put(&app, &t.id, path, user.as_deref(), stream).await.map(|v| vec![v])
     };
     match out {

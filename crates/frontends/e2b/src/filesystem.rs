@@ -114,7 +114,11 @@ fn permissions(kind: &FileKind, mode: u32) -> String {
 }
 
 fn name_of(id: u32) -> String {
-    if id == 0 { "root".into() } else { id.to_string() }
+    if id == 0 {
+        "root".into()
+    } else {
+        id.to_string()
+    }
 }
 
 /// Spinup's stat as E2B's `EntryInfo`.
@@ -146,10 +150,7 @@ pub fn entry(s: &FileStat) -> Value {
 }
 
 async fn stat_path(app: &App, id: &SandboxId, path: &str) -> Result<FileStat, ConnectError> {
-    let f = app
-        .svc
-        .files(id, FileRequest { op: FileOp::Stat, query: query(&[("path", path)]), body: empty() })
-        .await?;
+    let f = app.svc.files(id, FileRequest { op: FileOp::Stat, query: query(&[("path", path)]), body: empty() }).await?;
     serde_json::from_value(json_of(f).await?).map_err(|e| ConnectError::new("internal", format!("agent stat: {e}")))
 }
 
@@ -224,7 +225,10 @@ unary!(move_entry, MoveReq, |app, id, user, r| {
     let to = absolute(&r.destination, user.as_deref())?;
     let f = app
         .svc
-        .files(id, FileRequest { op: FileOp::Rename, query: String::new(), body: body(json!({"from": from, "to": to})) })
+        .files(
+            id,
+            FileRequest { op: FileOp::Rename, query: String::new(), body: body(json!({"from": from, "to": to})) },
+        )
         .await?;
     let s: FileStat = serde_json::from_value(json_of(f).await?)
         .map_err(|e| ConnectError::new("internal", format!("agent rename: {e}")))?;
@@ -249,7 +253,11 @@ unary!(remove, PathReq, |app, id, user, r| {
         .svc
         .files(
             id,
-            FileRequest { op: FileOp::Remove, query: String::new(), body: body(json!({"path": path, "recursive": true})) },
+            FileRequest {
+                op: FileOp::Remove,
+                query: String::new(),
+                body: body(json!({"path": path, "recursive": true})),
+            },
         )
         .await?;
     json_of(f).await?;
@@ -395,7 +403,10 @@ pub async fn create_watcher(State(app): St, Extension(t): Ext, headers: HeaderMa
         let r: WatchReq = connect::unary_request(&headers, body).await?;
         let n = app.watchers.map.lock().expect("watchers lock").values().filter(|w| w.sandbox == t.id.as_str()).count();
         if n >= MAX_WATCHERS {
-            return Err(ConnectError::new("resource_exhausted", format!("at most {MAX_WATCHERS} watchers per sandbox")));
+            return Err(ConnectError::new(
+                "resource_exhausted",
+                format!("at most {MAX_WATCHERS} watchers per sandbox"),
+            ));
         }
         let (_, mut events) = open_watch(&app, &t.id, &headers, &r).await?;
         let queue = Arc::new(Mutex::new(Queue::default()));
@@ -418,7 +429,11 @@ pub async fn create_watcher(State(app): St, Extension(t): Ext, headers: HeaderMa
             }
         });
         let wid = format!("w{}", hex::encode(rand_bytes()));
-        app.watchers.map.lock().expect("watchers lock").insert(wid.clone(), Watcher { sandbox: t.id.to_string(), queue, task });
+        app.watchers
+            .map
+            .lock()
+            .expect("watchers lock")
+            .insert(wid.clone(), Watcher { sandbox: t.id.to_string(), queue, task });
         Ok(json!({"watcherId": wid}))
     };
     connect::unary(res.await)

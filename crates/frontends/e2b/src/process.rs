@@ -30,9 +30,11 @@ const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STA
 pub fn int<'de, D: Deserializer<'de>, T: std::str::FromStr + TryFrom<u64>>(d: D) -> Result<Option<T>, D::Error> {
     match Option::<Value>::deserialize(d)? {
         None | Some(Value::Null) => Ok(None),
-        Some(Value::Number(n)) => {
-            n.as_u64().and_then(|n| T::try_from(n).ok()).map(Some).ok_or_else(|| serde::de::Error::custom("bad integer"))
-        }
+        Some(Value::Number(n)) => n
+            .as_u64()
+            .and_then(|n| T::try_from(n).ok())
+            .map(Some)
+            .ok_or_else(|| serde::de::Error::custom("bad integer")),
         Some(Value::String(s)) => s.parse().map(Some).map_err(|_| serde::de::Error::custom("bad integer")),
         Some(_) => Err(serde::de::Error::custom("expected an integer")),
     }
@@ -237,14 +239,7 @@ fn end_event(e: &ExitStatus) -> Bytes {
 
 /// A process's frames as E2B events. `start` always comes first (the SDK
 /// requires it); for a re-attach it is made from the pid asked for.
-fn events(
-    app: Arc<App>,
-    id: SandboxId,
-    s: ExecSession,
-    pty: bool,
-    attached: Option<u32>,
-    register: bool,
-) -> Events {
+fn events(app: Arc<App>, id: SandboxId, s: ExecSession, pty: bool, attached: Option<u32>, register: bool) -> Events {
     struct State {
         app: Arc<App>,
         id: SandboxId,
@@ -282,7 +277,9 @@ fn events(
             }
             let item = match st.output.next().await {
                 None => Err(ConnectError::new("unavailable", "the process stream ended before the process did")),
-                Some(Err(e)) => Err(ConnectError::new("unavailable", format!("the connection to the sandbox broke: {e}"))),
+                Some(Err(e)) => {
+                    Err(ConnectError::new("unavailable", format!("the connection to the sandbox broke: {e}")))
+                }
                 Some(Ok(f)) => match f {
                     Frame::Started(s) => {
                         if st.pid.is_some() {

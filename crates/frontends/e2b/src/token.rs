@@ -75,7 +75,8 @@ fn signed(key: &[u8], id: &str, read: bool, query: &str) -> bool {
         raw.push(':');
         raw.push_str(exp);
     }
-    let want = format!("v1_{}", base64::engine::general_purpose::STANDARD_NO_PAD.encode(Sha256::digest(raw.as_bytes())));
+    let want =
+        format!("v1_{}", base64::engine::general_purpose::STANDARD_NO_PAD.encode(Sha256::digest(raw.as_bytes())));
     same(want.as_bytes(), sig.as_bytes())
 }
 

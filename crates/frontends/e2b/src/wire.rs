@@ -23,8 +23,7 @@ pub fn error(status: StatusCode, message: &str) -> Response {
 
 /// A Spinup error as E2B's status and body.
 pub fn from_error(e: &Error) -> Response {
-    let status =
-        StatusCode::from_u16(spinup_api::error::http_status(e)).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let status = StatusCode::from_u16(spinup_api::error::http_status(e)).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     error(status, &e.to_string())
 }
 
