@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Installs, from Debian's packages, everything Spinup and its tests use:
 # runc (container driver), runsc (gvisor driver), busybox-static (the `busybox` environment),
-# mmdebstrap (the `debian` environment), qemu-system-x86 + qemu-utils +
+# mmdebstrap (the `debian` and `base` environments), qemu-system-x86 + qemu-utils +
 # e2fsprogs (microvm driver: the VMM, qcow2 overlays, ext4 root images),
 # bubblewrap and hyperfine (bench baselines), nftables + iproute2 (sandbox
 # networks) and curl (network tests and bench). Idempotent. The microVM guest
 # kernel is not installed here: the daemon downloads Debian's cloud kernel
 # package into its data dir on first use (never into the host's /boot).
+# Last, scripts/install-e2b-sdks.sh installs the E2B SDKs (not from Debian).
 set -euo pipefail
 pkgs=(runc runsc busybox-static mmdebstrap e2fsprogs bubblewrap hyperfine ca-certificates nftables iproute2 curl)
 export DEBIAN_FRONTEND=noninteractive
@@ -36,3 +37,6 @@ if ! dpkg-query -W -f='${Status}' qemu-system-x86 2>/dev/null | grep -q "install
 fi
 # overlayfs is what every container sandbox's rootfs is made of.
 grep -qw overlay /proc/filesystems || modprobe overlay
+# The official E2B SDKs (Python venv + npm project, outside the repo) that
+# the E2B compatibility tests drive; re-checked for new releases daily.
+"$(dirname "$0")/install-e2b-sdks.sh"

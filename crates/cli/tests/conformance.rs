@@ -971,6 +971,70 @@ async fn debian_environment_runs_python_git_and_pip() {
     d.rm(&id).await;
 }
 
+async fn base_environment_runs_as_user_with_python_node_and_sudo() {
+    // The first use builds the built-in `base` recipe (mmdebstrap; npm
+    // brings a few hundred Debian packages).
+    let d = shared();
+    let id = d.create(json!({"env": "base", "resources": {"memory_mib": 1024}})).await;
+    // Exec without user or cwd runs as the environment's `user`, in its home.
+    assert_eq!(
+        d.ok(&id, "id -un; id -u; id -g; pwd; echo $HOME; echo $LANG").await,
+        "user\n1000\n1000\n/home/user\n/home/user\nC.UTF-8\n"
+    );
+    let out = d
+        .ok(&id, "bash --version | head -1; python3 --version; pip3 --version; node --version; npm --version; git --version; curl --version | head -1")
+        .await;
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 7, "{out}");
+    assert!(lines[0].starts_with("GNU bash, version 5"), "{out}");
+    assert!(lines[1].starts_with("Python 3."), "{out}");
+    assert!(lines[2].starts_with("pip "), "{out}");
+    assert!(lines[3].starts_with('v'), "{out}");
+    assert!(lines[4].chars().next().is_some_and(|c| c.is_ascii_digit()), "{out}");
+    assert!(lines[5].starts_with("git version"), "{out}");
+    assert!(lines[6].starts_with("curl "), "{out}");
+    assert_eq!(d.ok(&id, "/bin/bash -l -c 'echo ok'").await, "ok\n");
+    // The account as the recipe's hooks made it (find, not stat(1): the
+    // gVisor here answers statx with EINVAL).
+    assert_eq!(
+        d.ok(
+            &id,
+            "getent passwd user; find /home/user /etc/sudoers.d/user /usr/bin/sudo -maxdepth 0 -printf '%m %U:%G\\n'"
+        )
+        .await,
+        "user:x:1000:1000::/home/user:/bin/bash\n755 1000:1000\n440 0:0\n4755 0:0\n"
+    );
+    // An explicit user still wins over the environment's.
+    let v = d.exec(&id, json!({"argv": ["id", "-un"], "user": "root"})).await;
+    assert_eq!(v["stdout"], "root\n", "{v}");
+    // sudo: sudoers lets `user` in without a password, but every driver
+    // runs the guest with no_new_privs (container and gVisor: the OCI
+    // spec's noNewPrivileges; microVM: the agent), so the set-uid bit is
+    // not honoured and sudo refuses before it reads sudoers. Root work
+    // goes through an exec with "user": "root".
+    let v = d.sh(&id, "sudo -n true").await;
+    assert_eq!(v["exit_code"], 1, "{v}");
+    assert!(
+        v["stderr"].as_str().unwrap().contains("The \"no new privileges\" flag is set"),
+        "{}: sudo failed otherwise: {v}",
+        driver()
+    );
+    // A file written through the API lands in the user's home, where
+    // relative paths (the default cwd) find it.
+    let base = format!("/v1/sandboxes/{id}/files");
+    let (st, _) =
+        d.raw("PUT", &format!("{base}?path=/home/user/work/data.json"), Bytes::from_static(b"{\"answer\": 42}")).await;
+    assert_eq!(st, 200);
+    let v = d.exec(&id, json!({"argv": ["python3", "-c", "import json; d = json.load(open('work/data.json')); open('out.txt', 'w').write(str(d['answer'] * 2))"]})).await;
+    assert_eq!(v["exit_code"], 0, "{v}");
+    let (st, body) = d.raw("GET", &format!("{base}?path=/home/user/out.txt"), Bytes::new()).await;
+    assert_eq!((st, body.as_ref()), (200, b"84".as_ref()));
+    let (_, s) = d.req("GET", &format!("{base}/stat?path=/home/user/out.txt"), None).await;
+    assert_eq!((s["uid"].as_u64(), s["gid"].as_u64()), (Some(1000), Some(1000)), "{s}");
+    assert_eq!(d.ok(&id, "node -e 'console.log(require(\"fs\").readFileSync(\"out.txt\", \"utf8\"))'").await, "84\n");
+    d.rm(&id).await;
+}
+
 async fn declared_capabilities_match_behaviour() {
     let d = shared();
     let (_, drivers) = d.req("GET", "/v1/drivers", None).await;
@@ -1371,6 +1435,7 @@ suite!(
     cli_exec_cp_ls_inspect_rm,
     environments_import_directory_and_tarball,
     debian_environment_runs_python_git_and_pip,
+    base_environment_runs_as_user_with_python_node_and_sudo,
     pid1_reaps_orphans_and_forwards_signals,
     cli_interactive_terminal,
     fork_bomb_stops_at_the_pids_limit,

@@ -17,7 +17,58 @@ use tokio::sync::mpsc::UnboundedSender;
 use crate::store::Store;
 
 /// Built-in recipes, buildable by name.
-pub const BUILTINS: [&str; 2] = ["busybox", "debian"];
+pub const BUILTINS: [&str; 3] = ["busybox", "debian", "base"];
+
+/// A Debian bookworm recipe: what mmdebstrap installs on minbase, the
+/// hooks it runs in the new root, and the environment's exec defaults.
+struct DebianRecipe {
+    name: &'static str,
+    /// For the first progress line.
+    summary: &'static str,
+    packages: &'static [&'static str],
+    /// mmdebstrap hook options, each run by `sh -c` with the root as `$1`.
+    hooks: &'static [&'static str],
+    config: fn() -> EnvironmentConfig,
+}
+
+/// `debian`: bookworm minbase + Python, git and curl; runs as root.
+const DEBIAN: DebianRecipe = DebianRecipe {
+    name: "debian",
+    summary: "bookworm + python3, pip, git, curl",
+    packages: &["python3", "python3-pip", "python3-venv", "git", "curl", "ca-certificates", "procps"],
+    hooks: &[],
+    config: default_config,
+};
+
+/// `base`: shaped like E2B's base sandbox image. Bookworm minbase + Python,
+/// Node.js, git, curl and sudo, and an unprivileged `user` (uid/gid 1000,
+/// home /home/user, bash, passwordless sudo) that processes run as by
+/// default, in its home.
+const BASE: DebianRecipe = DebianRecipe {
+    name: "base",
+    summary: "bookworm + python3, pip, venv, nodejs, npm, git, curl, sudo; user `user` (1000)",
+    packages: &[
+        "bash",
+        "coreutils",
+        "passwd",
+        "python3",
+        "python3-pip",
+        "python3-venv",
+        "nodejs",
+        "npm",
+        "git",
+        "curl",
+        "ca-certificates",
+        "procps",
+        "sudo",
+    ],
+    hooks: &[
+        r#"--customize-hook=chroot "$1" groupadd --gid 1000 user"#,
+        r#"--customize-hook=chroot "$1" useradd --uid 1000 --gid 1000 --create-home --home-dir /home/user --shell /bin/bash user"#,
+        r#"--customize-hook=chroot "$1" sh -c 'echo "user ALL=(ALL:ALL) NOPASSWD: ALL" > /etc/sudoers.d/user && chmod 0440 /etc/sudoers.d/user && visudo -cf /etc/sudoers.d/user'"#,
+    ],
+    config: base_config,
+};
 
 /// Progress lines for long work; `None` when nobody watches.
 pub type Progress = Option<UnboundedSender<String>>;
@@ -281,6 +332,17 @@ impl EnvStore {
 
     /// Import a rootfs tarball (plain or gzip) read from `reader`.
     pub fn import_tar(&self, name: &str, reader: impl Read, progress: &Progress) -> Result<Environment> {
+        self.import_tar_with(name, reader, progress, default_config())
+    }
+
+    /// `import_tar` with the environment's exec defaults.
+    fn import_tar_with(
+        &self,
+        name: &str,
+        reader: impl Read,
+        progress: &Progress,
+        config: EnvironmentConfig,
+    ) -> Result<Environment> {
         validate_name(name)?;
         let mut br = io::BufReader::new(reader);
         let gz = {
@@ -295,7 +357,7 @@ impl EnvStore {
             self.unpack_layer(br, progress)?
         };
         say(progress, format!("layer {digest} ({} MiB)", size >> 20));
-        self.record(name, vec![digest], size, default_config())
+        self.record(name, vec![digest], size, config)
     }
 
     /// Import a host directory as a one-layer environment.
@@ -336,7 +398,8 @@ impl EnvStore {
         let staging = self.tmp(name);
         let res = match name {
             "busybox" => self.build_busybox(&staging, &progress).await,
-            _ => self.build_debian(&staging, &progress).await,
+            "base" => self.build_debian(&BASE, &staging, &progress).await,
+            _ => self.build_debian(&DEBIAN, &staging, &progress).await,
         };
         let _ = std::fs::remove_dir_all(&staging);
         res
@@ -385,7 +448,9 @@ impl EnvStore {
         Ok(env)
     }
 
-    async fn build_debian(&self, staging: &Path, progress: &Progress) -> Result<Environment> {
+    /// A Debian recipe built with mmdebstrap from the host's own mirror;
+    /// its output streams to `progress` line by line.
+    async fn build_debian(&self, recipe: &DebianRecipe, staging: &Path, progress: &Progress) -> Result<Environment> {
         let tool = spinup_host::which("mmdebstrap")
             .ok_or_else(|| Error::Unavailable("mmdebstrap is not installed; run: apt-get install mmdebstrap".into()))?;
         let mirror = debian_mirror().ok_or_else(|| {
@@ -396,14 +461,15 @@ impl EnvStore {
         })?;
         std::fs::create_dir_all(staging)?;
         let tarball = staging.join("rootfs.tar");
-        say(progress, format!("building debian (bookworm + python3, pip, git, curl) with mmdebstrap from {mirror}"));
+        let name = recipe.name;
+        say(progress, format!("building {name} ({}) with mmdebstrap from {mirror}", recipe.summary));
+        let started = std::time::Instant::now();
         let mut child = tokio::process::Command::new(tool)
-            .args([
-                "--variant=minbase",
-                "--include=python3,python3-pip,python3-venv,git,curl,ca-certificates,procps",
-                "--mode=root",
-                "bookworm",
-            ])
+            .arg("--variant=minbase")
+            .arg(format!("--include={}", recipe.packages.join(",")))
+            .arg("--mode=root")
+            .args(recipe.hooks)
+            .arg("bookworm")
             .arg(&tarball)
             .arg(&mirror)
             .stdin(std::process::Stdio::null())
@@ -427,9 +493,12 @@ impl EnvStore {
         if !status.success() {
             return Err(Error::Unavailable(format!("mmdebstrap failed ({status}): {}", tail.join(" | "))));
         }
-        say(progress, "importing the Debian root filesystem");
-        let env = self.import_tar("debian", std::fs::File::open(&tarball)?, progress)?;
-        say(progress, format!("built debian: {} ({} MiB)", env.digest, env.size_bytes >> 20));
+        say(progress, format!("importing the {name} root filesystem"));
+        let env = self.import_tar_with(name, std::fs::File::open(&tarball)?, progress, (recipe.config)())?;
+        say(
+            progress,
+            format!("built {name}: {} ({} MiB) in {} s", env.digest, env.size_bytes >> 20, started.elapsed().as_secs()),
+        );
         Ok(env)
     }
 
@@ -475,6 +544,13 @@ fn unpack_into(dir: &Path, reader: impl Read, progress: &Progress, keep_fifos: b
 
 fn default_config() -> EnvironmentConfig {
     EnvironmentConfig { env: vec![], workdir: String::new(), user: String::new() }
+}
+
+/// `base` runs as `user` in its home. The agent sets PATH, HOME, USER and
+/// LOGNAME from the user's passwd entry; LANG picks glibc's built-in UTF-8
+/// locale (minbase has no others).
+fn base_config() -> EnvironmentConfig {
+    EnvironmentConfig { env: vec!["LANG=C.UTF-8".into()], workdir: "/home/user".into(), user: "user".into() }
 }
 
 /// The Debian mirror this host already uses (so no address is baked in).
