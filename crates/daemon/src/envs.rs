@@ -460,10 +460,24 @@ impl EnvStore {
             )
         })?;
         std::fs::create_dir_all(staging)?;
-        let tarball = staging.join("rootfs.tar");
         let name = recipe.name;
-        say(progress, format!("building {name} ({}) with mmdebstrap from {mirror}", recipe.summary));
         let started = std::time::Instant::now();
+        // A host-wide cache of recipe builds (SPINUP_RECIPE_CACHE): one
+        // build per recipe, mirror and week, whatever the data dir; the
+        // lock makes a second daemon wait for the first's build.
+        let cached = recipe_cache(recipe, &mirror);
+        let _lock = match &cached {
+            Some(c) => Some(lock_cache(c).await?),
+            None => None,
+        };
+        if let Some(c) = cached.as_ref().filter(|c| fresh(c)) {
+            say(progress, format!("using the cached build of {name}: {}", c.display()));
+            let env = self.import_tar_with(name, std::fs::File::open(c)?, progress, (recipe.config)())?;
+            say(progress, format!("built {name}: {} ({} MiB) from the cache", env.digest, env.size_bytes >> 20));
+            return Ok(env);
+        }
+        let tarball = staging.join("rootfs.tar");
+        say(progress, format!("building {name} ({}) with mmdebstrap from {mirror}", recipe.summary));
         let mut child = tokio::process::Command::new(tool)
             .arg("--variant=minbase")
             .arg(format!("--include={}", recipe.packages.join(",")))
@@ -492,6 +506,13 @@ impl EnvStore {
         let status = child.wait().await?;
         if !status.success() {
             return Err(Error::Unavailable(format!("mmdebstrap failed ({status}): {}", tail.join(" | "))));
+        }
+        if let Some(c) = &cached {
+            let tmp = c.with_extension("tmp");
+            std::fs::copy(&tarball, &tmp).and_then(|_| std::fs::rename(&tmp, c)).map_err(|e| {
+                let _ = std::fs::remove_file(&tmp);
+                Error::internal("caching the recipe build", e)
+            })?;
         }
         say(progress, format!("importing the {name} root filesystem"));
         let env = self.import_tar_with(name, std::fs::File::open(&tarball)?, progress, (recipe.config)())?;
@@ -551,6 +572,43 @@ fn default_config() -> EnvironmentConfig {
 /// locale (minbase has no others).
 fn base_config() -> EnvironmentConfig {
     EnvironmentConfig { env: vec!["LANG=C.UTF-8".into()], workdir: "/home/user".into(), user: "user".into() }
+}
+
+/// How long a cached recipe build is used before it is built afresh (so
+/// security updates arrive).
+const RECIPE_CACHE_DAYS: u64 = 7;
+
+/// Where a build of `recipe` from `mirror` is cached, when
+/// `SPINUP_RECIPE_CACHE` names a directory: keyed by everything that
+/// changes its output.
+fn recipe_cache(recipe: &DebianRecipe, mirror: &str) -> Option<PathBuf> {
+    let dir = PathBuf::from(std::env::var_os("SPINUP_RECIPE_CACHE").filter(|d| !d.is_empty())?);
+    let mut h = Sha256::new();
+    for part in [recipe.name, "bookworm", "minbase", mirror].iter().chain(recipe.packages).chain(recipe.hooks) {
+        h.update(part.as_bytes());
+        h.update([0]);
+    }
+    Some(dir.join(format!("{}-{}.tar", recipe.name, &hex::encode(h.finalize())[..16])))
+}
+
+fn fresh(tar: &Path) -> bool {
+    let max = std::time::Duration::from_secs(RECIPE_CACHE_DAYS * 24 * 3600);
+    std::fs::metadata(tar).and_then(|m| m.modified()).is_ok_and(|t| t.elapsed().is_ok_and(|age| age < max))
+}
+
+/// An exclusive lock on one cached build (held until dropped).
+async fn lock_cache(tar: &Path) -> Result<nix::fcntl::Flock<std::fs::File>> {
+    let lock = tar.with_extension("lock");
+    tokio::task::spawn_blocking(move || {
+        if let Some(d) = lock.parent() {
+            std::fs::create_dir_all(d)?;
+        }
+        let f = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&lock)?;
+        nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusive)
+            .map_err(|(_, e)| Error::internal("locking the recipe cache", e))
+    })
+    .await
+    .map_err(|e| Error::internal("locking the recipe cache", e))?
 }
 
 /// The Debian mirror this host already uses (so no address is baked in).

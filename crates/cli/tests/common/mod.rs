@@ -21,6 +21,8 @@ use tokio_tungstenite::tungstenite::Message;
 pub const BIN: &str = env!("CARGO_BIN_EXE_spinup");
 /// Shared by every test daemon (and kept between runs).
 pub const KERNEL_CACHE: &str = "/var/tmp/spinup-test-kernel";
+/// Builds of the Debian recipes, shared the same way (a week at most).
+pub const RECIPE_CACHE: &str = "/var/tmp/spinup-test-recipes";
 
 /// One test module per driver (`container::…`, `gvisor::…`), each test
 /// body run with that driver selected.
@@ -106,6 +108,8 @@ fn spawn_daemon(dir: &Path, sock: &Path, extra: &[String], envs: &[(String, Stri
             .env("SPINUP_LOG", "info")
             // The microVM guest kernel is downloaded once for all test daemons.
             .env("SPINUP_KERNEL_DIR", KERNEL_CACHE)
+            // mmdebstrap runs once per recipe, not once per test daemon.
+            .env("SPINUP_RECIPE_CACHE", RECIPE_CACHE)
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log);
