@@ -109,10 +109,14 @@ async fn official_sdks_on_every_driver() {
     let (d, port) = start("e2b-sdks", &[]);
     build(&d, "base").await;
     let js = async {
+        // ES modules resolve packages from their own directory: run a copy
+        // in the SDK's project.
+        let copy = node_dir().join(format!("spinup-scenario-{}.mjs", std::process::id()));
+        std::fs::copy(scripts().join("scenario.mjs"), &copy).unwrap();
         let mut cmd = Command::new("node");
-        cmd.arg(scripts().join("scenario.mjs")).arg("container/base").current_dir(node_dir()).envs(sdk_env(port));
-        cmd.env("NODE_PATH", node_dir().join("node_modules"));
+        cmd.arg(&copy).arg("container/base").current_dir(node_dir()).envs(sdk_env(port));
         let out = run(&d, "js scenario on container", cmd, Duration::from_secs(900)).await;
+        let _ = std::fs::remove_file(&copy);
         assert!(out.contains("SCENARIO PASSED"), "{out}");
     };
     tokio::join!(
@@ -167,7 +171,8 @@ async fn a_daemon_killed_mid_scenario_comes_back_for_the_same_client() {
 /// private mount namespace; no DNS and no change to the host's files).
 #[tokio::test]
 async fn domain_mode_over_tls_with_a_private_ca() {
-    let dir = PathBuf::from(format!("/tmp/spinup-test-e2b-tls-{}", std::process::id()));
+    // Not the daemon's own dir (its harness starts that afresh).
+    let dir = PathBuf::from(format!("/tmp/spinup-e2b-tls-files-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let domain = "spinup.test";
     let ca = rcgen_ca(&dir, domain);
@@ -186,18 +191,26 @@ async fn domain_mode_over_tls_with_a_private_ca() {
     build(&d, "base").await;
     let hosts = dir.join("hosts");
     std::fs::write(&hosts, format!("127.0.0.1 localhost\n127.0.0.1 api.{domain}\n")).unwrap();
-    let mut cmd = Command::new("unshare");
-    cmd.args(["-m", "sh", "-c", "mount --bind \"$1\" /etc/hosts && exec \"$2\" \"$3\" \"$4\" \"$1\""])
-        .arg("sh")
-        .arg(&hosts)
-        .arg(python())
-        .arg(scripts().join("domain.py"))
-        .arg("container/base")
-        .env("E2B_API_KEY", KEY)
-        .env("E2B_DOMAIN", format!("{domain}:{port}"))
-        .env("SSL_CERT_FILE", &ca)
-        .env("PYTHONUNBUFFERED", "1");
-    let out = run(&d, "python over TLS, E2B_DOMAIN mode", cmd, Duration::from_secs(600)).await;
+    let client = |args: &[&str]| {
+        let mut cmd = Command::new("unshare");
+        cmd.args(["-m", "sh", "-c", "mount --bind \"$0\" /etc/hosts && exec \"$@\""])
+            .arg(&hosts)
+            .arg(python())
+            .arg(scripts().join("domain.py"))
+            .args(args)
+            .env("E2B_API_KEY", KEY)
+            .env("E2B_DOMAIN", format!("{domain}:{port}"))
+            .env("SSL_CERT_FILE", &ca)
+            .env("PYTHONUNBUFFERED", "1");
+        cmd
+    };
+    let out = run(&d, "python over TLS: create", client(&["create", "container/base"]), Duration::from_secs(600)).await;
+    let id = out.lines().find_map(|l| l.strip_prefix("ID ")).expect("the sandbox id").trim().to_string();
+    // What wildcard DNS would answer for the sandbox's envd host.
+    let mut h = std::fs::read_to_string(&hosts).unwrap();
+    h.push_str(&format!("127.0.0.1 49983-{id}.{domain}\n"));
+    std::fs::write(&hosts, h).unwrap();
+    let out = run(&d, "python over TLS: use", client(&["use", &id]), Duration::from_secs(600)).await;
     assert!(out.contains("DOMAIN PASSED"), "{out}");
     drop(d);
     let _ = std::fs::remove_dir_all(&dir);

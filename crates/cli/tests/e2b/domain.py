@@ -1,7 +1,14 @@
 """E2B_DOMAIN mode over TLS (run by crates/cli/tests/e2b.rs inside a
-private mount namespace whose /etc/hosts is the file argv[2]): the SDK
+private mount namespace whose /etc/hosts the test controls): the SDK
 reaches https://api.DOMAIN and https://49983-ID.DOMAIN, trusting the
-test's CA through SSL_CERT_FILE."""
+test's CA through SSL_CERT_FILE.
+
+    domain.py create TEMPLATE   prints "ID <sandbox id>"
+    domain.py use ID            (once the test has added 49983-ID to hosts)
+
+Two processes, because the SDK's resolver reads the hosts file once, when
+it starts: the second one finds the sandbox's name, as wildcard DNS would.
+"""
 
 import os
 import ssl
@@ -11,11 +18,12 @@ import urllib.request
 
 from e2b import Sandbox
 
-template, hosts = sys.argv[1], sys.argv[2]
-sbx = Sandbox.create(template)
-with open(hosts, "a") as f:
-    # What wildcard DNS would answer.
-    f.write(f"127.0.0.1 49983-{sbx.sandbox_id}.spinup.test\n")
+if sys.argv[1] == "create":
+    sbx = Sandbox.create(sys.argv[2])
+    print("ID", sbx.sandbox_id, flush=True)
+    sys.exit(0)
+
+sbx = Sandbox.connect(sys.argv[2])
 r = sbx.commands.run("echo over-tls; whoami")
 assert r.stdout == "over-tls\nuser\n", r
 sbx.files.write("t.txt", "tls")
@@ -30,6 +38,7 @@ try:
     raise AssertionError("a URL signed for one path opened another")
 except urllib.error.HTTPError as e:
     assert e.code == 401, e
-assert sbx.get_host(8080).startswith(f"8080-{sbx.sandbox_id}.spinup.test")
+host = sbx.get_host(8080)
+assert host.startswith(f"8080-{sbx.sandbox_id}.spinup.test"), host
 assert sbx.kill() is True
 print("DOMAIN PASSED", flush=True)

@@ -105,15 +105,33 @@ def commands(sbx):
 
 
 def pty(sbx):
+    import threading
+
     data = []
     h = sbx.pty.create(PtySize(rows=24, cols=80))
+
+    def reader():
+        try:
+            h.wait(on_pty=lambda d: data.append(bytes(d)))
+        except CommandExitException:
+            pass
+
+    t = threading.Thread(target=reader)
+    t.start()
+
+    def seen(s, secs=20):
+        deadline = time.monotonic() + secs
+        while time.monotonic() < deadline:
+            if s in b"".join(data).decode(errors="replace"):
+                return True
+            time.sleep(0.05)
+        return False
+
     sbx.pty.send_stdin(h.pid, b"stty size; echo PTY-$((6*7))\n")
+    assert seen("PTY-42"), data
     sbx.pty.resize(h.pid, PtySize(rows=30, cols=100))
     sbx.pty.send_stdin(h.pid, b"stty size; exit\n")
-    try:
-        h.wait(on_pty=lambda d: data.append(bytes(d)))
-    except CommandExitException:
-        pass
+    t.join(30)
     text = b"".join(data).decode(errors="replace")
     assert "PTY-42" in text and "24 80" in text and "30 100" in text, text
     h = sbx.pty.create(PtySize(rows=24, cols=80))
@@ -262,6 +280,7 @@ def snapshots(sbx):
 
 
 def ports(sbx):
+    import urllib.error
     import urllib.request
 
     sbx.commands.run("mkdir -p www && echo served > www/index.html")
@@ -270,24 +289,22 @@ def ports(sbx):
     assert host.startswith("8080-" + sbx.sandbox_id), host
     base = os.environ.get("E2B_SANDBOX_URL") or f"http://{host}"
     headers = {"E2b-Sandbox-Id": sbx.sandbox_id, "E2b-Sandbox-Port": "8080"}
-    deadline = time.monotonic() + 20
-    body, status = None, None
-    while time.monotonic() < deadline:
+    try:
+        urllib.request.urlopen(urllib.request.Request(base + "/index.html", headers=headers), timeout=10)
+        raise AssertionError("a private sandbox's port opened without its traffic token")
+    except urllib.error.HTTPError as e:
+        assert e.code == 401, e
+    headers["E2B-Traffic-Access-Token"] = sbx.traffic_access_token
+    deadline = time.monotonic() + 30
+    while True:
         try:
             req = urllib.request.Request(base + "/index.html", headers=headers)
-            body = urllib.request.urlopen(req, timeout=5).read()
+            assert urllib.request.urlopen(req, timeout=10).read() == b"served\n"
             break
         except urllib.error.HTTPError as e:
-            status = e.code
-            if e.code == 401:
-                break
+            # 502 "port is not open" until the server listens.
+            assert e.code == 502 and time.monotonic() < deadline, e
             time.sleep(0.3)
-        except Exception:
-            time.sleep(0.3)
-    assert status == 401, f"a private sandbox's port needs its traffic token, got {status} {body}"
-    headers["E2B-Traffic-Access-Token"] = sbx.traffic_access_token
-    req = urllib.request.Request(base + "/index.html", headers=headers)
-    assert urllib.request.urlopen(req, timeout=10).read() == b"served\n"
     h.kill()
     ok("get_host and port traffic through the front end (token required)")
 
