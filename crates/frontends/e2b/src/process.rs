@@ -454,8 +454,13 @@ pub async fn send_signal(State(app): St, Extension(t): Ext, headers: HeaderMap, 
             other => return Err(ConnectError::invalid(format!("unknown signal {other}"))),
         };
         let pid = running(&app, &t.id, &req.process).await?;
-        app.svc.signal(&t.id, pid, SignalRequest { signal }).await?;
-        Ok(json!({}))
+        match app.svc.signal(&t.id, pid, SignalRequest { signal }).await {
+            Ok(_) => Ok(json!({})),
+            // It ended between the check and the signal: as E2B answers
+            // for a process that is gone.
+            Err(e) if e.code() == "conflict" => Err(ConnectError::new("not_found", e.to_string())),
+            Err(e) => Err(e.into()),
+        }
     };
     connect::unary(r.await)
 }
