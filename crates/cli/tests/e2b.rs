@@ -1,6 +1,11 @@
 //! The E2B-compatible API, through the official E2B SDKs (Python `e2b`
 //! from PyPI and `e2b` from npm, installed by scripts/install-e2b-sdks.sh)
 //! and raw requests, against a real daemon started with --e2b-listen.
+#![allow(
+    clippy::print_stdout,
+    clippy::print_stderr,
+    reason = "tests report to the runner, which captures their output"
+)]
 
 mod common;
 

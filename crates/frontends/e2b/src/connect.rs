@@ -162,10 +162,7 @@ fn pump(
             return None;
         }
         let next = match (&s.keepalive, s.started) {
-            (Some((every, _)), true) => match tokio::time::timeout(*every, s.events.next()).await {
-                Ok(n) => Some(n),
-                Err(_) => None,
-            },
+            (Some((every, _)), true) => tokio::time::timeout(*every, s.events.next()).await.ok(),
             _ => Some(s.events.next().await),
         };
         let out = match next {
