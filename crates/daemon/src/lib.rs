@@ -302,6 +302,11 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         let l = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
         tracing::info!(%addr, "TCP listener (bearer API key required)");
         let app = spinup_http::with_api_key(app, key);
+        // Exec streams are many small writes: no Nagle delay on them.
+        use axum::serve::ListenerExt;
+        let l = l.tap_io(|tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
         tasks.spawn(async move { axum::serve(l, app).await.context("tcp listener") });
     }
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;

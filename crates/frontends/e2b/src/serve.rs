@@ -53,6 +53,12 @@ pub async fn serve(
     };
     Ok(async move {
         let Some(acceptor) = acceptor else {
+            // Streams are many small writes (one per event): without
+            // TCP_NODELAY each waits for the client's delayed ACK (40 ms).
+            use axum::serve::ListenerExt;
+            let l = l.tap_io(|tcp| {
+                let _ = tcp.set_nodelay(true);
+            });
             return Ok(axum::serve(l, app).await?);
         };
         loop {
@@ -64,6 +70,7 @@ pub async fn serve(
                     continue;
                 }
             };
+            let _ = tcp.set_nodelay(true);
             let (acceptor, app) = (acceptor.clone(), app.clone());
             tokio::spawn(async move {
                 let handshake = tokio::time::timeout(std::time::Duration::from_secs(10), acceptor.accept(tcp));
