@@ -199,8 +199,12 @@ async fn create(State(app): St, body: Bytes) -> Res {
     }
     template(&app, n.template_id.as_deref().unwrap_or("base"), &mut req).await?;
     let sb = app.svc.create(req).await.map_err(err)?;
-    // The SDK makes no readiness check of its own.
-    app.svc.ready(&sb.id).await.map_err(err)?;
+    // The SDK makes no readiness check of its own; a sandbox that never
+    // got ready is not left behind for the caller who was told it failed.
+    if let Err(e) = app.svc.ready(&sb.id).await {
+        let _ = app.svc.remove(&sb.id, true).await;
+        return Err(err(e));
+    }
     Ok((StatusCode::CREATED, Json(answer(&app, &sb))).into_response())
 }
 

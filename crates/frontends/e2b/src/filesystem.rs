@@ -401,7 +401,13 @@ impl Drop for Watcher {
 pub async fn create_watcher(State(app): St, Extension(t): Ext, headers: HeaderMap, body: Body) -> Response {
     let res = async {
         let r: WatchReq = connect::unary_request(&headers, body).await?;
-        let n = app.watchers.map.lock().expect("watchers lock").values().filter(|w| w.sandbox == t.id.as_str()).count();
+        let n = {
+            let mut map = app.watchers.map.lock().expect("watchers lock");
+            // Watchers whose stream ended (their sandbox went away) and
+            // were never removed go now.
+            map.retain(|_, w| !w.task.is_finished());
+            map.values().filter(|w| w.sandbox == t.id.as_str()).count()
+        };
         if n >= MAX_WATCHERS {
             return Err(ConnectError::new(
                 "resource_exhausted",

@@ -109,6 +109,11 @@ async fn dispatch(app: Arc<App>, control: Router, envd: Router, mut req: Request
             control.oneshot(req).await.unwrap_or_else(|e| match e {})
         }
         Ok(Some(t)) => {
+            // The token first: without it, nothing is said about the
+            // sandbox, not even whether it exists.
+            if t.port == ENVD_PORT && !token::envd_authorized(&app.cfg.token_key, &t.id, &req) {
+                return wire::error(StatusCode::UNAUTHORIZED, "missing or wrong X-Access-Token for this sandbox");
+            }
             // Unknown or gone: the answer E2B's edge proxy gives, which the
             // SDK turns into SandboxNotRunningException.
             match app.svc.get(&t.id).await {
@@ -116,9 +121,6 @@ async fn dispatch(app: Arc<App>, control: Router, envd: Router, mut req: Request
                 _ => return envd::sandbox_not_found(&t.id),
             }
             if t.port == ENVD_PORT {
-                if !token::envd_authorized(&app.cfg.token_key, &t.id, &req) {
-                    return wire::error(StatusCode::UNAUTHORIZED, "missing or wrong X-Access-Token for this sandbox");
-                }
                 req.extensions_mut().insert(t);
                 envd.oneshot(req).await.unwrap_or_else(|e| match e {})
             } else {
