@@ -320,8 +320,10 @@ async fn bad_requests_get_e2b_errors_and_harm_nothing() {
     let h = to(&[]);
     let hs: Vec<(&str, &str)> = h.iter().map(|(k, v)| (*k, v.as_str())).collect();
     assert_eq!(http(port, "GET", "/health", &hs, Bytes::new()).await.0, 204);
-    let (st, _) = http(port, "GET", "/health", &[("e2b-sandbox-id", "doesnotexist1")], Bytes::new()).await;
+    let (st, _) = http(port, "GET", "/health", &[("e2b-sandbox-id", "0123456789ab")], Bytes::new()).await;
     assert_eq!(st, 401, "without a token nothing is said about a sandbox, not even that it is unknown");
+    let (st, _) = http(port, "GET", "/health", &[("e2b-sandbox-id", "not-an-id!")], Bytes::new()).await;
+    assert_eq!(st, 502, "a malformed id names no sandbox");
 
     // Connect: malformed envelopes, a huge frame, a bad message, unknown pid.
     let start = json!({"process": {"cmd": "/bin/sh", "args": ["-c", "echo hi"]}, "stdin": false});

@@ -90,6 +90,10 @@ def commands(sbx):
     assert "started" in "".join(seen), seen
     ok("commands.list and connect (output replayed)")
     assert sbx.commands.kill(h.pid) is True
+    deadline = time.monotonic() + 10
+    while h.pid in [p.pid for p in sbx.commands.list()]:
+        assert time.monotonic() < deadline, "a killed command is still listed"
+        time.sleep(0.1)
     assert sbx.commands.kill(h.pid) is False
     assert sbx.commands.kill(999999) is False
     e = expect(NotFoundException, sbx.commands.connect, 999999)
