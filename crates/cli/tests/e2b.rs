@@ -179,6 +179,14 @@ async fn domain_mode_over_tls_with_a_private_ca() {
     // Not the daemon's own dir (its harness starts that afresh).
     let dir = PathBuf::from(format!("/tmp/spinup-e2b-tls-files-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
+    // Removed however the test ends (a failing assert included).
+    struct Gone(PathBuf);
+    impl Drop for Gone {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+    let _gone = Gone(dir.clone());
     let domain = "spinup.test";
     let ca = rcgen_ca(&dir, domain);
     let port = free_port();
@@ -218,7 +226,6 @@ async fn domain_mode_over_tls_with_a_private_ca() {
     let out = run(&d, "python over TLS: use", client(&["use", &id]), Duration::from_secs(600)).await;
     assert!(out.contains("DOMAIN PASSED"), "{out}");
     drop(d);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// A CA and a certificate for `*.{domain}` and `api.{domain}` signed by it

@@ -184,6 +184,11 @@ fn pump(
     })
 }
 
+/// A streaming answer that is only an error (HTTP 200, end-stream error).
+pub fn stream_error(e: ConnectError) -> Response {
+    streaming(futures::stream::once(async move { Err(e) }).boxed(), None)
+}
+
 /// The envelopes of a streaming request body, decoded one by one; at most
 /// [`MAX_MESSAGE`] bytes each.
 pub struct Envelopes<S> {

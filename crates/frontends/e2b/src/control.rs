@@ -23,9 +23,6 @@ use crate::{empty, token, App};
 
 /// E2B's default sandbox lifetime when the caller gives none.
 const DEFAULT_TIMEOUT_S: u64 = 300;
-/// Labels this front end keeps for itself (never shown as metadata).
-const PUBLIC_TRAFFIC_LABEL: &str = "spinup.e2b/public-traffic";
-const HIDDEN_PREFIX: &str = "spinup.e2b/";
 
 type St = State<Arc<App>>;
 type Res = Result<Response, Response>;
@@ -83,11 +80,6 @@ async fn visible(app: &App, id: &SandboxId) -> Result<(Sandbox, &'static str), R
 fn answer(app: &App, sb: &Sandbox) -> Value {
     let key = &app.cfg.token_key;
     wire::sandbox(sb, &token::envd(key, &sb.id), &token::traffic(key, &sb.id), app.cfg.domain.as_deref())
-}
-
-/// Labels: the caller's metadata, and what this front end keeps itself.
-fn metadata(labels: &BTreeMap<String, String>) -> BTreeMap<String, String> {
-    labels.iter().filter(|(k, _)| !k.starts_with(HIDDEN_PREFIX)).map(|(k, v)| (k.clone(), v.clone())).collect()
 }
 
 /// E2B's network settings as a Spinup policy. What Spinup cannot honour
@@ -188,14 +180,14 @@ async fn create(State(app): St, body: Bytes) -> Res {
         network: policy(n.allow_internet_access, n.network.as_ref())?,
         ..Default::default()
     };
-    if req.labels.keys().any(|k| k.starts_with(HIDDEN_PREFIX)) {
+    if req.labels.keys().any(|k| k.starts_with(wire::HIDDEN_PREFIX)) {
         return Err(wire::error(
             StatusCode::BAD_REQUEST,
-            &format!("metadata keys starting '{HIDDEN_PREFIX}' are reserved"),
+            &format!("metadata keys starting '{}' are reserved", wire::HIDDEN_PREFIX),
         ));
     }
     if n.network.as_ref().and_then(|n| n.allow_public_traffic) == Some(true) {
-        req.labels.insert(PUBLIC_TRAFFIC_LABEL.into(), "true".into());
+        req.labels.insert(wire::PUBLIC_TRAFFIC_LABEL.into(), "true".into());
     }
     template(&app, n.template_id.as_deref().unwrap_or("base"), &mut req).await?;
     let sb = app.svc.create(req).await.map_err(err)?;
@@ -226,9 +218,7 @@ async fn info(State(app): St, Path(id): Path<String>) -> Res {
     let id = id_of(&id)?;
     let (sb, state) = visible(&app, &id).await?;
     let tok = token::envd(&app.cfg.token_key, &sb.id);
-    let mut v = wire::detail(&sb, state, Some(&tok), app.cfg.domain.as_deref());
-    v["metadata"] = json!(metadata(&sb.labels));
-    Ok(Json(v).into_response())
+    Ok(Json(wire::detail(&sb, state, Some(&tok), app.cfg.domain.as_deref())).into_response())
 }
 
 async fn kill(State(app): St, Path(id): Path<String>) -> Res {
@@ -344,19 +334,12 @@ async fn fork(State(app): St, Path(id): Path<String>, body: Bytes) -> Res {
     Ok((StatusCode::CREATED, Json(out)).into_response())
 }
 
-#[derive(serde::Deserialize, Default)]
-#[serde(rename_all = "camelCase")]
-struct NetworkUpdate {
-    #[serde(flatten)]
-    net: wire::Network,
-}
-
 async fn network(State(app): St, Path(id): Path<String>, body: Bytes) -> Res {
     let id = id_of(&id)?;
-    let u: NetworkUpdate = parse(&body)?;
+    let net: wire::Network = parse(&body)?;
     visible(&app, &id).await?;
-    let internet = u.net.allow_internet_access;
-    let p = policy(internet, Some(&u.net))?.unwrap_or(NetworkPolicy { mode: NetMode::Open, ..Default::default() });
+    let p = policy(net.allow_internet_access, Some(&net))?
+        .unwrap_or(NetworkPolicy { mode: NetMode::Open, ..Default::default() });
     app.svc.set_network(&id, p).await.map_err(err)?;
     Ok(empty(StatusCode::NO_CONTENT))
 }
@@ -441,11 +424,7 @@ async fn listed(app: &App, q: &[(String, String)]) -> Result<Vec<((i64, String),
             let keep = (states.is_empty() || states.contains(&st))
                 && after.is_none_or(|a| sb.created_at > a)
                 && tpl.is_none_or(|t| wire::template(&sb) == t);
-            keep.then(|| {
-                let mut v = wire::detail(&sb, st, None, app.cfg.domain.as_deref());
-                v["metadata"] = json!(metadata(&sb.labels));
-                ((sb.created_at, sb.id.to_string()), v)
-            })
+            keep.then(|| ((sb.created_at, sb.id.to_string()), wire::detail(&sb, st, None, app.cfg.domain.as_deref())))
         })
         .collect())
 }

@@ -12,7 +12,7 @@ use axum::{Json, Router};
 use futures::StreamExt;
 use http::{HeaderMap, StatusCode};
 use serde_json::{json, Value};
-use spinup_api::{FileOp, FileRequest, SandboxId};
+use spinup_api::{FileOp, FileRequest, Sandbox, SandboxId};
 use tokio::sync::mpsc;
 
 use crate::filesystem::{self as fs, absolute, acting_user, query};
@@ -50,19 +50,16 @@ pub fn routes() -> Router<Arc<App>> {
 
 /// What E2B's edge answers for a sandbox that does not exist (any more):
 /// the SDK raises SandboxNotRunningException on "was not found".
-pub fn sandbox_not_found(id: &SandboxId) -> Response {
-    sandbox_not_found_str(id)
-}
-
-pub fn sandbox_not_found_str(id: &str) -> Response {
+pub fn sandbox_not_found(id: &str) -> Response {
     let body = json!({"message": "The sandbox was not found", "code": 502, "sandboxId": id});
     (StatusCode::BAD_GATEWAY, Json(body)).into_response()
 }
 
-async fn health(State(app): St, Extension(t): Ext) -> Response {
-    match app.svc.get(&t.id).await {
-        Ok(sb) if sb.state.as_str() == "running" => crate::empty(StatusCode::NO_CONTENT),
-        _ => sandbox_not_found(&t.id),
+async fn health(Extension(t): Ext) -> Response {
+    if t.sb.state.as_str() == "running" {
+        crate::empty(StatusCode::NO_CONTENT)
+    } else {
+        sandbox_not_found(&t.id)
     }
 }
 
@@ -92,20 +89,20 @@ fn params(q: Option<&str>) -> std::collections::HashMap<String, String> {
 /// The user of a `/files` call: `?username=`, else the environment's.
 async fn files_user(
     app: &App,
-    id: &SandboxId,
+    sb: &Sandbox,
     p: &std::collections::HashMap<String, String>,
     h: &HeaderMap,
 ) -> Option<String> {
     match p.get("username").filter(|u| !u.is_empty()) {
         Some(u) => Some(u.clone()),
-        None => acting_user(app, id, h).await,
+        None => acting_user(app, sb, h).await,
     }
 }
 
 async fn read(State(app): St, Extension(t): Ext, RawQuery(q): RawQuery, headers: HeaderMap) -> Response {
     let p = params(q.as_deref());
     let Some(path) = p.get("path") else { return file_error(400, "missing ?path=") };
-    let user = files_user(&app, &t.id, &p, &headers).await;
+    let user = files_user(&app, &t.sb, &p, &headers).await;
     let path = match absolute(path, user.as_deref()) {
         Ok(p) => p,
         Err(e) => return from_connect(e),
@@ -175,7 +172,7 @@ fn gunzip(body: Body) -> spinup_api::ByteStream {
 async fn write(State(app): St, Extension(t): Ext, RawQuery(q): RawQuery, req: Request) -> Response {
     let p = params(q.as_deref());
     let headers = req.headers().clone();
-    let user = files_user(&app, &t.id, &p, &headers).await;
+    let user = files_user(&app, &t.sb, &p, &headers).await;
     let ct = headers.get(http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
     let gz = headers
         .get(http::header::CONTENT_ENCODING)

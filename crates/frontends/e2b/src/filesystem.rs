@@ -12,7 +12,7 @@ use futures::StreamExt;
 use http::HeaderMap;
 use serde::Deserialize;
 use serde_json::{json, Value};
-use spinup_api::{FileOp, FileRequest, Forwarded, SandboxId};
+use spinup_api::{FileOp, FileRequest, Forwarded, Sandbox, SandboxId};
 use spinup_protocol::{FileKind, FileStat};
 
 use crate::connect::{self, ConnectError};
@@ -60,11 +60,10 @@ pub fn guest_error(status: u16, v: &Value) -> ConnectError {
 
 /// Who a call acts as: the user it names, else the environment's default
 /// user (E2B's `user` in the base template); `None`: the agent's root.
-pub async fn acting_user(app: &App, id: &SandboxId, h: &HeaderMap) -> Option<String> {
+pub async fn acting_user(app: &App, sb: &Sandbox, h: &HeaderMap) -> Option<String> {
     if let Some(u) = user_of(h) {
         return Some(u);
     }
-    let sb = app.svc.get(id).await.ok()?;
     let env = app.svc.environment(&sb.env).await.ok()?;
     Some(env.config.user).filter(|u| !u.is_empty())
 }
@@ -190,7 +189,7 @@ macro_rules! unary {
             let res = async {
                 let $r: $req = connect::unary_request(&headers, body).await?;
                 let $id = &t.id;
-                let $user = acting_user(&$app, $id, &headers).await;
+                let $user = acting_user(&$app, &t.sb, &headers).await;
                 $body
             };
             connect::unary(res.await)
@@ -283,17 +282,17 @@ fn fs_event(line: &Value, root: &str) -> Option<Value> {
 /// Start watching; answers once the guest's watches are in place.
 async fn open_watch(
     app: &App,
-    id: &SandboxId,
+    t: &Target,
     h: &HeaderMap,
     r: &WatchReq,
 ) -> Result<(String, futures::stream::BoxStream<'static, Result<Value, ConnectError>>), ConnectError> {
     if r.include_entry || r.allow_network_mounts {
         return Err(ConnectError::new("unimplemented", "includeEntry and allowNetworkMounts are not served"));
     }
-    let user = acting_user(app, id, h).await;
+    let user = acting_user(app, &t.sb, h).await;
     let path = absolute(&r.path, user.as_deref())?;
     let q = query(&[("path", &path), ("recursive", if r.recursive { "true" } else { "false" })]);
-    let f = app.svc.files(id, FileRequest { op: FileOp::Watch, query: q, body: empty() }).await?;
+    let f = app.svc.files(&t.id, FileRequest { op: FileOp::Watch, query: q, body: empty() }).await?;
     if f.status >= 300 {
         return Err(json_of(f).await.err().unwrap_or_else(|| ConnectError::new("internal", "watch failed")));
     }
@@ -361,11 +360,11 @@ fn ndjson(body: spinup_api::ByteStream) -> futures::stream::BoxStream<'static, R
 pub async fn watch_dir(State(app): St, Extension(t): Ext, headers: HeaderMap, body: Body) -> Response {
     let r: WatchReq = match connect::first_message(&headers, body).await {
         Ok(r) => r,
-        Err(e) => return connect::streaming(futures::stream::once(async move { Err(e) }).boxed(), None),
+        Err(e) => return connect::stream_error(e),
     };
-    let events = match open_watch(&app, &t.id, &headers, &r).await {
+    let events = match open_watch(&app, &t, &headers, &r).await {
         Ok((_, ev)) => ev,
-        Err(e) => return connect::streaming(futures::stream::once(async move { Err(e) }).boxed(), None),
+        Err(e) => return connect::stream_error(e),
     };
     let start = futures::stream::once(async { Ok(connect::message(&json!({"start": {}}))) });
     let rest = events.map(|e| e.map(|v| connect::message(&json!({"filesystem": v}))));
@@ -414,7 +413,7 @@ pub async fn create_watcher(State(app): St, Extension(t): Ext, headers: HeaderMa
                 format!("at most {MAX_WATCHERS} watchers per sandbox"),
             ));
         }
-        let (_, mut events) = open_watch(&app, &t.id, &headers, &r).await?;
+        let (_, mut events) = open_watch(&app, &t, &headers, &r).await?;
         let queue = Arc::new(Mutex::new(Queue::default()));
         let q = queue.clone();
         let task = tokio::spawn(async move {

@@ -37,7 +37,7 @@ use axum::extract::Request;
 use axum::response::{IntoResponse, Response};
 use axum::Router;
 use http::{HeaderMap, StatusCode};
-use spinup_api::{SandboxId, SandboxService};
+use spinup_api::{Sandbox, SandboxId, SandboxService};
 use tower::ServiceExt;
 
 pub use serve::{serve, Tls};
@@ -81,11 +81,14 @@ pub(crate) struct App {
     pub processes: process::Processes,
 }
 
-/// The sandbox and port a sandbox-plane request is for.
+/// The sandbox and port a sandbox-plane request is for, and the sandbox
+/// as the router found it (running or paused), so handlers need not look
+/// it up again.
 #[derive(Debug, Clone)]
 pub(crate) struct Target {
     pub id: SandboxId,
     pub port: u16,
+    pub sb: Sandbox,
 }
 
 /// The E2B front end as one router (mount it on its own listener).
@@ -108,18 +111,19 @@ async fn dispatch(app: Arc<App>, control: Router, envd: Router, mut req: Request
             }
             control.oneshot(req).await.unwrap_or_else(|e| match e {})
         }
-        Ok(Some(t)) => {
+        Ok(Some((id, port))) => {
             // The token first: without it, nothing is said about the
             // sandbox, not even whether it exists.
-            if t.port == ENVD_PORT && !token::envd_authorized(&app.cfg.token_key, &t.id, &req) {
+            if port == ENVD_PORT && !token::envd_authorized(&app.cfg.token_key, &id, &req) {
                 return wire::error(StatusCode::UNAUTHORIZED, "missing or wrong X-Access-Token for this sandbox");
             }
             // Unknown or gone: the answer E2B's edge proxy gives, which the
             // SDK turns into SandboxNotRunningException.
-            match app.svc.get(&t.id).await {
-                Ok(sb) if matches!(sb.state.as_str(), "running" | "paused") => {}
-                _ => return envd::sandbox_not_found(&t.id),
-            }
+            let sb = match app.svc.get(&id).await {
+                Ok(sb) if matches!(sb.state.as_str(), "running" | "paused") => sb,
+                _ => return envd::sandbox_not_found(&id),
+            };
+            let t = Target { id, port, sb };
             if t.port == ENVD_PORT {
                 req.extensions_mut().insert(t);
                 envd.oneshot(req).await.unwrap_or_else(|e| match e {})
@@ -133,14 +137,14 @@ async fn dispatch(app: Arc<App>, control: Router, envd: Router, mut req: Request
 /// Which sandbox a request is for: the `E2b-Sandbox-Id` header (with
 /// `E2b-Sandbox-Port`, default envd's), or a `{port}-{id}.{domain}` host.
 /// `None`: the control plane.
-fn target(cfg: &Config, h: &HeaderMap) -> Result<Option<Target>, Response> {
+fn target(cfg: &Config, h: &HeaderMap) -> Result<Option<(SandboxId, u16)>, Response> {
     let header = |n: &str| h.get(n).and_then(|v| v.to_str().ok()).map(str::trim).filter(|v| !v.is_empty());
     if let Some(id) = header("e2b-sandbox-id") {
         let port = match header("e2b-sandbox-port") {
             None => ENVD_PORT,
             Some(p) => p.parse().map_err(|_| bad_request(&format!("E2b-Sandbox-Port '{p}' is not a port")))?,
         };
-        return Ok(Some(Target { id: sandbox_id(id)?, port }));
+        return Ok(Some((sandbox_id(id)?, port)));
     }
     let (Some(domain), Some(host)) = (cfg.domain.as_deref(), header("host")) else { return Ok(None) };
     // Both may carry a port (`domain = "spinup.test:3443"`).
@@ -153,14 +157,14 @@ fn target(cfg: &Config, h: &HeaderMap) -> Result<Option<Target>, Response> {
     match label.split_once('-') {
         Some((port, id)) if !label.contains('.') => {
             let port = port.parse().map_err(|_| bad_request(&format!("host '{host}' is not PORT-ID.{domain}")))?;
-            Ok(Some(Target { id: sandbox_id(id)?, port }))
+            Ok(Some((sandbox_id(id)?, port)))
         }
         _ => Ok(None),
     }
 }
 
 fn sandbox_id(id: &str) -> Result<SandboxId, Response> {
-    SandboxId::parse(id).map_err(|_| envd::sandbox_not_found_str(id))
+    SandboxId::parse(id).map_err(|_| envd::sandbox_not_found(id))
 }
 
 fn bad_request(msg: &str) -> Response {

@@ -326,9 +326,7 @@ fn events(app: Arc<App>, id: SandboxId, s: ExecSession, pty: bool, attached: Opt
     .boxed()
 }
 
-fn fail(e: ConnectError) -> Response {
-    connect::streaming(futures::stream::once(async move { Err(e) }).boxed(), None)
-}
+use connect::stream_error as fail;
 
 fn keepalive(h: &HeaderMap) -> Option<(std::time::Duration, Bytes)> {
     Some((connect::keepalive_every(h), event(json!({"keepalive": {}}))))

@@ -31,11 +31,7 @@ pub async fn port(app: &Arc<App>, t: Target, req: Request) -> Response {
     if t.port == JUPYTER_PORT {
         return port_closed(&t, "the code interpreter is not served by Spinup's E2B API yet");
     }
-    let sb = match app.svc.get(&t.id).await {
-        Ok(sb) => sb,
-        Err(_) => return crate::envd::sandbox_not_found(&t.id),
-    };
-    let public = sb.labels.get("spinup.e2b/public-traffic").is_some_and(|v| v == "true");
+    let public = t.sb.labels.get(crate::wire::PUBLIC_TRAFFIC_LABEL).is_some_and(|v| v == "true");
     if !public && !token::traffic_ok(&app.cfg.token_key, &t.id, req.headers()) {
         return crate::wire::error(
             StatusCode::UNAUTHORIZED,

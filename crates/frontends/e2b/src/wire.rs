@@ -141,6 +141,17 @@ pub fn template(sb: &Sandbox) -> String {
     sb.snapshot.clone().unwrap_or_else(|| sb.env.clone())
 }
 
+/// Labels this front end keeps for itself (never shown as metadata).
+pub const HIDDEN_PREFIX: &str = "spinup.e2b/";
+/// Ports open without the traffic token (`network.allowPublicTraffic`).
+pub const PUBLIC_TRAFFIC_LABEL: &str = "spinup.e2b/public-traffic";
+
+/// A sandbox's labels as E2B metadata: the caller's, without this front
+/// end's own.
+pub fn metadata(labels: &BTreeMap<String, String>) -> BTreeMap<String, String> {
+    labels.iter().filter(|(k, _)| !k.starts_with(HIDDEN_PREFIX)).map(|(k, v)| (k.clone(), v.clone())).collect()
+}
+
 /// `Sandbox` (create, connect, a fork's child).
 pub fn sandbox(sb: &Sandbox, envd_token: &str, traffic_token: &str, domain: Option<&str>) -> Value {
     let mut v = json!({
@@ -173,7 +184,7 @@ pub fn detail(sb: &Sandbox, state: &str, envd_token: Option<&str>, domain: Optio
         "memoryMB": r.memory_mib,
         "diskSizeMB": r.disk_mib,
         "state": state,
-        "metadata": sb.labels,
+        "metadata": metadata(&sb.labels),
         "lifecycle": {
             "autoResume": sb.auto_resume,
             "onTimeout": if sb.on_timeout == spinup_api::OnTimeout::Pause { "pause" } else { "kill" },
