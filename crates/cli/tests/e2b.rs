@@ -84,13 +84,15 @@ async fn run(d: &Daemon, what: &str, mut cmd: Command, limit: Duration) -> Strin
     let out = out.unwrap_or_else(|e| panic!("{what}: {e}"));
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     println!("--- {what}\n{text}");
-    assert!(out.status.success(), "{what} failed ({}):\n{text}\n--- daemon log (tail)\n{}", out.status, tail(&d.log()));
+    // The client's own output comes last: a runner that shows only the
+    // end of a failure shows the traceback, not the daemon's log.
+    assert!(out.status.success(), "--- daemon log (tail)\n{}\n--- {what} failed ({}):\n{text}", tail(&d.log()), out.status);
     text
 }
 
 fn tail(s: &str) -> String {
     let lines: Vec<&str> = s.lines().collect();
-    lines[lines.len().saturating_sub(60)..].join("\n")
+    lines[lines.len().saturating_sub(40)..].join("\n")
 }
 
 async fn python_scenario(d: &Daemon, port: u16, driver: &str, small: bool) -> String {
