@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 use spinup_model::Error;
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ErrorBody {
     /// Stable machine code: `not_found`, `invalid_argument`, `conflict`,
     /// `unsupported`, `unavailable`, `agent_error`, `internal`, or the

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 /// `POST /v1/sandboxes/{id}/exec`; also the Start of `/exec/ws`.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(default)]
 pub struct ExecRequest {
     /// Program and arguments, run directly.
@@ -32,7 +32,7 @@ pub struct ExecRequest {
     pub input: Option<String>,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, utoipa::ToSchema)]
 pub struct PtySize {
     pub cols: u16,
     pub rows: u16,
@@ -46,7 +46,7 @@ pub struct ExecQuery {
 }
 
 /// The answer of a non-streaming exec.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize, utoipa::ToSchema)]
 pub struct ExecResult {
     pub stdout: String,
     pub stderr: String,

@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 use spinup_model::SecretMount;
 
 /// `POST /v1/sandboxes/{id}/ports`.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct ExposeRequest {
     pub port: u16,
@@ -17,7 +17,7 @@ pub struct ExposeRequest {
     pub listen: Option<String>,
 }
 
-#[derive(Clone, Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ExposeAnswer {
     pub port: u16,
     pub address: String,
@@ -45,7 +45,7 @@ impl std::fmt::Debug for ExposeAnswer {
 
 /// `POST /v1/sandboxes/{id}/secrets`: `attach` adds (or changes the
 /// mode of) secrets; `detach` removes by name.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct AttachRequest {
     pub attach: Vec<SecretMount>,

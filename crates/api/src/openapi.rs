@@ -1,53 +1,448 @@
-//! The OpenAPI 3 document served at `/v1/openapi.json`, built from
-//! [`crate::ROUTES`], so it lists exactly what the router serves.
+//! The OpenAPI 3.1 document served at `/v1/openapi.json`.
+//!
+//! Paths come from [`crate::ROUTES`] (what the router serves); each
+//! operation's parameters, body and answers come from [`shape`], an
+//! exhaustive match over [`Op`], so a new route does not compile until it
+//! is described. Schemas are derived from the Rust types themselves
+//! (`utoipa::ToSchema` on the wire types of this crate, spinup-model and
+//! spinup-protocol), so they change with the code.
 
-use serde_json::{json, Value};
+use std::collections::BTreeMap;
 
-use crate::ROUTES;
+use utoipa::openapi::path::{HttpMethod, OperationBuilder, ParameterBuilder, ParameterIn, PathItem};
+use utoipa::openapi::request_body::RequestBodyBuilder;
+use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, OneOfBuilder, Schema, SchemaType, Type};
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme};
+use utoipa::openapi::{
+    ComponentsBuilder, ContentBuilder, InfoBuilder, OpenApiBuilder, PathsBuilder, Ref, RefOr, Required,
+    ResponseBuilder,
+};
+use utoipa::ToSchema;
 
-pub fn document() -> Value {
-    let mut paths = serde_json::Map::new();
-    for r in ROUTES {
-        let params: Vec<Value> = r
-            .path
-            .split('/')
-            .filter_map(|seg| seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')))
-            .map(|name| json!({"name": name, "in": "path", "required": true, "schema": {"type": "string"}}))
-            .collect();
-        let entry = paths.entry(r.path.to_string()).or_insert_with(|| json!({}));
-        entry[r.method] = json!({
-            "operationId": format!("{:?}", r.op),
-            "summary": r.summary,
-            "parameters": params,
-            "responses": {
-                "default": {"description": "Errors: {code, message}", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
-            }
-        });
+use crate::{Op, ROUTES};
+
+/// The schemas the document refers to, by name.
+#[derive(Default)]
+struct Schemas(BTreeMap<String, RefOr<Schema>>);
+
+impl Schemas {
+    /// A reference to `T`'s schema, registering it and what it refers to.
+    fn of<T: ToSchema>(&mut self) -> RefOr<Schema> {
+        let name = T::name().to_string();
+        let mut deps = Vec::new();
+        T::schemas(&mut deps);
+        self.0.extend(deps);
+        self.0.insert(name.clone(), T::schema());
+        RefOr::Ref(Ref::from_schema_name(name))
     }
-    json!({
-        "openapi": "3.0.3",
-        "info": {"title": "Spinup API", "version": env!("CARGO_PKG_VERSION")},
-        "paths": paths,
-        "components": {"schemas": {"Error": {
-            "type": "object",
-            "required": ["code", "message"],
-            "properties": {
-                "code": {"type": "string"},
-                "message": {"type": "string"},
-                "driver": {"type": "string"},
-                "capability": {"type": "string"}
+
+    fn array_of<T: ToSchema>(&mut self) -> RefOr<Schema> {
+        ArrayBuilder::new().items(self.of::<T>()).into()
+    }
+}
+
+fn string() -> RefOr<Schema> {
+    ObjectBuilder::new().schema_type(Type::String).into()
+}
+
+fn boolean() -> RefOr<Schema> {
+    ObjectBuilder::new().schema_type(Type::Boolean).into()
+}
+
+fn integer(min: i64, max: i64) -> RefOr<Schema> {
+    ObjectBuilder::new().schema_type(Type::Integer).minimum(Some(min)).maximum(Some(max)).into()
+}
+
+fn object() -> RefOr<Schema> {
+    ObjectBuilder::new().schema_type(SchemaType::from(Type::Object)).into()
+}
+
+/// A request body.
+enum In {
+    None,
+    /// JSON; `required` is false where an empty body means `{}`.
+    Json(RefOr<Schema>, bool),
+    /// Raw bytes of this media type, streamed.
+    Raw(&'static str, &'static str),
+    /// The secret value: raw bytes, or `{"value": "..."}` as JSON.
+    Secret,
+}
+
+/// A success answer.
+enum Out {
+    Json(u16, RefOr<Schema>),
+    /// Newline-delimited JSON, one value of this schema per line.
+    NdJson(RefOr<Schema>),
+    /// Raw bytes of this media type.
+    Raw(&'static str),
+    NoContent,
+    /// A WebSocket upgrade (101); the messages are protocol frames.
+    WebSocket,
+    /// `PUT /v1/secrets/{name}`: 201 when new, 200 when replaced.
+    Set(RefOr<Schema>),
+}
+
+struct Shape {
+    query: Vec<(&'static str, RefOr<Schema>, bool, &'static str)>,
+    body: In,
+    ok: Out,
+    /// Error statuses besides 401 and 500 (every operation has those).
+    errors: &'static [u16],
+}
+
+/// A sandbox, its agent, its driver: what the sandbox routes can answer.
+const SANDBOX: &[u16] = &[400, 404, 409, 501, 502, 503];
+/// The agent's file answers add permission and space errors.
+const FILES: &[u16] = &[400, 403, 404, 409, 413, 501, 502, 503, 507];
+
+fn shape(op: Op, s: &mut Schemas) -> Shape {
+    use Out::*;
+    let q = |v: Vec<(&'static str, RefOr<Schema>, bool, &'static str)>| v;
+    let plain = |body: In, ok: Out, errors: &'static [u16]| Shape { query: vec![], body, ok, errors };
+    let path = ("path", string(), true, "Absolute path inside the sandbox");
+    match op {
+        Op::OpenApi => plain(In::None, Json(200, object()), &[]),
+        Op::Drivers => plain(In::None, Json(200, s.array_of::<spinup_model::Capabilities>()), &[]),
+        Op::Gc => plain(In::None, Json(200, s.of::<crate::GcReport>()), &[]),
+        Op::List => Shape {
+            query: q(vec![(
+                "label",
+                ArrayBuilder::new().items(string()).into(),
+                false,
+                "key=value; repeat to require several",
+            )]),
+            body: In::None,
+            ok: Json(200, s.array_of::<spinup_model::Sandbox>()),
+            errors: &[400],
+        },
+        Op::Create => plain(
+            In::Json(s.of::<crate::CreateRequest>(), false),
+            Json(201, s.of::<spinup_model::Sandbox>()),
+            &[400, 404, 409, 501, 503],
+        ),
+        Op::Get | Op::Resume | Op::UpdateResources => {
+            plain(In::None, Json(200, s.of::<spinup_model::Sandbox>()), SANDBOX)
+        }
+        Op::Remove => Shape {
+            query: q(vec![("force", boolean(), false, "Also a running or paused sandbox")]),
+            body: In::None,
+            ok: NoContent,
+            errors: SANDBOX,
+        },
+        Op::SetTimeout => {
+            plain(In::Json(s.of::<crate::TimeoutRequest>(), true), Json(200, s.of::<spinup_model::Sandbox>()), SANDBOX)
+        }
+        Op::Info => plain(In::None, Json(200, s.of::<spinup_protocol::AgentInfo>()), SANDBOX),
+        Op::Events => plain(In::None, Json(200, s.array_of::<crate::Transition>()), SANDBOX),
+        Op::Pause => {
+            plain(In::Json(s.of::<crate::PauseRequest>(), false), Json(200, s.of::<spinup_model::Sandbox>()), SANDBOX)
+        }
+        Op::Snapshot => plain(
+            In::Json(s.of::<crate::SnapshotRequest>(), false),
+            Json(201, s.of::<spinup_model::Snapshot>()),
+            SANDBOX,
+        ),
+        Op::Fork => {
+            plain(In::Json(s.of::<crate::ForkRequest>(), false), Json(201, s.of::<crate::ForkResult>()), SANDBOX)
+        }
+        Op::Diff => Shape {
+            query: q(vec![
+                ("since", string(), false, "A snapshot (id or name); default: since creation"),
+                ("path", string(), false, "Only changes under this path"),
+                ("content", boolean(), false, "With path naming a file: its text before and after"),
+            ]),
+            body: In::None,
+            ok: Json(200, s.of::<crate::Diff>()),
+            errors: SANDBOX,
+        },
+        Op::Snapshots => plain(In::None, Json(200, s.array_of::<spinup_model::Snapshot>()), &[]),
+        Op::GetSnapshot => plain(In::None, Json(200, s.of::<spinup_model::Snapshot>()), &[400, 404]),
+        Op::RemoveSnapshot => plain(In::None, NoContent, &[400, 404, 409]),
+        Op::SnapshotLayer => plain(In::None, Raw("application/vnd.oci.image.layer.v1.tar"), &[400, 404]),
+        Op::SetNetwork => plain(
+            In::Json(s.of::<spinup_model::NetworkPolicy>(), false),
+            Json(200, s.of::<spinup_model::Sandbox>()),
+            SANDBOX,
+        ),
+        Op::Ports => plain(In::None, Json(200, s.array_of::<spinup_model::PortExposure>()), SANDBOX),
+        Op::Expose => {
+            plain(In::Json(s.of::<crate::ExposeRequest>(), true), Json(201, s.of::<crate::ExposeAnswer>()), SANDBOX)
+        }
+        Op::Unexpose => plain(In::None, NoContent, SANDBOX),
+        Op::AttachSecrets => plain(
+            In::Json(s.of::<crate::AttachRequest>(), false),
+            Json(200, s.of::<spinup_model::Sandbox>()),
+            SANDBOX,
+        ),
+        Op::Secrets => plain(In::None, Json(200, s.array_of::<crate::SecretInfo>()), &[]),
+        Op::Secret => plain(In::None, Json(200, s.of::<crate::SecretInfo>()), &[400, 404]),
+        Op::SetSecret => plain(In::Secret, Set(s.of::<crate::SecretInfo>()), &[400, 413]),
+        Op::RemoveSecret => plain(In::None, NoContent, &[400, 404, 409]),
+        Op::Exec => Shape {
+            query: q(vec![("stream", boolean(), false, "Answer NDJSON events (started, stdout, stderr, exit)")]),
+            body: In::Json(s.of::<crate::ExecRequest>(), true),
+            ok: Json(200, s.of::<crate::ExecResult>()),
+            errors: SANDBOX,
+        },
+        Op::ExecWs | Op::AttachWs => plain(In::None, WebSocket, SANDBOX),
+        Op::Processes => plain(In::None, Json(200, s.array_of::<spinup_protocol::ProcessInfo>()), SANDBOX),
+        Op::Signal => plain(In::Json(s.of::<spinup_protocol::SignalRequest>(), true), Json(200, object()), SANDBOX),
+        Op::Stdin => Shape {
+            query: q(vec![("close", boolean(), false, "Close stdin after this input")]),
+            body: In::Raw("application/octet-stream", "Bytes fed to the process's stdin"),
+            ok: Json(200, object()),
+            errors: SANDBOX,
+        },
+        Op::ReadFile => Shape {
+            query: vec![path],
+            body: In::None,
+            ok: Raw("application/octet-stream"),
+            errors: FILES,
+        },
+        Op::WriteFile => Shape {
+            query: vec![
+                path,
+                ("mode", integer(0, 0o7777), false, "Permission bits (decimal)"),
+                ("user", string(), false, "Owner: a user name or uid[:gid], resolved in the guest"),
+            ],
+            body: In::Raw("application/octet-stream", "The file's content, streamed"),
+            ok: Json(200, s.of::<spinup_protocol::FileStat>()),
+            errors: FILES,
+        },
+        Op::StatFile => Shape {
+            query: vec![path],
+            body: In::None,
+            ok: Json(200, s.of::<spinup_protocol::FileStat>()),
+            errors: FILES,
+        },
+        Op::ListFiles => Shape {
+            query: vec![path, ("depth", integer(1, 64), false, "Levels to descend (default 1)")],
+            body: In::None,
+            ok: Json(200, s.array_of::<spinup_protocol::FileStat>()),
+            errors: FILES,
+        },
+        Op::WatchFiles => Shape {
+            query: vec![path, ("recursive", boolean(), false, "Also every directory below")],
+            body: In::None,
+            ok: NdJson(s.of::<spinup_protocol::WatchEvent>()),
+            errors: FILES,
+        },
+        Op::FileOp => {
+            let body = OneOfBuilder::new()
+                .item(s.of::<spinup_protocol::PathRequest>())
+                .item(s.of::<spinup_protocol::RemoveRequest>())
+                .item(s.of::<spinup_protocol::RenameRequest>())
+                .item(s.of::<spinup_protocol::ChmodRequest>());
+            let answer = OneOfBuilder::new().item(s.of::<spinup_protocol::FileStat>()).item(object());
+            plain(In::Json(body.into(), true), Json(200, answer.into()), FILES)
+        }
+        Op::Environments => plain(In::None, Json(200, s.of::<crate::EnvList>()), &[]),
+        Op::Environment => plain(In::None, Json(200, s.of::<spinup_model::Environment>()), &[400, 404]),
+        Op::RemoveEnvironment => plain(In::None, NoContent, &[400, 404, 409]),
+        Op::ImportEnvironment => plain(
+            In::Raw("application/octet-stream", "A rootfs tarball (tar or tar.gz), streamed"),
+            Json(201, s.of::<spinup_model::Environment>()),
+            &[400, 409, 413],
+        ),
+        Op::BuildEnvironment => plain(In::None, NdJson(s.of::<crate::BuildEvent>()), &[400, 404, 409]),
+    }
+}
+
+/// What each documented status means.
+fn reason(status: u16) -> &'static str {
+    match status {
+        400 => "invalid_argument: a malformed body, query or path parameter",
+        401 => "unauthorized: a TCP listener without the right bearer key",
+        403 => "permission_denied: the guest refused the path",
+        404 => "not_found: no such sandbox, snapshot, environment, secret, process or path",
+        409 => "conflict: the object is not in a state that allows this",
+        413 => "payload_too_large: the body is over the limit",
+        500 => "internal: a bug or a host failure",
+        501 => "unsupported: the sandbox's driver lacks the capability (driver and capability say which)",
+        502 => "agent_error: the sandbox's agent failed or is gone",
+        503 => "unavailable: the driver or a host tool is missing",
+        507 => "no_space: the guest's disk is full",
+        _ => "error",
+    }
+}
+
+fn method(m: &str) -> HttpMethod {
+    match m {
+        "get" => HttpMethod::Get,
+        "post" => HttpMethod::Post,
+        "put" => HttpMethod::Put,
+        "patch" => HttpMethod::Patch,
+        "delete" => HttpMethod::Delete,
+        other => panic!("ROUTES has a method OpenAPI has no name for: {other}"),
+    }
+}
+
+/// The schema of a `{segment}` of a path.
+fn segment(name: &str, op: Op, s: &mut Schemas) -> (RefOr<Schema>, &'static str) {
+    match (name, op) {
+        ("id", Op::GetSnapshot | Op::RemoveSnapshot | Op::SnapshotLayer) => (string(), "Snapshot id or name"),
+        ("id", _) => (s.of::<spinup_model::SandboxId>(), "Sandbox id"),
+        ("pid", _) => (integer(1, u32::MAX.into()), "Process id in the sandbox"),
+        ("port", _) => (integer(1, 65535), "Guest port"),
+        ("op", _) => (
+            ObjectBuilder::new().schema_type(Type::String).enum_values(Some(["mkdir", "remove", "rename", "chmod"])).into(),
+            "mkdir {path, mode, user} | remove {path, recursive} | rename {from, to} | chmod {path, mode}",
+        ),
+        _ => (string(), "Name"),
+    }
+}
+
+pub fn document() -> serde_json::Value {
+    let mut s = Schemas::default();
+    let error = s.of::<crate::ErrorBody>();
+    let json_content = |schema: RefOr<Schema>| ContentBuilder::new().schema(Some(schema)).build();
+    let mut paths = PathsBuilder::new();
+    for r in ROUTES {
+        let shape = shape(r.op, &mut s);
+        let mut op = OperationBuilder::new().operation_id(Some(format!("{:?}", r.op))).summary(Some(r.summary));
+        for name in r.path.split('/').filter_map(|seg| seg.strip_prefix('{').and_then(|s| s.strip_suffix('}'))) {
+            let (schema, what) = segment(name, r.op, &mut s);
+            op = op.parameter(
+                ParameterBuilder::new()
+                    .name(name)
+                    .parameter_in(ParameterIn::Path)
+                    .required(Required::True)
+                    .description(Some(what))
+                    .schema(Some(schema)),
+            );
+        }
+        for (name, schema, required, what) in shape.query {
+            op = op.parameter(
+                ParameterBuilder::new()
+                    .name(name)
+                    .parameter_in(ParameterIn::Query)
+                    .required(if required { Required::True } else { Required::False })
+                    .description(Some(what))
+                    .schema(Some(schema)),
+            );
+        }
+        op = match shape.body {
+            In::None => op,
+            In::Json(schema, required) => op.request_body(Some(
+                RequestBodyBuilder::new()
+                    .content("application/json", json_content(schema))
+                    .required(Some(if required { Required::True } else { Required::False }))
+                    .build(),
+            )),
+            In::Raw(media, what) => op.request_body(Some(
+                RequestBodyBuilder::new()
+                    .description(Some(what))
+                    .content(media, ContentBuilder::new().build())
+                    .required(Some(Required::False))
+                    .build(),
+            )),
+            In::Secret => {
+                let value = ObjectBuilder::new()
+                    .property("value", string())
+                    .required("value")
+                    .additional_properties(Some(utoipa::openapi::schema::AdditionalProperties::FreeForm(false)));
+                op.request_body(Some(
+                    RequestBodyBuilder::new()
+                        .description(Some("The value: raw bytes, or {\"value\": \"...\"} as JSON; encrypted at rest"))
+                        .content("application/octet-stream", ContentBuilder::new().build())
+                        .content("application/json", json_content(value.into()))
+                        .required(Some(Required::False))
+                        .build(),
+                ))
             }
-        }}}
-    })
+        };
+        let ok = |desc: &str| ResponseBuilder::new().description(desc);
+        op = match shape.ok {
+            Out::Json(status, schema) => {
+                op.response(status.to_string(), ok("Success").content("application/json", json_content(schema)))
+            }
+            Out::NdJson(schema) => op.response(
+                "200",
+                ok("Newline-delimited JSON, one value per line, streamed")
+                    .content("application/x-ndjson", json_content(schema)),
+            ),
+            Out::Raw(media) => op.response("200", ok("The bytes, streamed").content(media, ContentBuilder::new().build())),
+            Out::NoContent => op.response("204", ok("Done")),
+            Out::WebSocket => op.response("101", ok("WebSocket: binary messages carry protocol frames")),
+            Out::Set(schema) => op
+                .response("200", ok("Replaced").content("application/json", json_content(schema.clone())))
+                .response("201", ok("Created").content("application/json", json_content(schema))),
+        };
+        for status in shape.errors.iter().copied().chain([401, 500]) {
+            op = op.response(
+                status.to_string(),
+                ResponseBuilder::new().description(reason(status)).content("application/json", json_content(error.clone())),
+            );
+        }
+        let item = PathItem::new(method(r.method), op.build());
+        paths = paths.path(r.path, item);
+    }
+    let bearer = SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build());
+    let components = s.0.into_iter().fold(ComponentsBuilder::new(), |c, (name, schema)| c.schema(name, schema));
+    let doc = OpenApiBuilder::new()
+        .info(
+            InfoBuilder::new()
+                .title("Spinup API")
+                .version(env!("CARGO_PKG_VERSION"))
+                .description(Some(
+                    "A small computer for every AI agent. Over TCP every request needs the daemon's key as \
+                     `Authorization: Bearer KEY`; the unix socket needs none.",
+                ))
+                .build(),
+        )
+        .paths(paths.build())
+        .components(Some(components.security_scheme("bearer", bearer).build()))
+        .security(Some(vec![SecurityRequirement::new("bearer", Vec::<String>::new())]))
+        .build();
+    serde_json::to_value(doc).expect("the document serializes")
 }
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     #[test]
     fn every_route_is_in_the_document() {
-        let d = super::document();
-        for r in crate::ROUTES {
-            assert!(d["paths"][r.path][r.method]["summary"].is_string(), "{} {}", r.method, r.path);
+        let d = document();
+        assert_eq!(d["openapi"], "3.1.0");
+        for r in ROUTES {
+            let op = &d["paths"][r.path][r.method];
+            assert!(op["summary"].is_string(), "{} {}", r.method, r.path);
+            let statuses: Vec<&String> = op["responses"].as_object().unwrap().keys().collect();
+            assert!(statuses.iter().any(|s| s.starts_with('1') || s.starts_with('2')), "{} {}", r.method, r.path);
+            assert!(statuses.iter().any(|s| *s == "401"), "{} {}", r.method, r.path);
         }
+    }
+
+    /// Every reference points at a schema the document carries.
+    #[test]
+    fn every_reference_resolves() {
+        let d = document();
+        fn walk(v: &serde_json::Value, d: &serde_json::Value) {
+            match v {
+                serde_json::Value::Object(m) => {
+                    if let Some(r) = m.get("$ref").and_then(|r| r.as_str()) {
+                        let name = r.strip_prefix("#/components/schemas/").expect("a schema reference");
+                        assert!(d["components"]["schemas"][name].is_object(), "{r} is missing");
+                    }
+                    m.values().for_each(|x| walk(x, d));
+                }
+                serde_json::Value::Array(a) => a.iter().for_each(|x| walk(x, d)),
+                _ => {}
+            }
+        }
+        walk(&d, &d);
+    }
+
+    /// The schemas are the types': a required field of a request is
+    /// required in the document, and limits are there.
+    #[test]
+    fn schemas_follow_the_types() {
+        let d = document();
+        let s = &d["components"]["schemas"];
+        assert_eq!(s["TimeoutRequest"]["required"], serde_json::json!(["timeout_s"]));
+        assert_eq!(s["ResourcesPatch"]["properties"]["vcpus"]["maximum"], 256.0);
+        assert!(s["Sandbox"]["properties"]["id"]["$ref"].as_str().unwrap().ends_with("SandboxId"));
+        assert!(s["CreateRequest"]["additionalProperties"] == false, "{}", s["CreateRequest"]);
     }
 }

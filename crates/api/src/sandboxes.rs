@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use spinup_model::{NetworkPolicy, OnTimeout, Resources, SecretMount};
 
 /// `POST /v1/sandboxes`.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct CreateRequest {
     pub env: Option<String>,
@@ -30,12 +30,16 @@ pub struct CreateRequest {
 }
 
 /// Resources as a request gives them: unset fields take the daemon's defaults.
-#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct ResourcesPatch {
+    #[schema(minimum = 0.01, maximum = 256.0)]
     pub vcpus: Option<f64>,
+    #[schema(minimum = 16, maximum = 1048576)]
     pub memory_mib: Option<u64>,
+    #[schema(minimum = 16)]
     pub disk_mib: Option<u64>,
+    #[schema(minimum = 8, maximum = 4194304)]
     pub pids: Option<u64>,
 }
 
@@ -86,14 +90,14 @@ pub struct ForceQuery {
 }
 
 /// `PUT /v1/sandboxes/{id}/timeout`: counted from now; 0 clears it.
-#[derive(Debug, Clone, Copy, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TimeoutRequest {
     pub timeout_s: u64,
 }
 
 /// `POST /v1/sandboxes/{id}/pause`.
-#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct PauseRequest {
     /// Memory to disk and the VMM stopped (drivers with `memory_snapshot`).
@@ -101,7 +105,7 @@ pub struct PauseRequest {
 }
 
 /// One recorded lifecycle transition (`GET /v1/sandboxes/{id}/events`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Transition {
     pub from: Option<String>,
     pub to: String,
@@ -110,7 +114,7 @@ pub struct Transition {
 }
 
 /// `POST /v1/gc`: what a pass removed, and what it could not.
-#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct GcReport {
     pub removed: Vec<String>,
     pub failed: Vec<String>,

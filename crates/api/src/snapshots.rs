@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use spinup_model::{Sandbox, Snapshot};
 
 /// `POST /v1/sandboxes/{id}/snapshot`.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct SnapshotRequest {
     pub name: Option<String>,
@@ -16,7 +16,7 @@ pub struct SnapshotRequest {
 }
 
 /// `POST /v1/sandboxes/{id}/fork`.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct ForkRequest {
     pub count: Option<u32>,
@@ -24,7 +24,7 @@ pub struct ForkRequest {
     pub driver: Option<String>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ForkResult {
     pub snapshot: Snapshot,
     pub children: Vec<Sandbox>,
@@ -42,7 +42,7 @@ pub struct DiffQuery {
     pub content: bool,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Diff {
     pub sandbox: String,
     /// The snapshot compared against; `None`: the sandbox's creation.
@@ -57,7 +57,7 @@ pub struct Diff {
 }
 
 /// One path that differs between two filesystem states.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Change {
     pub path: String,
     /// `added`, `modified` or `deleted`.

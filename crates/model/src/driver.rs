@@ -10,7 +10,7 @@ use crate::error::Result;
 use crate::sandbox::Resources;
 
 /// How strong the boundary between the agent's code and the host is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum IsolationClass {
     /// Namespaces, cgroups, seccomp: the host kernel is shared.
@@ -23,7 +23,7 @@ pub enum IsolationClass {
 
 /// What a driver can do on this host. Built by probing, not from a table:
 /// `available` is false with a `reason` when the runtime is missing or broken.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Capabilities {
     pub driver: String,
     pub isolation: IsolationClass,

@@ -47,6 +47,19 @@ impl SandboxId {
     }
 }
 
+/// In the OpenAPI document: a string of the id's format.
+impl utoipa::PartialSchema for SandboxId {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::Type::String)
+            .pattern(Some(format!("^[0-9a-f]{{{LEN}}}$")))
+            .description(Some("A sandbox id: 12 lowercase hex digits"))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for SandboxId {}
+
 impl Deref for SandboxId {
     type Target = str;
     fn deref(&self) -> &str {

@@ -11,7 +11,7 @@ use std::net::Ipv4Addr;
 /// the forbidden set. The forbidden set (the host, other sandboxes,
 /// link-local/metadata, the host's private networks unless listed as a
 /// CIDR) applies in every mode.
-#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum NetMode {
     #[default]
@@ -73,7 +73,7 @@ impl std::fmt::Display for Cidr {
 }
 
 /// A sandbox's network policy.
-#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NetworkPolicy {
     #[serde(default)]
@@ -86,6 +86,7 @@ pub struct NetworkPolicy {
     pub allow: Vec<String>,
     /// Static names the sandbox's resolver answers (like `--add-host`).
     #[serde(default)]
+    #[schema(value_type = BTreeMap<String, String>)]
     pub hosts: BTreeMap<String, Ipv4Addr>,
 }
 

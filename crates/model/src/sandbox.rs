@@ -12,7 +12,7 @@ use crate::error::{Error, Result};
 ///
 /// `Paused` is part of the vocabulary so stores and clients never need a
 /// migration; no driver reaches it yet.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum SandboxState {
     Creating,
@@ -91,7 +91,7 @@ impl FromStr for SandboxState {
 }
 
 /// What a sandbox may use. Drivers enforce every field.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(default)]
 pub struct Resources {
     /// CPU share in whole or fractional vCPUs.
@@ -129,7 +129,7 @@ impl Resources {
 }
 
 /// One sandbox as the store and the API see it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Sandbox {
     pub id: crate::SandboxId,
     /// Environment name as requested (e.g. `busybox`).
@@ -183,7 +183,7 @@ pub struct Sandbox {
 }
 
 /// A guest port reachable through the daemon.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct PortExposure {
     pub port: u16,
     /// `127.0.0.1:PORT` or a unix socket path.
@@ -196,18 +196,20 @@ pub struct PortExposure {
 }
 
 /// One sandbox's place in the daemon's address pool.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct NetSlot {
     pub index: u32,
     /// Host side of the veth (`spv<index>`).
     pub host_if: String,
+    #[schema(value_type = String, format = Ipv4)]
     pub gateway: std::net::Ipv4Addr,
+    #[schema(value_type = String, format = Ipv4)]
     pub address: std::net::Ipv4Addr,
     pub prefix: u8,
 }
 
 /// How a secret reaches a sandbox.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum SecretMode {
     /// `/run/secrets/NAME` on a tmpfs, mode 0400, owned by the sandbox user.
@@ -221,7 +223,7 @@ pub enum SecretMode {
 }
 
 /// A secret attached to a sandbox.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct SecretMount {
     pub name: String,
     #[serde(default)]
@@ -305,7 +307,7 @@ impl SecretMount {
 }
 
 /// What a sandbox's timeout does when it fires.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum OnTimeout {
     #[default]
@@ -323,7 +325,7 @@ impl Sandbox {
 }
 
 /// Defaults a sandbox inherits from its environment.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(default)]
 pub struct EnvironmentConfig {
     /// `KEY=VALUE` entries.
@@ -333,7 +335,7 @@ pub struct EnvironmentConfig {
 }
 
 /// An immutable, content-addressed root filesystem plus defaults.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Environment {
     pub name: String,
     /// sha256 over the layer digests and config; changes when any layer does.
@@ -347,7 +349,7 @@ pub struct Environment {
 
 /// A sandbox's filesystem changes frozen as a content-addressed layer (an
 /// OCI layer tar with whiteouts) on top of the layers it ran on.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Snapshot {
     pub id: String,
     pub name: Option<String>,

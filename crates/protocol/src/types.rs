@@ -48,6 +48,7 @@ pub struct Started {
 }
 
 /// How a process ended.
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ExitStatus {
     /// Exit code; `128 + signal` when killed, as shells report it.
@@ -58,6 +59,7 @@ pub struct ExitStatus {
     pub message: Option<String>,
 }
 
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ProcessInfo {
     pub pid: u32,
@@ -69,11 +71,13 @@ pub struct ProcessInfo {
     pub started_at_ms: i64,
 }
 
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SignalRequest {
     pub signal: i32,
 }
 
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum FileKind {
@@ -83,6 +87,7 @@ pub enum FileKind {
     Other,
 }
 
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FileStat {
     pub path: String,
@@ -96,6 +101,7 @@ pub struct FileStat {
     pub symlink_target: Option<String>,
 }
 
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PathRequest {
     pub path: String,
@@ -107,6 +113,7 @@ pub struct PathRequest {
     pub user: Option<String>,
 }
 
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RemoveRequest {
     pub path: String,
@@ -114,6 +121,7 @@ pub struct RemoveRequest {
     pub recursive: bool,
 }
 
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RenameRequest {
     pub from: String,
@@ -169,12 +177,14 @@ pub struct IdentityRequest {
     pub net: Option<String>,
 }
 
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChmodRequest {
     pub path: String,
     pub mode: u32,
 }
 
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AgentInfo {
     pub protocol: u32,
@@ -206,6 +216,7 @@ pub struct AgentInfo {
 /// `rename` (the old name), `chmod` (attributes: mode, owner, times);
 /// `overflow` says events were lost (the kernel's queue overflowed, or a
 /// new directory was past the watch limit and is not watched).
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "lowercase")]
 pub enum WatchEvent {

@@ -14,12 +14,12 @@ mod handlers;
 use std::sync::Arc;
 
 use axum::extract::Request;
-use axum::http::StatusCode;
+use axum::http::{self, StatusCode};
 use axum::middleware::{self, Next};
-use axum::response::IntoResponse;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{on, MethodFilter, MethodRouter};
 use axum::{Json, Router};
-use spinup_api::{Error, Op, SandboxService, ROUTES};
+use spinup_api::{Error, ErrorBody, Op, SandboxService, ROUTES};
 
 pub use error::{status_of, ApiError};
 
@@ -31,7 +31,48 @@ pub fn router(svc: Svc) -> Router {
     for route in ROUTES {
         r = r.route(route.path, handler(route.op, filter(route.method)));
     }
-    r.fallback(|| async { ApiError(Error::NotFound { kind: "route", id: "requested".into() }) }).with_state(svc)
+    r.fallback(|| async { ApiError(Error::NotFound { kind: "route", id: "requested".into() }) })
+        .layer(middleware::map_response(json_errors))
+        .with_state(svc)
+}
+
+/// Every error answer is the API's JSON error, also those axum makes
+/// itself (405 for a method a path does not serve, 413 past the body
+/// limit, 400 for a WebSocket route without an upgrade), which are plain
+/// text: the status and headers (`Allow`) stay, the text becomes the
+/// message. Successful answers and JSON errors pass untouched.
+async fn json_errors(res: Response) -> Response {
+    let status = res.status();
+    let json = res
+        .headers()
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || json {
+        return res;
+    }
+    let (parts, body) = res.into_parts();
+    // These bodies are a line of text; an agent's error is already JSON.
+    let text = axum::body::to_bytes(body, 64 << 10).await.unwrap_or_default();
+    let text = String::from_utf8_lossy(&text).trim().to_string();
+    let code = match status.as_u16() {
+        404 => "not_found",
+        405 => "method_not_allowed",
+        409 => "conflict",
+        413 => "payload_too_large",
+        415 => "unsupported_media_type",
+        s if s >= 500 => "internal",
+        _ => "invalid_argument",
+    };
+    let message = if text.is_empty() { status.canonical_reason().unwrap_or("error").to_string() } else { text };
+    let mut out =
+        (status, Json(ErrorBody { code: code.into(), message, driver: None, capability: None })).into_response();
+    for (k, v) in &parts.headers {
+        if k != http::header::CONTENT_TYPE && k != http::header::CONTENT_LENGTH {
+            out.headers_mut().insert(k.clone(), v.clone());
+        }
+    }
+    out
 }
 
 fn filter(method: &str) -> MethodFilter {

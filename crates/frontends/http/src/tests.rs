@@ -278,5 +278,49 @@ async fn a_body_past_the_limit_is_413_as_axum_answers_it() {
         let req = Request::builder().method(Method::POST).uri(path).body(Body::from(big.clone())).unwrap();
         let resp = app.oneshot(req).await.unwrap();
         assert_eq!(resp.status(), StatusCode::PAYLOAD_TOO_LARGE, "{path}");
+        assert_eq!(resp.headers()["content-type"], "application/json", "{path}");
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        let e: spinup_api::ErrorBody = serde_json::from_slice(&body).unwrap();
+        assert_eq!(e.code, "payload_too_large", "{path}: {}", e.message);
+    }
+}
+
+/// What axum answers itself (a method a path does not serve, a WebSocket
+/// route without an upgrade) is the API's JSON error too, headers kept.
+#[tokio::test]
+async fn axums_own_answers_are_json_errors() {
+    let app = crate::router(Arc::new(Refuses));
+    let req = Request::builder().method(Method::PATCH).uri("/v1/sandboxes").body(Body::empty()).unwrap();
+    let resp = app.oneshot(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::METHOD_NOT_ALLOWED);
+    let allow = resp.headers().get("allow").map(|v| v.to_str().unwrap().to_string()).unwrap_or_default();
+    assert!(allow.contains("GET") && allow.contains("POST"), "Allow: {allow}");
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    let e: spinup_api::ErrorBody = serde_json::from_slice(&body).unwrap();
+    assert_eq!(e.code, "method_not_allowed");
+    let (status, body) = call("get", "/v1/sandboxes/0123456789ab/exec/ws", false).await;
+    assert!(status.is_client_error(), "{status} {body}");
+    let e: spinup_api::ErrorBody = serde_json::from_slice(body.as_bytes()).unwrap();
+    assert!(!e.message.is_empty(), "{body}");
+}
+
+/// The served document and the router are one table: every route has an
+/// operation with its answers, and the document has nothing else.
+#[tokio::test]
+async fn the_served_document_describes_exactly_the_routes() {
+    let (status, body) = call("get", "/v1/openapi.json", false).await;
+    assert_eq!(status, StatusCode::OK);
+    let doc: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let mut documented = 0;
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for method in item.as_object().unwrap().keys() {
+            assert!(ROUTES.iter().any(|r| r.path == path && r.method == method), "{method} {path} is not routed");
+            documented += 1;
+        }
+    }
+    assert_eq!(documented, ROUTES.len());
+    for r in ROUTES {
+        let responses = doc["paths"][r.path][r.method]["responses"].as_object().unwrap();
+        assert!(responses.contains_key("400") || responses.len() >= 3, "{} {}", r.method, r.path);
     }
 }
