@@ -394,7 +394,75 @@ pub fn document() -> serde_json::Value {
         .components(Some(components.security_scheme("bearer", bearer).build()))
         .security(Some(vec![SecurityRequirement::new("bearer", Vec::<String>::new())]))
         .build();
-    serde_json::to_value(doc).expect("the document serializes")
+    let mut doc = serde_json::to_value(doc).expect("the document serializes");
+    constrain(&mut doc);
+    doc
+}
+
+/// Name formats the daemon checks (spinup-model's validators), as patterns.
+const ENV_NAME: &str = "^[a-z0-9_-][a-z0-9._-]{0,63}$";
+const SECRET_NAME: &str = "^[A-Za-z_][A-Za-z0-9_]{0,63}$";
+const LABEL_KEY: &str = "^[A-Za-z0-9._/-]{1,63}$";
+/// A guest path: absolute, no NUL.
+const GUEST_PATH: &str = "^/[^\\u0000]*$";
+const DRIVERS: [&str; 3] = ["container", "gvisor", "microvm"];
+
+/// What the types alone cannot say: the validators' formats and ranges
+/// (spinup-model's `validate_*`, the service's checks) and cross-field
+/// rules, written onto the derived schemas. Each entry mirrors a check the
+/// daemon makes, so a client generated from the document sends what the
+/// daemon takes.
+fn constrain(doc: &mut serde_json::Value) {
+    use serde_json::json;
+    let labels = json!({"type": "object", "propertyNames": {"pattern": LABEL_KEY},
+        "additionalProperties": {"type": "string", "maxLength": 255, "pattern": "^[^\\u0000-\\u001f\\u007f]*$"}});
+    let s = &mut doc["components"]["schemas"];
+    s["CreateRequest"]["properties"]["env"] = json!({"type": ["string", "null"], "pattern": ENV_NAME});
+    s["CreateRequest"]["properties"]["driver"] = json!({"type": ["string", "null"], "enum": [DRIVERS[0], DRIVERS[1], DRIVERS[2], "auto", null]});
+    s["CreateRequest"]["properties"]["labels"] = labels.clone();
+    s["SnapshotRequest"]["properties"]["labels"] = labels;
+    s["ForkRequest"]["properties"]["driver"] = json!({"type": ["string", "null"], "enum": [DRIVERS[0], DRIVERS[1], DRIVERS[2], null]});
+    s["ForkRequest"]["properties"]["count"] = json!({"type": ["integer", "null"], "minimum": 1, "maximum": 64});
+    s["ExposeRequest"]["properties"]["port"] = json!({"type": "integer", "minimum": 1, "maximum": 65535});
+    s["ExposeRequest"]["required"] = json!(["port"]);
+    s["SignalRequest"]["properties"]["signal"] = json!({"type": "integer", "minimum": 1, "maximum": 64});
+    s["SecretMount"]["properties"]["name"] = json!({"type": "string", "pattern": SECRET_NAME});
+    s["NetworkPolicy"]["properties"]["hosts"]["additionalProperties"] = json!({"type": "string", "format": "ipv4"});
+    // exec runs argv, or else cmd: one of them must be there.
+    s["ExecRequest"]["anyOf"] = json!([
+        {"required": ["argv"], "properties": {"argv": {"minItems": 1}}},
+        {"required": ["cmd"], "properties": {"cmd": {"type": "string", "pattern": "^[^\\u0000]*$"}}}
+    ]);
+    for name in ["PathRequest", "RemoveRequest", "ChmodRequest"] {
+        s[name]["properties"]["path"] = json!({"type": "string", "pattern": GUEST_PATH});
+    }
+    s["RenameRequest"]["properties"]["from"] = json!({"type": "string", "pattern": GUEST_PATH});
+    s["RenameRequest"]["properties"]["to"] = json!({"type": "string", "pattern": GUEST_PATH});
+    s["ChmodRequest"]["properties"]["mode"] = json!({"type": "integer", "minimum": 0, "maximum": 0o7777});
+    let paths = doc["paths"].as_object_mut().expect("paths");
+    for (path, item) in paths.iter_mut() {
+        for op in item.as_object_mut().expect("path item").values_mut() {
+            // utoipa writes `"parameters": null` for an operation without
+            // any; OpenAPI wants an array or nothing.
+            if let Some(o) = op.as_object_mut() {
+                o.retain(|_, v| !v.is_null());
+            }
+            for p in op.get_mut("parameters").and_then(|v| v.as_array_mut()).into_iter().flatten() {
+                let pattern = match (p["in"].as_str(), p["name"].as_str()) {
+                    (Some("query"), Some("path")) => GUEST_PATH,
+                    (Some("path"), Some("name")) if path.starts_with("/v1/secrets") => SECRET_NAME,
+                    (Some("path"), Some("name")) => ENV_NAME,
+                    (Some("path"), Some("id")) if path.starts_with("/v1/snapshots") => ENV_NAME,
+                    (Some("query"), Some("label")) => {
+                        p["schema"]["items"] = json!({"type": "string", "pattern": "^[A-Za-z0-9._/-]{1,63}=[^\\u0000-\\u001f\\u007f]{0,255}$"});
+                        continue;
+                    }
+                    _ => continue,
+                };
+                p["schema"]["pattern"] = pattern.into();
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -444,5 +512,13 @@ mod tests {
         assert_eq!(s["ResourcesPatch"]["properties"]["vcpus"]["maximum"], 256.0);
         assert!(s["Sandbox"]["properties"]["id"]["$ref"].as_str().unwrap().ends_with("SandboxId"));
         assert!(s["CreateRequest"]["additionalProperties"] == false, "{}", s["CreateRequest"]);
+        // The validators' formats are there too.
+        assert_eq!(s["ForkRequest"]["properties"]["count"]["maximum"], 64);
+        assert_eq!(s["ExecRequest"]["anyOf"][0]["required"], serde_json::json!(["argv"]));
+        for (path, item) in d["paths"].as_object().unwrap() {
+            for (m, op) in item.as_object().unwrap() {
+                assert!(op.get("parameters").is_none_or(|p| p.is_array()), "{m} {path}");
+            }
+        }
     }
 }
