@@ -10,12 +10,9 @@ hello
 asyncio one; both speak the daemon's native ``/v1`` API.
 """
 
-try:
-    from ._async import AsyncForkResult, AsyncProcess, AsyncPty, AsyncSandbox, AsyncSpinup, AsyncWatcher
-except ImportError:
-    pass
+from ._async import AsyncAttachment, AsyncForkResult, AsyncProcess, AsyncPty, AsyncSandbox, AsyncSpinup, AsyncWatcher
 from ._config import DEFAULT_SOCKET
-from ._sync import ForkResult, Process, Pty, Sandbox, Spinup, Watcher
+from ._sync import Attachment, ForkResult, Process, Pty, Sandbox, Spinup, Watcher
 from .errors import (
     AgentError,
     BadRequest,
@@ -61,6 +58,8 @@ __all__ = [
     "AsyncSandbox",
     "Process",
     "AsyncProcess",
+    "Attachment",
+    "AsyncAttachment",
     "Pty",
     "AsyncPty",
     "Watcher",

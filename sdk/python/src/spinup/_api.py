@@ -159,7 +159,8 @@ def network_body(p: NetworkPolicy | Mapping[str, Any] | str) -> dict[str, Any]:
     if isinstance(p, str):
         return {"mode": p}
     if isinstance(p, NetworkPolicy):
-        return to_dict(p)
+        d: dict[str, Any] = to_dict(p)
+        return d
     return dict(p)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import hashlib
 import json
@@ -79,7 +80,7 @@ def _chunks(data: WriteData) -> bytes | Iterator[bytes]:
                 yield b.encode() if isinstance(b, str) else b
 
         return gen()
-    return (bytes(c) for c in data)  # type: ignore[union-attr]
+    return (bytes(c) for c in data)
 
 
 class _Transport:
@@ -182,7 +183,8 @@ class Spinup:
         return from_dict(GcReport, self._t.json("POST", "/v1/gc"))
 
     def openapi(self) -> dict[str, Any]:
-        return self._t.json("GET", "/v1/openapi.json")
+        doc: dict[str, Any] = self._t.json("GET", "/v1/openapi.json")
+        return doc
 
     def close(self) -> None:
         self._t.close()
@@ -1011,7 +1013,7 @@ class Environments:
     def list(self) -> list[Environment]:
         return [from_dict(Environment, d) for d in self._t.json("GET", "/v1/environments")["environments"]]
 
-    def recipes(self) -> list[str]:
+    def recipes(self) -> builtins.list[str]:
         """The built-in recipes :meth:`build` knows."""
         return list(self._t.json("GET", "/v1/environments")["builtin"])
 
@@ -1041,7 +1043,7 @@ class Environments:
         with contextlib.ExitStack() as st:
             if isinstance(data, (str, os.PathLike)):
                 data = st.enter_context(open(data, "rb"))
-            r = self._t.json("POST", f"/v1/environments/{seg(name)}/import", content=_chunks(data), timeout=None)  # type: ignore[arg-type]
+            r = self._t.json("POST", f"/v1/environments/{seg(name)}/import", content=_chunks(data), timeout=None)
         return from_dict(Environment, r)
 
     def remove(self, name: str) -> None:

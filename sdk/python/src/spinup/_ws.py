@@ -32,7 +32,7 @@ async def connect(target: Target, path: str) -> ws_client.ClientConnection:
             return await ws_client.unix_connect(target.uds, uri, **kw)
         return await ws_client.connect(uri, proxy=None, **kw)
     except InvalidStatus as e:
-        raise error_from(e.response.status_code, e.response.body or b"") from None
+        raise error_from(e.response.status_code, bytes(e.response.body or b"")) from None
     except OSError as e:
         raise ConnectionError(f"cannot reach the spinup daemon at {target.describe()}: {e}", code="connection_error") from e
 
