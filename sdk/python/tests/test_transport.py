@@ -66,3 +66,11 @@ async def test_wrong_or_missing_key_is_unauthorized(monkeypatch):
         sbx = spinup.Sandbox(c, spinup.SandboxDetails(id="ffffffffffff"))
         with pytest.raises(spinup.Unauthorized):
             sbx.pty()
+
+
+@pytest.mark.skipif(not os.environ.get("SPINUP_TEST_INSTALLED"), reason="set when the suite must run the pip-installed package")
+def test_the_installed_package_is_under_test():
+    assert "site-packages" in spinup.__file__, spinup.__file__
+    import importlib.resources
+
+    assert importlib.resources.files("spinup").joinpath("py.typed").is_file()
