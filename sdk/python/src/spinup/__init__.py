@@ -11,6 +11,7 @@ asyncio one; both speak the daemon's native ``/v1`` API.
 """
 
 from ._async import AsyncAttachment, AsyncForkResult, AsyncProcess, AsyncPty, AsyncSandbox, AsyncSpinup, AsyncWatcher
+from ._api import Event as ProcessEvent
 from ._config import DEFAULT_SOCKET
 from ._sync import Attachment, ForkResult, Process, Pty, Sandbox, Spinup, Watcher
 from .errors import (
@@ -67,6 +68,7 @@ __all__ = [
     "ForkResult",
     "AsyncForkResult",
     "DEFAULT_SOCKET",
+    "ProcessEvent",
     "SpinupError",
     "ConnectionError",
     "BadRequest",

@@ -181,7 +181,9 @@ def file_params(path: str, **kw: Any) -> dict[str, str]:
 
 @dataclass
 class Event:
-    """One event of a running process, from NDJSON or a WebSocket."""
+    """One event of a running process (``spinup.ProcessEvent``): ``kind``
+    ``started`` (with ``pid``), ``stdout``/``stderr`` (``data``), ``exit``
+    (``exit``) or ``error`` (``error``)."""
 
     kind: str  # started | stdout | stderr | exit | error
     pid: int | None = None

@@ -694,7 +694,6 @@ class Pty:
         self._ws = ws
         self.pid: int | None = None
         self.exit: ExitStatus | None = None
-        self._pending: list[bytes] = []
 
     def _wait_started(self) -> None:
         while self.pid is None:
@@ -719,8 +718,6 @@ class Pty:
     def read(self, timeout: float | None = None) -> bytes:
         """The next output; ``b""`` once the process exited. Raises
         ``TimeoutError`` when nothing came within ``timeout`` seconds."""
-        if self._pending:
-            return self._pending.pop(0)
         while self.exit is None:
             try:
                 msg = self._ws.recv(timeout=timeout)

@@ -99,9 +99,10 @@ class Resources:
 
 @dataclass
 class NetworkPolicy:
-    """What a sandbox may reach: ``mode`` is ``none``, ``allow`` or ``all``
-    (``allow``: only the CIDRs and domain names in ``allow``); ``hosts``
-    adds /etc/hosts entries."""
+    """What a sandbox may reach: ``mode`` is ``none`` (loopback only),
+    ``allow`` (only the CIDRs and domain names in ``allow``) or ``open``
+    (everything but the host and its private networks); ``hosts`` adds
+    /etc/hosts entries."""
 
     mode: str = "none"
     allow: list[str] = field(default_factory=list)
