@@ -7,7 +7,8 @@
 # networks) and curl (network tests and bench). Idempotent. The microVM guest
 # kernel is not installed here: the daemon downloads Debian's cloud kernel
 # package into its data dir on first use (never into the host's /boot).
-# Last, scripts/install-e2b-sdks.sh installs the E2B SDKs (not from Debian).
+# Last, scripts/install-e2b-sdks.sh installs the E2B SDKs and
+# scripts/install-python-tools.sh the Python test tools (not from Debian).
 set -euo pipefail
 pkgs=(runc runsc busybox-static mmdebstrap e2fsprogs bubblewrap hyperfine ca-certificates nftables iproute2 curl)
 export DEBIAN_FRONTEND=noninteractive
@@ -40,3 +41,4 @@ grep -qw overlay /proc/filesystems || modprobe overlay
 # The official E2B SDKs (Python venv + npm project, outside the repo) that
 # the E2B compatibility tests drive; re-checked for new releases daily.
 "$(dirname "$0")/install-e2b-sdks.sh"
+"$(dirname "$0")/install-python-tools.sh"

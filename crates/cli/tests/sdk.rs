@@ -1,0 +1,96 @@
+//! The Python SDK (`sdk/python`, package `spinup`) against a real daemon:
+//! installed from the repository into the venv of
+//! scripts/install-python-tools.sh, its pytest suite run twice, over the
+//! unix socket and over the TCP listener with its API key.
+#![allow(
+    clippy::print_stdout,
+    clippy::print_stderr,
+    reason = "tests report to the runner, which captures their output"
+)]
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::*;
+
+const KEY: &str = "sdk-test-key-0123456789";
+const ENV: &str = "busybox";
+
+fn sdk_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../sdk/python")
+}
+
+fn python() -> PathBuf {
+    let venv = std::env::var("SPINUP_PY_VENV").unwrap_or_else(|_| "/var/tmp/spinup-py/venv".into());
+    let py = Path::new(&venv).join("bin/python");
+    assert!(py.exists(), "{} is missing: run scripts/install-python-tools.sh", py.display());
+    py
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn tail(s: &str) -> String {
+    let lines: Vec<&str> = s.lines().collect();
+    lines[lines.len().saturating_sub(60)..].join("\n")
+}
+
+/// Run a program to its end within `limit`; its output is printed and
+/// returned; a failure panics with it and the daemon's log.
+async fn run(d: &Daemon, what: &str, cmd: Command, limit: Duration) -> String {
+    let mut cmd = tokio::process::Command::from(cmd);
+    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true);
+    let out = tokio::time::timeout(limit, cmd.output()).await.unwrap_or_else(|_| panic!("{what}: over {limit:?}"));
+    let out = out.unwrap_or_else(|e| panic!("{what}: {e}"));
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    println!("--- {what}\n{text}");
+    assert!(out.status.success(), "{what} failed ({}):\n{text}\n--- daemon log (tail)\n{}", out.status, tail(&d.log()));
+    text
+}
+
+#[tokio::test]
+async fn python_sdk_suite_over_socket_and_tcp() {
+    let port = free_port();
+    let tcp = format!("127.0.0.1:{port}");
+    let d = Daemon::start_with("sdk", &["--tcp", &tcp], &[("SPINUP_API_KEY", KEY)]);
+    let (st, body) = d.raw("POST", &format!("/v1/environments/{ENV}/build"), Bytes::new()).await;
+    let last = String::from_utf8_lossy(&body).lines().last().unwrap_or_default().to_string();
+    assert!(st == 200 && last.contains("\"environment\""), "building {ENV}: {st} {last}\n{}", d.log());
+
+    // The package as pip builds it from the tree (no index needed: its
+    // dependencies and build backend are in the venv already).
+    let mut pip = Command::new(python());
+    pip.args(["-m", "pip", "install", "--disable-pip-version-check", "-q"])
+        .args(["--no-deps", "--no-build-isolation", "--force-reinstall"])
+        .arg(sdk_dir());
+    run(&d, "pip install sdk/python", pip, Duration::from_secs(300)).await;
+
+    let tcp_host = format!("http://{tcp}");
+    let sock = d.sock.to_string_lossy().into_owned();
+    for (name, host) in [("unix socket", sock.as_str()), ("TCP", tcp_host.as_str())] {
+        let mut cmd = Command::new(python());
+        cmd.args(["-m", "pytest", "-p", "no:cacheprovider", "-q", "-rs"])
+            .current_dir(sdk_dir())
+            .env("SPINUP_HOST", host)
+            .env("SPINUP_API_KEY", KEY)
+            .env("SPINUP_TEST_SOCKET", &sock)
+            .env("SPINUP_TEST_TCP_HOST", &tcp_host)
+            .env("SPINUP_TEST_ENV", ENV)
+            .env("SPINUP_TEST_DRIVER", "container")
+            .env("SPINUP_TEST_INSTALLED", "1")
+            .env("PYTHONDONTWRITEBYTECODE", "1")
+            .env("PYTHONUNBUFFERED", "1")
+            .env_remove("PYTHONPATH");
+        let out = run(&d, &format!("pytest over the {name} ({host})"), cmd, Duration::from_secs(600)).await;
+        assert!(out.contains(" passed") && !out.contains(" failed") && !out.contains(" skipped"), "{out}");
+    }
+
+    // The suite removed what it made.
+    let (_, list) = d.req("GET", "/v1/sandboxes", None).await;
+    assert_eq!(list.as_array().map(Vec::len), Some(0), "{list}");
+}
