@@ -14,8 +14,7 @@ use utoipa::openapi::request_body::RequestBodyBuilder;
 use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, OneOfBuilder, Schema, SchemaType, Type};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme};
 use utoipa::openapi::{
-    ComponentsBuilder, ContentBuilder, InfoBuilder, OpenApiBuilder, PathsBuilder, Ref, RefOr, Required,
-    ResponseBuilder,
+    ComponentsBuilder, ContentBuilder, InfoBuilder, OpenApiBuilder, PathsBuilder, Ref, RefOr, Required, ResponseBuilder,
 };
 use utoipa::ToSchema;
 
@@ -169,11 +168,9 @@ fn shape(op: Op, s: &mut Schemas) -> Shape {
             plain(In::Json(s.of::<crate::ExposeRequest>(), true), Json(201, s.of::<crate::ExposeAnswer>()), SANDBOX)
         }
         Op::Unexpose => plain(In::None, NoContent, SANDBOX),
-        Op::AttachSecrets => plain(
-            In::Json(s.of::<crate::AttachRequest>(), false),
-            Json(200, s.of::<spinup_model::Sandbox>()),
-            SANDBOX,
-        ),
+        Op::AttachSecrets => {
+            plain(In::Json(s.of::<crate::AttachRequest>(), false), Json(200, s.of::<spinup_model::Sandbox>()), SANDBOX)
+        }
         Op::Secrets => plain(In::None, Json(200, s.array_of::<crate::SecretInfo>()), &[]),
         Op::Secret => plain(In::None, Json(200, s.of::<crate::SecretInfo>()), &[400, 404]),
         Op::SetSecret => plain(In::Secret, Set(s.of::<crate::SecretInfo>()), &[400, 413]),
@@ -193,12 +190,7 @@ fn shape(op: Op, s: &mut Schemas) -> Shape {
             ok: Json(200, object()),
             errors: SANDBOX,
         },
-        Op::ReadFile => Shape {
-            query: vec![path],
-            body: In::None,
-            ok: Raw("application/octet-stream"),
-            errors: FILES,
-        },
+        Op::ReadFile => Shape { query: vec![path], body: In::None, ok: Raw("application/octet-stream"), errors: FILES },
         Op::WriteFile => Shape {
             query: vec![
                 path,
@@ -285,7 +277,10 @@ fn segment(name: &str, op: Op, s: &mut Schemas) -> (RefOr<Schema>, &'static str)
         ("pid", _) => (integer(1, u32::MAX.into()), "Process id in the sandbox"),
         ("port", _) => (integer(1, 65535), "Guest port"),
         ("op", _) => (
-            ObjectBuilder::new().schema_type(Type::String).enum_values(Some(["mkdir", "remove", "rename", "chmod"])).into(),
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .enum_values(Some(["mkdir", "remove", "rename", "chmod"]))
+                .into(),
             "mkdir {path, mode, user} | remove {path, recursive} | rename {from, to} | chmod {path, mode}",
         ),
         _ => (string(), "Name"),
@@ -361,7 +356,9 @@ pub fn document() -> serde_json::Value {
                 ok("Newline-delimited JSON, one value per line, streamed")
                     .content("application/x-ndjson", json_content(schema)),
             ),
-            Out::Raw(media) => op.response("200", ok("The bytes, streamed").content(media, ContentBuilder::new().build())),
+            Out::Raw(media) => {
+                op.response("200", ok("The bytes, streamed").content(media, ContentBuilder::new().build()))
+            }
             Out::NoContent => op.response("204", ok("Done")),
             Out::WebSocket => op.response("101", ok("WebSocket: binary messages carry protocol frames")),
             Out::Set(schema) => op
@@ -371,7 +368,9 @@ pub fn document() -> serde_json::Value {
         for status in shape.errors.iter().copied().chain([401, 500]) {
             op = op.response(
                 status.to_string(),
-                ResponseBuilder::new().description(reason(status)).content("application/json", json_content(error.clone())),
+                ResponseBuilder::new()
+                    .description(reason(status))
+                    .content("application/json", json_content(error.clone())),
             );
         }
         let item = PathItem::new(method(r.method), op.build());
@@ -406,6 +405,12 @@ const LABEL_KEY: &str = "^[A-Za-z0-9._/-]{1,63}$";
 /// A guest path: absolute, no NUL.
 const GUEST_PATH: &str = "^/[^\\u0000]*$";
 const DRIVERS: [&str; 3] = ["container", "gvisor", "microvm"];
+const SNAPSHOT_NAME: &str = "^[a-z0-9_-][a-z0-9._-]{0,63}$";
+/// An IPv4 address or CIDR.
+const CIDR: &str =
+    "^((25[0-5]|2[0-4][0-9]|1?[0-9]?[0-9])\\.){3}(25[0-5]|2[0-4][0-9]|1?[0-9]?[0-9])(/(3[0-2]|[12]?[0-9]))?$";
+/// A host name (`pypi.org`, `*.pythonhosted.org`).
+const HOST_NAME: &str = "^(\\*\\.)?[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)+$";
 
 /// What the types alone cannot say: the validators' formats and ranges
 /// (spinup-model's `validate_*`, the service's checks) and cross-field
@@ -418,10 +423,12 @@ fn constrain(doc: &mut serde_json::Value) {
         "additionalProperties": {"type": "string", "maxLength": 255, "pattern": "^[^\\u0000-\\u001f\\u007f]*$"}});
     let s = &mut doc["components"]["schemas"];
     s["CreateRequest"]["properties"]["env"] = json!({"type": ["string", "null"], "pattern": ENV_NAME});
-    s["CreateRequest"]["properties"]["driver"] = json!({"type": ["string", "null"], "enum": [DRIVERS[0], DRIVERS[1], DRIVERS[2], "auto", null]});
+    s["CreateRequest"]["properties"]["driver"] =
+        json!({"type": ["string", "null"], "enum": [DRIVERS[0], DRIVERS[1], DRIVERS[2], "auto", null]});
     s["CreateRequest"]["properties"]["labels"] = labels.clone();
     s["SnapshotRequest"]["properties"]["labels"] = labels;
-    s["ForkRequest"]["properties"]["driver"] = json!({"type": ["string", "null"], "enum": [DRIVERS[0], DRIVERS[1], DRIVERS[2], null]});
+    s["ForkRequest"]["properties"]["driver"] =
+        json!({"type": ["string", "null"], "enum": [DRIVERS[0], DRIVERS[1], DRIVERS[2], null]});
     s["ForkRequest"]["properties"]["count"] = json!({"type": ["integer", "null"], "minimum": 1, "maximum": 64});
     s["ExposeRequest"]["properties"]["port"] = json!({"type": "integer", "minimum": 1, "maximum": 65535});
     s["ExposeRequest"]["required"] = json!(["port"]);
@@ -433,6 +440,23 @@ fn constrain(doc: &mut serde_json::Value) {
         {"required": ["argv"], "properties": {"argv": {"minItems": 1}}},
         {"required": ["cmd"], "properties": {"cmd": {"type": "string", "pattern": "^[^\\u0000]*$"}}}
     ]);
+    // The manager's limit: at most 366 days.
+    let timeout = json!({"type": ["integer", "null"], "minimum": 0, "maximum": 366 * 24 * 3600});
+    s["CreateRequest"]["properties"]["timeout_s"] = timeout.clone();
+    s["TimeoutRequest"]["properties"]["timeout_s"] = timeout;
+    s["CreateRequest"]["properties"]["env_vars"] = json!({"type": "object",
+        "propertyNames": {"pattern": "^[^=\\u0000]+$"}, "additionalProperties": {"type": "string", "pattern": "^[^\\u0000]*$"}});
+    s["SnapshotRequest"]["properties"]["name"] = json!({"type": ["string", "null"], "pattern": SNAPSHOT_NAME});
+    // Ports listen on loopback only.
+    s["ExposeRequest"]["properties"]["listen"] =
+        json!({"type": ["string", "null"], "pattern": "^127\\.0\\.0\\.1:[0-9]{1,5}$"});
+    s["NetworkPolicy"]["properties"]["hosts"]["propertyNames"] = json!({"pattern": HOST_NAME});
+    s["NetworkPolicy"]["properties"]["allow"]["items"] =
+        json!({"type": "string", "anyOf": [{"pattern": HOST_NAME}, {"pattern": CIDR}]});
+    s["NetworkPolicy"]["properties"]["allow"]["maxItems"] = 256.into();
+    s["ExecRequest"]["properties"]["user"] =
+        json!({"type": ["string", "null"], "pattern": "^(root|[0-9]{1,9}(:[0-9]{1,9})?)$"});
+    s["ExecRequest"]["properties"]["cwd"] = json!({"type": ["string", "null"], "pattern": GUEST_PATH});
     for name in ["PathRequest", "RemoveRequest", "ChmodRequest"] {
         s[name]["properties"]["path"] = json!({"type": "string", "pattern": GUEST_PATH});
     }

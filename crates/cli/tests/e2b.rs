@@ -86,7 +86,12 @@ async fn run(d: &Daemon, what: &str, mut cmd: Command, limit: Duration) -> Strin
     println!("--- {what}\n{text}");
     // The client's own output comes last: a runner that shows only the
     // end of a failure shows the traceback, not the daemon's log.
-    assert!(out.status.success(), "--- daemon log (tail)\n{}\n--- {what} failed ({}):\n{text}", tail(&d.log()), out.status);
+    assert!(
+        out.status.success(),
+        "--- daemon log (tail)\n{}\n--- {what} failed ({}):\n{text}",
+        tail(&d.log()),
+        out.status
+    );
     text
 }
 
