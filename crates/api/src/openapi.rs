@@ -455,7 +455,7 @@ fn constrain(doc: &mut serde_json::Value) {
         json!({"type": "string", "anyOf": [{"pattern": HOST_NAME}, {"pattern": CIDR}]});
     s["NetworkPolicy"]["properties"]["allow"]["maxItems"] = 256.into();
     s["ExecRequest"]["properties"]["user"] =
-        json!({"type": ["string", "null"], "pattern": "^(root|[0-9]{1,9}(:[0-9]{1,9})?)$"});
+        json!({"type": ["string", "null"], "pattern": "^([a-z_][a-z0-9_.-]{0,31}|[0-9]{1,9}(:[0-9]{1,9})?)$"});
     s["ExecRequest"]["properties"]["cwd"] = json!({"type": ["string", "null"], "pattern": GUEST_PATH});
     for name in ["PathRequest", "RemoveRequest", "ChmodRequest"] {
         s[name]["properties"]["path"] = json!({"type": "string", "pattern": GUEST_PATH});
