@@ -12,9 +12,16 @@
 //!   `conflict`, a guest's own code, …) is a tool result with `isError:
 //!   true` whose text is `code: message` and whose structured content is
 //!   the `/v1` [`spinup_api::ErrorBody`]: the model sees it and can act on
-//!   it. Arguments that do not fit a tool's schema (a missing field, a
-//!   wrong type, an unknown field, bad base64, `cmd` and `argv` both or
-//!   neither) are JSON-RPC protocol errors, `-32602 invalid params`.
+//!   it. So are arguments that do not fit a tool's schema (a missing
+//!   field, a wrong type, an unknown field) or that the tool cannot take
+//!   (bad base64, `cmd` and `argv` both or neither): `invalid_argument`.
+//!   That is MCP's rule since 2025-11-25 (SEP-1303, "input validation
+//!   errors as tool execution errors", which rmcp and the other official
+//!   SDKs follow): a protocol error never reaches the model, so it could
+//!   not correct its call. JSON-RPC errors are for what is wrong with the
+//!   request itself: an unknown tool or a `tools/call` without a name
+//!   (`-32602`), an unknown method (`-32601`), a body that is not JSON
+//!   (`-32700`) or not a JSON-RPC 2.0 message (`-32600`).
 //! - **Transport.** Stateless streamable HTTP with JSON answers: no MCP
 //!   session is kept between requests (the tools need none: every call
 //!   names its sandbox), so nothing expires while a client is idle, any
@@ -35,8 +42,14 @@
 
 use std::sync::Arc;
 
+use axum::body::Body;
+use axum::extract::Request;
+use axum::http::{self, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
 use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
 use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
+use serde_json::Value;
 use spinup_api::SandboxService;
 
 mod capture;
@@ -62,7 +75,7 @@ pub fn router(svc: Arc<dyn SandboxService>) -> axum::Router {
         .disable_allowed_hosts()
         // write_file's content is in the request: room for 16 MiB files
         // as base64.
-        .with_max_request_body_bytes(24 << 20);
+        .with_max_request_body_bytes(MAX_BODY);
     // One server (its tool router and schemas built once), cloned per request.
     let server = Server::new(svc);
     let service = StreamableHttpService::new(
@@ -70,5 +83,58 @@ pub fn router(svc: Arc<dyn SandboxService>) -> axum::Router {
         Arc::new(LocalSessionManager::default()),
         config,
     );
-    axum::Router::new().route_service(PATH, service)
+    axum::Router::new().route_service(PATH, service).layer(axum::middleware::from_fn(jsonrpc_errors))
+}
+
+/// The most a POST to `/mcp` may carry (as rmcp is configured above).
+const MAX_BODY: usize = 24 << 20;
+
+/// JSON-RPC errors for POSTs that are not JSON-RPC: rmcp answers them with
+/// a plain-text 4xx, which a client's JSON-RPC layer cannot read. A body
+/// that is not JSON gets `-32700 parse error`; one that rmcp refuses as a
+/// message (`jsonrpc` not "2.0", no method, …) `-32600 invalid request`,
+/// with its id when it has one. Everything else passes untouched.
+async fn jsonrpc_errors(req: Request, next: Next) -> Response {
+    if req.method() != http::Method::POST {
+        return next.run(req).await;
+    }
+    let (parts, body) = req.into_parts();
+    let json_body = parts
+        .headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|t| t.trim_start().to_ascii_lowercase().starts_with("application/json"));
+    let bytes = match axum::body::to_bytes(body, MAX_BODY).await {
+        Ok(b) => b,
+        Err(e) => return jsonrpc_error(StatusCode::PAYLOAD_TOO_LARGE, Value::Null, -32600, &e.to_string()),
+    };
+    let msg: Value = match serde_json::from_slice(&bytes) {
+        Ok(v) => v,
+        Err(e) if json_body => {
+            return jsonrpc_error(StatusCode::BAD_REQUEST, Value::Null, -32700, &format!("parse error: {e}"))
+        }
+        // rmcp refuses it for its media type (415) or Accept header (406).
+        Err(_) => Value::Null,
+    };
+    let resp = next.run(Request::from_parts(parts, Body::from(bytes))).await;
+    let json = resp
+        .headers()
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|t| t.starts_with("application/json") || t.starts_with("text/event-stream"));
+    // rmcp's 415 for a JSON body means the message was not one it knows.
+    let refused = resp.status() == StatusCode::BAD_REQUEST
+        || (resp.status() == StatusCode::UNSUPPORTED_MEDIA_TYPE && json_body);
+    if !refused || json {
+        return resp;
+    }
+    let status = resp.status();
+    let text = axum::body::to_bytes(resp.into_body(), 64 << 10).await.unwrap_or_default();
+    let id = msg.get("id").filter(|id| id.is_string() || id.is_number()).cloned().unwrap_or(Value::Null);
+    jsonrpc_error(status, id, -32600, &format!("invalid request: {}", String::from_utf8_lossy(&text)))
+}
+
+fn jsonrpc_error(status: StatusCode, id: Value, code: i64, message: &str) -> Response {
+    let body = serde_json::json!({"jsonrpc": "2.0", "id": id, "error": {"code": code, "message": message}});
+    (status, axum::Json(body)).into_response()
 }

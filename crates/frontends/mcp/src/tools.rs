@@ -10,8 +10,10 @@ use bytes::Bytes;
 use futures::StreamExt;
 use rmcp::handler::server::router::tool::ToolRouter;
 use rmcp::handler::server::wrapper::Parameters;
-use rmcp::model::{CallToolResult, ContentBlock};
-use rmcp::{tool, tool_handler, tool_router, ErrorData, ServerHandler};
+use rmcp::handler::server::tool::ToolCallContext;
+use rmcp::model::{CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock};
+use rmcp::service::RequestContext;
+use rmcp::{tool, tool_handler, tool_router, ErrorData, RoleServer, ServerHandler};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -85,6 +87,10 @@ pub struct RunCommand {
     pub timeout_ms: Option<u64>,
     /// Text fed to the command's standard input, which is then closed.
     pub stdin: Option<String>,
+    /// Start it and answer its `pid` at once, leaving it running (a server
+    /// to reach through `expose_port`, say); its output is not returned.
+    #[serde(default)]
+    pub background: bool,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -233,19 +239,20 @@ impl Server {
         annotations(read_only_hint = true)
     )]
     async fn list_sandboxes(&self, Parameters(p): Parameters<ListSandboxes>) -> ToolResult {
-        reply(self.svc.list(ListQuery { labels: p.labels }).await)
+        reply(self.svc.list(ListQuery { labels: p.labels }).await.map(|l| json!({"sandboxes": l})))
     }
 
     #[tool(description = "Run a command in a sandbox and wait for it to end. Answers `exit_code`, `stdout`, \
         `stderr` (UTF-8; each bounded to its first and last 32 KiB, with `stdout_truncated`/`stderr_truncated` \
-        and the full byte counts when more was printed), `signal` and `timed_out`.")]
+        and the full byte counts when more was printed), `signal` and `timed_out`; with `background`, its \
+        `pid` at once.")]
     async fn run_command(&self, Parameters(p): Parameters<RunCommand>) -> ToolResult {
         let argv = p.argv.unwrap_or_default();
         let cmd = p.cmd.filter(|c| !c.trim().is_empty());
         match (&cmd, argv.is_empty()) {
-            (Some(_), false) => return Err(invalid("give `cmd` (a shell command line) or `argv`, not both")),
+            (Some(_), false) => return Ok(invalid("give `cmd` (a shell command line) or `argv`, not both")),
             (None, true) => {
-                return Err(invalid("give `cmd` (a shell command line) or `argv` (a program and its arguments)"))
+                return Ok(invalid("give `cmd` (a shell command line) or `argv` (a program and its arguments)"))
             }
             _ => {}
         }
@@ -261,6 +268,7 @@ impl Server {
             user: p.user,
             timeout_ms: p.timeout_ms,
             input: p.stdin,
+            background: p.background,
             ..Default::default()
         };
         let ExecSession { input, mut output } = match self.svc.exec(&id, req, false).await {
@@ -271,6 +279,9 @@ impl Server {
         let (mut out, mut err) = (Capture::default(), Capture::default());
         while let Some(f) = output.next().await {
             match f {
+                Ok(Frame::Started(s)) if p.background => {
+                    return Ok(CallToolResult::structured(json!({"pid": s.pid, "background": true})))
+                }
                 Ok(Frame::Stdout(b)) => out.push(&b),
                 Ok(Frame::Stderr(b)) => err.push(&b),
                 Ok(Frame::Exit(e)) => {
@@ -346,7 +357,7 @@ impl Server {
             Encoding::Utf8 => Bytes::from(p.content),
             Encoding::Base64 => match base64::engine::general_purpose::STANDARD.decode(p.content.trim()) {
                 Ok(b) => Bytes::from(b),
-                Err(e) => return Err(invalid(&format!("`content` is not valid base64: {e}"))),
+                Err(e) => return Ok(invalid(&format!("`content` is not valid base64: {e}"))),
             },
         };
         let id = match sandbox(&p.id) {
@@ -377,7 +388,7 @@ impl Server {
         if let Some(d) = &depth {
             q.push(("depth", d));
         }
-        reply(self.json(&id, FileOp::List, &q, empty()).await)
+        reply(self.json(&id, FileOp::List, &q, empty()).await.map(|l| json!({"path": p.path, "entries": l})))
     }
 
     #[tool(description = "Snapshot a sandbox's filesystem changes (it keeps running). Answers the snapshot; \
@@ -431,7 +442,25 @@ impl Server {
     instructions = "Spinup sandboxes: create_sandbox gives you a Linux computer of your own; run commands and \
         move files in it by its id, snapshot, fork and diff its filesystem, expose its ports. Remove it when done."
 )]
-impl ServerHandler for Server {}
+impl ServerHandler for Server {
+    /// The router's call; arguments that do not fit a tool's schema (which
+    /// rmcp answers as a tool error, per MCP's SEP-1303) get the shape of
+    /// every other tool error: `invalid_argument: …`.
+    async fn call_tool(
+        &self,
+        request: CallToolRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<CallToolResponse, ErrorData> {
+        let tcc = ToolCallContext::new(self, request, context);
+        match self.tool_router.call(tcc).await? {
+            CallToolResponse::Complete(r) if r.is_error == Some(true) && r.structured_content.is_none() => {
+                let text = r.content.first().and_then(|c| c.as_text()).map(|t| t.text.clone()).unwrap_or_default();
+                Ok(invalid(&text).into())
+            }
+            other => Ok(other),
+        }
+    }
+}
 
 impl Server {
     async fn file(&self, id: &SandboxId, op: FileOp, q: &[(&str, &str)], body: ByteStream) -> Result<Forwarded, Error> {
@@ -464,16 +493,19 @@ fn sandbox(id: &str) -> Result<SandboxId, Error> {
     SandboxId::parse(id)
 }
 
-fn invalid(message: &str) -> ErrorData {
-    ErrorData::invalid_params(message.to_string(), None)
+/// Arguments the schema lets through but the tool cannot take.
+fn invalid(message: &str) -> CallToolResult {
+    failure(&Error::InvalidArgument(message.to_string()))
 }
 
-/// A service answer as the tool's result.
+/// A service answer as the tool's result. It is a JSON object (MCP
+/// before 2026-07 allows no other structured content).
 fn reply<T: Serialize>(r: Result<T, Error>) -> ToolResult {
     match r {
         Ok(v) => {
             let v = serde_json::to_value(&v)
                 .map_err(|e| ErrorData::internal_error(format!("encoding the answer: {e}"), None))?;
+            debug_assert!(v.is_object(), "a tool's answer is an object: {v}");
             Ok(CallToolResult::structured(v))
         }
         Err(e) => Ok(failure(&e)),
@@ -484,7 +516,10 @@ fn reply<T: Serialize>(r: Result<T, Error>) -> ToolResult {
 /// `/v1` error body as structured content.
 fn failure(e: &Error) -> CallToolResult {
     let body = ErrorBody::from(e);
-    let mut r = CallToolResult::error(vec![ContentBlock::text(format!("{}: {}", body.code, body.message))]);
+    // `invalid_argument: invalid argument: …` says it twice.
+    let said = format!("{}: ", body.code.replace('_', " "));
+    let message = body.message.strip_prefix(&said).unwrap_or(&body.message);
+    let mut r = CallToolResult::error(vec![ContentBlock::text(format!("{}: {message}", body.code))]);
     r.structured_content = serde_json::to_value(&body).ok();
     r
 }
@@ -578,5 +613,9 @@ mod tests {
         assert_eq!(r.structured_content.as_ref().unwrap()["code"], "not_found");
         let text = serde_json::to_value(&r.content[0]).unwrap()["text"].as_str().unwrap().to_string();
         assert!(text.starts_with("not_found: "), "{text}");
+        let r = invalid("no `id`");
+        let text = serde_json::to_value(&r.content[0]).unwrap()["text"].as_str().unwrap().to_string();
+        assert_eq!(text, "invalid_argument: no `id`");
+        assert_eq!(r.structured_content.unwrap()["code"], "invalid_argument");
     }
 }
