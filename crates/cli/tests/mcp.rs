@@ -101,7 +101,8 @@ async fn official_python_sdk_over_stdio_and_http() {
             println!("gvisor is not available here: its scenario is skipped");
         }
     };
-    let (unix_env, tcp_env) = ([("SPINUP_HOST", sock.as_str())], [("SPINUP_HOST", tcp.as_str()), ("SPINUP_API_KEY", KEY)]);
+    let (unix_env, tcp_env) =
+        ([("SPINUP_HOST", sock.as_str())], [("SPINUP_HOST", tcp.as_str()), ("SPINUP_API_KEY", KEY)]);
     let http_args = ["http", url.as_str(), KEY];
     tokio::join!(
         client(&d, "stdio over the unix socket", &["stdio", BIN], &unix_env),
@@ -166,7 +167,11 @@ const AUTH: &str = "Bearer mcp-test-key-0123456789";
 
 /// A JSON-RPC POST with the right headers and key: status and the answer.
 async fn rpc(port: u16, body: &str) -> (u16, Value) {
-    let h = [("authorization", AUTH), ("content-type", "application/json"), ("accept", "application/json, text/event-stream")];
+    let h = [
+        ("authorization", AUTH),
+        ("content-type", "application/json"),
+        ("accept", "application/json, text/event-stream"),
+    ];
     let (st, _, b) = http(port, "POST", &h, body).await;
     (st, serde_json::from_slice(&b).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&b).into())))
 }
@@ -179,7 +184,8 @@ async fn malformed_json_rpc_gets_protocol_errors() {
     assert_eq!(st, 200, "{v}");
     assert_eq!(v["id"], 1);
     assert_eq!(v["result"]["tools"].as_array().map(Vec::len), Some(11), "{v}");
-    let (st, v) = rpc(port, r#"{"jsonrpc":"2.0","id":"s","method":"tools/call","params":{"name":"list_sandboxes"}}"#).await;
+    let (st, v) =
+        rpc(port, r#"{"jsonrpc":"2.0","id":"s","method":"tools/call","params":{"name":"list_sandboxes"}}"#).await;
     assert_eq!(st, 200, "{v}");
     assert_eq!(v["result"]["structuredContent"], json!({"sandboxes": []}), "{v}");
 
@@ -197,10 +203,7 @@ async fn malformed_json_rpc_gets_protocol_errors() {
     ] {
         let (st, v) = rpc(port, bad).await;
         let code = v["error"]["code"].as_i64();
-        assert!(
-            (400..500).contains(&st) && matches!(code, Some(-32700) | Some(-32600)),
-            "{bad}: {st} {v}"
-        );
+        assert!((400..500).contains(&st) && matches!(code, Some(-32700) | Some(-32600)), "{bad}: {st} {v}");
     }
     // An unknown method.
     let (st, v) = rpc(port, r#"{"jsonrpc":"2.0","id":3,"method":"sandboxes/explode","params":{}}"#).await;
@@ -235,7 +238,8 @@ async fn malformed_json_rpc_gets_protocol_errors() {
         assert_eq!(v["id"], 6, "{what}: {v}");
     }
     // A service error is a tool result too.
-    let body = r#"{"jsonrpc":"2.0","id":5,"method":"tools/call","params":{"name":"diff","arguments":{"id":"0123456789ab"}}}"#;
+    let body =
+        r#"{"jsonrpc":"2.0","id":5,"method":"tools/call","params":{"name":"diff","arguments":{"id":"0123456789ab"}}}"#;
     let (st, v) = rpc(port, body).await;
     assert_eq!(st, 200, "{v}");
     assert_eq!(v["result"]["isError"], true, "{v}");

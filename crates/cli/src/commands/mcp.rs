@@ -160,8 +160,11 @@ impl Sse {
         while let Some(end) = self.buf.windows(2).position(|w| w == b"\n\n") {
             let event: Vec<u8> = self.buf.drain(..end + 2).collect();
             let event = String::from_utf8_lossy(&event);
-            let data: Vec<&str> =
-                event.lines().filter_map(|l| l.strip_prefix("data:")).map(|d| d.strip_prefix(' ').unwrap_or(d)).collect();
+            let data: Vec<&str> = event
+                .lines()
+                .filter_map(|l| l.strip_prefix("data:"))
+                .map(|d| d.strip_prefix(' ').unwrap_or(d))
+                .collect();
             // Priming and keep-alive events carry no message.
             if let Ok(v) = serde_json::from_str::<Value>(&data.join("\n")) {
                 out.push(v);

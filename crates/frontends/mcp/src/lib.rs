@@ -78,11 +78,8 @@ pub fn router(svc: Arc<dyn SandboxService>) -> axum::Router {
         .with_max_request_body_bytes(MAX_BODY);
     // One server (its tool router and schemas built once), cloned per request.
     let server = Server::new(svc);
-    let service = StreamableHttpService::new(
-        move || Ok(server.clone()),
-        Arc::new(LocalSessionManager::default()),
-        config,
-    );
+    let service =
+        StreamableHttpService::new(move || Ok(server.clone()), Arc::new(LocalSessionManager::default()), config);
     axum::Router::new().route_service(PATH, service).layer(axum::middleware::from_fn(jsonrpc_errors))
 }
 
@@ -123,8 +120,8 @@ async fn jsonrpc_errors(req: Request, next: Next) -> Response {
         .and_then(|v| v.to_str().ok())
         .is_some_and(|t| t.starts_with("application/json") || t.starts_with("text/event-stream"));
     // rmcp's 415 for a JSON body means the message was not one it knows.
-    let refused = resp.status() == StatusCode::BAD_REQUEST
-        || (resp.status() == StatusCode::UNSUPPORTED_MEDIA_TYPE && json_body);
+    let refused =
+        resp.status() == StatusCode::BAD_REQUEST || (resp.status() == StatusCode::UNSUPPORTED_MEDIA_TYPE && json_body);
     if !refused || json {
         return resp;
     }
