@@ -85,6 +85,9 @@ pub enum Command {
     /// Measure create→first exec, exec round trip and idle memory against
     /// runc and bwrap baselines taken in the same run (needs root, runc, bwrap).
     Bench(bench::Args),
+    /// Serve MCP (Model Context Protocol) on stdin/stdout for a desktop
+    /// agent: the daemon's sandbox tools, through its /mcp endpoint.
+    Mcp,
 }
 
 #[cfg(test)]
@@ -125,6 +128,7 @@ mod tests {
             "env rm n",
             "bench --snapshots --iterations 3",
             "exec -it 0123456789ab -- sh -c true",
+            "mcp",
         ] {
             assert!(parse(line).is_ok(), "{line}: {}", parse(line).err().unwrap());
         }

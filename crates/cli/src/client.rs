@@ -77,17 +77,23 @@ impl Client {
         }
     }
 
-    pub async fn request(&self, method: Method, path: &str, body: Body) -> Result<Response<Incoming>> {
+    /// One request on a connection of its own, with the host and the API
+    /// key; the answer whatever its status.
+    pub async fn send(&self, req: http::request::Builder, body: Body) -> Result<Response<Incoming>> {
         let io = self.connect().await?;
         let (mut tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io)).await?;
         tokio::spawn(async move {
             let _ = conn.await;
         });
-        let mut req = Request::builder().method(method).uri(path).header("host", self.authority());
+        let mut req = req.header("host", self.authority());
         if let Some(k) = &self.api_key {
             req = req.header("authorization", format!("Bearer {k}"));
         }
-        let resp = tx.send_request(req.body(body)?).await.context("daemon request failed")?;
+        tx.send_request(req.body(body)?).await.context("daemon request failed")
+    }
+
+    pub async fn request(&self, method: Method, path: &str, body: Body) -> Result<Response<Incoming>> {
+        let resp = self.send(Request::builder().method(method).uri(path), body).await?;
         if resp.status().is_success() {
             return Ok(resp);
         }

@@ -288,7 +288,10 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         tokio::net::UnixListener::bind(&cfg.socket).with_context(|| format!("binding {}", cfg.socket.display()))?;
     std::fs::set_permissions(&cfg.socket, std::fs::Permissions::from_mode(0o600))?;
     tracing::info!(socket = %cfg.socket.display(), data_dir = %cfg.data_dir.display(), "spinup daemon listening");
-    let app = spinup_http::router(Arc::new(service::Service::new(m.clone())));
+    // The native API and MCP at /mcp, on the unix socket and (behind the
+    // same API key check) on the TCP listener.
+    let app = spinup_http::router(Arc::new(service::Service::new(m.clone())))
+        .merge(spinup_mcp::router(Arc::new(service::Service::new(m.clone()))));
     let mut tasks = tokio::task::JoinSet::new();
     if let Some(serving) = e2b {
         tasks.spawn(async move { serving.await.context("E2B listener") });

@@ -14,6 +14,7 @@ pub mod gc;
 pub mod inspect;
 pub mod kill;
 pub mod ls;
+pub mod mcp;
 pub mod net;
 pub mod pause;
 pub mod port;
@@ -56,6 +57,7 @@ pub async fn run(cmd: Command, ctx: &Ctx) -> Result<i32> {
         Command::Drivers => drivers::run(ctx).await.map(ok),
         Command::Gc => gc::run(ctx).await,
         Command::Bench(a) => bench::run(a, ctx).await.map(ok),
+        Command::Mcp => mcp::run(ctx).await,
     }
 }
 

@@ -52,7 +52,17 @@ pub struct Args {
 /// Runs until the daemon stops; exits with 1 when it fails.
 pub fn main(args: Args, api_key: Option<String>) {
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("SPINUP_LOG").unwrap_or_else(|_| "info".into()))
+        .with_env_filter({
+            let f = tracing_subscriber::EnvFilter::try_from_env("SPINUP_LOG").unwrap_or_else(|_| "info".into());
+            // rmcp logs every stateless MCP request at info ("Service
+            // initialized", "input stream terminated"): its warnings only,
+            // unless SPINUP_LOG names it.
+            if std::env::var("SPINUP_LOG").is_ok_and(|v| v.contains("rmcp")) {
+                f
+            } else {
+                f.add_directive("rmcp=warn".parse().expect("a valid directive"))
+            }
+        })
         .with_writer(std::io::stderr)
         .init();
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
