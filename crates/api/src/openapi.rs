@@ -57,6 +57,7 @@ fn object() -> RefOr<Schema> {
 }
 
 /// A request body.
+#[allow(clippy::large_enum_variant, reason = "a few per document, built once and never stored")]
 enum In {
     None,
     /// JSON; `required` is false where an empty body means `{}`.
@@ -68,6 +69,7 @@ enum In {
 }
 
 /// A success answer.
+#[allow(clippy::large_enum_variant, reason = "a few per document, built once and never stored")]
 enum Out {
     Json(u16, RefOr<Schema>),
     /// Newline-delimited JSON, one value of this schema per line.
