@@ -32,8 +32,10 @@ async fn drivers_endpoint_declares_capabilities() {
     assert!(me["isolation"].is_string());
     let (st, doc) = d.req("GET", "/v1/openapi.json", None).await;
     assert_eq!(st, 200);
-    assert_eq!(doc["openapi"], "3.0.3");
-    assert!(doc["paths"]["/v1/sandboxes/{id}/exec"]["post"].is_object());
+    assert_eq!(doc["openapi"], "3.1.0");
+    let exec = &doc["paths"]["/v1/sandboxes/{id}/exec"]["post"];
+    assert_eq!(exec["requestBody"]["content"]["application/json"]["schema"]["$ref"], "#/components/schemas/ExecRequest");
+    assert!(doc["components"]["schemas"]["ExecResult"]["properties"]["exit_code"].is_object(), "{}", exec);
 }
 
 async fn exec_streams_exit_codes_env_cwd_user() {
