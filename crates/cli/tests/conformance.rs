@@ -34,7 +34,10 @@ async fn drivers_endpoint_declares_capabilities() {
     assert_eq!(st, 200);
     assert_eq!(doc["openapi"], "3.1.0");
     let exec = &doc["paths"]["/v1/sandboxes/{id}/exec"]["post"];
-    assert_eq!(exec["requestBody"]["content"]["application/json"]["schema"]["$ref"], "#/components/schemas/ExecRequest");
+    assert_eq!(
+        exec["requestBody"]["content"]["application/json"]["schema"]["$ref"],
+        "#/components/schemas/ExecRequest"
+    );
     assert!(doc["components"]["schemas"]["ExecResult"]["properties"]["exit_code"].is_object(), "{}", exec);
 }
 

@@ -38,10 +38,6 @@ fn node_dir() -> PathBuf {
     dir
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
 /// A daemon serving E2B on a port of its own.
 fn start(name: &str, extra: &[&str]) -> (Daemon, u16) {
     let port = free_port();
@@ -50,13 +46,6 @@ fn start(name: &str, extra: &[&str]) -> (Daemon, u16) {
     args.extend_from_slice(extra);
     let d = Daemon::start_with(name, &args, &[("SPINUP_API_KEY", KEY)]);
     (d, port)
-}
-
-/// Build (or reuse) an environment before the SDKs ask for it.
-async fn build(d: &Daemon, env: &str) {
-    let (st, body) = d.raw("POST", &format!("/v1/environments/{env}/build"), Bytes::new()).await;
-    let last = String::from_utf8_lossy(&body).lines().last().unwrap_or_default().to_string();
-    assert!(st == 200 && last.contains("\"environment\""), "building {env}: {st} {last}\n{}", d.log());
 }
 
 async fn caps(d: &Daemon, driver: &str) -> String {
@@ -89,15 +78,10 @@ async fn run(d: &Daemon, what: &str, mut cmd: Command, limit: Duration) -> Strin
     assert!(
         out.status.success(),
         "--- daemon log (tail)\n{}\n--- {what} failed ({}):\n{text}",
-        tail(&d.log()),
+        tail(&d.log(), 40),
         out.status
     );
     text
-}
-
-fn tail(s: &str) -> String {
-    let lines: Vec<&str> = s.lines().collect();
-    lines[lines.len().saturating_sub(40)..].join("\n")
 }
 
 async fn python_scenario(d: &Daemon, port: u16, driver: &str, small: bool) -> String {
@@ -119,7 +103,7 @@ async fn python_scenario(d: &Daemon, port: u16, driver: &str, small: bool) -> St
 #[tokio::test]
 async fn official_sdks_on_every_driver() {
     let (d, port) = start("e2b-sdks", &[]);
-    build(&d, "base").await;
+    build_env(&d, "base").await;
     let js = async {
         // ES modules resolve packages from their own directory: run a copy
         // in the SDK's project.
@@ -147,7 +131,7 @@ async fn official_sdks_on_every_driver() {
 #[tokio::test]
 async fn a_daemon_killed_mid_scenario_comes_back_for_the_same_client() {
     let (d, port) = start("e2b-restart", &[]);
-    build(&d, "base").await;
+    build_env(&d, "base").await;
     let mut cmd = tokio::process::Command::new(python());
     cmd.arg(scripts().join("restart.py")).arg("container/base").envs(sdk_env(port)).kill_on_drop(true);
     cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::inherit());
@@ -159,7 +143,7 @@ async fn a_daemon_killed_mid_scenario_comes_back_for_the_same_client() {
     loop {
         line.clear();
         let n = tokio::time::timeout(Duration::from_secs(600), stdout.read_line(&mut line)).await.unwrap().unwrap();
-        assert!(n > 0, "restart.py ended before it was ready\n{}", tail(&d.log()));
+        assert!(n > 0, "restart.py ended before it was ready\n{}", tail(&d.log(), 40));
         print!("{line}");
         if line.starts_with("READY") {
             break;
@@ -175,7 +159,7 @@ async fn a_daemon_killed_mid_scenario_comes_back_for_the_same_client() {
         .unwrap();
     print!("{rest}");
     let st = child.wait().await.unwrap();
-    assert!(st.success() && rest.contains("RESTART PASSED"), "{rest}\n{}", tail(&d.log()));
+    assert!(st.success() && rest.contains("RESTART PASSED"), "{rest}\n{}", tail(&d.log(), 40));
 }
 
 /// E2B_DOMAIN mode: TLS with the test's own CA, `api.{domain}` and
@@ -208,7 +192,7 @@ async fn domain_mode_over_tls_with_a_private_ca() {
     )
     .unwrap();
     let d = Daemon::start_with("e2b-tls", &["--config", config.to_str().unwrap()], &[("SPINUP_API_KEY", KEY)]);
-    build(&d, "base").await;
+    build_env(&d, "base").await;
     let hosts = dir.join("hosts");
     std::fs::write(&hosts, format!("127.0.0.1 localhost\n127.0.0.1 api.{domain}\n")).unwrap();
     let client = |args: &[&str]| {

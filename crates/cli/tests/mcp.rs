@@ -26,17 +26,6 @@ fn client_py() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/mcp/client.py")
 }
 
-fn python() -> PathBuf {
-    let venv = std::env::var("SPINUP_PY_VENV").unwrap_or_else(|_| "/var/tmp/spinup-py/venv".into());
-    let py = Path::new(&venv).join("bin/python");
-    assert!(py.exists(), "{} is missing: run scripts/install-python-tools.sh", py.display());
-    py
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
 /// A daemon with its TCP listener (API key required) on a port of its own.
 fn start(name: &str) -> (Daemon, u16) {
     let port = free_port();
@@ -45,21 +34,10 @@ fn start(name: &str) -> (Daemon, u16) {
     (d, port)
 }
 
-async fn build(d: &Daemon, env: &str) {
-    let (st, body) = d.raw("POST", &format!("/v1/environments/{env}/build"), Bytes::new()).await;
-    let last = String::from_utf8_lossy(&body).lines().last().unwrap_or_default().to_string();
-    assert!(st == 200 && last.contains("\"environment\""), "building {env}: {st} {last}\n{}", d.log());
-}
-
-fn tail(s: &str) -> String {
-    let lines: Vec<&str> = s.lines().collect();
-    lines[lines.len().saturating_sub(60)..].join("\n")
-}
-
 /// Run client.py to its end (bounded); a failure panics with its output
 /// and the daemon's log.
 async fn client(d: &Daemon, what: &str, args: &[&str], envs: &[(&str, &str)]) -> String {
-    let mut cmd = Command::new(python());
+    let mut cmd = Command::new(tools_python());
     cmd.arg(client_py()).args(args).env("PYTHONUNBUFFERED", "1");
     // `spinup mcp` reads these as every verb does; the test's own must not leak in.
     cmd.env_remove("SPINUP_HOST").env_remove("SPINUP_API_KEY").envs(envs.iter().copied());
@@ -75,7 +53,7 @@ async fn client(d: &Daemon, what: &str, args: &[&str], envs: &[(&str, &str)]) ->
         out.status.success() && text.contains("SCENARIO PASSED"),
         "{what} failed ({}):\n{text}\n--- daemon log (tail)\n{}",
         out.status,
-        tail(&d.log())
+        tail(&d.log(), 60)
     );
     text
 }
@@ -88,7 +66,7 @@ async fn client(d: &Daemon, what: &str, args: &[&str], envs: &[(&str, &str)]) ->
 #[tokio::test]
 async fn official_python_sdk_over_stdio_and_http() {
     let (d, port) = start("mcp-sdk");
-    build(&d, "busybox").await;
+    build_env(&d, "busybox").await;
     let sock = d.sock.display().to_string();
     let url = format!("http://127.0.0.1:{port}/mcp");
     let tcp = format!("http://127.0.0.1:{port}");

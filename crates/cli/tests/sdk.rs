@@ -24,22 +24,6 @@ fn sdk_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../sdk/python")
 }
 
-fn python() -> PathBuf {
-    let venv = std::env::var("SPINUP_PY_VENV").unwrap_or_else(|_| "/var/tmp/spinup-py/venv".into());
-    let py = Path::new(&venv).join("bin/python");
-    assert!(py.exists(), "{} is missing: run scripts/install-python-tools.sh", py.display());
-    py
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-fn tail(s: &str) -> String {
-    let lines: Vec<&str> = s.lines().collect();
-    lines[lines.len().saturating_sub(60)..].join("\n")
-}
-
 /// Run a program to its end within `limit`; its output is printed and
 /// returned; a failure panics with it and the daemon's log.
 async fn run(d: &Daemon, what: &str, cmd: Command, limit: Duration) -> String {
@@ -49,7 +33,12 @@ async fn run(d: &Daemon, what: &str, cmd: Command, limit: Duration) -> String {
     let out = out.unwrap_or_else(|e| panic!("{what}: {e}"));
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     println!("--- {what}\n{text}");
-    assert!(out.status.success(), "{what} failed ({}):\n{text}\n--- daemon log (tail)\n{}", out.status, tail(&d.log()));
+    assert!(
+        out.status.success(),
+        "{what} failed ({}):\n{text}\n--- daemon log (tail)\n{}",
+        out.status,
+        tail(&d.log(), 60)
+    );
     text
 }
 
@@ -64,7 +53,7 @@ async fn python_sdk_suite_over_socket_and_tcp() {
 
     // The package as pip builds it from the tree (no index needed: its
     // dependencies and build backend are in the venv already).
-    let mut pip = Command::new(python());
+    let mut pip = Command::new(tools_python());
     pip.args(["-m", "pip", "install", "--disable-pip-version-check", "-q"])
         .args(["--no-deps", "--no-build-isolation", "--force-reinstall"])
         .arg(sdk_dir());
@@ -73,7 +62,7 @@ async fn python_sdk_suite_over_socket_and_tcp() {
     let tcp_host = format!("http://{tcp}");
     let sock = d.sock.to_string_lossy().into_owned();
     for (name, host) in [("unix socket", sock.as_str()), ("TCP", tcp_host.as_str())] {
-        let mut cmd = Command::new(python());
+        let mut cmd = Command::new(tools_python());
         cmd.args(["-m", "pytest", "-p", "no:cacheprovider", "-q", "-rs"])
             .current_dir(sdk_dir())
             .env("SPINUP_HOST", host)

@@ -669,3 +669,31 @@ pub fn leftovers(d: &Daemon) -> Vec<String> {
     }
     out
 }
+
+/// A free TCP port on loopback (for a daemon's extra listeners).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// The last `n` lines of a log, for a failure message.
+pub fn tail(s: &str, n: usize) -> String {
+    let lines: Vec<&str> = s.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// The Python of the tools venv (pytest, mcp, schemathesis) that
+/// scripts/install-python-tools.sh makes.
+pub fn tools_python() -> PathBuf {
+    let venv = std::env::var("SPINUP_PY_VENV").unwrap_or_else(|_| "/var/tmp/spinup-py/venv".into());
+    let py = Path::new(&venv).join("bin/python");
+    assert!(py.exists(), "{} is missing: run scripts/install-python-tools.sh", py.display());
+    py
+}
+
+/// Build (or reuse) a built-in environment; its last NDJSON line must be
+/// the environment.
+pub async fn build_env(d: &Daemon, env: &str) {
+    let (st, body) = d.raw("POST", &format!("/v1/environments/{env}/build"), Bytes::new()).await;
+    let last = String::from_utf8_lossy(&body).lines().last().unwrap_or_default().to_string();
+    assert!(st == 200 && last.contains("\"environment\""), "building {env}: {st} {last}\n{}", d.log());
+}
