@@ -37,7 +37,10 @@ pub(crate) fn io_err(op: &str, path: &Path, e: io::Error) -> AgentError {
     let (status, code) = match e.kind() {
         io::ErrorKind::NotFound => (StatusCode::NOT_FOUND, "not_found"),
         io::ErrorKind::PermissionDenied => (StatusCode::FORBIDDEN, "permission_denied"),
-        io::ErrorKind::AlreadyExists | io::ErrorKind::DirectoryNotEmpty => (StatusCode::CONFLICT, "conflict"),
+        // A mount point (EBUSY) is busy, not broken.
+        io::ErrorKind::AlreadyExists | io::ErrorKind::DirectoryNotEmpty | io::ErrorKind::ResourceBusy => {
+            (StatusCode::CONFLICT, "conflict")
+        }
         io::ErrorKind::InvalidInput | io::ErrorKind::IsADirectory | io::ErrorKind::NotADirectory => {
             (StatusCode::BAD_REQUEST, "invalid_argument")
         }
@@ -337,6 +340,9 @@ async fn remove(body: bytes::Bytes) -> Result<Json<serde_json::Value>, AgentErro
 async fn rename(body: bytes::Bytes) -> Result<Json<FileStat>, AgentError> {
     let r: RenameRequest = crate::server::parse(&body)?;
     let (from, to) = (check(&r.from)?, check(&r.to)?);
+    if from == Path::new("/") || to == Path::new("/") {
+        return Err(AgentError::bad("refusing to rename / or onto it"));
+    }
     blocking(move || {
         std::fs::rename(&from, &to).map_err(|e| io_err("rename", &from, e))?;
         stat_of(&to).map_err(|e| io_err("stat", &to, e))

@@ -269,6 +269,9 @@ async fn file_operations() {
         .req("POST", &format!("{base}/rename"), Some(json!({"from": "/data/a/b/hello.txt", "to": "/data/moved.txt"})))
         .await;
     assert_eq!(st, 200);
+    // Found by schemathesis: renaming the root was a 500 (EBUSY).
+    let (st, v) = d.req("POST", &format!("{base}/rename"), Some(json!({"from": "/", "to": "/data/root"}))).await;
+    assert_eq!((st, v["code"].as_str()), (400, Some("invalid_argument")), "{v}");
     let (st, s) =
         d.req("POST", &format!("{base}/chmod"), Some(json!({"path": "/data/moved.txt", "mode": 0o755}))).await;
     assert_eq!((st, s["mode"].as_u64()), (200, Some(0o755)));
