@@ -63,27 +63,6 @@ fn sdk_env(port: u16) -> Vec<(String, String)> {
     ]
 }
 
-/// Run a client program to its end (bounded); its output is returned
-/// and printed; a failure panics with the output and the daemon's log.
-async fn run(d: &Daemon, what: &str, mut cmd: Command, limit: Duration) -> String {
-    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
-    let mut cmd = tokio::process::Command::from(cmd);
-    cmd.kill_on_drop(true);
-    let out = tokio::time::timeout(limit, cmd.output()).await.unwrap_or_else(|_| panic!("{what}: over {limit:?}"));
-    let out = out.unwrap_or_else(|e| panic!("{what}: {e}"));
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    println!("--- {what}\n{text}");
-    // The client's own output comes last: a runner that shows only the
-    // end of a failure shows the traceback, not the daemon's log.
-    assert!(
-        out.status.success(),
-        "--- daemon log (tail)\n{}\n--- {what} failed ({}):\n{text}",
-        tail(&d.log(), 40),
-        out.status
-    );
-    text
-}
-
 async fn python_scenario(d: &Daemon, port: u16, driver: &str, small: bool) -> String {
     let mut cmd = Command::new(python());
     cmd.arg(scripts().join("scenario.py")).arg(format!("{driver}/base"));
@@ -91,7 +70,7 @@ async fn python_scenario(d: &Daemon, port: u16, driver: &str, small: bool) -> St
         cmd.arg("--small");
     }
     cmd.envs(sdk_env(port)).env("SPINUP_CAPS", caps(d, driver).await);
-    let out = run(d, &format!("python scenario on {driver}"), cmd, Duration::from_secs(1500)).await;
+    let out = run_client(d, &format!("python scenario on {driver}"), cmd, Duration::from_secs(1500)).await;
     assert!(out.contains("SCENARIO PASSED"), "{out}");
     out
 }
@@ -111,7 +90,7 @@ async fn official_sdks_on_every_driver() {
         std::fs::copy(scripts().join("scenario.mjs"), &copy).unwrap();
         let mut cmd = Command::new("node");
         cmd.arg(&copy).arg("container/base").current_dir(node_dir()).envs(sdk_env(port));
-        let out = run(&d, "js scenario on container", cmd, Duration::from_secs(900)).await;
+        let out = run_client(&d, "js scenario on container", cmd, Duration::from_secs(900)).await;
         let _ = std::fs::remove_file(&copy);
         assert!(out.contains("SCENARIO PASSED"), "{out}");
     };
@@ -208,13 +187,15 @@ async fn domain_mode_over_tls_with_a_private_ca() {
             .env("PYTHONUNBUFFERED", "1");
         cmd
     };
-    let out = run(&d, "python over TLS: create", client(&["create", "container/base"]), Duration::from_secs(600)).await;
+    let out =
+        run_client(&d, "python over TLS: create", client(&["create", "container/base"]), Duration::from_secs(600))
+            .await;
     let id = out.lines().find_map(|l| l.strip_prefix("ID ")).expect("the sandbox id").trim().to_string();
     // What wildcard DNS would answer for the sandbox's envd host.
     let mut h = std::fs::read_to_string(&hosts).unwrap();
     h.push_str(&format!("127.0.0.1 49983-{id}.{domain}\n"));
     std::fs::write(&hosts, h).unwrap();
-    let out = run(&d, "python over TLS: use", client(&["use", &id]), Duration::from_secs(600)).await;
+    let out = run_client(&d, "python over TLS: use", client(&["use", &id]), Duration::from_secs(600)).await;
     assert!(out.contains("DOMAIN PASSED"), "{out}");
     drop(d);
 }

@@ -41,20 +41,8 @@ async fn client(d: &Daemon, what: &str, args: &[&str], envs: &[(&str, &str)]) ->
     cmd.arg(client_py()).args(args).env("PYTHONUNBUFFERED", "1");
     // `spinup mcp` reads these as every verb does; the test's own must not leak in.
     cmd.env_remove("SPINUP_HOST").env_remove("SPINUP_API_KEY").envs(envs.iter().copied());
-    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
-    let mut cmd = tokio::process::Command::from(cmd);
-    cmd.kill_on_drop(true);
-    let limit = Duration::from_secs(600);
-    let out = tokio::time::timeout(limit, cmd.output()).await.unwrap_or_else(|_| panic!("{what}: over {limit:?}"));
-    let out = out.unwrap_or_else(|e| panic!("{what}: {e}"));
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    println!("--- {what}\n{text}");
-    assert!(
-        out.status.success() && text.contains("SCENARIO PASSED"),
-        "{what} failed ({}):\n{text}\n--- daemon log (tail)\n{}",
-        out.status,
-        tail(&d.log(), 60)
-    );
+    let text = run_client(d, what, cmd, Duration::from_secs(600)).await;
+    assert!(text.contains("SCENARIO PASSED"), "{what} did not finish its scenario:\n{text}");
     text
 }
 

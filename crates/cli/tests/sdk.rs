@@ -11,10 +11,9 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
-use bytes::Bytes;
 use common::*;
 
 const KEY: &str = "sdk-test-key-0123456789";
@@ -24,32 +23,12 @@ fn sdk_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../sdk/python")
 }
 
-/// Run a program to its end within `limit`; its output is printed and
-/// returned; a failure panics with it and the daemon's log.
-async fn run(d: &Daemon, what: &str, cmd: Command, limit: Duration) -> String {
-    let mut cmd = tokio::process::Command::from(cmd);
-    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true);
-    let out = tokio::time::timeout(limit, cmd.output()).await.unwrap_or_else(|_| panic!("{what}: over {limit:?}"));
-    let out = out.unwrap_or_else(|e| panic!("{what}: {e}"));
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    println!("--- {what}\n{text}");
-    assert!(
-        out.status.success(),
-        "{what} failed ({}):\n{text}\n--- daemon log (tail)\n{}",
-        out.status,
-        tail(&d.log(), 60)
-    );
-    text
-}
-
 #[tokio::test]
 async fn python_sdk_suite_over_socket_and_tcp() {
     let port = free_port();
     let tcp = format!("127.0.0.1:{port}");
     let d = Daemon::start_with("sdk", &["--tcp", &tcp], &[("SPINUP_API_KEY", KEY)]);
-    let (st, body) = d.raw("POST", &format!("/v1/environments/{ENV}/build"), Bytes::new()).await;
-    let last = String::from_utf8_lossy(&body).lines().last().unwrap_or_default().to_string();
-    assert!(st == 200 && last.contains("\"environment\""), "building {ENV}: {st} {last}\n{}", d.log());
+    build_env(&d, ENV).await;
 
     // The package as pip builds it from the tree (no index needed: its
     // dependencies and build backend are in the venv already).
@@ -57,7 +36,7 @@ async fn python_sdk_suite_over_socket_and_tcp() {
     pip.args(["-m", "pip", "install", "--disable-pip-version-check", "-q"])
         .args(["--no-deps", "--no-build-isolation", "--force-reinstall"])
         .arg(sdk_dir());
-    run(&d, "pip install sdk/python", pip, Duration::from_secs(300)).await;
+    run_client(&d, "pip install sdk/python", pip, Duration::from_secs(300)).await;
 
     let tcp_host = format!("http://{tcp}");
     let sock = d.sock.to_string_lossy().into_owned();
@@ -75,7 +54,7 @@ async fn python_sdk_suite_over_socket_and_tcp() {
             .env("PYTHONDONTWRITEBYTECODE", "1")
             .env("PYTHONUNBUFFERED", "1")
             .env_remove("PYTHONPATH");
-        let out = run(&d, &format!("pytest over the {name} ({host})"), cmd, Duration::from_secs(600)).await;
+        let out = run_client(&d, &format!("pytest over the {name} ({host})"), cmd, Duration::from_secs(600)).await;
         assert!(out.contains(" passed") && !out.contains(" failed") && !out.contains(" skipped"), "{out}");
     }
 

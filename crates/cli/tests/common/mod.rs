@@ -697,3 +697,23 @@ pub async fn build_env(d: &Daemon, env: &str) {
     let last = String::from_utf8_lossy(&body).lines().last().unwrap_or_default().to_string();
     assert!(st == 200 && last.contains("\"environment\""), "building {env}: {st} {last}\n{}", d.log());
 }
+
+/// Run a client program (an SDK scenario, pip) to its end within `limit`;
+/// its output is printed and returned. A failure panics with the daemon's
+/// log tail and then the client's output, last, so that a runner showing
+/// only the end of a failure shows the client's traceback.
+pub async fn run_client(d: &Daemon, what: &str, cmd: Command, limit: Duration) -> String {
+    let mut cmd = tokio::process::Command::from(cmd);
+    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true);
+    let out = tokio::time::timeout(limit, cmd.output()).await.unwrap_or_else(|_| panic!("{what}: over {limit:?}"));
+    let out = out.unwrap_or_else(|e| panic!("{what}: {e}"));
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    println!("--- {what}\n{text}");
+    assert!(
+        out.status.success(),
+        "--- daemon log (tail)\n{}\n--- {what} failed ({}):\n{text}",
+        tail(&d.log(), 40),
+        out.status
+    );
+    text
+}
