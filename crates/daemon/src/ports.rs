@@ -292,7 +292,7 @@ async fn serve(m: Arc<Manager>, mut conn: Box<dyn Io>, id: &str, port: u16, toke
             return Err(e);
         }
     };
-    let (tx, mut rx) = match agent.tunnel(port).await {
+    let (tx, mut rx) = match agent.tunnel(port, Some(Bytes::from(head))).await {
         Ok(t) => t,
         Err(e) => {
             if token.is_some() {
@@ -301,9 +301,6 @@ async fn serve(m: Arc<Manager>, mut conn: Box<dyn Io>, id: &str, port: u16, toke
             return Err(Error::Agent(e.to_string()));
         }
     };
-    if !head.is_empty() && tx.send(Bytes::from(head)).await.is_err() {
-        return Ok(());
-    }
     let (mut rd, mut wr) = tokio::io::split(conn);
     let up = async move {
         let mut buf = vec![0u8; 64 * 1024];

@@ -225,7 +225,7 @@ impl SandboxService for Service {
         }
         let sb = self.m.get(id)?;
         let c = self.m.agent_for(&sb).await?;
-        let (input, rx) = c.tunnel(port).await.map_err(agent_err)?;
+        let (input, rx) = c.tunnel(port, None).await.map_err(agent_err)?;
         let output = rx.map(|r| r.map_err(std::io::Error::other));
         Ok(Tunnel { input, output: Box::pin(output) })
     }

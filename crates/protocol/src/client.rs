@@ -124,10 +124,20 @@ impl AgentClient {
 
     /// A byte tunnel to TCP `port` on the guest's loopback: bytes sent on
     /// the sender reach the guest's listener, its answers come back on the
-    /// stream. Dropping the sender half-closes the connection.
-    pub async fn tunnel(&self, port: u16) -> Result<(mpsc::Sender<Bytes>, BodyDataStream<Incoming>), ClientError> {
+    /// stream. Dropping the sender half-closes the connection. `first`
+    /// (what the client already sent) travels with the request itself, so
+    /// the agent writes it as soon as it has connected: a guest server that
+    /// reads once right after accept finds it there.
+    pub async fn tunnel(
+        &self,
+        port: u16,
+        first: Option<Bytes>,
+    ) -> Result<(mpsc::Sender<Bytes>, BodyDataStream<Incoming>), ClientError> {
         use futures::StreamExt;
         let (tx, rx) = mpsc::channel::<Bytes>(16);
+        if let Some(b) = first.filter(|b| !b.is_empty()) {
+            tx.send(b).await.expect("receiver is alive");
+        }
         let s = tokio_util_stream(rx).map(|b| Ok::<_, std::io::Error>(hyper::body::Frame::data(b)));
         let body = BodyExt::boxed_unsync(StreamBody::new(s));
         let resp = self.request(Method::POST, &format!("/v1/net/connect?port={port}"), body).await?;
