@@ -412,7 +412,8 @@ const SNAPSHOT_NAME: &str = "^[a-z0-9_-][a-z0-9._-]{0,63}$";
 const CIDR: &str =
     "^((25[0-5]|2[0-4][0-9]|1?[0-9]?[0-9])\\.){3}(25[0-5]|2[0-4][0-9]|1?[0-9]?[0-9])(/(3[0-2]|[12]?[0-9]))?$";
 /// A host name (`pypi.org`, `*.pythonhosted.org`).
-const HOST_NAME: &str = "^(\\*\\.)?[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)+$";
+const HOST_NAME: &str =
+    "^(?![0-9.]*$)(\\*\\.)?[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)+$";
 
 /// What the types alone cannot say: the validators' formats and ranges
 /// (spinup-model's `validate_*`, the service's checks) and cross-field
@@ -422,7 +423,7 @@ const HOST_NAME: &str = "^(\\*\\.)?[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\\.[a-z0-9
 fn constrain(doc: &mut serde_json::Value) {
     use serde_json::json;
     let labels = json!({"type": "object", "propertyNames": {"pattern": LABEL_KEY},
-        "additionalProperties": {"type": "string", "maxLength": 255, "pattern": "^[^\\u0000-\\u001f\\u007f]*$"}});
+        "additionalProperties": {"type": "string", "maxLength": 255, "pattern": "^[^\\u0000-\\u001f\\u007f-\\u009f]*$"}});
     let s = &mut doc["components"]["schemas"];
     s["CreateRequest"]["properties"]["env"] = json!({"type": ["string", "null"], "pattern": ENV_NAME});
     s["CreateRequest"]["properties"]["driver"] =
@@ -436,8 +437,20 @@ fn constrain(doc: &mut serde_json::Value) {
     s["ExposeRequest"]["required"] = json!(["port"]);
     s["SignalRequest"]["properties"]["signal"] = json!({"type": "integer", "minimum": 1, "maximum": 64});
     s["SecretMount"]["properties"]["name"] = json!({"type": "string", "pattern": SECRET_NAME});
+    s["AttachRequest"]["properties"]["detach"]["items"] = json!({"type": "string", "pattern": SECRET_NAME});
+    for side in ["cols", "rows"] {
+        s["PtySize"]["properties"][side] = json!({"type": "integer", "minimum": 0, "maximum": 65535});
+    }
+    // A sandbox starts from an environment or from a snapshot, not both;
+    // a port is exposed on a unix socket or on a TCP address, not both.
+    s["CreateRequest"]["not"] = json!({"required": ["env", "from_snapshot"],
+        "properties": {"env": {"type": "string"}, "from_snapshot": {"type": "string"}}});
+    s["ExposeRequest"]["not"] = json!({"required": ["unix", "listen"],
+        "properties": {"unix": {"const": true}, "listen": {"type": "string"}}});
     s["NetworkPolicy"]["properties"]["hosts"]["additionalProperties"] = json!({"type": "string", "format": "ipv4"});
-    // exec runs argv, or else cmd: one of them must be there.
+    // exec runs argv, or else cmd: one of them must be there, and argv
+    // names a program.
+    s["ExecRequest"]["properties"]["argv"]["prefixItems"] = json!([{"type": "string", "minLength": 1}]);
     s["ExecRequest"]["anyOf"] = json!([
         {"required": ["argv"], "properties": {"argv": {"minItems": 1}}},
         {"required": ["cmd"], "properties": {"cmd": {"type": "string", "pattern": "^[^\\u0000]*$"}}}
@@ -445,7 +458,8 @@ fn constrain(doc: &mut serde_json::Value) {
     // The manager's limit: at most 366 days.
     let timeout = json!({"type": ["integer", "null"], "minimum": 0, "maximum": 366 * 24 * 3600});
     s["CreateRequest"]["properties"]["timeout_s"] = timeout.clone();
-    s["TimeoutRequest"]["properties"]["timeout_s"] = timeout;
+    s["TimeoutRequest"]["properties"]["timeout_s"] =
+        json!({"type": "integer", "minimum": 0, "maximum": 366 * 24 * 3600});
     s["CreateRequest"]["properties"]["env_vars"] = json!({"type": "object",
         "propertyNames": {"pattern": "^[^=\\u0000]+$"}, "additionalProperties": {"type": "string", "pattern": "^[^\\u0000]*$"}});
     s["SnapshotRequest"]["properties"]["name"] = json!({"type": ["string", "null"], "pattern": SNAPSHOT_NAME});
@@ -480,7 +494,7 @@ fn constrain(doc: &mut serde_json::Value) {
                     (Some("path"), Some("name")) => ENV_NAME,
                     (Some("path"), Some("id")) if path.starts_with("/v1/snapshots") => ENV_NAME,
                     (Some("query"), Some("label")) => {
-                        p["schema"]["items"] = json!({"type": "string", "pattern": "^[A-Za-z0-9._/-]{1,63}=[^\\u0000-\\u001f\\u007f]{0,255}$"});
+                        p["schema"]["items"] = json!({"type": "string", "pattern": "^[A-Za-z0-9._/-]{1,63}=[^\\u0000-\\u001f\\u007f-\\u009f]{0,255}$"});
                         continue;
                     }
                     _ => continue,
@@ -538,7 +552,17 @@ mod tests {
         assert_eq!(s["ResourcesPatch"]["properties"]["vcpus"]["maximum"], 256.0);
         assert!(s["Sandbox"]["properties"]["id"]["$ref"].as_str().unwrap().ends_with("SandboxId"));
         assert!(s["CreateRequest"]["additionalProperties"] == false, "{}", s["CreateRequest"]);
-        // The validators' formats are there too.
+        // The validators' formats are there too, on properties the types
+        // really have (indexing a missing one would make it up).
+        for (schema, prop) in
+            [("ExecRequest", "argv"), ("AttachRequest", "detach"), ("PtySize", "cols"), ("PtySize", "rows")]
+        {
+            assert!(s[schema]["properties"][prop].get("type").is_some(), "{schema}.{prop}: {}", s[schema]);
+        }
+        for schema in ["AttachRequest", "PtySize", "CreateRequest", "ExposeRequest"] {
+            let props = s[schema]["properties"].as_object().unwrap();
+            assert!(props.values().all(|p| !p.is_null()), "{schema}: {props:?}");
+        }
         assert_eq!(s["ForkRequest"]["properties"]["count"]["maximum"], 64);
         assert_eq!(s["ExecRequest"]["anyOf"][0]["required"], serde_json::json!(["argv"]));
         for (path, item) in d["paths"].as_object().unwrap() {

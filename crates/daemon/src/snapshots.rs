@@ -411,12 +411,15 @@ impl Manager {
         let rel = match path {
             Some(p) => {
                 let rel = PathBuf::from(p.trim_start_matches('/'));
-                if layers::normal(&rel).map(|c| c.is_empty()).unwrap_or(true) {
-                    return Err(Error::InvalidArgument(format!(
-                        "path '{p}' must be an absolute path inside the sandbox"
-                    )));
+                match layers::normal(&rel) {
+                    Ok(c) if p.starts_with('/') && c.is_empty() => None, // `/`: the whole tree
+                    Ok(_) if p.starts_with('/') => Some(rel),
+                    _ => {
+                        return Err(Error::InvalidArgument(format!(
+                            "path '{p}' must be an absolute path inside the sandbox"
+                        )))
+                    }
                 }
-                Some(rel)
             }
             None => None,
         };

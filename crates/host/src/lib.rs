@@ -553,3 +553,29 @@ mod tests {
         assert!(h.calls().is_empty());
     }
 }
+
+/// overlayfs's `lowerdir=` value for `layers` (lowest first): top first,
+/// and each layer once, where it is topmost. A layer can repeat (a fork of
+/// an unchanged fork adds the same empty diff again) and overlayfs refuses
+/// a repeated lower dir as overlapping (ELOOP); the lower copy of a layer
+/// that is also above it hides nothing the upper one does not, so dropping
+/// it changes no file.
+pub fn overlay_lowerdir(layers: &[PathBuf]) -> String {
+    let mut seen = std::collections::HashSet::new();
+    let top_first: Vec<String> =
+        layers.iter().rev().filter(|l| seen.insert(*l)).map(|l| l.to_string_lossy().into_owned()).collect();
+    top_first.join(":")
+}
+
+#[cfg(test)]
+mod overlay_tests {
+    use super::*;
+
+    #[test]
+    fn lowerdir_is_top_first_and_keeps_each_layer_where_it_is_topmost() {
+        let l = |s: &str| PathBuf::from(s);
+        assert_eq!(overlay_lowerdir(&[l("/a"), l("/b"), l("/c")]), "/c:/b:/a");
+        assert_eq!(overlay_lowerdir(&[l("/a"), l("/e"), l("/b"), l("/e"), l("/e")]), "/e:/b:/a");
+        assert_eq!(overlay_lowerdir(&[l("/a")]), "/a");
+    }
+}

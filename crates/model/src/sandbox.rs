@@ -411,7 +411,7 @@ pub fn validate_label(k: &str, v: &str) -> Result<()> {
     if !ok_key {
         return Err(Error::InvalidArgument(format!("label key '{k}' must be 1-63 characters of [A-Za-z0-9-_./]")));
     }
-    if v.len() > 255 || v.chars().any(|c| c.is_control()) {
+    if v.chars().count() > 255 || v.chars().any(|c| c.is_control()) {
         return Err(Error::InvalidArgument(format!("label value for '{k}' must be at most 255 printable characters")));
     }
     Ok(())

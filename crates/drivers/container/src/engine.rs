@@ -149,11 +149,9 @@ fn mount_overlay(spec: &SandboxSpec, dir: &Path) -> Result<()> {
             )));
         }
     }
-    // overlayfs lists lowerdirs top first; our layers are bottom first.
-    let lower: Vec<String> = spec.layers.iter().rev().map(|p| p.to_string_lossy().into_owned()).collect();
     let opts = format!(
         "lowerdir={},upperdir={},workdir={}",
-        lower.join(":"),
+        spinup_host::overlay_lowerdir(&spec.layers),
         dir.join("upper").display(),
         dir.join("work").display()
     );

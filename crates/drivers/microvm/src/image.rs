@@ -52,13 +52,12 @@ pub async fn environment_image(dir: &Path, layers: &[PathBuf]) -> Result<PathBuf
         [] => return Err(Error::InvalidArgument("an environment without layers".into())),
         many => {
             std::fs::create_dir_all(&merged).map_err(|e| Error::Internal(format!("image dir: {e}")))?;
-            let lower: Vec<String> = many.iter().rev().map(|l| l.to_string_lossy().into_owned()).collect();
             nix::mount::mount(
                 Some("overlay"),
                 &merged,
                 Some("overlay"),
                 nix::mount::MsFlags::MS_RDONLY,
-                Some(format!("lowerdir={}", lower.join(":")).as_str()),
+                Some(format!("lowerdir={}", spinup_host::overlay_lowerdir(many)).as_str()),
             )
             .map_err(|e| Error::Internal(format!("merging layers: {e}")))?;
             merged.clone()
