@@ -466,7 +466,10 @@ fn constrain(doc: &mut serde_json::Value) {
     // Ports listen on loopback only.
     s["ExposeRequest"]["properties"]["listen"] =
         json!({"type": ["string", "null"], "pattern": "^127\\.0\\.0\\.1:[0-9]{1,5}$"});
-    s["NetworkPolicy"]["properties"]["hosts"]["propertyNames"] = json!({"pattern": HOST_NAME});
+    // hosts maps exact names (no wildcard) to addresses.
+    s["NetworkPolicy"]["properties"]["hosts"]["propertyNames"] =
+        json!({"pattern": HOST_NAME.replacen("(\\*\\.)?", "", 1)});
+    s["SecretMount"]["properties"]["hosts"]["items"] = json!({"type": "string", "pattern": HOST_NAME});
     s["NetworkPolicy"]["properties"]["allow"]["items"] =
         json!({"type": "string", "anyOf": [{"pattern": HOST_NAME}, {"pattern": CIDR}]});
     s["NetworkPolicy"]["properties"]["allow"]["maxItems"] = 256.into();
@@ -554,11 +557,19 @@ mod tests {
         assert!(s["CreateRequest"]["additionalProperties"] == false, "{}", s["CreateRequest"]);
         // The validators' formats are there too, on properties the types
         // really have (indexing a missing one would make it up).
-        for (schema, prop) in
-            [("ExecRequest", "argv"), ("AttachRequest", "detach"), ("PtySize", "cols"), ("PtySize", "rows")]
-        {
+        for (schema, prop) in [
+            ("SecretMount", "hosts"),
+            ("ExecRequest", "argv"),
+            ("AttachRequest", "detach"),
+            ("PtySize", "cols"),
+            ("PtySize", "rows"),
+        ] {
             assert!(s[schema]["properties"][prop].get("type").is_some(), "{schema}.{prop}: {}", s[schema]);
         }
+        assert!(!s["NetworkPolicy"]["properties"]["hosts"]["propertyNames"]["pattern"]
+            .as_str()
+            .unwrap()
+            .contains("\\*"));
         for schema in ["AttachRequest", "PtySize", "CreateRequest", "ExposeRequest"] {
             let props = s[schema]["properties"].as_object().unwrap();
             assert!(props.values().all(|p| !p.is_null()), "{schema}: {props:?}");
