@@ -561,10 +561,19 @@ mod tests {
 /// that is also above it hides nothing the upper one does not, so dropping
 /// it changes no file.
 pub fn overlay_lowerdir(layers: &[PathBuf]) -> String {
-    let mut seen = std::collections::HashSet::new();
     let top_first: Vec<String> =
-        layers.iter().rev().filter(|l| seen.insert(*l)).map(|l| l.to_string_lossy().into_owned()).collect();
+        distinct_layers(layers).iter().rev().map(|l| l.to_string_lossy().into_owned()).collect();
     top_first.join(":")
+}
+
+/// `layers` (lowest first) with each layer once, where it is topmost; see
+/// [`overlay_lowerdir`]. A read-only overlay needs two lower dirs, so a
+/// caller that may be left with one uses it directly.
+pub fn distinct_layers(layers: &[PathBuf]) -> Vec<PathBuf> {
+    let mut seen = std::collections::HashSet::new();
+    let mut top_first: Vec<PathBuf> = layers.iter().rev().filter(|l| seen.insert(*l)).cloned().collect();
+    top_first.reverse();
+    top_first
 }
 
 #[cfg(test)]
@@ -577,5 +586,7 @@ mod overlay_tests {
         assert_eq!(overlay_lowerdir(&[l("/a"), l("/b"), l("/c")]), "/c:/b:/a");
         assert_eq!(overlay_lowerdir(&[l("/a"), l("/e"), l("/b"), l("/e"), l("/e")]), "/e:/b:/a");
         assert_eq!(overlay_lowerdir(&[l("/a")]), "/a");
+        assert_eq!(distinct_layers(&[l("/e"), l("/e")]), vec![l("/e")]);
+        assert_eq!(distinct_layers(&[l("/a"), l("/e"), l("/b"), l("/e")]), vec![l("/a"), l("/b"), l("/e")]);
     }
 }

@@ -47,7 +47,10 @@ pub async fn environment_image(dir: &Path, layers: &[PathBuf]) -> Result<PathBuf
     let tmp = dir.join(format!(".{}.{}.tmp", &key[..24], std::process::id()));
     let merged = dir.join(format!(".{}.{}.merged", &key[..24], std::process::id()));
     let _ = std::fs::remove_file(&tmp);
-    let source = match layers {
+    // A repeated layer is merged once (and a read-only overlay wants two
+    // distinct lower dirs, so one left over is used as it is).
+    let distinct = spinup_host::distinct_layers(layers);
+    let source = match distinct.as_slice() {
         [one] => one.clone(),
         [] => return Err(Error::InvalidArgument("an environment without layers".into())),
         many => {
