@@ -404,6 +404,10 @@ pub fn document() -> serde_json::Value {
 const ENV_NAME: &str = "^[a-z0-9_-][a-z0-9._-]{0,63}$";
 const SECRET_NAME: &str = "^[A-Za-z_][A-Za-z0-9_]{0,63}$";
 const LABEL_KEY: &str = "^[A-Za-z0-9._/-]{1,63}$";
+/// What a label value may not hold: C0 and C1 controls and DEL.
+const LABEL_VALUE_NOT: &str = "\\u0000-\\u001f\\u007f-\\u009f";
+/// The manager's longest timeout: 366 days.
+const MAX_TIMEOUT_S: u64 = 366 * 24 * 3600;
 /// A guest path: absolute, no NUL.
 const GUEST_PATH: &str = "^/[^\\u0000]*$";
 const DRIVERS: [&str; 3] = ["container", "gvisor", "microvm"];
@@ -423,7 +427,7 @@ const HOST_NAME: &str =
 fn constrain(doc: &mut serde_json::Value) {
     use serde_json::json;
     let labels = json!({"type": "object", "propertyNames": {"pattern": LABEL_KEY},
-        "additionalProperties": {"type": "string", "maxLength": 255, "pattern": "^[^\\u0000-\\u001f\\u007f-\\u009f]*$"}});
+        "additionalProperties": {"type": "string", "maxLength": 255, "pattern": format!("^[^{LABEL_VALUE_NOT}]*$")}});
     let s = &mut doc["components"]["schemas"];
     s["CreateRequest"]["properties"]["env"] = json!({"type": ["string", "null"], "pattern": ENV_NAME});
     s["CreateRequest"]["properties"]["driver"] =
@@ -455,11 +459,9 @@ fn constrain(doc: &mut serde_json::Value) {
         {"required": ["argv"], "properties": {"argv": {"minItems": 1}}},
         {"required": ["cmd"], "properties": {"cmd": {"type": "string", "pattern": "^[^\\u0000]*$"}}}
     ]);
-    // The manager's limit: at most 366 days.
-    let timeout = json!({"type": ["integer", "null"], "minimum": 0, "maximum": 366 * 24 * 3600});
-    s["CreateRequest"]["properties"]["timeout_s"] = timeout.clone();
-    s["TimeoutRequest"]["properties"]["timeout_s"] =
-        json!({"type": "integer", "minimum": 0, "maximum": 366 * 24 * 3600});
+    s["CreateRequest"]["properties"]["timeout_s"] =
+        json!({"type": ["integer", "null"], "minimum": 0, "maximum": MAX_TIMEOUT_S});
+    s["TimeoutRequest"]["properties"]["timeout_s"] = json!({"type": "integer", "minimum": 0, "maximum": MAX_TIMEOUT_S});
     s["CreateRequest"]["properties"]["env_vars"] = json!({"type": "object",
         "propertyNames": {"pattern": "^[^=\\u0000]+$"}, "additionalProperties": {"type": "string", "pattern": "^[^\\u0000]*$"}});
     s["SnapshotRequest"]["properties"]["name"] = json!({"type": ["string", "null"], "pattern": SNAPSHOT_NAME});
@@ -497,7 +499,7 @@ fn constrain(doc: &mut serde_json::Value) {
                     (Some("path"), Some("name")) => ENV_NAME,
                     (Some("path"), Some("id")) if path.starts_with("/v1/snapshots") => ENV_NAME,
                     (Some("query"), Some("label")) => {
-                        p["schema"]["items"] = json!({"type": "string", "pattern": "^[A-Za-z0-9._/-]{1,63}=[^\\u0000-\\u001f\\u007f-\\u009f]{0,255}$"});
+                        p["schema"]["items"] = json!({"type": "string", "pattern": format!("^[A-Za-z0-9._/-]{{1,63}}=[^{LABEL_VALUE_NOT}]{{0,255}}$")});
                         continue;
                     }
                     _ => continue,

@@ -227,19 +227,18 @@ fn forwarded(f: Forwarded) -> Response {
 }
 
 async fn file(s: Svc, id: spinup_api::SandboxId, op: FileOp, q: Option<String>, body: Body) -> ApiResult<Response> {
-    let read = matches!(op, FileOp::Read);
     let req = FileRequest { op, query: q.unwrap_or_default(), body: stream(body) };
-    let mut resp = forwarded(s.files(&id, req).await?);
-    // A file's bytes are bytes, whatever the agent said of them.
-    if read && resp.status().is_success() && !resp.headers().contains_key(http::header::CONTENT_TYPE) {
+    Ok(forwarded(s.files(&id, req).await?))
+}
+
+pub async fn read_file(State(s): S, Id(id): Id, RawQuery(q): RawQuery) -> ApiResult<Response> {
+    let mut resp = file(s, id, FileOp::Read, q, Body::empty()).await?;
+    // A file's bytes are bytes when the agent names no type.
+    if resp.status().is_success() && !resp.headers().contains_key(http::header::CONTENT_TYPE) {
         resp.headers_mut()
             .insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/octet-stream"));
     }
     Ok(resp)
-}
-
-pub async fn read_file(State(s): S, Id(id): Id, RawQuery(q): RawQuery) -> ApiResult<Response> {
-    file(s, id, FileOp::Read, q, Body::empty()).await
 }
 
 pub async fn write_file(State(s): S, Id(id): Id, RawQuery(q): RawQuery, body: Body) -> ApiResult<Response> {
