@@ -37,14 +37,30 @@ compare)
     while read -r l; do
         [[ "$l" == "cgroup "*/spinup-test ]] || left+=("$l")
     done < <(comm -13 "$file" <(state | sort -u))
-    for p in /proc/[0-9]*; do
-        pid=${p#/proc/}
-        [ "$pid" = $$ ] && continue
-        cmd=$(tr '\0' ' ' <"$p/cmdline" 2>/dev/null) || continue
-        if [[ "$cmd" == */tmp/spinup-test-* ]] || grep -qs ':/spinup-test/' "$p/cgroup"; then
-            left+=("process $pid: $cmd")
-        fi
+    # A process still on its way out when the suite ends (its memory is
+    # gone, so its cmdline reads empty; it may be a zombie for a moment)
+    # gets up to 15 s to finish; what remains is reported with its state,
+    # parent and name.
+    procs=()
+    for _ in $(seq 30); do
+        procs=()
+        for p in /proc/[0-9]*; do
+            pid=${p#/proc/}
+            [ "$pid" = $$ ] && continue
+            cmd=$(tr '\0' ' ' <"$p/cmdline" 2>/dev/null) || continue
+            if [[ "$cmd" == */tmp/spinup-test-* ]] || grep -qs ':/spinup-test/' "$p/cgroup"; then
+                # /proc/PID/stat: pid (comm) state ppid ...; comm may hold spaces.
+                stat=$(cat "$p/stat" 2>/dev/null) || continue
+                comm=${stat#*(}
+                comm=${comm%)*}
+                set -- ${stat##*) }
+                procs+=("process $pid (${comm}, state ${1:-?}, parent ${2:-?}): ${cmd:-<no cmdline>}")
+            fi
+        done
+        ((${#procs[@]})) || break
+        sleep 0.5
     done
+    left+=("${procs[@]}")
     while read -r mp; do left+=("mount $mp"); done < <(awk '$5 ~ "^/tmp/spinup-test-" {print $5}' /proc/self/mountinfo)
     for cg in /sys/fs/cgroup/spinup-test /sys/fs/cgroup/*/spinup-test; do
         [ -d "$cg" ] && left+=("cgroup $cg: $(find "$cg" -mindepth 1 -type d | head -5 | tr '\n' ' ')")
