@@ -2,7 +2,8 @@
 # Installs the official E2B SDKs that the test suite drives Spinup with,
 # outside the repository:
 #   Python: a venv at ${SPINUP_E2B_VENV:-/var/tmp/spinup-e2b/venv} with the
-#           latest `e2b` package (pip install --upgrade e2b);
+#           latest `e2b` and `e2b-code-interpreter` packages (pip install
+#           --upgrade e2b e2b-code-interpreter);
 #   JS/TS:  an npm project at ${SPINUP_E2B_NODE:-/var/tmp/spinup-e2b/node}
 #           with the latest `e2b` package (npm install e2b@latest).
 # Idempotent: an SDK already installed is left alone unless --upgrade is
@@ -64,14 +65,14 @@ if [ ! -x "$venv/bin/python" ]; then
     mkdir -p "$(dirname "$venv")"
     python3 -m venv "$venv"
 fi
-py_installed() { "$venv/bin/python" -c 'import importlib.metadata as m; m.version("e2b")' 2>/dev/null; }
+py_installed() { "$venv/bin/python" -c 'import importlib.metadata as m; m.version("e2b"); m.version("e2b-code-interpreter")' 2>/dev/null; }
 if ! py_installed; then
-    say "installing the Python SDK: pip install --upgrade e2b (in $venv)"
-    "$venv/bin/python" -m pip install --disable-pip-version-check -q --upgrade e2b
+    say "installing the Python SDK: pip install --upgrade e2b e2b-code-interpreter (in $venv)"
+    "$venv/bin/python" -m pip install --disable-pip-version-check -q --upgrade e2b e2b-code-interpreter
     stamp "$venv"
 elif due "$venv"; then
-    say "checking for a newer Python SDK: pip install --upgrade e2b (in $venv)"
-    if "$venv/bin/python" -m pip install --disable-pip-version-check -q --upgrade e2b; then
+    say "checking for a newer Python SDK: pip install --upgrade e2b e2b-code-interpreter (in $venv)"
+    if "$venv/bin/python" -m pip install --disable-pip-version-check -q --upgrade e2b e2b-code-interpreter; then
         stamp "$venv"
     else
         say "warning: the upgrade check failed; keeping the installed Python SDK" >&2
@@ -109,5 +110,5 @@ else
     say "JS SDK present in $node_dir (checked within a day; --upgrade to force)"
 fi
 
-say "python e2b $("$venv/bin/python" -c 'import importlib.metadata as m; print(m.version("e2b"))') ($venv)"
+say "python e2b $("$venv/bin/python" -c 'import importlib.metadata as m; print(m.version("e2b"), "e2b-code-interpreter", m.version("e2b-code-interpreter"))') ($venv)"
 say "js e2b $(js_version) ($node_dir)"

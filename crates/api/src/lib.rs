@@ -11,6 +11,7 @@
 //! The agent protocol keeps its own types (`spinup-protocol`); the public
 //! exec request is this crate's, and converts into the agent's.
 
+pub mod code;
 pub mod environments;
 pub mod error;
 pub mod exec;
@@ -22,6 +23,7 @@ pub mod secrets;
 pub mod service;
 pub mod snapshots;
 
+pub use code::{CodeContext, CodeEvent, CodeRequest, ContextRequest, Language};
 pub use environments::{BuildEvent, EnvList};
 pub use error::ErrorBody;
 pub use exec::{ExecQuery, ExecRequest, ExecResult};
@@ -33,6 +35,7 @@ pub use sandboxes::{
 pub use secrets::SecretInfo;
 pub use service::{
     ByteStream, ExecSession, FileOp, FileRequest, Forwarded, Layer, SandboxService, SecretSet, SecretValue, Tunnel,
+    TunnelIo,
 };
 pub use snapshots::{Change, Diff, DiffQuery, ForkRequest, ForkResult, SnapshotRequest};
 pub use spinup_model::{

@@ -239,6 +239,15 @@ fn shape(op: Op, s: &mut Schemas) -> Shape {
             &[400, 409, 413],
         ),
         Op::BuildEnvironment => plain(In::None, NdJson(s.of::<crate::BuildEvent>()), &[400, 404, 409]),
+        Op::RunCode => plain(In::Json(s.of::<crate::CodeRequest>(), true), NdJson(s.of::<crate::CodeEvent>()), SANDBOX),
+        Op::CodeContexts => plain(In::None, Json(200, s.array_of::<crate::CodeContext>()), SANDBOX),
+        Op::CreateCodeContext => plain(
+            In::Json(s.of::<crate::ContextRequest>(), false),
+            Json(201, s.of::<crate::CodeContext>()),
+            SANDBOX,
+        ),
+        Op::RestartCodeContext => plain(In::None, Json(200, s.of::<crate::CodeContext>()), SANDBOX),
+        Op::RemoveCodeContext => plain(In::None, NoContent, SANDBOX),
     }
 }
 
@@ -278,6 +287,10 @@ fn segment(name: &str, op: Op, s: &mut Schemas) -> (RefOr<Schema>, &'static str)
         ("id", _) => (s.of::<spinup_model::SandboxId>(), "Sandbox id"),
         ("pid", _) => (integer(1, u32::MAX.into()), "Process id in the sandbox"),
         ("port", _) => (integer(1, 65535), "Guest port"),
+        ("context", _) => (
+            ObjectBuilder::new().schema_type(Type::String).pattern(Some("^[A-Za-z0-9_-]{1,64}$")).into(),
+            "Code context id",
+        ),
         ("op", _) => (
             ObjectBuilder::new()
                 .schema_type(Type::String)

@@ -52,6 +52,11 @@ pub enum Op {
     RemoveEnvironment,
     ImportEnvironment,
     BuildEnvironment,
+    RunCode,
+    CodeContexts,
+    CreateCodeContext,
+    RestartCodeContext,
+    RemoveCodeContext,
 }
 
 /// A method and path template (axum syntax, `{name}` segments) served for
@@ -111,7 +116,12 @@ pub const ROUTES: &[Route] = &[
     Route { method: "get", path: "/v1/environments/{name}", op: Op::Environment, summary: "Get one environment" },
     Route { method: "delete", path: "/v1/environments/{name}", op: Op::RemoveEnvironment, summary: "Remove an environment no sandbox uses" },
     Route { method: "post", path: "/v1/environments/{name}/import", op: Op::ImportEnvironment, summary: "Import a rootfs tarball (tar or tar.gz body)" },
-    Route { method: "post", path: "/v1/environments/{name}/build", op: Op::BuildEnvironment, summary: "Build a built-in recipe (busybox, debian); NDJSON progress" },
+    Route { method: "post", path: "/v1/environments/{name}/build", op: Op::BuildEnvironment, summary: "Build a built-in recipe (busybox, debian, base, code-interpreter); NDJSON progress" },
+    Route { method: "post", path: "/v1/sandboxes/{id}/code", op: Op::RunCode, summary: "Run code {code, language: python|javascript|bash, context, env, timeout_s} in a kernel inside the sandbox, state kept per context; NDJSON events: stdout, stderr, result (MIME bundle: text/plain, image/png, ...), error, then end" },
+    Route { method: "get", path: "/v1/sandboxes/{id}/code/contexts", op: Op::CodeContexts, summary: "The sandbox's code contexts {id, language, cwd}" },
+    Route { method: "post", path: "/v1/sandboxes/{id}/code/contexts", op: Op::CreateCodeContext, summary: "Start a code context {language, cwd}: its own kernel and state" },
+    Route { method: "post", path: "/v1/sandboxes/{id}/code/contexts/{context}/restart", op: Op::RestartCodeContext, summary: "Restart a context's kernel (its state is lost)" },
+    Route { method: "delete", path: "/v1/sandboxes/{id}/code/contexts/{context}", op: Op::RemoveCodeContext, summary: "Stop a context's kernel and forget it" },
 ];
 
 #[cfg(test)]

@@ -8,14 +8,19 @@
 //! still waits for the answer.
 
 use std::fmt;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use futures::stream::BoxStream;
+use futures::StreamExt;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio_util::sync::PollSender;
 use spinup_model::{Capabilities, Environment, NetworkPolicy, PortExposure, Result, Sandbox, SandboxId, Snapshot};
 use spinup_protocol::{AgentInfo, Frame, ProcessInfo, SignalRequest};
 
 use crate::{
-    AttachRequest, BuildEvent, CreateRequest, Diff, DiffQuery, EnvList, ExecRequest, ExposeAnswer, ExposeRequest,
+    AttachRequest, CodeContext, CodeEvent, CodeRequest, ContextRequest, BuildEvent, CreateRequest, Diff, DiffQuery, EnvList, ExecRequest, ExposeAnswer, ExposeRequest,
     ForkRequest, ForkResult, GcReport, ListQuery, PauseRequest, SecretInfo, SnapshotRequest, TimeoutRequest,
     Transition,
 };
@@ -113,6 +118,67 @@ pub struct Tunnel {
 impl fmt::Debug for Tunnel {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Tunnel").finish_non_exhaustive()
+    }
+}
+
+/// A tunnel as one byte stream, for a client (hyper's) that runs over it.
+pub struct TunnelIo {
+    tx: PollSender<Bytes>,
+    rx: ByteStream,
+    pending: Bytes,
+}
+
+impl fmt::Debug for TunnelIo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TunnelIo").field("pending", &self.pending.len()).finish_non_exhaustive()
+    }
+}
+
+impl TunnelIo {
+    pub fn new(t: Tunnel) -> Self {
+        TunnelIo { tx: PollSender::new(t.input), rx: t.output, pending: Bytes::new() }
+    }
+}
+
+impl AsyncRead for TunnelIo {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        loop {
+            if !self.pending.is_empty() {
+                let n = self.pending.len().min(buf.remaining());
+                let chunk = self.pending.split_to(n);
+                buf.put_slice(&chunk);
+                return Poll::Ready(Ok(()));
+            }
+            match self.rx.poll_next_unpin(cx) {
+                Poll::Ready(Some(Ok(b))) => self.pending = b,
+                Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(e)),
+                Poll::Ready(None) => return Poll::Ready(Ok(())),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+}
+
+impl AsyncWrite for TunnelIo {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        match self.tx.poll_reserve(cx) {
+            Poll::Ready(Ok(())) => {
+                let b = Bytes::copy_from_slice(buf);
+                self.tx.send_item(b).map_err(|_| std::io::Error::from(std::io::ErrorKind::BrokenPipe))?;
+                Poll::Ready(Ok(buf.len()))
+            }
+            Poll::Ready(Err(_)) => Poll::Ready(Err(std::io::ErrorKind::BrokenPipe.into())),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.tx.close();
+        Poll::Ready(Ok(()))
     }
 }
 
@@ -219,4 +285,13 @@ pub trait SandboxService: Send + Sync + 'static {
     async fn import_environment(&self, name: &str, tar: ByteStream) -> Result<Environment>;
     /// Build a built-in recipe: progress, then the environment or an error.
     async fn build_environment(&self, name: &str) -> Result<BoxStream<'static, BuildEvent>>;
+
+    // Code: kernels that live in the sandbox, started on first use.
+    /// Run code in a context: its events as they come, `end` last.
+    async fn run_code(&self, id: &SandboxId, req: CodeRequest) -> Result<BoxStream<'static, CodeEvent>>;
+    async fn code_contexts(&self, id: &SandboxId) -> Result<Vec<CodeContext>>;
+    async fn create_code_context(&self, id: &SandboxId, req: ContextRequest) -> Result<CodeContext>;
+    /// A new kernel for the context; its state is lost.
+    async fn restart_code_context(&self, id: &SandboxId, context: &str) -> Result<CodeContext>;
+    async fn remove_code_context(&self, id: &SandboxId, context: &str) -> Result<()>;
 }

@@ -1043,6 +1043,142 @@ async fn base_environment_runs_as_user_with_python_node_and_sudo() {
     d.rm(&id).await;
 }
 
+/// One run of code: its NDJSON events.
+async fn code(d: &common::Daemon, id: &str, body: Value) -> Vec<Value> {
+    let (st, out) = d.raw("POST", &format!("/v1/sandboxes/{id}/code"), Bytes::from(body.to_string())).await;
+    let text = String::from_utf8_lossy(&out);
+    assert_eq!(st, 200, "code {body}: {text}");
+    let events: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(events.last().map(|e| e["type"].clone()), Some(json!("end")), "{text}");
+    assert_eq!(events.iter().filter(|e| e["type"] == "end").count(), 1, "{text}");
+    events
+}
+
+fn of(events: &[Value], kind: &str) -> String {
+    events.iter().filter(|e| e["type"] == kind).map(|e| e["text"].as_str().unwrap_or_default()).collect()
+}
+
+fn main_result(events: &[Value]) -> Value {
+    events.iter().find(|e| e["type"] == "result" && e["is_main_result"] == true).map_or(Value::Null, |e| e["data"].clone())
+}
+
+fn error_of(events: &[Value]) -> Value {
+    events.iter().find(|e| e["type"] == "error").cloned().unwrap_or(Value::Null)
+}
+
+async fn code_interpreter_keeps_state_per_context() {
+    // The first use builds the `code-interpreter` recipe (base + Jupyter,
+    // numpy, pandas, matplotlib from Debian).
+    let d = shared();
+    let id = d.create(json!({"env": "code-interpreter", "resources": {"memory_mib": 2048}})).await;
+    // The first run starts the server and the python kernel in the sandbox.
+    let ev = code(d, &id, json!({"code": "x = 41\nx + 1"})).await;
+    assert_eq!(main_result(&ev)["text/plain"], "42", "{ev:?}");
+    assert_eq!(ev.last().unwrap()["execution_count"], 1, "{ev:?}");
+    let ev = code(d, &id, json!({"code": "import sys, getpass\nprint('hi')\nprint('err', file=sys.stderr)\n(x, getpass.getuser())"})).await;
+    assert_eq!((of(&ev, "stdout").as_str(), of(&ev, "stderr").as_str()), ("hi\n", "err\n"), "{ev:?}");
+    // The kernel runs in the sandbox, as the environment's user.
+    assert_eq!(main_result(&ev)["text/plain"], "(41, 'user')", "{ev:?}");
+    let ev = code(d, &id, json!({"code": "1/0"})).await;
+    let e = error_of(&ev);
+    assert_eq!((e["name"].as_str(), e["value"].as_str()), (Some("ZeroDivisionError"), Some("division by zero")), "{ev:?}");
+    assert!(e["traceback"].as_str().unwrap().contains("ZeroDivisionError"), "{e}");
+    assert!(!e["traceback"].as_str().unwrap().contains('\u{1b}'), "ANSI codes are stripped: {e}");
+    // Code for one run only sees its env.
+    let ev = code(d, &id, json!({"code": "import os\nos.environ.get('RUN_ONLY')", "env": {"RUN_ONLY": "yes"}})).await;
+    assert_eq!(main_result(&ev)["text/plain"], "'yes'", "{ev:?}");
+    let ev = code(d, &id, json!({"code": "os.environ.get('RUN_ONLY')"})).await;
+    assert!(main_result(&ev).is_null(), "gone after its run: {ev:?}");
+    // Bad input is refused before anything runs.
+    for bad in [json!({"code": "1", "context": "../x"}), json!({"code": "1", "timeout_s": 0}), json!({"code": "1", "language": "cobol"}), json!({})] {
+        let (st, v) = d.req("POST", &format!("/v1/sandboxes/{id}/code"), Some(bad.clone())).await;
+        assert_eq!((st, v["code"].as_str()), (400, Some("invalid_argument")), "{bad}: {v}");
+    }
+    let (st, v) = d.req("POST", &format!("/v1/sandboxes/{id}/code"), Some(json!({"code": "1", "context": "ctx-000000000000"}))).await;
+    assert_eq!(st, 404, "{v}");
+    if driver() == "microvm" {
+        // Under TCG here, a short scenario: the same path end to end.
+        d.rm(&id).await;
+        return;
+    }
+    // A chart comes back as a PNG; a DataFrame as HTML.
+    let ev = code(d, &id, json!({"code": "import matplotlib.pyplot as plt\nplt.plot([1, 3, 2])\nplt.show()"})).await;
+    let png = ev.iter().find_map(|e| e["data"]["image/png"].as_str()).unwrap_or_else(|| panic!("no png: {ev:?}"));
+    assert!(png.starts_with("iVBORw0KGgo"), "{}", &png[..png.len().min(40)]);
+    let ev = code(d, &id, json!({"code": "import pandas as pd, numpy as np\npd.DataFrame({'a': np.arange(3)})"})).await;
+    assert!(main_result(&ev)["text/html"].as_str().unwrap_or_default().contains("<table"), "{ev:?}");
+    // A timeout interrupts the kernel, not the sandbox: state survives.
+    let ev = code(d, &id, json!({"code": "import time\nwhile True: time.sleep(0.05)", "timeout_s": 2})).await;
+    assert_eq!(error_of(&ev)["name"], "TimeoutError", "{ev:?}");
+    assert_eq!(ev.last().unwrap()["timed_out"], true, "{ev:?}");
+    let ev = code(d, &id, json!({"code": "x"})).await;
+    assert_eq!(main_result(&ev)["text/plain"], "41", "{ev:?}");
+    // Output is bounded: 1 GiB printed, at most the bound comes back.
+    let ev = code(d, &id, json!({"code": "for _ in range(1024): print('x' * (1 << 20))", "timeout_s": 600})).await;
+    assert_eq!(ev.last().unwrap()["truncated"], true, "{:?}", ev.last());
+    let printed: usize = ev.iter().filter_map(|e| e["text"].as_str()).map(str::len).sum();
+    assert!(printed <= (8 << 20) + 4096, "{printed} bytes came back");
+    // Code that kills its kernel: a clear error, and the next run works
+    // in a new kernel (the old one's variables are gone).
+    let ev = code(d, &id, json!({"code": "import os\nos._exit(3)"})).await;
+    assert_eq!(error_of(&ev)["name"], "KernelDied", "{ev:?}");
+    let ev = code(d, &id, json!({"code": "1 + 1"})).await;
+    assert_eq!(main_result(&ev)["text/plain"], "2", "{ev:?}");
+    let ev = code(d, &id, json!({"code": "x"})).await;
+    assert_eq!(error_of(&ev)["name"], "NameError", "{ev:?}");
+    // Contexts: each its own kernel and state.
+    let base = format!("/v1/sandboxes/{id}/code/contexts");
+    let (st, ctx) = d.req("POST", &base, Some(json!({"language": "python", "cwd": "/tmp"}))).await;
+    assert_eq!(st, 201, "{ctx}");
+    let cid = ctx["id"].as_str().unwrap().to_string();
+    assert_eq!((ctx["language"].as_str(), ctx["cwd"].as_str()), (Some("python"), Some("/tmp")), "{ctx}");
+    let ev = code(d, &id, json!({"code": "import os\ny = 1\nos.getcwd()", "context": cid})).await;
+    assert_eq!(main_result(&ev)["text/plain"], "'/tmp'", "{ev:?}");
+    let ev = code(d, &id, json!({"code": "y"})).await;
+    assert_eq!(error_of(&ev)["name"], "NameError", "the default context has no y: {ev:?}");
+    let (_, list) = d.req("GET", &base, None).await;
+    assert!(list.as_array().unwrap().iter().any(|c| c["id"] == cid), "{list}");
+    let (st, _) = d.req("POST", &format!("{base}/{cid}/restart"), None).await;
+    assert_eq!(st, 200);
+    let ev = code(d, &id, json!({"code": "y", "context": cid})).await;
+    assert_eq!(error_of(&ev)["name"], "NameError", "restarted: {ev:?}");
+    // JavaScript and bash keep their state too.
+    let ev = code(d, &id, json!({"language": "javascript", "code": "var a = 20; a * 2"})).await;
+    assert_eq!(main_result(&ev)["text/plain"], "40", "{ev:?}");
+    let ev = code(d, &id, json!({"language": "javascript", "code": "console.log(a + 1)"})).await;
+    assert_eq!(of(&ev, "stdout"), "21\n", "{ev:?}");
+    code(d, &id, json!({"language": "bash", "code": "cd /tmp && export V=7"})).await;
+    let ev = code(d, &id, json!({"language": "bash", "code": "pwd; echo $V"})).await;
+    assert_eq!(of(&ev, "stdout"), "/tmp\n7\n", "{ev:?}");
+    // A context of another sandbox is not found here; a sandbox without
+    // python3 says what it needs.
+    let other = d.create(json!({"env": "code-interpreter"})).await;
+    let (st, v) = d.req("POST", &format!("/v1/sandboxes/{other}/code"), Some(json!({"code": "1", "context": cid}))).await;
+    assert_eq!(st, 404, "{v}");
+    let (st, v) = d.req("DELETE", &format!("/v1/sandboxes/{other}/code/contexts/{cid}"), None).await;
+    assert_eq!(st, 404, "{v}");
+    let bare = d.create(json!({})).await;
+    let (st, v) = d.req("POST", &format!("/v1/sandboxes/{bare}/code"), Some(json!({"code": "1"}))).await;
+    assert_eq!((st, v["code"].as_str()), (503, Some("unavailable")), "{v}");
+    assert!(v["message"].as_str().unwrap().contains("python3"), "{v}");
+    // A fork keeps the files, not the kernel's memory.
+    code(d, &id, json!({"code": "open('/home/user/kept.txt', 'w').write('kept')\nz = 5"})).await;
+    let (st, fork) = d.req("POST", &format!("/v1/sandboxes/{id}/fork"), Some(json!({}))).await;
+    assert_eq!(st, 201, "{fork}");
+    let child = fork["children"][0]["id"].as_str().unwrap().to_string();
+    let ev = code(d, &child, json!({"code": "open('/home/user/kept.txt').read()"})).await;
+    assert_eq!(main_result(&ev)["text/plain"], "'kept'", "{ev:?}");
+    let ev = code(d, &child, json!({"code": "z"})).await;
+    assert_eq!(error_of(&ev)["name"], "NameError", "{ev:?}");
+    let (st, _) = d.req("DELETE", &format!("{base}/{cid}"), None).await;
+    assert_eq!(st, 204);
+    let (st, _) = d.req("POST", &format!("/v1/sandboxes/{id}/code"), Some(json!({"code": "1", "context": cid}))).await;
+    assert_eq!(st, 404);
+    for s in [&child, &other, &bare, &id] {
+        d.rm(s).await;
+    }
+}
+
 async fn declared_capabilities_match_behaviour() {
     let d = shared();
     let (_, drivers) = d.req("GET", "/v1/drivers", None).await;
@@ -1464,6 +1600,7 @@ suite!(
     environments_import_directory_and_tarball,
     debian_environment_runs_python_git_and_pip,
     base_environment_runs_as_user_with_python_node_and_sudo,
+    code_interpreter_keeps_state_per_context,
     pid1_reaps_orphans_and_forwards_signals,
     cli_interactive_terminal,
     fork_bomb_stops_at_the_pids_limit,

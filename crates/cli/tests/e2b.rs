@@ -105,6 +105,22 @@ async fn official_sdks_on_every_driver() {
     assert_eq!(list.as_array().map(Vec::len), Some(0), "{list}");
 }
 
+/// `e2b-code-interpreter`, unmodified: `run_code` with results, output,
+/// errors, charts, other languages and contexts, on the code interpreter
+/// Spinup runs inside the sandbox (E2B's port 49999 API).
+#[tokio::test]
+async fn official_code_interpreter_sdk() {
+    let (d, port) = start("e2b-code", &[]);
+    build_env(&d, "code-interpreter").await;
+    let mut cmd = Command::new(python());
+    // E2B's own default template name for this SDK.
+    cmd.arg(scripts().join("code_interpreter.py")).arg("code-interpreter-v1").envs(sdk_env(port));
+    let out = run_client(&d, "e2b-code-interpreter", cmd, Duration::from_secs(900)).await;
+    assert!(out.contains("SCENARIO PASSED"), "{out}");
+    let (_, list) = d.req("GET", "/v1/sandboxes", None).await;
+    assert_eq!(list.as_array().map(Vec::len), Some(0), "{list}");
+}
+
 /// kill -9 and restart the daemon while an SDK client is connected: its
 /// next calls work (after the SDK's retry) and nothing is lost.
 #[tokio::test]

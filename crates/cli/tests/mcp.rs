@@ -55,6 +55,7 @@ async fn client(d: &Daemon, what: &str, args: &[&str], envs: &[(&str, &str)]) ->
 async fn official_python_sdk_over_stdio_and_http() {
     let (d, port) = start("mcp-sdk");
     build_env(&d, "busybox").await;
+    build_env(&d, "code-interpreter").await;
     let sock = d.sock.display().to_string();
     let url = format!("http://127.0.0.1:{port}/mcp");
     let tcp = format!("http://127.0.0.1:{port}");
@@ -71,7 +72,7 @@ async fn official_python_sdk_over_stdio_and_http() {
         ([("SPINUP_HOST", sock.as_str())], [("SPINUP_HOST", tcp.as_str()), ("SPINUP_API_KEY", KEY)]);
     let http_args = ["http", url.as_str(), KEY];
     tokio::join!(
-        client(&d, "stdio over the unix socket", &["stdio", BIN], &unix_env),
+        client(&d, "stdio over the unix socket", &["stdio", BIN, "--code-env", "code-interpreter"], &unix_env),
         client(&d, "streamable HTTP", &http_args, &[]),
         client(&d, "stdio over TCP", &["stdio", BIN, "--smoke"], &tcp_env),
         gvisor_run,

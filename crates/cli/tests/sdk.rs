@@ -18,6 +18,8 @@ use common::*;
 
 const KEY: &str = "sdk-test-key-0123456789";
 const ENV: &str = "busybox";
+/// For the code interpreter's tests.
+const CODE_ENV: &str = "code-interpreter";
 
 fn sdk_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../sdk/python")
@@ -29,6 +31,7 @@ async fn python_sdk_suite_over_socket_and_tcp() {
     let tcp = format!("127.0.0.1:{port}");
     let d = Daemon::start_with("sdk", &["--tcp", &tcp], &[("SPINUP_API_KEY", KEY)]);
     build_env(&d, ENV).await;
+    build_env(&d, CODE_ENV).await;
 
     // The package as pip builds it from the tree (no index needed: its
     // dependencies and build backend are in the venv already).
@@ -49,6 +52,7 @@ async fn python_sdk_suite_over_socket_and_tcp() {
             .env("SPINUP_TEST_SOCKET", &sock)
             .env("SPINUP_TEST_TCP_HOST", &tcp_host)
             .env("SPINUP_TEST_ENV", ENV)
+            .env("SPINUP_TEST_CODE_ENV", CODE_ENV)
             .env("SPINUP_TEST_DRIVER", "container")
             .env("SPINUP_TEST_INSTALLED", "1")
             .env("PYTHONDONTWRITEBYTECODE", "1")

@@ -17,7 +17,7 @@ use tokio::sync::mpsc::UnboundedSender;
 use crate::store::Store;
 
 /// Built-in recipes, buildable by name.
-pub const BUILTINS: [&str; 3] = ["busybox", "debian", "base"];
+pub const BUILTINS: [&str; 4] = ["busybox", "debian", "base", "code-interpreter"];
 
 /// A Debian bookworm recipe: what mmdebstrap installs on minbase, the
 /// hooks it runs in the new root, and the environment's exec defaults.
@@ -66,6 +66,42 @@ const BASE: DebianRecipe = DebianRecipe {
         r#"--customize-hook=chroot "$1" groupadd --gid 1000 user"#,
         r#"--customize-hook=chroot "$1" useradd --uid 1000 --gid 1000 --create-home --home-dir /home/user --shell /bin/bash user"#,
         r#"--customize-hook=chroot "$1" sh -c 'echo "user ALL=(ALL:ALL) NOPASSWD: ALL" > /etc/sudoers.d/user && chmod 0440 /etc/sudoers.d/user && visudo -cf /etc/sudoers.d/user'"#,
+    ],
+    config: base_config,
+};
+
+/// `code-interpreter`: `base` plus what the code interpreter's kernels
+/// need, all from Debian: ipykernel and jupyter_client (python), numpy,
+/// pandas, matplotlib; Node.js is base's. Matplotlib's font cache is made
+/// at build time, so the first chart does not pay for it.
+const CODE_INTERPRETER: DebianRecipe = DebianRecipe {
+    name: "code-interpreter",
+    summary: "base + ipykernel, jupyter_client, numpy, pandas, matplotlib",
+    packages: &[
+        "bash",
+        "coreutils",
+        "passwd",
+        "python3",
+        "python3-pip",
+        "python3-venv",
+        "nodejs",
+        "npm",
+        "git",
+        "curl",
+        "ca-certificates",
+        "procps",
+        "sudo",
+        "python3-ipykernel",
+        "python3-jupyter-client",
+        "python3-numpy",
+        "python3-pandas",
+        "python3-matplotlib",
+    ],
+    hooks: &[
+        BASE.hooks[0],
+        BASE.hooks[1],
+        BASE.hooks[2],
+        r#"--customize-hook=chroot "$1" runuser -u user -- env HOME=/home/user python3 -c "import matplotlib.pyplot""#,
     ],
     config: base_config,
 };
@@ -399,6 +435,7 @@ impl EnvStore {
         let res = match name {
             "busybox" => self.build_busybox(&staging, &progress).await,
             "base" => self.build_debian(&BASE, &staging, &progress).await,
+            "code-interpreter" => self.build_debian(&CODE_INTERPRETER, &staging, &progress).await,
             _ => self.build_debian(&DEBIAN, &staging, &progress).await,
         };
         let _ = std::fs::remove_dir_all(&staging);

@@ -10,7 +10,7 @@ use futures::stream::BoxStream;
 use futures::StreamExt;
 use http_body_util::{BodyExt, StreamBody};
 use spinup_api::{
-    AttachRequest, BuildEvent, ByteStream, CreateRequest, Diff, DiffQuery, EnvList, ErrorBody, ExecRequest,
+    AttachRequest, BuildEvent, ByteStream, CodeContext, CodeEvent, CodeRequest, ContextRequest, CreateRequest, Diff, DiffQuery, EnvList, ErrorBody, ExecRequest,
     ExecSession, ExposeAnswer, ExposeRequest, FileOp, FileRequest, ForkRequest, ForkResult, Forwarded, GcReport, Layer,
     ListQuery, PauseRequest, SandboxService, SecretInfo, SecretSet, SecretValue, SnapshotRequest, TimeoutRequest,
     Transition, Tunnel,
@@ -27,6 +27,8 @@ use crate::manager::Manager;
 #[derive(Clone)]
 pub struct Service {
     m: Arc<Manager>,
+    /// Starts and reaches the code interpreter inside each sandbox.
+    code: Arc<spinup_interpreter::Interpreter>,
 }
 
 impl std::fmt::Debug for Service {
@@ -37,7 +39,7 @@ impl std::fmt::Debug for Service {
 
 impl Service {
     pub fn new(m: Arc<Manager>) -> Service {
-        Service { m }
+        Service { m, code: Arc::new(spinup_interpreter::Interpreter::new()) }
     }
 }
 
@@ -425,5 +427,25 @@ impl SandboxService for Service {
             }
         });
         Ok(progress.chain(last).boxed())
+    }
+
+    async fn run_code(&self, id: &SandboxId, req: CodeRequest) -> Result<BoxStream<'static, CodeEvent>> {
+        self.code.run(self, id, req).await
+    }
+
+    async fn code_contexts(&self, id: &SandboxId) -> Result<Vec<CodeContext>> {
+        self.code.contexts(self, id).await
+    }
+
+    async fn create_code_context(&self, id: &SandboxId, req: ContextRequest) -> Result<CodeContext> {
+        self.code.create_context(self, id, req).await
+    }
+
+    async fn restart_code_context(&self, id: &SandboxId, context: &str) -> Result<CodeContext> {
+        self.code.restart_context(self, id, context).await
+    }
+
+    async fn remove_code_context(&self, id: &SandboxId, context: &str) -> Result<()> {
+        self.code.remove_context(self, id, context).await
     }
 }

@@ -4,6 +4,8 @@
   (a socket path or http://HOST:PORT), as the SDK reads them;
 - ``SPINUP_TEST_ENV``: the environment sandboxes are made from (default
   ``busybox``; it must be built);
+- ``SPINUP_TEST_CODE_ENV``: the environment for the code interpreter's
+  tests (default ``code-interpreter``);
 - ``SPINUP_TEST_DRIVER``: the driver (default ``container``);
 - ``SPINUP_TEST_SOCKET`` and ``SPINUP_TEST_TCP_HOST`` (optional): the same
   daemon's socket and TCP listener, for the tests that use both
@@ -20,6 +22,7 @@ import pytest
 import spinup
 
 ENV = os.environ.get("SPINUP_TEST_ENV", "busybox")
+CODE_ENV = os.environ.get("SPINUP_TEST_CODE_ENV", "code-interpreter")
 DRIVER = os.environ.get("SPINUP_TEST_DRIVER", "container")
 #: Every sandbox the suite makes carries this label, so a run can find
 #: (and remove) what it left.

@@ -11,7 +11,7 @@ import pytest
 
 import spinup
 
-from conftest import DRIVER, ENV, RUN, unique
+from conftest import CODE_ENV, DRIVER, ENV, RUN, unique
 
 
 async def test_exec_and_async_streaming_callbacks(asbx):
@@ -145,3 +145,17 @@ async def test_async_secrets_and_ports(aclient, asbx):
     assert [p.port for p in await asbx.ports.list()] == [9000]
     await asbx.ports.unexpose(9000)
     assert await asbx.ports.list() == []
+
+
+async def test_run_code_with_async_callbacks(aclient):
+    async with aclient.sandboxes.create(env=CODE_ENV, driver=DRIVER, labels=RUN, resources={"memory_mib": 2048}) as s:
+        seen: list[object] = []
+
+        async def on_result(r: spinup.CodeResult) -> None:
+            seen.append(r)
+
+        x = await s.run_code("import sys\nprint('e', file=sys.stderr)\n{'a': 1}", on_result=on_result)
+        assert (x.text, x.stderr) == ("{'a': 1}", "e\n"), x
+        assert seen == x.results
+        assert (await s.run_code("cd /tmp && pwd", language="bash")).stdout == "/tmp\n"
+        assert (await s.run_code("pwd", language="bash")).stdout == "/tmp\n"

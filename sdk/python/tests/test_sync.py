@@ -13,7 +13,7 @@ import pytest
 import spinup
 from spinup import ExecError, NetworkPolicy, Resources, SecretMount
 
-from conftest import DRIVER, ENV, RUN, unique
+from conftest import CODE_ENV, DRIVER, ENV, RUN, unique
 
 
 # --- exec ----------------------------------------------------------------------
@@ -389,3 +389,36 @@ def test_context_manager_removes_even_on_error(client):
             raise RuntimeError("boom")
     with pytest.raises(spinup.NotFound):
         client.sandboxes.get(sid)
+
+
+# --- code interpreter ----------------------------------------------------------
+
+
+def test_run_code_keeps_state_streams_and_has_contexts(client):
+    with client.sandboxes.create(env=CODE_ENV, driver=DRIVER, labels=RUN, resources={"memory_mib": 2048}) as s:
+        seen: list[str] = []
+        x = s.run_code("x = 2\nprint('hi')\nx * 21", on_stdout=seen.append)
+        assert (x.text, x.stdout, x.error, seen) == ("42", "hi\n", None, ["hi\n"]), x
+        assert x.execution_count == 1
+        assert s.run_code("x").text == "2"
+        e = s.run_code("1/0").error
+        assert e is not None and (e.name, e.value) == ("ZeroDivisionError", "division by zero"), e
+        chart = s.run_code("import matplotlib.pyplot as plt\nplt.plot([1, 2])\nplt.show()")
+        pngs = [r.png for r in chart.results if r.png]
+        assert pngs and pngs[0].startswith(b"\x89PNG"), chart
+        t = s.run_code("while True: pass", timeout_s=2)
+        assert t.timed_out and t.error is not None and t.error.name == "TimeoutError", t
+        assert s.run_code("x").text == "2"
+        assert s.run_code("[1, 2].map(v => v * 2)", language="javascript").text == "[ 2, 4 ]"
+        ctx = s.create_code_context("python", cwd="/tmp")
+        assert (ctx.language, ctx.cwd) == ("python", "/tmp")
+        assert s.run_code("import os\nos.getcwd()", context=ctx).text == "'/tmp'"
+        assert ctx.id in [c.id for c in s.code_contexts()]
+        s.restart_code_context(ctx)
+        err = s.run_code("os", context=ctx).error
+        assert err is not None and err.name == "NameError", err
+        s.remove_code_context(ctx)
+        with pytest.raises(spinup.NotFound):
+            s.run_code("1", context=ctx)
+        with pytest.raises(spinup.BadRequest):
+            s.run_code("1", language="cobol")

@@ -25,7 +25,7 @@ pub enum Command {
         name: String,
         path: PathBuf,
     },
-    /// Build a built-in recipe (busybox, debian).
+    /// Build a built-in recipe (busybox, debian, base, code-interpreter).
     Build {
         name: String,
     },

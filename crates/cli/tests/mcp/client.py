@@ -4,7 +4,8 @@
                                            and SPINUP_API_KEY from the env)
     client.py http URL KEY [--smoke]       streamable HTTP at URL with the key
 
-Options: --driver D (default container), --env E (default busybox).
+Options: --driver D (default container), --env E (default busybox),
+--code-env E (also run_code in a sandbox of E).
 The full scenario lists the tools and calls every one, checking real results;
 --smoke only initializes, lists the tools and the sandboxes. Prints
 SCENARIO PASSED at the end; any failed check raises.
@@ -31,6 +32,7 @@ TOOLS = {
     "remove_sandbox",
     "list_sandboxes",
     "run_command",
+    "run_code",
     "read_file",
     "write_file",
     "list_files",
@@ -101,7 +103,8 @@ async def scenario(s, driver, env):
     for t in tools.values():
         check(t.description and len(t.description) > 30, f"{t.name}: description", t.description)
         check(t.input_schema.get("type") == "object", f"{t.name}: schema", t.input_schema)
-    check("run_code" not in tools, "no run_code yet", list(tools))
+    code_props = tools["run_code"].input_schema["properties"]
+    check({"id", "code", "language", "context", "timeout_s"} <= set(code_props), "run_code schema", code_props)
     props = tools["run_command"].input_schema["properties"]
     check({"id", "cmd", "argv", "cwd", "env", "user", "timeout_ms"} <= set(props), "run_command schema", props)
 
@@ -224,6 +227,9 @@ async def scenario(s, driver, env):
             await tool_error(s, tool, args, "not_found")
         await tool_error(s, "create_sandbox", {"env": "no-such-env", "driver": driver}, "not_found")
         await tool_error(s, "diff", {"id": sid, "since": "no-such-snapshot"}, "not_found")
+        # No python3 with Jupyter in the sandbox: a clear error.
+        msg = await tool_error(s, "run_code", {"id": sid, "code": "1 + 1"}, "unavailable")
+        check("python3" in msg, "run_code without python3 says what it needs", msg)
         # Arguments the schema or the tool refuses: tool errors the model
         # sees (MCP 2025-11-25, SEP-1303), with the field named.
         for tool, args, says in [
@@ -236,12 +242,13 @@ async def scenario(s, driver, env):
             ("write_file", {"id": sid, "path": "/x", "content": "%%%", "encoding": "base64"}, "base64"),
             ("write_file", {"id": sid, "path": "/x", "content": "x", "encoding": "latin-1"}, "latin-1"),
             ("expose_port", {"id": sid, "port": 70000}, "70000"),
+            ("run_code", {"id": sid}, "`code`"),
+            ("run_code", {"id": sid, "code": "1", "language": "cobol"}, "cobol"),
         ]:
             msg = await tool_error(s, tool, args, "invalid_argument")
             check(says in msg, f"{tool} {args}: the error names the problem", msg)
         # What is wrong with the call itself is a protocol error.
         for tool, args in [
-            ("run_code", {"id": sid, "code": "1"}),  # no such tool (yet)
             ("no_such_tool", {}),
         ]:
             await protocol_error(s, tool, args)
@@ -256,6 +263,33 @@ async def scenario(s, driver, env):
     check(left["sandboxes"] == [], "nothing left", left)
 
 
+async def code(s, driver, env):
+    """run_code in a sandbox of the code interpreter's environment."""
+    sb = await ok(s, "create_sandbox", {"env": env, "driver": driver, "timeout_s": 900})
+    sid = sb["id"]
+    try:
+        r = await ok(s, "run_code", {"id": sid, "code": "x = 6\nprint('side')\nx * 7"})
+        main = [x for x in r["results"] if x["is_main_result"]]
+        check(main and main[0]["data"]["text/plain"] == "42" and r["stdout"] == "side\n", "run_code result", r)
+        r = await ok(s, "run_code", {"id": sid, "code": "x"})
+        check(r["results"][0]["data"]["text/plain"] == "6", "run_code keeps state", r)
+        r = await ok(s, "run_code", {"id": sid, "code": "int('no')"})
+        check(r["error"]["name"] == "ValueError", "run_code error", r)
+        raw = await s.call_tool(
+            "run_code", {"id": sid, "code": "import matplotlib.pyplot as plt\nplt.plot([3, 1, 2])\nplt.show()"}
+        )
+        images = [c for c in raw.content if getattr(c, "type", "") == "image"]
+        check(images and images[0].mimeType == "image/png", "a chart is image content", raw.content)
+        r = await ok(s, "run_code", {"id": sid, "code": "while True: pass", "timeout_s": 2})
+        check(r["timed_out"] and r["error"]["name"] == "TimeoutError", "run_code timeout", r)
+        r = await ok(s, "run_code", {"id": sid, "language": "javascript", "code": "x = 5; x + 1"})
+        check(r["results"][0]["data"]["text/plain"] == "6", "run_code javascript", r)
+        await tool_error(s, "run_code", {"id": sid, "code": "1", "context": "ctx-000000000000"}, "not_found")
+        log("run_code: ok")
+    finally:
+        await s.call_tool("remove_sandbox", {"id": sid})
+
+
 async def main():
     p = argparse.ArgumentParser()
     p.add_argument("transport", choices=["stdio", "http"])
@@ -264,8 +298,15 @@ async def main():
     p.add_argument("--driver", default="container")
     p.add_argument("--env", default="busybox")
     p.add_argument("--smoke", action="store_true")
+    p.add_argument("--code-env", help="also run_code in a sandbox of this environment")
     a = p.parse_args()
-    run = smoke if a.smoke else lambda s: scenario(s, a.driver, a.env)
+
+    async def full(s):
+        await scenario(s, a.driver, a.env)
+        if a.code_env:
+            await code(s, a.driver, a.code_env)
+
+    run = smoke if a.smoke else full
     if a.transport == "stdio":
         params = StdioServerParameters(command=a.target, args=["mcp"], env=dict(os.environ))
         async with stdio_client(params) as (r, w), ClientSession(r, w, read_timeout_seconds=120) as s:

@@ -132,7 +132,8 @@ fn policy(internet: Option<bool>, net: Option<&wire::Network>) -> Result<Option<
 
 /// `templateID`: an environment (built-in recipes build on first use), or
 /// a snapshot by id or name; `DRIVER/TEMPLATE` also picks the driver
-/// (otherwise the daemon's default runs it).
+/// (otherwise the daemon's default runs it). `code-interpreter-v1`, what
+/// `e2b-code-interpreter` asks for, is the `code-interpreter` recipe.
 async fn template(app: &App, name: &str, req: &mut CreateRequest) -> Result<(), Response> {
     let mut name = name;
     if let Some((driver, rest)) = name.split_once('/') {
@@ -141,6 +142,9 @@ async fn template(app: &App, name: &str, req: &mut CreateRequest) -> Result<(), 
             req.driver = Some(driver.to_string());
             name = rest;
         }
+    }
+    if name == "code-interpreter-v1" {
+        name = "code-interpreter";
     }
     let envs = app.svc.environments().await.map_err(err)?;
     if envs.environments.iter().any(|e| e.name == name) || envs.builtin.iter().any(|b| b == name) {

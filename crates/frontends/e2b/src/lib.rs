@@ -8,7 +8,8 @@
 //!   Connect-RPC services `process.Process` and `filesystem.Filesystem`)
 //!   and its ports, chosen by the `E2b-Sandbox-Id` / `E2b-Sandbox-Port`
 //!   headers or by a `{port}-{id}.{domain}` host name, authenticated by the
-//!   sandbox's envd access token.
+//!   sandbox's envd access token;
+//! - E2B's code-interpreter API on port 49999 (`code.rs`).
 //!
 //! It is a translation: every call becomes one or a few
 //! [`SandboxService`] calls; nothing here runs, stores or isolates
@@ -20,6 +21,7 @@
     reason = "handlers answer Result<Response, Response> as axum's do: the error is the finished E2B answer, made once on the way out"
 )]
 
+mod code;
 mod connect;
 mod control;
 mod envd;
@@ -44,7 +46,7 @@ pub use serve::{serve, Tls};
 
 /// The envd port every SDK call to a sandbox names.
 pub const ENVD_PORT: u16 = 49983;
-/// The code interpreter's port (not served by this front end).
+/// The code interpreter's port: E2B's `/execute` and `/contexts`.
 pub const JUPYTER_PORT: u16 = 49999;
 /// The envd version reported: every feature up to it is served. 0.6.2
 /// (file metadata) and above are not, so the SDK refuses those calls
@@ -127,6 +129,8 @@ async fn dispatch(app: Arc<App>, control: Router, envd: Router, mut req: Request
             if t.port == ENVD_PORT {
                 req.extensions_mut().insert(t);
                 envd.oneshot(req).await.unwrap_or_else(|e| match e {})
+            } else if t.port == JUPYTER_PORT {
+                code::serve(&app, t, req).await
             } else {
                 proxy::port(&app, t, req).await
             }

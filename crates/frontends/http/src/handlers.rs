@@ -11,7 +11,7 @@ use futures::StreamExt;
 use serde::Deserialize;
 use spinup_api::service::{Layer, SecretValue};
 use spinup_api::{
-    AttachRequest, CreateRequest, DiffQuery, Error, FileOp, FileRequest, ForceQuery, ForkRequest, Forwarded, ListQuery,
+    AttachRequest, CodeRequest, ContextRequest, CreateRequest, DiffQuery, Error, FileOp, FileRequest, ForceQuery, ForkRequest, Forwarded, ListQuery,
     NetworkPolicy, PauseRequest, SnapshotRequest, TimeoutRequest,
 };
 
@@ -291,4 +291,32 @@ pub async fn build_environment(State(s): S, p: Segments) -> ApiResult<Response> 
     let events = s.build_environment(&segment(&p.0, "name")).await?;
     let lines = events.map(|e| Ok::<_, std::io::Error>(ndjson_line(&e)));
     Ok(([(http::header::CONTENT_TYPE, "application/x-ndjson")], Body::from_stream(lines)).into_response())
+}
+
+/// NDJSON code events, `end` last.
+pub async fn run_code(State(s): S, Id(id): Id, JsonBody(r): JsonBody<CodeRequest>) -> ApiResult<Response> {
+    let events = s.run_code(&id, r).await?;
+    let lines = events.map(|e| Ok::<_, std::io::Error>(ndjson_line(&e)));
+    Ok(([(http::header::CONTENT_TYPE, "application/x-ndjson")], Body::from_stream(lines)).into_response())
+}
+
+pub async fn code_contexts(State(s): S, Id(id): Id) -> ApiResult<impl IntoResponse> {
+    Ok(Json(s.code_contexts(&id).await?))
+}
+
+pub async fn create_code_context(
+    State(s): S,
+    Id(id): Id,
+    JsonBody(r): JsonBody<ContextRequest>,
+) -> ApiResult<impl IntoResponse> {
+    Ok((StatusCode::CREATED, Json(s.create_code_context(&id, r).await?)))
+}
+
+pub async fn restart_code_context(State(s): S, Id(id): Id, p: Segments) -> ApiResult<impl IntoResponse> {
+    Ok(Json(s.restart_code_context(&id, &segment(&p.0, "context")).await?))
+}
+
+pub async fn remove_code_context(State(s): S, Id(id): Id, p: Segments) -> ApiResult<impl IntoResponse> {
+    s.remove_code_context(&id, &segment(&p.0, "context")).await?;
+    Ok(StatusCode::NO_CONTENT)
 }

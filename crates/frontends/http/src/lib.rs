@@ -136,6 +136,11 @@ fn handler(op: Op, f: MethodFilter) -> MethodRouter<Svc> {
         Op::RemoveEnvironment => on(f, h::remove_environment),
         Op::ImportEnvironment => on(f, h::import_environment),
         Op::BuildEnvironment => on(f, h::build_environment),
+        Op::RunCode => on(f, h::run_code),
+        Op::CodeContexts => on(f, h::code_contexts),
+        Op::CreateCodeContext => on(f, h::create_code_context),
+        Op::RestartCodeContext => on(f, h::restart_code_context),
+        Op::RemoveCodeContext => on(f, h::remove_code_context),
     }
 }
 

@@ -157,6 +157,21 @@ impl SandboxService for Refuses {
     async fn build_environment(&self, _: &str) -> Result<BoxStream<'static, BuildEvent>> {
         no()
     }
+    async fn run_code(&self, _: &SandboxId, _: CodeRequest) -> Result<BoxStream<'static, CodeEvent>> {
+        no()
+    }
+    async fn code_contexts(&self, _: &SandboxId) -> Result<Vec<CodeContext>> {
+        no()
+    }
+    async fn create_code_context(&self, _: &SandboxId, _: ContextRequest) -> Result<CodeContext> {
+        no()
+    }
+    async fn restart_code_context(&self, _: &SandboxId, _: &str) -> Result<CodeContext> {
+        no()
+    }
+    async fn remove_code_context(&self, _: &SandboxId, _: &str) -> Result<()> {
+        no()
+    }
 }
 
 /// A concrete path for a template: ids are ids, other segments plausible.
@@ -168,6 +183,7 @@ fn concrete(template: &str) -> String {
             "{pid}" | "{port}" => "7",
             "{op}" => "mkdir",
             "{name}" => "busybox",
+            "{context}" => "default-python",
             s => s,
         })
         .collect::<Vec<_>>()

@@ -18,7 +18,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use spinup_api::{
-    ByteStream, CreateRequest, DiffQuery, Error, ErrorBody, ExecRequest, ExecSession, ExposeRequest, FileOp,
+    ByteStream, CodeEvent, CodeRequest, CreateRequest, Language, DiffQuery, Error, ErrorBody, ExecRequest, ExecSession, ExposeRequest, FileOp,
     FileRequest, ForkRequest, Forwarded, ListQuery, SandboxId, SandboxService, SnapshotRequest,
 };
 use spinup_protocol::Frame;
@@ -91,6 +91,24 @@ pub struct RunCommand {
     /// to reach through `expose_port`, say); its output is not returned.
     #[serde(default)]
     pub background: bool,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RunCode {
+    /// The sandbox's id.
+    pub id: String,
+    /// The code. Its last expression's value is the main result.
+    pub code: String,
+    /// `python` (default), `javascript` or `bash`.
+    pub language: Option<String>,
+    /// A context id (from the API's `/code/contexts`); default: the
+    /// language's default context, whose variables and imports persist
+    /// between calls.
+    pub context: Option<String>,
+    /// Interrupt the code after this many seconds (default 300); the
+    /// context keeps its state.
+    pub timeout_s: Option<u64>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -311,6 +329,61 @@ impl Server {
             }
         }
         Ok(failure(&Error::Agent(NO_EXIT.into())))
+    }
+
+    #[tool(description = "Run code in a sandbox's persistent kernel (python: IPython; javascript: node; \
+        bash), like a notebook cell: variables and imports survive between calls. Answers `stdout`, `stderr`, \
+        `results` (the last expression's value and displayed outputs, as MIME bundles; charts come back as \
+        image content), `error` (name, value, traceback) or null, `execution_count`, `timed_out` and \
+        `truncated`. The sandbox needs python3 with Jupyter: the `code-interpreter` environment.")]
+    async fn run_code(&self, Parameters(p): Parameters<RunCode>) -> ToolResult {
+        let id = match sandbox(&p.id) {
+            Ok(id) => id,
+            Err(e) => return Ok(failure(&e)),
+        };
+        let language = match p.language.as_deref().map(Language::parse).transpose() {
+            Ok(l) => l,
+            Err(e) => return Ok(failure(&e)),
+        };
+        let req = CodeRequest { code: p.code, language, context: p.context, timeout_s: p.timeout_s, ..Default::default() };
+        let mut events = match self.svc.run_code(&id, req).await {
+            Ok(s) => s,
+            Err(e) => return Ok(failure(&e)),
+        };
+        let (mut stdout, mut stderr) = (Capture::default(), Capture::default());
+        let (mut results, mut images) = (Vec::new(), Vec::new());
+        let mut out = json!({"error": null, "execution_count": null, "timed_out": false, "truncated": false});
+        while let Some(e) = events.next().await {
+            match e {
+                CodeEvent::Stdout { text } => stdout.push(text.as_bytes()),
+                CodeEvent::Stderr { text } => stderr.push(text.as_bytes()),
+                CodeEvent::Result { is_main_result, mut data } => {
+                    // Pictures go as image content, not as base64 text in
+                    // the JSON.
+                    for mime in ["image/png", "image/jpeg"] {
+                        if let Some(Value::String(b64)) = data.remove(mime) {
+                            images.push(ContentBlock::image(b64, mime));
+                            data.insert(mime.into(), json!(format!("(image content {})", images.len())));
+                        }
+                    }
+                    results.push(json!({"is_main_result": is_main_result, "data": data}));
+                }
+                CodeEvent::Error { name, value, traceback } => {
+                    out["error"] = json!({"name": name, "value": value, "traceback": traceback});
+                }
+                CodeEvent::End { execution_count, timed_out, truncated } => {
+                    out["execution_count"] = json!(execution_count);
+                    out["timed_out"] = json!(timed_out);
+                    out["truncated"] = json!(truncated);
+                }
+            }
+        }
+        out["stdout"] = json!(stdout.text());
+        out["stderr"] = json!(stderr.text());
+        out["results"] = json!(results);
+        let mut r = CallToolResult::structured(out);
+        r.content.extend(images);
+        Ok(r)
     }
 
     #[tool(

@@ -14,11 +14,15 @@ from urllib.parse import quote
 
 from .errors import SpinupError, error_from
 from .models import (
+    CodeError,
+    CodeResult,
     ExecResult,
+    Execution,
     ExitStatus,
     NetworkPolicy,
     Resources,
     SecretMount,
+    from_dict,
     to_dict,
 )
 
@@ -313,3 +317,84 @@ def build_line(line: bytes | str) -> tuple[str, Any] | None:
 
 
 CHUNK = 1 << 20
+
+
+CodeCallback = Callable[[Any], Any]
+
+
+class CodeCollector:
+    """Accumulates a run of code's NDJSON events into an
+    :class:`~spinup.models.Execution`, calling the callbacks as they come:
+    text for stdout and stderr, a :class:`~spinup.models.CodeResult` for a
+    result, a :class:`~spinup.models.CodeError` for an error."""
+
+    def __init__(
+        self,
+        on_stdout: OutputCallback | None = None,
+        on_stderr: OutputCallback | None = None,
+        on_result: CodeCallback | None = None,
+        on_error: CodeCallback | None = None,
+    ) -> None:
+        self.on_stdout, self.on_stderr, self.on_result, self.on_error = on_stdout, on_stderr, on_result, on_error
+        self.out: list[str] = []
+        self.err: list[str] = []
+        self.execution = Execution()
+        self.ended = False
+
+    def feed(self, line: bytes | str) -> Any:
+        """Returns what the callback returned (an awaitable for async ones)."""
+        if not line or not line.strip():
+            return None
+        v = json.loads(line)
+        kind = v.get("type")
+        if kind == "stdout":
+            self.out.append(v.get("text", ""))
+            return self.on_stdout(v.get("text", "")) if self.on_stdout else None
+        if kind == "stderr":
+            self.err.append(v.get("text", ""))
+            return self.on_stderr(v.get("text", "")) if self.on_stderr else None
+        if kind == "result":
+            r = from_dict(CodeResult, v)
+            self.execution.results.append(r)
+            return self.on_result(r) if self.on_result else None
+        if kind == "error":
+            e = from_dict(CodeError, v)
+            self.execution.error = e
+            return self.on_error(e) if self.on_error else None
+        if kind == "end":
+            self.ended = True
+            self.execution.execution_count = v.get("execution_count")
+            self.execution.timed_out = bool(v.get("timed_out"))
+            self.execution.truncated = bool(v.get("truncated"))
+        return None
+
+    def finish(self) -> Execution:
+        if not self.ended:
+            raise SpinupError("the run's stream ended without its end (sandbox stopped?)", code="agent_error")
+        self.execution.stdout = "".join(self.out)
+        self.execution.stderr = "".join(self.err)
+        return self.execution
+
+
+def code_body(
+    code: str,
+    *,
+    language: str | None,
+    context: Any,
+    env: Mapping[str, str] | None,
+    timeout_s: int | None,
+) -> dict[str, Any]:
+    body: dict[str, Any] = {"code": code}
+    if language is not None:
+        body["language"] = language
+    if context is not None:
+        body["context"] = context if isinstance(context, str) else context.id
+    if env:
+        body["env"] = dict(env)
+    if timeout_s is not None:
+        body["timeout_s"] = timeout_s
+    return body
+
+
+def context_id(context: Any) -> str:
+    return context if isinstance(context, str) else str(context.id)

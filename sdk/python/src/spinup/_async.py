@@ -18,12 +18,14 @@ from typing import IO, Any, Callable, Literal, Union, overload
 import httpx
 
 from . import _api
-from ._api import CHUNK, Command, sb_path, seg
+from ._api import CHUNK, CodeCallback, Command, OutputCallback, sb_path, seg
 from ._config import Target, resolve
 from ._ws import ConnectionClosed, connect
 from .errors import ConnectionError, ExecError, NotFound, SpinupError, error_from
 from .models import (
     AgentInfo,
+    CodeContext,
+    Execution,
     Diff,
     DriverCapabilities,
     Environment,
@@ -493,11 +495,55 @@ class AsyncSandbox:
         await p._wait_started()
         return p
 
-    # --- Code interpreter ----------------------------------------------------
-    # `POST /v1/sandboxes/{id}/code` is being added to the daemon. `run_code`
-    # belongs here (and in the sync Sandbox) once that route's request and
-    # answer are settled; there is deliberately no method until then.
-    # -------------------------------------------------------------------------
+    # --- Code interpreter: kernels that live in the sandbox ----------------
+
+    async def run_code(
+        self,
+        code: str,
+        *,
+        language: str | None = None,
+        context: str | CodeContext | None = None,
+        env: Mapping[str, str] | None = None,
+        timeout_s: int | None = None,
+        on_stdout: OutputCallback | None = None,
+        on_stderr: OutputCallback | None = None,
+        on_result: CodeCallback | None = None,
+        on_error: CodeCallback | None = None,
+    ) -> Execution:
+        """Run code in a persistent kernel in the sandbox, like a notebook
+        cell: variables and imports stay for the next run of the same
+        context (default: the language's own). ``language`` is ``python``
+        (an IPython kernel), ``javascript`` (node) or ``bash``. The
+        callbacks get output as it comes. ``timeout_s`` (default 300)
+        interrupts the kernel, not the sandbox: the answer's ``error`` is
+        then a ``TimeoutError`` and the context keeps its state. The
+        sandbox needs python3 with Jupyter (the ``code-interpreter``
+        environment)."""
+        body = _api.code_body(code, language=language, context=context, env=env, timeout_s=timeout_s)
+        col = _api.CodeCollector(on_stdout, on_stderr, on_result, on_error)
+        async with self._t.stream("POST", self._path("/code"), json=body) as resp:
+            async for line in resp.aiter_lines():
+                await _maybe_await(col.feed(line))
+        return col.finish()
+
+    async def code_contexts(self) -> list[CodeContext]:
+        return [from_dict(CodeContext, c) for c in await self._t.json("GET", self._path("/code/contexts"))]
+
+    async def create_code_context(self, language: str = "python", *, cwd: str | None = None) -> CodeContext:
+        """A context of its own: a new kernel, with its own state."""
+        body: dict[str, Any] = {"language": language}
+        if cwd is not None:
+            body["cwd"] = cwd
+        return from_dict(CodeContext, await self._t.json("POST", self._path("/code/contexts"), json=body, timeout=None))
+
+    async def restart_code_context(self, context: str | CodeContext) -> CodeContext:
+        """A new kernel for the context; its state is lost."""
+        path = self._path(f"/code/contexts/{seg(_api.context_id(context))}/restart")
+        return from_dict(CodeContext, await self._t.json("POST", path, timeout=None))
+
+    async def remove_code_context(self, context: str | CodeContext) -> None:
+        await self._t.request("DELETE", self._path(f"/code/contexts/{seg(_api.context_id(context))}"))
+
 
     async def snapshot(self, name: str | None = None, *, labels: Mapping[str, str] | None = None, memory: bool = False) -> Snapshot:
         body: dict[str, Any] = {"memory": memory}

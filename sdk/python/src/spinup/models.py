@@ -32,6 +32,10 @@ __all__ = [
     "SecretInfo",
     "DriverCapabilities",
     "GcReport",
+    "CodeResult",
+    "CodeError",
+    "Execution",
+    "CodeContext",
 ]
 
 T = TypeVar("T")
@@ -375,3 +379,79 @@ class DriverCapabilities:
 class GcReport:
     removed: list[str] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
+
+
+@dataclass
+class CodeResult:
+    """A rich output of code: the value of the last expression
+    (``is_main_result``) or something displayed (a chart). ``data`` is its
+    MIME bundle (``text/plain``, ``text/html``, ``image/png`` as base64,
+    ``application/json``, ...)."""
+
+    is_main_result: bool = False
+    data: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def text(self) -> str | None:
+        v = self.data.get("text/plain")
+        return v if isinstance(v, str) else None
+
+    @property
+    def html(self) -> str | None:
+        v = self.data.get("text/html")
+        return v if isinstance(v, str) else None
+
+    @property
+    def png(self) -> bytes | None:
+        """The PNG's bytes (decoded from the bundle's base64)."""
+        v = self.data.get("image/png")
+        if not isinstance(v, str):
+            return None
+        import base64
+
+        return base64.b64decode(v)
+
+    @property
+    def json(self) -> Any:
+        return self.data.get("application/json")
+
+
+@dataclass
+class CodeError:
+    """What the code raised. ``TimeoutError``: the run's timeout interrupted
+    it (the context keeps its state); ``KernelDied``: the code killed its
+    kernel (the next run starts a new one)."""
+
+    name: str = ""
+    value: str = ""
+    traceback: str = ""
+
+
+@dataclass
+class Execution:
+    """One run of code, whole."""
+
+    stdout: str = ""
+    stderr: str = ""
+    results: list[CodeResult] = field(default_factory=list)
+    error: CodeError | None = None
+    execution_count: int | None = None
+    timed_out: bool = False
+    truncated: bool = False
+
+    @property
+    def text(self) -> str | None:
+        """The last expression's value as text, if it had one."""
+        for r in self.results:
+            if r.is_main_result:
+                return r.text
+        return None
+
+
+@dataclass
+class CodeContext:
+    """A kernel and its state inside a sandbox."""
+
+    id: str = ""
+    language: str = "python"
+    cwd: str = ""
