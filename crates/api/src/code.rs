@@ -127,9 +127,7 @@ pub enum CodeEvent {
 /// A context id: what the interpreter makes (`ctx-…`, `default-python`).
 pub fn check_context_id(id: &str) -> Result<()> {
     if id.is_empty() || id.len() > 64 || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
-        return Err(Error::InvalidArgument(format!(
-            "bad context id {id:?}: 1-64 letters, digits, '-' or '_'"
-        )));
+        return Err(Error::InvalidArgument(format!("bad context id {id:?}: 1-64 letters, digits, '-' or '_'")));
     }
     Ok(())
 }

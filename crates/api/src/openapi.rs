@@ -241,11 +241,9 @@ fn shape(op: Op, s: &mut Schemas) -> Shape {
         Op::BuildEnvironment => plain(In::None, NdJson(s.of::<crate::BuildEvent>()), &[400, 404, 409]),
         Op::RunCode => plain(In::Json(s.of::<crate::CodeRequest>(), true), NdJson(s.of::<crate::CodeEvent>()), SANDBOX),
         Op::CodeContexts => plain(In::None, Json(200, s.array_of::<crate::CodeContext>()), SANDBOX),
-        Op::CreateCodeContext => plain(
-            In::Json(s.of::<crate::ContextRequest>(), false),
-            Json(201, s.of::<crate::CodeContext>()),
-            SANDBOX,
-        ),
+        Op::CreateCodeContext => {
+            plain(In::Json(s.of::<crate::ContextRequest>(), false), Json(201, s.of::<crate::CodeContext>()), SANDBOX)
+        }
         Op::RestartCodeContext => plain(In::None, Json(200, s.of::<crate::CodeContext>()), SANDBOX),
         Op::RemoveCodeContext => plain(In::None, NoContent, SANDBOX),
     }

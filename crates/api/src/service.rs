@@ -14,15 +14,15 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use futures::stream::BoxStream;
 use futures::StreamExt;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio_util::sync::PollSender;
 use spinup_model::{Capabilities, Environment, NetworkPolicy, PortExposure, Result, Sandbox, SandboxId, Snapshot};
 use spinup_protocol::{AgentInfo, Frame, ProcessInfo, SignalRequest};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio_util::sync::PollSender;
 
 use crate::{
-    AttachRequest, CodeContext, CodeEvent, CodeRequest, ContextRequest, BuildEvent, CreateRequest, Diff, DiffQuery, EnvList, ExecRequest, ExposeAnswer, ExposeRequest,
-    ForkRequest, ForkResult, GcReport, ListQuery, PauseRequest, SecretInfo, SnapshotRequest, TimeoutRequest,
-    Transition,
+    AttachRequest, BuildEvent, CodeContext, CodeEvent, CodeRequest, ContextRequest, CreateRequest, Diff, DiffQuery,
+    EnvList, ExecRequest, ExposeAnswer, ExposeRequest, ForkRequest, ForkResult, GcReport, ListQuery, PauseRequest,
+    SecretInfo, SnapshotRequest, TimeoutRequest, Transition,
 };
 
 /// A streamed body, in or out.

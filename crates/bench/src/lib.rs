@@ -19,6 +19,7 @@
 
 #![allow(clippy::print_stdout, clippy::print_stderr, reason = "the harness prints its progress and tables")]
 
+pub mod code;
 pub mod container;
 pub mod e2b;
 pub mod gvisor;
@@ -39,6 +40,7 @@ use serde_json::Value;
 use spinup_protocol::client::Body;
 use tokio::io::{AsyncRead, AsyncWrite};
 
+pub use code::{print_clients_table, print_code_table, run_clients, run_code_bench, ClientOpts, CodeOpts};
 pub use container::{print_table, run};
 pub use e2b::{print_e2b_table, run_e2b, E2bOpts};
 pub use network::{print_network_table, run_network};
@@ -102,6 +104,19 @@ impl Conn {
         let st = resp.status().as_u16();
         let b = resp.into_body().collect().await?.to_bytes();
         Ok((st, if b.is_empty() { Value::Null } else { serde_json::from_slice(&b)? }))
+    }
+
+    /// A request whose answer is not one JSON value (NDJSON): its bytes.
+    async fn raw(&mut self, method: &str, path: &str, body: Value) -> Result<(u16, Bytes)> {
+        self.tx.ready().await?;
+        let req = http::Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", "localhost")
+            .body(Full::new(Bytes::from(body.to_string())))?;
+        let resp = self.tx.send_request(req).await?;
+        let st = resp.status().as_u16();
+        Ok((st, resp.into_body().collect().await?.to_bytes()))
     }
 }
 

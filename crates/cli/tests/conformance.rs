@@ -1059,7 +1059,10 @@ fn of(events: &[Value], kind: &str) -> String {
 }
 
 fn main_result(events: &[Value]) -> Value {
-    events.iter().find(|e| e["type"] == "result" && e["is_main_result"] == true).map_or(Value::Null, |e| e["data"].clone())
+    events
+        .iter()
+        .find(|e| e["type"] == "result" && e["is_main_result"] == true)
+        .map_or(Value::Null, |e| e["data"].clone())
 }
 
 fn error_of(events: &[Value]) -> Value {
@@ -1075,13 +1078,22 @@ async fn code_interpreter_keeps_state_per_context() {
     let ev = code(d, &id, json!({"code": "x = 41\nx + 1"})).await;
     assert_eq!(main_result(&ev)["text/plain"], "42", "{ev:?}");
     assert_eq!(ev.last().unwrap()["execution_count"], 1, "{ev:?}");
-    let ev = code(d, &id, json!({"code": "import sys, getpass\nprint('hi')\nprint('err', file=sys.stderr)\n(x, getpass.getuser())"})).await;
+    let ev = code(
+        d,
+        &id,
+        json!({"code": "import sys, getpass\nprint('hi')\nprint('err', file=sys.stderr)\n(x, getpass.getuser())"}),
+    )
+    .await;
     assert_eq!((of(&ev, "stdout").as_str(), of(&ev, "stderr").as_str()), ("hi\n", "err\n"), "{ev:?}");
     // The kernel runs in the sandbox, as the environment's user.
     assert_eq!(main_result(&ev)["text/plain"], "(41, 'user')", "{ev:?}");
     let ev = code(d, &id, json!({"code": "1/0"})).await;
     let e = error_of(&ev);
-    assert_eq!((e["name"].as_str(), e["value"].as_str()), (Some("ZeroDivisionError"), Some("division by zero")), "{ev:?}");
+    assert_eq!(
+        (e["name"].as_str(), e["value"].as_str()),
+        (Some("ZeroDivisionError"), Some("division by zero")),
+        "{ev:?}"
+    );
     assert!(e["traceback"].as_str().unwrap().contains("ZeroDivisionError"), "{e}");
     assert!(!e["traceback"].as_str().unwrap().contains('\u{1b}'), "ANSI codes are stripped: {e}");
     // Code for one run only sees its env.
@@ -1090,11 +1102,18 @@ async fn code_interpreter_keeps_state_per_context() {
     let ev = code(d, &id, json!({"code": "os.environ.get('RUN_ONLY')"})).await;
     assert!(main_result(&ev).is_null(), "gone after its run: {ev:?}");
     // Bad input is refused before anything runs.
-    for bad in [json!({"code": "1", "context": "../x"}), json!({"code": "1", "timeout_s": 0}), json!({"code": "1", "language": "cobol"}), json!({})] {
+    for bad in [
+        json!({"code": "1", "context": "../x"}),
+        json!({"code": "1", "timeout_s": 0}),
+        json!({"code": "1", "language": "cobol"}),
+        json!({}),
+    ] {
         let (st, v) = d.req("POST", &format!("/v1/sandboxes/{id}/code"), Some(bad.clone())).await;
         assert_eq!((st, v["code"].as_str()), (400, Some("invalid_argument")), "{bad}: {v}");
     }
-    let (st, v) = d.req("POST", &format!("/v1/sandboxes/{id}/code"), Some(json!({"code": "1", "context": "ctx-000000000000"}))).await;
+    let (st, v) = d
+        .req("POST", &format!("/v1/sandboxes/{id}/code"), Some(json!({"code": "1", "context": "ctx-000000000000"})))
+        .await;
     assert_eq!(st, 404, "{v}");
     if driver() == "microvm" {
         // Under TCG here, a short scenario: the same path end to end.
@@ -1153,7 +1172,8 @@ async fn code_interpreter_keeps_state_per_context() {
     // A context of another sandbox is not found here; a sandbox without
     // python3 says what it needs.
     let other = d.create(json!({"env": "code-interpreter"})).await;
-    let (st, v) = d.req("POST", &format!("/v1/sandboxes/{other}/code"), Some(json!({"code": "1", "context": cid}))).await;
+    let (st, v) =
+        d.req("POST", &format!("/v1/sandboxes/{other}/code"), Some(json!({"code": "1", "context": cid}))).await;
     assert_eq!(st, 404, "{v}");
     let (st, v) = d.req("DELETE", &format!("/v1/sandboxes/{other}/code/contexts/{cid}"), None).await;
     assert_eq!(st, 404, "{v}");

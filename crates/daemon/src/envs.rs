@@ -26,7 +26,8 @@ struct DebianRecipe {
     /// For the first progress line.
     summary: &'static str,
     packages: &'static [&'static str],
-    /// mmdebstrap hook options, each run by `sh -c` with the root as `$1`.
+    /// mmdebstrap options: hooks (each run by `sh -c` with the root as
+    /// `$1`) and apt options.
     hooks: &'static [&'static str],
     config: fn() -> EnvironmentConfig,
 }
@@ -72,8 +73,10 @@ const BASE: DebianRecipe = DebianRecipe {
 
 /// `code-interpreter`: `base` plus what the code interpreter's kernels
 /// need, all from Debian: ipykernel and jupyter_client (python), numpy,
-/// pandas, matplotlib; Node.js is base's. Matplotlib's font cache is made
-/// at build time, so the first chart does not pay for it.
+/// pandas, matplotlib; Node.js is base's. About 1.6 GB: Debian's
+/// matplotlib and ipykernel depend (not merely recommend) on scipy,
+/// pythran's C++ toolchain and gdb. Matplotlib's font cache is made at
+/// build time, so the first chart does not pay for it.
 const CODE_INTERPRETER: DebianRecipe = DebianRecipe {
     name: "code-interpreter",
     summary: "base + ipykernel, jupyter_client, numpy, pandas, matplotlib",

@@ -207,7 +207,12 @@ impl Manager {
             None => {
                 let env_name = req.env.clone().unwrap_or_else(|| "busybox".into());
                 let env = self.envs.resolve(&env_name, progress).await?;
-                (env.name, env.digest, env.layers, None, self.default_resources)
+                // An environment bigger than the default disk gets room for
+                // itself and as much again by default (a microVM's disk
+                // holds the whole image: `code-interpreter` is 1.6 GB).
+                let mut base = self.default_resources;
+                base.disk_mib = base.disk_mib.max((env.size_bytes >> 20) * 2);
+                (env.name, env.digest, env.layers, None, base)
             }
         };
         let resources = req.resources.unwrap_or_default().over(base_resources);

@@ -10,10 +10,10 @@ use futures::stream::BoxStream;
 use futures::StreamExt;
 use http_body_util::{BodyExt, StreamBody};
 use spinup_api::{
-    AttachRequest, BuildEvent, ByteStream, CodeContext, CodeEvent, CodeRequest, ContextRequest, CreateRequest, Diff, DiffQuery, EnvList, ErrorBody, ExecRequest,
-    ExecSession, ExposeAnswer, ExposeRequest, FileOp, FileRequest, ForkRequest, ForkResult, Forwarded, GcReport, Layer,
-    ListQuery, PauseRequest, SandboxService, SecretInfo, SecretSet, SecretValue, SnapshotRequest, TimeoutRequest,
-    Transition, Tunnel,
+    AttachRequest, BuildEvent, ByteStream, CodeContext, CodeEvent, CodeRequest, ContextRequest, CreateRequest, Diff,
+    DiffQuery, EnvList, ErrorBody, ExecRequest, ExecSession, ExposeAnswer, ExposeRequest, FileOp, FileRequest,
+    ForkRequest, ForkResult, Forwarded, GcReport, Layer, ListQuery, PauseRequest, SandboxService, SecretInfo,
+    SecretSet, SecretValue, SnapshotRequest, TimeoutRequest, Transition, Tunnel,
 };
 use spinup_model::{
     Capabilities, Environment, Error, NetworkPolicy, PortExposure, Result, Sandbox, SandboxId, Snapshot,

@@ -167,6 +167,8 @@ class Kernel:
     (the context is being deleted or restarted).
     """
 
+    interrupt_delay = 0.0  # seconds past the deadline before interrupting
+
     def exit_status(self):
         return self.proc.poll()
 
@@ -177,7 +179,8 @@ class Kernel:
             return "aborted"
         if self.exit_status() is not None:
             return "died"
-        if verdict == "interrupt" and not run.interrupted:
+        late = run.gone or time.monotonic() >= run.deadline + self.interrupt_delay
+        if verdict == "interrupt" and not run.interrupted and late:
             run.interrupted_at = time.monotonic()
             try:
                 self.interrupt()
@@ -494,6 +497,11 @@ class LineReader:
 
 
 class NodeKernel(Kernel):
+    # The driver's vm timeout stops synchronous code at the deadline; a SIGINT
+    # at that very moment could find node between vm's SIGINT watchdog and its
+    # own handler, and kill it.  So the SIGINT, for a pending promise, comes later.
+    interrupt_delay = 1.0
+
     def __init__(self, cwd, workdir):
         reply_r, reply_w = os.pipe()
         request_r, request_w = os.pipe()

@@ -38,9 +38,24 @@ pub struct Args {
     /// The Python with the `e2b` package (for --e2b).
     #[arg(long, default_value = "/var/tmp/spinup-e2b/venv/bin/python")]
     python: PathBuf,
-    /// Environment both sides use (for --e2b).
-    #[arg(long, default_value = "base")]
-    env: String,
+    /// The environment (--e2b: default base; --code: code-interpreter;
+    /// --clients: busybox).
+    #[arg(long)]
+    env: Option<String>,
+    /// Measure the code interpreter instead: run_code("1+1") warm and on a
+    /// new sandbox, against exec of python3 -c in the same sandbox.
+    #[arg(long, conflicts_with_all = ["snapshots", "network", "e2b", "clients"])]
+    code: bool,
+    /// New sandboxes for the first-run_code figure (for --code).
+    #[arg(long, default_value_t = 5)]
+    sandboxes: usize,
+    /// Measure create → first exec through the Python SDK and this CLI
+    /// against the raw HTTP API instead.
+    #[arg(long, conflicts_with_all = ["snapshots", "network", "e2b"])]
+    clients: bool,
+    /// The Python with the `spinup` package (for --clients).
+    #[arg(long, default_value = "/var/tmp/spinup-py/venv/bin/python")]
+    sdk_python: PathBuf,
 }
 
 pub async fn run(args: Args, ctx: &Ctx) -> Result<()> {
@@ -54,12 +69,32 @@ pub async fn run(args: Args, ctx: &Ctx) -> Result<()> {
             url,
             api_key,
             python: args.python,
-            env: args.env,
+            env: args.env.unwrap_or_else(|| "base".into()),
             iterations: args.iterations,
             exec_iterations: args.exec_iterations,
         };
         let v = spinup_bench::run_e2b(c, o).await?;
         return ctx.emit(&v, |v: Value| spinup_bench::print_e2b_table(&v));
+    }
+    if args.code {
+        let env = args.env.unwrap_or_else(|| "code-interpreter".into());
+        let o =
+            spinup_bench::CodeOpts { env, driver: args.driver, sandboxes: args.sandboxes, iterations: args.iterations };
+        let v = spinup_bench::run_code_bench(c, o).await?;
+        return ctx.emit(&v, |v: Value| spinup_bench::print_code_table(&v));
+    }
+    if args.clients {
+        let env = args.env.unwrap_or_else(|| "busybox".into());
+        let host = std::env::var("SPINUP_HOST").unwrap_or_else(|_| spinup_daemon::DEFAULT_SOCKET.to_string());
+        let o = spinup_bench::ClientOpts {
+            env,
+            iterations: args.iterations,
+            python: args.sdk_python,
+            cli: std::env::current_exe()?,
+            host,
+        };
+        let v = spinup_bench::run_clients(c, o).await?;
+        return ctx.emit(&v, |v: Value| spinup_bench::print_clients_table(&v));
     }
     let o = spinup_bench::Opts {
         iterations: args.iterations,

@@ -279,7 +279,7 @@ async def code(s, driver, env):
             "run_code", {"id": sid, "code": "import matplotlib.pyplot as plt\nplt.plot([3, 1, 2])\nplt.show()"}
         )
         images = [c for c in raw.content if getattr(c, "type", "") == "image"]
-        check(images and images[0].mimeType == "image/png", "a chart is image content", raw.content)
+        check(images and images[0].mime_type == "image/png", "a chart is image content", raw.content)
         r = await ok(s, "run_code", {"id": sid, "code": "while True: pass", "timeout_s": 2})
         check(r["timed_out"] and r["error"]["name"] == "TimeoutError", "run_code timeout", r)
         r = await ok(s, "run_code", {"id": sid, "language": "javascript", "code": "x = 5; x + 1"})

@@ -108,9 +108,8 @@ async fn execute(app: &Arc<App>, t: &Target, body: &Bytes) -> Response {
 
 /// One event as E2B's NDJSON line; `None` for what E2B has no line for.
 fn event(e: CodeEvent) -> Option<Value> {
-    let now = time::OffsetDateTime::now_utc()
-        .format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_default();
+    let now =
+        time::OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339).unwrap_or_default();
     Some(match e {
         CodeEvent::Stdout { text } => json!({"type": "stdout", "text": text, "timestamp": now}),
         CodeEvent::Stderr { text } => json!({"type": "stderr", "text": text, "timestamp": now}),

@@ -11,8 +11,8 @@ use futures::StreamExt;
 use serde::Deserialize;
 use spinup_api::service::{Layer, SecretValue};
 use spinup_api::{
-    AttachRequest, CodeRequest, ContextRequest, CreateRequest, DiffQuery, Error, FileOp, FileRequest, ForceQuery, ForkRequest, Forwarded, ListQuery,
-    NetworkPolicy, PauseRequest, SnapshotRequest, TimeoutRequest,
+    AttachRequest, CodeRequest, ContextRequest, CreateRequest, DiffQuery, Error, FileOp, FileRequest, ForceQuery,
+    ForkRequest, Forwarded, ListQuery, NetworkPolicy, PauseRequest, SnapshotRequest, TimeoutRequest,
 };
 
 use crate::error::{ApiError, ApiResult};

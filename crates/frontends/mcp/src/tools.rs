@@ -18,8 +18,9 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use spinup_api::{
-    ByteStream, CodeEvent, CodeRequest, CreateRequest, Language, DiffQuery, Error, ErrorBody, ExecRequest, ExecSession, ExposeRequest, FileOp,
-    FileRequest, ForkRequest, Forwarded, ListQuery, SandboxId, SandboxService, SnapshotRequest,
+    ByteStream, CodeEvent, CodeRequest, CreateRequest, DiffQuery, Error, ErrorBody, ExecRequest, ExecSession,
+    ExposeRequest, FileOp, FileRequest, ForkRequest, Forwarded, Language, ListQuery, SandboxId, SandboxService,
+    SnapshotRequest,
 };
 use spinup_protocol::Frame;
 
@@ -345,7 +346,8 @@ impl Server {
             Ok(l) => l,
             Err(e) => return Ok(failure(&e)),
         };
-        let req = CodeRequest { code: p.code, language, context: p.context, timeout_s: p.timeout_s, ..Default::default() };
+        let req =
+            CodeRequest { code: p.code, language, context: p.context, timeout_s: p.timeout_s, ..Default::default() };
         let mut events = match self.svc.run_code(&id, req).await {
             Ok(s) => s,
             Err(e) => return Ok(failure(&e)),
