@@ -56,6 +56,21 @@ fn object() -> RefOr<Schema> {
     ObjectBuilder::new().schema_type(SchemaType::from(Type::Object)).into()
 }
 
+/// One line of `exec?stream=true`: `{type: started, pid}`, `{type:
+/// stdout|stderr, data | data_b64}`, `{type: exit, exit_code, signal,
+/// timed_out, message}` or `{type: error, code, message}`.
+fn exec_event() -> RefOr<Schema> {
+    ObjectBuilder::new()
+        .property(
+            "type",
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .enum_values(Some(["started", "stdout", "stderr", "exit", "error"])),
+        )
+        .required("type")
+        .into()
+}
+
 /// A request body.
 #[allow(clippy::large_enum_variant, reason = "a few per document, built once and never stored")]
 enum In {
@@ -74,6 +89,9 @@ enum Out {
     Json(u16, RefOr<Schema>),
     /// Newline-delimited JSON, one value of this schema per line.
     NdJson(RefOr<Schema>),
+    /// JSON, or NDJSON lines of the second schema when the query asks for
+    /// a stream (`exec?stream=true`).
+    JsonOrNdJson(RefOr<Schema>, RefOr<Schema>),
     /// Raw bytes of this media type.
     Raw(&'static str),
     NoContent,
@@ -180,7 +198,7 @@ fn shape(op: Op, s: &mut Schemas) -> Shape {
         Op::Exec => Shape {
             query: q(vec![("stream", boolean(), false, "Answer NDJSON events (started, stdout, stderr, exit)")]),
             body: In::Json(s.of::<crate::ExecRequest>(), true),
-            ok: Json(200, s.of::<crate::ExecResult>()),
+            ok: JsonOrNdJson(s.of::<crate::ExecResult>(), exec_event()),
             errors: SANDBOX,
         },
         Op::ExecWs | Op::AttachWs => plain(In::None, WebSocket, SANDBOX),
@@ -368,6 +386,12 @@ pub fn document() -> serde_json::Value {
                 "200",
                 ok("Newline-delimited JSON, one value per line, streamed")
                     .content("application/x-ndjson", json_content(schema)),
+            ),
+            Out::JsonOrNdJson(whole, line) => op.response(
+                "200",
+                ok("The result as JSON; with ?stream=true, NDJSON events as they come")
+                    .content("application/json", json_content(whole))
+                    .content("application/x-ndjson", json_content(line)),
             ),
             Out::Raw(media) => {
                 op.response("200", ok("The bytes, streamed").content(media, ContentBuilder::new().build()))

@@ -154,7 +154,6 @@ pub async fn run_clients(c: &impl Api, o: ClientOpts) -> Result<Value> {
         .stdout(std::process::Stdio::piped())
         .spawn()
         .context("starting the SDK client")?;
-    let _ = std::fs::remove_file(&script);
     let mut to_sdk = sdk.stdin.take().expect("piped");
     let mut from_sdk = std::io::BufReader::new(sdk.stdout.take().expect("piped"));
     let (mut raw, mut py, mut cli) = (vec![], vec![], vec![]);
@@ -177,7 +176,10 @@ pub async fn run_clients(c: &impl Api, o: ClientOpts) -> Result<Value> {
         let ms: f64 = line.trim().parse().with_context(|| format!("the SDK said {line:?}"))?;
         // the CLI: two processes, as a shell script would run it
         let t = Instant::now();
-        let out = std::process::Command::new(&o.cli).args(["create", &o.env]).env("SPINUP_HOST", &o.host).output()?;
+        let out = std::process::Command::new(&o.cli)
+            .args(["create", "--env", &o.env])
+            .env("SPINUP_HOST", &o.host)
+            .output()?;
         let cid = String::from_utf8_lossy(&out.stdout).trim().to_string();
         if !out.status.success() || cid.is_empty() {
             bail!("spinup create failed: {}", String::from_utf8_lossy(&out.stderr));
@@ -200,6 +202,7 @@ pub async fn run_clients(c: &impl Api, o: ClientOpts) -> Result<Value> {
     }
     drop(to_sdk);
     let _ = sdk.wait();
+    let _ = std::fs::remove_file(&script);
     let (r, p, c) = (stats(raw), stats(py), stats(cli));
     let j = |s: Stats| json!({"p50": s.p50, "p95": s.p95, "mean": s.mean});
     Ok(json!({

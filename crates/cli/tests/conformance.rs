@@ -1179,7 +1179,7 @@ async fn code_interpreter_keeps_state_per_context() {
     assert_eq!(st, 404, "{v}");
     let bare = d.create(json!({})).await;
     let (st, v) = d.req("POST", &format!("/v1/sandboxes/{bare}/code"), Some(json!({"code": "1"}))).await;
-    assert_eq!((st, v["code"].as_str()), (503, Some("unavailable")), "{v}");
+    assert_eq!((st, v["code"].as_str()), (409, Some("conflict")), "{v}");
     assert!(v["message"].as_str().unwrap().contains("python3"), "{v}");
     // A fork keeps the files, not the kernel's memory.
     code(d, &id, json!({"code": "open('/home/user/kept.txt', 'w').write('kept')\nz = 5"})).await;

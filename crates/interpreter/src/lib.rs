@@ -72,14 +72,18 @@ impl Interpreter {
         req.check()?;
         let timeout_s = req.timeout_s.unwrap_or(spinup_api::code::DEFAULT_CODE_TIMEOUT_S);
         let body = json!({
-            "code": req.code,
+            "code": &req.code,
             "language": req.language.map(|l| l.as_str()),
-            "context_id": req.context,
-            "env_vars": req.env,
+            "context_id": &req.context,
+            "env_vars": &req.env,
             "timeout_ms": timeout_s * 1000,
         });
-        let resp = self.call(svc, id, Method::POST, "/execute", Some(body)).await?;
-        Ok(events(resp.into_body(), Duration::from_secs(timeout_s) + GRACE))
+        let resp =
+            self.call(svc, id, Method::POST, "/execute", Some(body)).await.map_err(|e| match (e, &req.context) {
+                (Error::Guest { status: 404, .. }, Some(ctx)) => Error::not_found("code context", ctx),
+                (e, _) => e,
+            })?;
+        Ok(events(resp.into_body().into_data_stream(), Duration::from_secs(timeout_s) + GRACE))
     }
 
     pub async fn contexts(&self, svc: &dyn SandboxService, id: &SandboxId) -> Result<Vec<CodeContext>> {
@@ -196,8 +200,10 @@ impl Interpreter {
                 Err(e) if refused(&e) => {}
                 other => return other,
             }
+            // The sandbox's own files lack what it takes: the caller can
+            // pick another environment (409, like any wrong state).
             if let Some(why) = exited {
-                return Err(Error::Unavailable(why));
+                return Err(Error::Conflict(why));
             }
             if tokio::time::Instant::now() > deadline {
                 return Err(Error::Unavailable(format!(
@@ -273,15 +279,20 @@ fn guest_error(status: StatusCode, body: &[u8], path: &str) -> Error {
         400 | 413 => Error::InvalidArgument(message),
         404 => match path.strip_prefix("/contexts/").map(|p| p.split('/').next().unwrap_or(p)) {
             Some(ctx) => Error::not_found("code context", ctx),
-            None => Error::NotFound { kind: "code context", id: message },
+            None => Error::Guest { status: 404, code, message },
         },
-        503 => Error::Unavailable(message),
+        // A language whose runtime this sandbox lacks.
+        503 => Error::Conflict(message),
         s => Error::Guest { status: s, code, message },
     }
 }
 
 /// The run's NDJSON lines as events, ending with exactly one `end`.
-fn events(body: Incoming, limit: Duration) -> BoxStream<'static, CodeEvent> {
+fn events<S, E>(mut body: S, limit: Duration) -> BoxStream<'static, CodeEvent>
+where
+    S: futures::Stream<Item = std::result::Result<Bytes, E>> + Send + Unpin + 'static,
+    E: std::fmt::Display,
+{
     let (tx, rx) = tokio::sync::mpsc::channel::<CodeEvent>(64);
     tokio::spawn(async move {
         let gone = |why: String| {
@@ -290,7 +301,6 @@ fn events(body: Incoming, limit: Duration) -> BoxStream<'static, CodeEvent> {
                 CodeEvent::End { execution_count: None, timed_out: false, truncated: false },
             ]
         };
-        let mut body = body.into_data_stream();
         let mut buf = BytesMut::new();
         let deadline = tokio::time::sleep(limit);
         tokio::pin!(deadline);
@@ -337,4 +347,60 @@ fn events(body: Incoming, limit: Duration) -> BoxStream<'static, CodeEvent> {
         }
     });
     futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|e| (e, rx)) }).boxed()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn run(chunks: Vec<std::result::Result<&'static str, &'static str>>) -> Vec<CodeEvent> {
+        let body = futures::stream::iter(chunks.into_iter().map(|c| c.map(|s| Bytes::from_static(s.as_bytes()))));
+        events(body, Duration::from_secs(5)).collect().await
+    }
+
+    fn end() -> CodeEvent {
+        CodeEvent::End { execution_count: Some(1), timed_out: false, truncated: false }
+    }
+
+    #[tokio::test]
+    async fn lines_split_anywhere_become_events_up_to_the_end() {
+        let got = run(vec![
+            Ok("{\"type\":\"stdout\",\"te"),
+            Ok("xt\":\"hi\"}\n\n{\"type\":\"end\",\"execution_count\":1,"),
+            Ok("\"timed_out\":false,\"truncated\":false}\n{\"type\":\"stdout\",\"text\":\"after\"}\n"),
+        ])
+        .await;
+        assert_eq!(got, vec![CodeEvent::Stdout { text: "hi".into() }, end()]);
+    }
+
+    #[tokio::test]
+    async fn a_guest_that_goes_away_or_talks_nonsense_still_ends_the_run() {
+        for chunks in [vec![Ok("{\"type\":\"stdout\",\"text\":\"x\"}\n")], vec![Ok("not json\n")], vec![Err("reset")]] {
+            let got = run(chunks.clone()).await;
+            assert!(matches!(got.last(), Some(CodeEvent::End { execution_count: None, .. })), "{chunks:?}: {got:?}");
+            assert!(
+                got.iter().any(|e| matches!(e, CodeEvent::Error { name, .. } if name == "InterpreterLost")),
+                "{chunks:?}: {got:?}"
+            );
+            assert_eq!(got.iter().filter(|e| matches!(e, CodeEvent::End { .. })).count(), 1);
+        }
+    }
+
+    #[test]
+    fn the_guests_errors_keep_their_meaning() {
+        let e =
+            guest_error(StatusCode::NOT_FOUND, br#"{"code":"not_found","message":"no"}"#, "/contexts/ctx-1/restart");
+        assert_eq!(e.to_string(), "code context 'ctx-1' not found");
+        let e = guest_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            br#"{"code":"unavailable","message":"install node"}"#,
+            "/execute",
+        );
+        assert_eq!((e.code(), e.to_string().contains("install node")), ("conflict", true));
+        let e =
+            guest_error(StatusCode::BAD_REQUEST, br#"{"code":"invalid_argument","message":"bad cwd"}"#, "/contexts");
+        assert_eq!(e.code(), "invalid_argument");
+        let e = guest_error(StatusCode::INTERNAL_SERVER_ERROR, b"oops", "/execute");
+        assert_eq!(e.code(), "internal");
+    }
 }

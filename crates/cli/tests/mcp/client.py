@@ -228,7 +228,7 @@ async def scenario(s, driver, env):
         await tool_error(s, "create_sandbox", {"env": "no-such-env", "driver": driver}, "not_found")
         await tool_error(s, "diff", {"id": sid, "since": "no-such-snapshot"}, "not_found")
         # No python3 with Jupyter in the sandbox: a clear error.
-        msg = await tool_error(s, "run_code", {"id": sid, "code": "1 + 1"}, "unavailable")
+        msg = await tool_error(s, "run_code", {"id": sid, "code": "1 + 1"}, "conflict")
         check("python3" in msg, "run_code without python3 says what it needs", msg)
         # Arguments the schema or the tool refuses: tool errors the model
         # sees (MCP 2025-11-25, SEP-1303), with the field named.
