@@ -94,15 +94,7 @@ impl Conn {
     }
 
     async fn call(&mut self, method: &str, path: &str, body: Value) -> Result<(u16, Value)> {
-        self.tx.ready().await?;
-        let req = http::Request::builder()
-            .method(method)
-            .uri(path)
-            .header("host", "localhost")
-            .body(Full::new(Bytes::from(body.to_string())))?;
-        let resp = self.tx.send_request(req).await?;
-        let st = resp.status().as_u16();
-        let b = resp.into_body().collect().await?.to_bytes();
+        let (st, b) = self.raw(method, path, body).await?;
         Ok((st, if b.is_empty() { Value::Null } else { serde_json::from_slice(&b)? }))
     }
 

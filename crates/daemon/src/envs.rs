@@ -25,7 +25,9 @@ struct DebianRecipe {
     name: &'static str,
     /// For the first progress line.
     summary: &'static str,
-    packages: &'static [&'static str],
+    /// Groups of packages, installed together (a recipe may build on
+    /// another's list).
+    packages: &'static [&'static [&'static str]],
     /// mmdebstrap options: hooks (each run by `sh -c` with the root as
     /// `$1`) and apt options.
     hooks: &'static [&'static str],
@@ -36,10 +38,27 @@ struct DebianRecipe {
 const DEBIAN: DebianRecipe = DebianRecipe {
     name: "debian",
     summary: "bookworm + python3, pip, git, curl",
-    packages: &["python3", "python3-pip", "python3-venv", "git", "curl", "ca-certificates", "procps"],
+    packages: &[&["python3", "python3-pip", "python3-venv", "git", "curl", "ca-certificates", "procps"]],
     hooks: &[],
     config: default_config,
 };
+
+/// What `base` installs.
+const BASE_PACKAGES: &[&str] = &[
+    "bash",
+    "coreutils",
+    "passwd",
+    "python3",
+    "python3-pip",
+    "python3-venv",
+    "nodejs",
+    "npm",
+    "git",
+    "curl",
+    "ca-certificates",
+    "procps",
+    "sudo",
+];
 
 /// `base`: shaped like E2B's base sandbox image. Bookworm minbase + Python,
 /// Node.js, git, curl and sudo, and an unprivileged `user` (uid/gid 1000,
@@ -48,21 +67,7 @@ const DEBIAN: DebianRecipe = DebianRecipe {
 const BASE: DebianRecipe = DebianRecipe {
     name: "base",
     summary: "bookworm + python3, pip, venv, nodejs, npm, git, curl, sudo; user `user` (1000)",
-    packages: &[
-        "bash",
-        "coreutils",
-        "passwd",
-        "python3",
-        "python3-pip",
-        "python3-venv",
-        "nodejs",
-        "npm",
-        "git",
-        "curl",
-        "ca-certificates",
-        "procps",
-        "sudo",
-    ],
+    packages: &[BASE_PACKAGES],
     hooks: &[
         r#"--customize-hook=chroot "$1" groupadd --gid 1000 user"#,
         r#"--customize-hook=chroot "$1" useradd --uid 1000 --gid 1000 --create-home --home-dir /home/user --shell /bin/bash user"#,
@@ -81,24 +86,8 @@ const CODE_INTERPRETER: DebianRecipe = DebianRecipe {
     name: "code-interpreter",
     summary: "base + ipykernel, jupyter_client, numpy, pandas, matplotlib",
     packages: &[
-        "bash",
-        "coreutils",
-        "passwd",
-        "python3",
-        "python3-pip",
-        "python3-venv",
-        "nodejs",
-        "npm",
-        "git",
-        "curl",
-        "ca-certificates",
-        "procps",
-        "sudo",
-        "python3-ipykernel",
-        "python3-jupyter-client",
-        "python3-numpy",
-        "python3-pandas",
-        "python3-matplotlib",
+        BASE_PACKAGES,
+        &["python3-ipykernel", "python3-jupyter-client", "python3-numpy", "python3-pandas", "python3-matplotlib"],
     ],
     hooks: &[
         BASE.hooks[0],
@@ -520,7 +509,7 @@ impl EnvStore {
         say(progress, format!("building {name} ({}) with mmdebstrap from {mirror}", recipe.summary));
         let mut child = tokio::process::Command::new(tool)
             .arg("--variant=minbase")
-            .arg(format!("--include={}", recipe.packages.join(",")))
+            .arg(format!("--include={}", recipe.packages.concat().join(",")))
             .arg("--mode=root")
             .args(recipe.hooks)
             .arg("bookworm")
@@ -624,7 +613,11 @@ const RECIPE_CACHE_DAYS: u64 = 7;
 fn recipe_cache(recipe: &DebianRecipe, mirror: &str) -> Option<PathBuf> {
     let dir = PathBuf::from(std::env::var_os("SPINUP_RECIPE_CACHE").filter(|d| !d.is_empty())?);
     let mut h = Sha256::new();
-    for part in [recipe.name, "bookworm", "minbase", mirror].iter().chain(recipe.packages).chain(recipe.hooks) {
+    for part in [recipe.name, "bookworm", "minbase", mirror]
+        .iter()
+        .chain(recipe.packages.iter().copied().flatten())
+        .chain(recipe.hooks)
+    {
         h.update(part.as_bytes());
         h.update([0]);
     }
