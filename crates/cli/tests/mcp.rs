@@ -150,7 +150,7 @@ async fn malformed_json_rpc_gets_protocol_errors() {
     let (st, v) = rpc(port, r#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#).await;
     assert_eq!(st, 200, "{v}");
     assert_eq!(v["id"], 1);
-    assert_eq!(v["result"]["tools"].as_array().map(Vec::len), Some(11), "{v}");
+    assert_eq!(v["result"]["tools"].as_array().map(Vec::len), Some(12), "{v}");
     let (st, v) =
         rpc(port, r#"{"jsonrpc":"2.0","id":"s","method":"tools/call","params":{"name":"list_sandboxes"}}"#).await;
     assert_eq!(st, 200, "{v}");

@@ -205,6 +205,8 @@ async fn call(method: &str, path: &str, ws: bool) -> (StatusCode, String) {
         "{\"signal\": 15}"
     } else if path.ends_with("/timeout") {
         "{\"timeout_s\": 1}"
+    } else if path.ends_with("/code") {
+        "{\"code\": \"1\"}"
     } else {
         "{}"
     };

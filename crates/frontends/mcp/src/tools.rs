@@ -514,7 +514,7 @@ impl Server {
 #[tool_handler(
     router = self.tool_router,
     name = "spinup",
-    instructions = "Spinup sandboxes: create_sandbox gives you a Linux computer of your own; run commands and \
+    instructions = "Spinup sandboxes: create_sandbox gives you a Linux computer of your own; run commands and code and \
         move files in it by its id, snapshot, fork and diff its filesystem, expose its ports. Remove it when done."
 )]
 impl ServerHandler for Server {
@@ -653,6 +653,7 @@ mod tests {
                 "list_sandboxes",
                 "read_file",
                 "remove_sandbox",
+                "run_code",
                 "run_command",
                 "snapshot",
                 "write_file"
@@ -670,6 +671,7 @@ mod tests {
                 "write_file" => assert_eq!(required, ["id", "path", "content"]),
                 "read_file" | "list_files" => assert_eq!(required, ["id", "path"]),
                 "expose_port" => assert_eq!(required, ["id", "port"]),
+                "run_code" => assert_eq!(required, ["id", "code"]),
                 _ => assert_eq!(required, ["id"], "{}", t.name),
             }
             assert_eq!(schema["additionalProperties"], false, "{}: {schema}", t.name);
