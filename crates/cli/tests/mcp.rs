@@ -193,7 +193,7 @@ async fn malformed_json_rpc_gets_protocol_errors() {
     // A call that is itself wrong: an unknown tool, no tool name,
     // arguments that are no object.
     for (params, what) in [
-        (json!({"name": "run_code", "arguments": {}}), "an unknown tool"),
+        (json!({"name": "no_such_tool", "arguments": {}}), "an unknown tool"),
         (json!({"arguments": {}}), "no name"),
         (json!({"name": "list_sandboxes", "arguments": [1]}), "arguments not an object"),
     ] {
@@ -245,5 +245,5 @@ async fn malformed_json_rpc_gets_protocol_errors() {
     let resp = tx.send_request(req).await.unwrap();
     assert_eq!(resp.status(), 200);
     let v: Value = serde_json::from_slice(&resp.into_body().collect().await.unwrap().to_bytes()).unwrap();
-    assert_eq!(v["result"]["tools"].as_array().map(Vec::len), Some(11), "{v}");
+    assert_eq!(v["result"]["tools"].as_array().map(Vec::len), Some(12), "{v}");
 }
