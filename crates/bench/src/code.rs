@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 
-use crate::{stats, Api, Conn, Stats};
+use crate::{stats, Api, Conn};
 
 const SDK_SCRIPT: &str = include_str!("sdk_clients.py");
 
@@ -97,27 +97,20 @@ pub async fn run_code_bench(c: &impl Api, o: CodeOpts) -> Result<Value> {
     }
     conn.call("DELETE", &format!("/v1/sandboxes/{id}?force=true"), json!(null)).await?;
     let (w, b, f, fe) = (stats(warm), stats(bare), stats(first), stats(first_exec));
-    let j = |s: Stats| json!({"p50": s.p50, "p95": s.p95, "mean": s.mean});
     Ok(json!({
         "env": o.env,
         "driver": o.driver,
-        "warm_run_code_ms": j(w),
-        "exec_python3_c_ms": j(b),
-        "first_run_code_ms": j(f),
-        "first_exec_python3_c_ms": j(fe),
+        "warm_run_code_ms": w.json(),
+        "exec_python3_c_ms": b.json(),
+        "first_run_code_ms": f.json(),
+        "first_exec_python3_c_ms": fe.json(),
         "ratio_warm_run_code_vs_exec_p50": w.p50 / b.p50,
         "ratio_first_run_code_vs_exec_p50": f.p50 / fe.p50,
     }))
 }
 
 pub fn print_code_table(v: &Value) {
-    let row = |name: &str, k: &str| {
-        println!(
-            "| {name} | {:.1} | {:.1} |",
-            v[k]["p50"].as_f64().unwrap_or(0.0),
-            v[k]["p95"].as_f64().unwrap_or(0.0)
-        );
-    };
+    let row = |name: &str, k: &str| crate::print_row(v, name, k);
     println!("| measure (ms), env {} | p50 | p95 |", v["env"].as_str().unwrap_or(""));
     println!("|---|---|---|");
     row("run_code(\"1+1\"), warm context", "warm_run_code_ms");
@@ -204,25 +197,18 @@ pub async fn run_clients(c: &impl Api, o: ClientOpts) -> Result<Value> {
     let _ = sdk.wait();
     let _ = std::fs::remove_file(&script);
     let (r, p, c) = (stats(raw), stats(py), stats(cli));
-    let j = |s: Stats| json!({"p50": s.p50, "p95": s.p95, "mean": s.mean});
     Ok(json!({
         "env": o.env,
-        "raw_http_create_exec_ms": j(r),
-        "sdk_create_exec_ms": j(p),
-        "cli_create_exec_ms": j(c),
+        "raw_http_create_exec_ms": r.json(),
+        "sdk_create_exec_ms": p.json(),
+        "cli_create_exec_ms": c.json(),
         "ratio_sdk_vs_raw_p50": p.p50 / r.p50,
         "ratio_cli_vs_raw_p50": c.p50 / r.p50,
     }))
 }
 
 pub fn print_clients_table(v: &Value) {
-    let row = |name: &str, k: &str| {
-        println!(
-            "| {name} | {:.1} | {:.1} |",
-            v[k]["p50"].as_f64().unwrap_or(0.0),
-            v[k]["p95"].as_f64().unwrap_or(0.0)
-        );
-    };
+    let row = |name: &str, k: &str| crate::print_row(v, name, k);
     println!("| create → first exec of /bin/true (ms), env {} | p50 | p95 |", v["env"].as_str().unwrap_or(""));
     println!("|---|---|---|");
     row("raw HTTP (one keep-alive connection)", "raw_http_create_exec_ms");

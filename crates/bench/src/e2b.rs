@@ -108,13 +108,12 @@ pub async fn run_e2b(c: &impl Api, o: E2bOpts) -> Result<Value> {
     n_ce.extend(ce2);
     n_rtt.extend(rtt2);
     let (nce, nrt, sce, srt) = (stats(n_ce), stats(n_rtt), stats(s_ce), stats(s_rtt));
-    let f = |s: crate::Stats| json!({"p50": s.p50, "p95": s.p95, "mean": s.mean});
     Ok(json!({
         "env": o.env,
-        "native_create_to_first_exec_ms": f(nce),
-        "sdk_create_to_run_ms": f(sce),
-        "native_exec_round_trip_ms": f(nrt),
-        "sdk_run_round_trip_ms": f(srt),
+        "native_create_to_first_exec_ms": nce.json(),
+        "sdk_create_to_run_ms": sce.json(),
+        "native_exec_round_trip_ms": nrt.json(),
+        "sdk_run_round_trip_ms": srt.json(),
         "ratio_create_run_p50": sce.p50 / nce.p50,
         "ratio_run_p50": srt.p50 / nrt.p50,
         "native_drift_second_half_vs_first_p50": drift,
@@ -122,13 +121,7 @@ pub async fn run_e2b(c: &impl Api, o: E2bOpts) -> Result<Value> {
 }
 
 pub fn print_e2b_table(v: &Value) {
-    let row = |name: &str, k: &str| {
-        println!(
-            "| {name} | {:.1} | {:.1} |",
-            v[k]["p50"].as_f64().unwrap_or(0.0),
-            v[k]["p95"].as_f64().unwrap_or(0.0)
-        );
-    };
+    let row = |name: &str, k: &str| crate::print_row(v, name, k);
     println!("| measure (ms), env {} | p50 | p95 |", v["env"].as_str().unwrap_or(""));
     println!("|---|---|---|");
     row("native create → first exec (bash -l -c true)", "native_create_to_first_exec_ms");

@@ -73,6 +73,21 @@ struct Stats {
     mean: f64,
 }
 
+impl Stats {
+    fn json(self) -> Value {
+        serde_json::json!({"p50": self.p50, "p95": self.p95, "mean": self.mean})
+    }
+}
+
+/// One `| name | p50 | p95 |` row of a table, from `v[key]`.
+fn print_row(v: &Value, name: &str, key: &str) {
+    println!(
+        "| {name} | {:.1} | {:.1} |",
+        v[key]["p50"].as_f64().unwrap_or(0.0),
+        v[key]["p95"].as_f64().unwrap_or(0.0)
+    );
+}
+
 fn stats(mut v: Vec<Duration>) -> Stats {
     v.sort();
     let ms: Vec<f64> = v.iter().map(|d| d.as_secs_f64() * 1000.0).collect();
