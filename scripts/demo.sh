@@ -10,7 +10,7 @@ if [ "$(id -u)" != 0 ]; then
 fi
 scripts/install-deps.sh
 cargo build --release
-spinup=target/release/spinup
+spinup=${CARGO_TARGET_DIR:-target}/release/spinup
 
 started=""
 if ! $spinup ls >/dev/null 2>&1; then

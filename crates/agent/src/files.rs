@@ -45,6 +45,17 @@ pub(crate) fn io_err(op: &str, path: &Path, e: io::Error) -> AgentError {
             (StatusCode::BAD_REQUEST, "invalid_argument")
         }
         io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded => (StatusCode::INSUFFICIENT_STORAGE, "no_space"),
+        // The guest's own state refuses it: a read-only mount (/sys,
+        // /proc), a rename across mounts, a busy executable.
+        io::ErrorKind::ReadOnlyFilesystem => (StatusCode::FORBIDDEN, "permission_denied"),
+        io::ErrorKind::CrossesDevices | io::ErrorKind::ExecutableFileBusy => (StatusCode::CONFLICT, "conflict"),
+        // A path the guest cannot use this way: too long, a symlink loop,
+        // a device with nothing behind it (ENXIO, ENODEV), an operation
+        // its filesystem lacks.
+        io::ErrorKind::InvalidFilename | io::ErrorKind::Unsupported => (StatusCode::BAD_REQUEST, "invalid_argument"),
+        _ if matches!(e.raw_os_error(), Some(libc::ELOOP | libc::ENXIO | libc::ENODEV | libc::EOPNOTSUPP)) => {
+            (StatusCode::BAD_REQUEST, "invalid_argument")
+        }
         _ => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
     };
     AgentError { status, code, message: format!("{op} {}: {e}", path.display()) }

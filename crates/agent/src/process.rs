@@ -109,6 +109,12 @@ fn resolve_user_in(spec: &str, passwd: &str, groups: &str) -> Result<User, Strin
             groups: vec![],
         },
         (None, Ok(uid)) => User { uid, gid: uid, name: uid.to_string(), home: "/".into(), groups: vec![] },
+        // root is uid 0 with or without an /etc/passwd that says so (a
+        // bare busybox image has none), as in runc: the default user
+        // always resolves.
+        (None, Err(_)) if user_part == "root" => {
+            User { uid: 0, gid: 0, name: "root".into(), home: "/".into(), groups: vec![] }
+        }
         (None, Err(_)) => return Err(format!("user '{user_part}' does not exist in the sandbox's /etc/passwd")),
     };
     if let Some(g) = group_part {
@@ -567,6 +573,15 @@ mod tests {
         assert_eq!(ids("1000:1000"), Ok((1000, 1000, vec![100, 1000])));
         assert_eq!(ids("4242:7"), Ok((4242, 7, vec![7])));
         assert_eq!(ids("user:staff"), Ok((1000, 50, vec![100, 50])));
+    }
+
+    /// An image without /etc/passwd (or without root in it) still runs as
+    /// root, the default user; other names stay errors.
+    #[test]
+    fn root_resolves_without_a_passwd_entry() {
+        let u = resolve_user_in("root", "", "").unwrap();
+        assert_eq!((u.uid, u.gid, u.name.as_str(), u.home.as_str()), (0, 0, "root", "/"));
+        assert!(resolve_user_in("user", "", "").is_err());
     }
 
     #[test]

@@ -43,9 +43,38 @@ pub use spinup_model::{
     SecretMount, Snapshot,
 };
 
-/// Parse a JSON body. An empty (or all-whitespace) body is `{}`, so every
-/// field takes its default; malformed input is `invalid_argument`.
+/// Parse a JSON body, which is an object. An empty body is `{}`, so every
+/// field takes its default; anything else that is not a JSON object
+/// (whitespace alone, `[...]`, malformed text) is `invalid_argument`.
 pub fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T> {
-    let body: &[u8] = if body.iter().all(|b| b.is_ascii_whitespace()) { b"{}" } else { body };
+    if body.is_empty() {
+        return serde_json::from_slice(b"{}")
+            .map_err(|e| Error::InvalidArgument(format!("a JSON body is required: {e}")));
+    }
+    if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(Error::InvalidArgument("malformed JSON body: expected a JSON object".into()));
+    }
     serde_json::from_slice(body).map_err(|e| Error::InvalidArgument(format!("malformed JSON body: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    #[derive(Debug, Default, serde::Deserialize, PartialEq)]
+    #[serde(default)]
+    struct Req {
+        count: Option<u32>,
+        driver: Option<String>,
+    }
+
+    /// Only the empty body means `{}`: serde would read `[null, null]` as
+    /// a struct, and whitespace is no JSON.
+    #[test]
+    fn a_body_is_an_object_or_nothing() {
+        assert_eq!(super::parse_json::<Req>(b"").unwrap(), Req::default());
+        assert_eq!(super::parse_json::<Req>(b" {\"count\": 2} ").unwrap().count, Some(2));
+        for bad in [&b"\n"[..], b"[null, null]", b"[2]", b"null", b"2", b"{"] {
+            let e = super::parse_json::<Req>(bad).unwrap_err();
+            assert!(matches!(e, crate::Error::InvalidArgument(_)), "{bad:?}: {e:?}");
+        }
+    }
 }

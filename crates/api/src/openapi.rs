@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 
 use utoipa::openapi::path::{HttpMethod, OperationBuilder, ParameterBuilder, ParameterIn, PathItem};
 use utoipa::openapi::request_body::RequestBodyBuilder;
-use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, OneOfBuilder, Schema, SchemaType, Type};
+use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, Schema, SchemaType, Type};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme};
 use utoipa::openapi::{
     ComponentsBuilder, ContentBuilder, InfoBuilder, OpenApiBuilder, PathsBuilder, Ref, RefOr, Required, ResponseBuilder,
@@ -239,15 +239,22 @@ fn shape(op: Op, s: &mut Schemas) -> Shape {
             ok: NdJson(s.of::<spinup_protocol::WatchEvent>()),
             errors: FILES,
         },
-        Op::FileOp => {
-            let body = OneOfBuilder::new()
-                .item(s.of::<spinup_protocol::PathRequest>())
-                .item(s.of::<spinup_protocol::RemoveRequest>())
-                .item(s.of::<spinup_protocol::RenameRequest>())
-                .item(s.of::<spinup_protocol::ChmodRequest>());
-            let answer = OneOfBuilder::new().item(s.of::<spinup_protocol::FileStat>()).item(object());
-            plain(In::Json(body.into(), true), Json(200, answer.into()), FILES)
-        }
+        Op::MakeDir => plain(
+            In::Json(s.of::<spinup_protocol::PathRequest>(), true),
+            Json(200, s.of::<spinup_protocol::FileStat>()),
+            FILES,
+        ),
+        Op::RemovePath => plain(In::Json(s.of::<spinup_protocol::RemoveRequest>(), true), Json(200, object()), FILES),
+        Op::RenamePath => plain(
+            In::Json(s.of::<spinup_protocol::RenameRequest>(), true),
+            Json(200, s.of::<spinup_protocol::FileStat>()),
+            FILES,
+        ),
+        Op::ChmodPath => plain(
+            In::Json(s.of::<spinup_protocol::ChmodRequest>(), true),
+            Json(200, s.of::<spinup_protocol::FileStat>()),
+            FILES,
+        ),
         Op::Environments => plain(In::None, Json(200, s.of::<crate::EnvList>()), &[]),
         Op::Environment => plain(In::None, Json(200, s.of::<spinup_model::Environment>()), &[400, 404]),
         Op::RemoveEnvironment => plain(In::None, NoContent, &[400, 404, 409]),
@@ -306,13 +313,6 @@ fn segment(name: &str, op: Op, s: &mut Schemas) -> (RefOr<Schema>, &'static str)
         ("context", _) => (
             ObjectBuilder::new().schema_type(Type::String).pattern(Some("^[A-Za-z0-9_-]{1,64}$")).into(),
             "Code context id",
-        ),
-        ("op", _) => (
-            ObjectBuilder::new()
-                .schema_type(Type::String)
-                .enum_values(Some(["mkdir", "remove", "rename", "chmod"]))
-                .into(),
-            "mkdir {path, mode, user} | remove {path, recursive} | rename {from, to} | chmod {path, mode}",
         ),
         _ => (string(), "Name"),
     }
@@ -443,13 +443,17 @@ const LABEL_KEY: &str = "^[A-Za-z0-9._/-]{1,63}$";
 const LABEL_VALUE_NOT: &str = "\\u0000-\\u001f\\u007f-\\u009f";
 /// The manager's longest timeout: 366 days.
 const MAX_TIMEOUT_S: u64 = 366 * 24 * 3600;
+/// A guest user: a name or `uid[:gid]`.
+const USER: &str = "^([a-z_][a-z0-9_.-]{0,31}|[0-9]{1,9}(:[0-9]{1,9})?)$";
 /// A guest path: absolute, no NUL.
 const GUEST_PATH: &str = "^/[^\\u0000]*$";
 const DRIVERS: [&str; 3] = ["container", "gvisor", "microvm"];
 const SNAPSHOT_NAME: &str = "^[a-z0-9_-][a-z0-9._-]{0,63}$";
-/// An IPv4 address or CIDR.
-const CIDR: &str =
-    "^((25[0-5]|2[0-4][0-9]|1?[0-9]?[0-9])\\.){3}(25[0-5]|2[0-4][0-9]|1?[0-9]?[0-9])(/(3[0-2]|[12]?[0-9]))?$";
+/// One octet of an IPv4 address, without leading zeros (which the
+/// daemon's parser refuses).
+const OCTET: &str = "(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])";
+/// A port, 0 (any free one) to 65535.
+const PORT: &str = "(6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[1-9][0-9]{0,3}|0)";
 /// A host name (`pypi.org`, `*.pythonhosted.org`).
 const HOST_NAME: &str =
     "^(?![0-9.]*$)(\\*\\.)?[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)+$";
@@ -497,21 +501,28 @@ fn constrain(doc: &mut serde_json::Value) {
     s["CreateRequest"]["properties"]["timeout_s"] =
         json!({"type": ["integer", "null"], "minimum": 0, "maximum": MAX_TIMEOUT_S});
     s["TimeoutRequest"]["properties"]["timeout_s"] = json!({"type": "integer", "minimum": 0, "maximum": MAX_TIMEOUT_S});
-    s["CreateRequest"]["properties"]["env_vars"] = json!({"type": "object",
+    // Environment variables: a name is not empty and holds no `=` or NUL;
+    // a value holds no NUL.
+    let env_vars = json!({"type": "object",
         "propertyNames": {"pattern": "^[^=\\u0000]+$"}, "additionalProperties": {"type": "string", "pattern": "^[^\\u0000]*$"}});
+    s["CreateRequest"]["properties"]["env_vars"] = env_vars.clone();
+    s["ExecRequest"]["properties"]["env"] = env_vars.clone();
+    s["CodeRequest"]["properties"]["env"] = env_vars;
+    s["CodeRequest"]["properties"]["code"] = json!({"type": "string", "pattern": "^[^\\u0000]*$"});
     s["SnapshotRequest"]["properties"]["name"] = json!({"type": ["string", "null"], "pattern": SNAPSHOT_NAME});
     // Ports listen on loopback only.
     s["ExposeRequest"]["properties"]["listen"] =
-        json!({"type": ["string", "null"], "pattern": "^127\\.0\\.0\\.1:[0-9]{1,5}$"});
+        json!({"type": ["string", "null"], "pattern": format!("^(127(\\.{OCTET}){{3}}|\\[::1\\]):{PORT}$")});
     // hosts maps exact names (no wildcard) to addresses.
     s["NetworkPolicy"]["properties"]["hosts"]["propertyNames"] =
         json!({"pattern": HOST_NAME.replacen("(\\*\\.)?", "", 1)});
     s["SecretMount"]["properties"]["hosts"]["items"] = json!({"type": "string", "pattern": HOST_NAME});
+    let cidr = format!("^({OCTET}\\.){{3}}{OCTET}(/(3[0-2]|[12]?[0-9]))?$");
     s["NetworkPolicy"]["properties"]["allow"]["items"] =
-        json!({"type": "string", "anyOf": [{"pattern": HOST_NAME}, {"pattern": CIDR}]});
+        json!({"type": "string", "anyOf": [{"pattern": HOST_NAME}, {"pattern": cidr}]});
     s["NetworkPolicy"]["properties"]["allow"]["maxItems"] = 256.into();
-    s["ExecRequest"]["properties"]["user"] =
-        json!({"type": ["string", "null"], "pattern": "^([a-z_][a-z0-9_.-]{0,31}|[0-9]{1,9}(:[0-9]{1,9})?)$"});
+    s["ExecRequest"]["properties"]["user"] = json!({"type": ["string", "null"], "pattern": USER});
+    s["PathRequest"]["properties"]["user"] = json!({"type": ["string", "null"], "pattern": USER});
     s["ExecRequest"]["properties"]["cwd"] = json!({"type": ["string", "null"], "pattern": GUEST_PATH});
     for name in ["PathRequest", "RemoveRequest", "ChmodRequest"] {
         s[name]["properties"]["path"] = json!({"type": "string", "pattern": GUEST_PATH});
@@ -530,6 +541,7 @@ fn constrain(doc: &mut serde_json::Value) {
             for p in op.get_mut("parameters").and_then(|v| v.as_array_mut()).into_iter().flatten() {
                 let pattern = match (p["in"].as_str(), p["name"].as_str()) {
                     (Some("query"), Some("path")) => GUEST_PATH,
+                    (Some("query"), Some("user")) => USER,
                     (Some("path"), Some("name")) if path.starts_with("/v1/secrets") => SECRET_NAME,
                     (Some("path"), Some("name")) => ENV_NAME,
                     (Some("path"), Some("id")) if path.starts_with("/v1/snapshots") => ENV_NAME,

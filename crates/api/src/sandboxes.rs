@@ -71,6 +71,8 @@ impl ListQuery {
             let (lk, lv) = v
                 .split_once('=')
                 .ok_or_else(|| spinup_model::Error::InvalidArgument(format!("label filter '{v}' must be key=value")))?;
+            // A filter no label could match is a mistake, not an empty list.
+            spinup_model::validate_label(lk, lv)?;
             labels.insert(lk.to_string(), lv.to_string());
         }
         Ok(ListQuery { labels })
@@ -127,6 +129,9 @@ mod tests {
     #[test]
     fn list_query_takes_labels_only() {
         let q = ListQuery::from_pairs(vec![("label".into(), "a=b=c".into())]).unwrap();
+        for bad in ["=x", "a b=c", "a=\n"] {
+            assert!(ListQuery::from_pairs(vec![("label".into(), bad.into())]).is_err(), "{bad}");
+        }
         assert_eq!(q.labels.get("a").map(String::as_str), Some("b=c"));
         assert_eq!(ListQuery::from_pairs(q.to_pairs()).unwrap(), q);
         assert_eq!(ListQuery::from_pairs(vec![("x".into(), "1".into())]).unwrap_err().code(), "invalid_argument");

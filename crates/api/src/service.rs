@@ -61,19 +61,6 @@ pub enum FileOp {
     Chmod,
 }
 
-impl FileOp {
-    /// The operations `POST /v1/sandboxes/{id}/files/{op}` names.
-    pub fn from_post(op: &str) -> Option<FileOp> {
-        Some(match op {
-            "mkdir" => FileOp::Mkdir,
-            "remove" => FileOp::Remove,
-            "rename" => FileOp::Rename,
-            "chmod" => FileOp::Chmod,
-            _ => return None,
-        })
-    }
-}
-
 /// A file operation: `query` is the raw query (`path=…&mode=…`), `body`
 /// the content to write or the JSON of a POST operation.
 pub struct FileRequest {

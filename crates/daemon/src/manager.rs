@@ -410,7 +410,13 @@ impl Manager {
         // brings exactly one connection).
         let lock = self.lock_for(id);
         let _g = lock.lock().await;
-        self.agent_locked(sb).await
+        // Whoever held the lock may have stopped or removed it meanwhile:
+        // that is its state (404, 409), not an agent failure.
+        let sb = self.get(id)?;
+        if sb.state != SandboxState::Running {
+            return Err(Error::Conflict(format!("sandbox {id} is {}", sb.state)));
+        }
+        self.agent_locked(&sb).await
     }
 
     /// [`Manager::agent_for`] for a caller that holds the sandbox's lock.

@@ -259,13 +259,22 @@ pub async fn watch_files(State(s): S, Id(id): Id, RawQuery(q): RawQuery) -> ApiR
     file(s, id, FileOp::Watch, q, Body::empty()).await
 }
 
-/// `mkdir`, `remove`, `rename`, `chmod`, with a JSON body (read whole,
-/// within axum's body limit).
-pub async fn file_op(State(s): S, p: Segments, body: Bytes) -> ApiResult<Response> {
-    let name = segment(&p.0, "op");
-    let op = FileOp::from_post(&name).ok_or(ApiError(Error::NotFound { kind: "file operation", id: name }))?;
-    let id = spinup_api::SandboxId::parse(&segment(&p.0, "id"))?;
-    file(s, id, op, None, Body::from(body)).await
+/// `mkdir`, `remove`, `rename`, `chmod`: a JSON body (read whole, within
+/// axum's body limit) the agent checks.
+pub async fn mkdir(State(s): S, Id(id): Id, body: Bytes) -> ApiResult<Response> {
+    file(s, id, FileOp::Mkdir, None, Body::from(body)).await
+}
+
+pub async fn remove_path(State(s): S, Id(id): Id, body: Bytes) -> ApiResult<Response> {
+    file(s, id, FileOp::Remove, None, Body::from(body)).await
+}
+
+pub async fn rename_path(State(s): S, Id(id): Id, body: Bytes) -> ApiResult<Response> {
+    file(s, id, FileOp::Rename, None, Body::from(body)).await
+}
+
+pub async fn chmod_path(State(s): S, Id(id): Id, body: Bytes) -> ApiResult<Response> {
+    file(s, id, FileOp::Chmod, None, Body::from(body)).await
 }
 
 pub async fn environments(State(s): S) -> ApiResult<impl IntoResponse> {
