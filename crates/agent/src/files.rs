@@ -198,6 +198,9 @@ pub fn is_upload(name: &std::ffi::OsStr) -> bool {
 
 async fn write(Query(q): Query<PathQuery>, body: Body) -> Result<Json<FileStat>, AgentError> {
     let path = check(&q.path)?;
+    if let Some(m) = q.mode.filter(|m| *m > 0o7777) {
+        return Err(AgentError::bad(format!("mode {m:o} is out of range")));
+    }
     let parent = path.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("/"));
     let name = path.file_name().ok_or_else(|| AgentError::bad("cannot write to /"))?.to_string_lossy().into_owned();
     let mut nonce = [0u8; 6];
@@ -313,10 +316,13 @@ async fn list(Query(q): Query<PathQuery>) -> Result<Json<Vec<FileStat>>, AgentEr
 async fn mkdir(body: bytes::Bytes) -> Result<Json<FileStat>, AgentError> {
     let r: PathRequest = crate::server::parse(&body)?;
     let path = check(&r.path)?;
+    if let Some(m) = r.mode.filter(|m| *m > 0o7777) {
+        return Err(AgentError::bad(format!("mode {m:o} is out of range")));
+    }
     blocking(move || {
         make_dirs(&path, owner(r.user.as_deref())?)?;
         if let Some(m) = r.mode {
-            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(m & 0o7777))
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(m))
                 .map_err(|e| io_err("chmod", &path, e))?;
         }
         stat_of(&path).map_err(|e| io_err("stat", &path, e))

@@ -530,6 +530,7 @@ fn constrain(doc: &mut serde_json::Value) {
     s["RenameRequest"]["properties"]["from"] = json!({"type": "string", "pattern": GUEST_PATH});
     s["RenameRequest"]["properties"]["to"] = json!({"type": "string", "pattern": GUEST_PATH});
     s["ChmodRequest"]["properties"]["mode"] = json!({"type": "integer", "minimum": 0, "maximum": 0o7777});
+    s["PathRequest"]["properties"]["mode"] = json!({"type": ["integer", "null"], "minimum": 0, "maximum": 0o7777});
     let paths = doc["paths"].as_object_mut().expect("paths");
     for (path, item) in paths.iter_mut() {
         for op in item.as_object_mut().expect("path item").values_mut() {
