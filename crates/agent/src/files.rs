@@ -61,6 +61,14 @@ pub(crate) fn io_err(op: &str, path: &Path, e: io::Error) -> AgentError {
     AgentError { status, code, message: format!("{op} {}: {e}", path.display()) }
 }
 
+/// Permission bits, set-id and sticky bits included; nothing above.
+fn check_mode(mode: Option<u32>) -> Result<(), AgentError> {
+    match mode {
+        Some(m) if m > 0o7777 => Err(AgentError::bad(format!("mode {m:o} is out of range"))),
+        _ => Ok(()),
+    }
+}
+
 /// Paths must be absolute and sane; the kernel does the rest in our root.
 pub(crate) fn check(path: &str) -> Result<PathBuf, AgentError> {
     if !path.starts_with('/') {
@@ -198,9 +206,7 @@ pub fn is_upload(name: &std::ffi::OsStr) -> bool {
 
 async fn write(Query(q): Query<PathQuery>, body: Body) -> Result<Json<FileStat>, AgentError> {
     let path = check(&q.path)?;
-    if let Some(m) = q.mode.filter(|m| *m > 0o7777) {
-        return Err(AgentError::bad(format!("mode {m:o} is out of range")));
-    }
+    check_mode(q.mode)?;
     let parent = path.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("/"));
     let name = path.file_name().ok_or_else(|| AgentError::bad("cannot write to /"))?.to_string_lossy().into_owned();
     let mut nonce = [0u8; 6];
@@ -316,9 +322,7 @@ async fn list(Query(q): Query<PathQuery>) -> Result<Json<Vec<FileStat>>, AgentEr
 async fn mkdir(body: bytes::Bytes) -> Result<Json<FileStat>, AgentError> {
     let r: PathRequest = crate::server::parse(&body)?;
     let path = check(&r.path)?;
-    if let Some(m) = r.mode.filter(|m| *m > 0o7777) {
-        return Err(AgentError::bad(format!("mode {m:o} is out of range")));
-    }
+    check_mode(r.mode)?;
     blocking(move || {
         make_dirs(&path, owner(r.user.as_deref())?)?;
         if let Some(m) = r.mode {
@@ -371,9 +375,7 @@ async fn rename(body: bytes::Bytes) -> Result<Json<FileStat>, AgentError> {
 async fn chmod(body: bytes::Bytes) -> Result<Json<FileStat>, AgentError> {
     let r: ChmodRequest = crate::server::parse(&body)?;
     let path = check(&r.path)?;
-    if r.mode > 0o7777 {
-        return Err(AgentError::bad(format!("mode {:o} is out of range", r.mode)));
-    }
+    check_mode(Some(r.mode))?;
     blocking(move || {
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(r.mode))
             .map_err(|e| io_err("chmod", &path, e))?;

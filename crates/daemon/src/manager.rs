@@ -399,10 +399,7 @@ impl Manager {
             sb
         };
         let id = sb.id.as_str();
-        if sb.state != SandboxState::Running {
-            let why = sb.reason.as_ref().map(|r| format!(" ({r})")).unwrap_or_default();
-            return Err(Error::Conflict(format!("sandbox {id} is {}{why}", sb.state)));
-        }
+        require_running(sb)?;
         if let Some(c) = self.agents.lock().unwrap().get(id).filter(|c| !c.is_closed()).cloned() {
             return Ok(c);
         }
@@ -413,9 +410,7 @@ impl Manager {
         // Whoever held the lock may have stopped or removed it meanwhile:
         // that is its state (404, 409), not an agent failure.
         let sb = self.get(id)?;
-        if sb.state != SandboxState::Running {
-            return Err(Error::Conflict(format!("sandbox {id} is {}", sb.state)));
-        }
+        require_running(&sb)?;
         self.agent_locked(&sb).await
     }
 
@@ -687,4 +682,13 @@ impl Manager {
             }
         });
     }
+}
+
+/// A conflict unless `sb` is running, with the reason it stopped.
+fn require_running(sb: &Sandbox) -> Result<()> {
+    if sb.state == SandboxState::Running {
+        return Ok(());
+    }
+    let why = sb.reason.as_ref().map(|r| format!(" ({r})")).unwrap_or_default();
+    Err(Error::Conflict(format!("sandbox {} is {}{why}", sb.id, sb.state)))
 }
