@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Runs the whole test suite: formatting and lints (cargo fmt --check,
-# clippy -D warnings), unit tests, the conformance suite (per driver) and
-# the lifecycle tests, as root against real runc, overlayfs and cgroups;
-# then checks that the suite left the host as it found it (no process,
+# clippy -D warnings), unit tests, the conformance suite (per driver), the
+# lifecycle tests and the fuzz targets (a minute each), as root against
+# real runc, overlayfs and cgroups; then checks that the suite left the host as it found it (no process,
 # namespace, link, nftables table, mount, cgroup or data dir of a test
 # daemon). The last line printed is the test runner's summary.
 set -euo pipefail
@@ -19,6 +19,9 @@ echo "--- cargo fmt --check"
 cargo fmt --all -- --check
 echo "--- cargo clippy -D warnings"
 cargo clippy --workspace --all-targets --locked -- -D warnings
+# The fuzz targets are built here, so the suite's fuzz test (a minute
+# per target) runs them without a build inside its time.
+scripts/fuzz.sh build
 before=$(mktemp)
 log=$(mktemp)
 trap 'rm -f "$before" "$log"' EXIT

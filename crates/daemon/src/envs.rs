@@ -561,35 +561,13 @@ impl EnvStore {
     }
 }
 
-/// Unpack a layer tar into `dir`: OCI whiteouts become overlayfs whiteouts
-/// (0/0 character devices, opaque xattrs) so stacked layers delete; device
-/// nodes are skipped (every sandbox gets its own /dev), fifos unless
-/// `keep_fifos`; the tar crate refuses entries that would land outside `dir`.
+/// [`crate::layers::unpack`], saying how far it got every 5000 files.
 fn unpack_into(dir: &Path, reader: impl Read, progress: &Progress, keep_fifos: bool) -> io::Result<()> {
-    let mut ar = tar::Archive::new(reader);
-    ar.set_preserve_permissions(true);
-    ar.set_preserve_ownerships(true);
-    ar.set_preserve_mtime(true);
-    ar.set_unpack_xattrs(false);
-    ar.set_overwrite(true);
-    let mut n = 0u64;
-    for entry in ar.entries()? {
-        let mut entry = entry?;
-        let t = entry.header().entry_type();
-        if t.is_block_special() || t.is_character_special() || (t.is_fifo() && !keep_fifos) {
-            continue;
-        }
-        let path = entry.path()?.into_owned();
-        if crate::layers::apply_whiteout(dir, &path)? {
-            continue;
-        }
-        entry.unpack_in(dir)?;
-        n += 1;
+    crate::layers::unpack(dir, reader, keep_fifos, |n| {
         if n.is_multiple_of(5000) {
             say(progress, format!("unpacked {n} files"));
         }
-    }
-    Ok(())
+    })
 }
 
 fn default_config() -> EnvironmentConfig {

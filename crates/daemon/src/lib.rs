@@ -4,7 +4,7 @@
 
 pub mod envs;
 pub mod gc;
-pub mod layers;
+pub use spinup_layers as layers;
 pub mod manager;
 pub mod network;
 pub mod ops;

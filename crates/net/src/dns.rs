@@ -1243,3 +1243,19 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
+
+/// The upstream half of the resolver, for the fuzz target in `fuzz/` (built
+/// only under cargo-fuzz): what it makes of `bytes` as an upstream's reply
+/// to `example.com A` (id taken from `bytes`), and that reply fitted to a
+/// UDP client that sent no EDNS.
+#[cfg(fuzzing)]
+pub fn fuzz_upstream_reply(bytes: &[u8]) -> Option<(Vec<Ipv4Addr>, u32, Vec<u8>)> {
+    let q = Query::query(Name::from_ascii("example.com.").ok()?, RecordType::A);
+    let id = u16::from_be_bytes([*bytes.first()?, *bytes.get(1)?]);
+    let resp = matching_response(bytes, id, &q)?;
+    let (addrs, ttl) = a_records(&resp);
+    let mut client = Message::new();
+    client.set_id(id).add_query(q);
+    let fitted = fit_udp(bytes.to_vec(), &client);
+    Some((addrs, ttl, fitted))
+}

@@ -1756,3 +1756,26 @@ mod tests {
         assert_eq!(out, "hello world");
     }
 }
+
+/// The proxy's parsers, for the fuzz target in `fuzz/` (built only under
+/// cargo-fuzz). Panics when one breaks its contract:
+/// - `first` classifies a connection's first bytes; an SNI name it returns
+///   is already normalized;
+/// - `target` and `hosts` are an HTTP request's target and Host headers:
+///   the host the proxy checks is the host the request goes to once it is
+///   in origin form.
+#[cfg(fuzzing)]
+pub fn fuzz_parsers(first: &[u8], target: &str, hosts: &[&[u8]]) {
+    if let Some(First::Tls(Some(name))) = classify(first) {
+        assert_eq!(normalize_dns_name(&name).as_deref(), Some(name.as_str()), "SNI not normalized");
+    }
+    let Ok(mut req) = Request::builder().uri(target).body(()) else { return };
+    for h in hosts {
+        let Ok(v) = HeaderValue::from_bytes(h) else { return };
+        req.headers_mut().append(HOST, v);
+    }
+    let Ok(checked) = request_host(&req) else { return };
+    if to_origin_form(&mut req).is_ok() {
+        assert_eq!(request_host(&req).ok(), Some(checked.clone()), "checked {checked:?}, sent {req:?}");
+    }
+}
