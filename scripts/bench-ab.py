@@ -2,6 +2,11 @@
 """A/B of the /v1 hot paths: two daemons, one client, the same run.
 
     scripts/bench-ab.py BEFORE_BINARY [AFTER_BINARY] [--rounds N]
+        [--before-env K=V]... [--after-env K=V]...
+
+One binary with a setting on one side only (e.g. the cost of disk limits:
+`scripts/bench-ab.py target/release/spinup --before-env SPINUP_DISK_LIMITS=off`)
+compares the setting in the same run.
 
 Starts `BEFORE serve` and `AFTER serve` (default: target/release/spinup)
 side by side, each on its own data dir, socket and cgroup parent, and
@@ -54,7 +59,7 @@ def call(conn, method, path, body=None):
 
 
 class Side:
-    def __init__(self, name, binary, work):
+    def __init__(self, name, binary, work, env):
         self.name, self.binary = name, binary
         self.dir = os.path.join(work, name)
         self.data = os.path.join(self.dir, "data")
@@ -64,7 +69,8 @@ class Side:
         self.log = open(os.path.join(self.dir, "daemon.log"), "w")
         self.proc = subprocess.Popen(
             [binary, "serve", "--data-dir", self.data, "--socket", self.sock, "--cgroup-parent", self.cgroup],
-            stdout=self.log, stderr=self.log, stdin=subprocess.DEVNULL)
+            stdout=self.log, stderr=self.log, stdin=subprocess.DEVNULL,
+            env={**os.environ, **dict(kv.split("=", 1) for kv in env)})
         deadline = time.time() + 300
         while not os.path.exists(self.sock):
             if self.proc.poll() is not None or time.time() > deadline:
@@ -146,13 +152,18 @@ def main():
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--creates", type=int, default=10, help="create -> first exec per side per round")
     ap.add_argument("--execs", type=int, default=200, help="exec round trips per side per round")
+    ap.add_argument("--before-env", action="append", default=[], help="K=V for the before daemon")
+    ap.add_argument("--after-env", action="append", default=[], help="K=V for the after daemon")
     a = ap.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("run as root: it runs real sandboxes")
     work = tempfile.mkdtemp(prefix="spinup-ab-")
     sides = []
     try:
-        sides = [Side("before", os.path.abspath(a.before), work), Side("after", os.path.abspath(a.after), work)]
+        sides = [
+            Side("before", os.path.abspath(a.before), work, a.before_env),
+            Side("after", os.path.abspath(a.after), work, a.after_env),
+        ]
         res = {s.name: {"create_exec": [], "exec": []} for s in sides}
         for r in range(a.rounds):
             order = sides if r % 2 == 0 else sides[::-1]

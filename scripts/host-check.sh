@@ -8,7 +8,8 @@
 # Test daemons live in /tmp/spinup-test-* with cgroups under spinup-test/;
 # what counts as left behind: a process in a test cgroup or naming a test
 # data dir, a network namespace, link or nftables table that was not there
-# before, a mount under a test data dir, a test cgroup, a test data dir.
+# before, a mount under a test data dir or a loop device on a file in one,
+# a test cgroup, a test data dir.
 # The daemon a user runs (/var/lib/spinup, cgroup spinup) is not looked at.
 set -uo pipefail
 mode=${1:?snapshot|compare}
@@ -62,6 +63,9 @@ compare)
     done
     left+=("${procs[@]}")
     while read -r mp; do left+=("mount $mp"); done < <(awk '$5 ~ "^/tmp/spinup-test-" {print $5}' /proc/self/mountinfo)
+    # A sandbox disk's loop device outlives its (lazy) unmount only while a
+    # process holds the filesystem; it has gone by now.
+    while read -r l; do left+=("loop device $l"); done < <(losetup -a 2>/dev/null | grep '/tmp/spinup-test-')
     for cg in /sys/fs/cgroup/spinup-test /sys/fs/cgroup/*/spinup-test; do
         [ -d "$cg" ] && left+=("cgroup $cg: $(find "$cg" -mindepth 1 -type d | head -5 | tr '\n' ' ')")
     done

@@ -139,7 +139,7 @@ fn shape(op: Op, s: &mut Schemas) -> Shape {
             Json(201, s.of::<spinup_model::Sandbox>()),
             &[400, 404, 409, 501, 503],
         ),
-        Op::Get | Op::Resume | Op::UpdateResources => {
+        Op::Get | Op::Resume | Op::Start | Op::UpdateResources => {
             plain(In::None, Json(200, s.of::<spinup_model::Sandbox>()), SANDBOX)
         }
         Op::Remove => Shape {

@@ -37,7 +37,7 @@ pub struct ResourcesPatch {
     pub vcpus: Option<f64>,
     #[schema(minimum = 16, maximum = 1048576)]
     pub memory_mib: Option<u64>,
-    #[schema(minimum = 16)]
+    #[schema(minimum = 16, maximum = 16777216)]
     pub disk_mib: Option<u64>,
     #[schema(minimum = 8, maximum = 4194304)]
     pub pids: Option<u64>,

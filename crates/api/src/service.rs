@@ -217,6 +217,8 @@ pub trait SandboxService: Send + Sync + 'static {
     async fn events(&self, id: &SandboxId) -> Result<Vec<Transition>>;
     async fn pause(&self, id: &SandboxId, req: PauseRequest) -> Result<Sandbox>;
     async fn resume(&self, id: &SandboxId) -> Result<Sandbox>;
+    /// Boot a stopped sandbox again on its disk.
+    async fn start(&self, id: &SandboxId) -> Result<Sandbox>;
     async fn update_resources(&self, id: &SandboxId) -> Result<Sandbox>;
 
     // Snapshots.

@@ -5,7 +5,7 @@ use clap::{Parser, Subcommand};
 
 use crate::commands::{
     attach, bench, cp, create, diff, env, exec, fork, inspect, kill, ls, net, pause, port, ps, resume, rm, secret,
-    serve, snapshot, timeout,
+    serve, snapshot, start, timeout,
 };
 
 #[derive(Parser)]
@@ -70,6 +70,9 @@ pub enum Command {
     Pause(pause::Args),
     /// Continue a paused sandbox.
     Resume(resume::Args),
+    /// Boot a stopped sandbox again on the disk it kept (its files as they
+    /// were), with a fresh init; `rm` deletes it for good.
+    Start(start::Args),
     /// Copy a file between the host and a sandbox: SRC DST, one of them ID:/path ('-' is stdin/stdout).
     Cp(cp::Args),
     /// Environments: ls | import NAME PATH | build NAME | rm NAME.

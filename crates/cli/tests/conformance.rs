@@ -14,7 +14,7 @@ mod common;
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::{driver, eventually, next_frame, read_until, shared};
+use common::{driver, eventually, next_frame, read_until, shared, tail};
 use futures::SinkExt;
 use serde_json::{json, Value};
 use spinup_protocol::{ExecRequest, Frame, PtySize, SignalRequest};
@@ -655,6 +655,155 @@ async fn memory_hog_is_killed_at_the_limit() {
     d.rm(&id).await;
 }
 
+/// `disk_mib` bounds what the guest can write: `df /` shows it, a write
+/// past it fails with ENOSPC, inodes are bounded, the host's disk holds
+/// no more than the limit, and the sandbox (its snapshots and forks too)
+/// goes on working once full.
+async fn disk_fills_at_its_limit() {
+    let d = shared();
+    let caps = my_caps(d).await;
+    assert_eq!(caps["disk_limit"], true, "{caps}");
+    let vm = caps["isolation"] == "hardware_virtualization";
+    // (A microVM's disk holds its environment's image too: busybox's is
+    // about 66 MiB.)
+    let id = d.create(json!({"resources": {"disk_mib": 128}})).await;
+    let df = d.ok(&id, "df -k / | awk 'NR==2 {print $2}'").await;
+    let kb: u64 = df.trim().parse().unwrap();
+    assert!((64 << 10..=128 << 10).contains(&kb), "a root fs of {kb} KiB on a 128 MiB disk");
+    let inodes: u64 = d.ok(&id, "df -i / | awk 'NR==2 {print $2}'").await.trim().parse().unwrap();
+    assert!(inodes > 0 && inodes <= 1 << 17, "{inodes} inodes on a 128 MiB disk");
+    let v = d.sh(&id, "dd if=/dev/zero of=/fill bs=1M count=200 conv=fsync 2>&1").await;
+    assert_ne!(v["exit_code"], 0, "200 MiB written to a 128 MiB disk: {v}");
+    assert!(v["stdout"].as_str().unwrap().contains("No space left"), "{v}");
+    // Many small files stop at the inode or block limit, not the host's.
+    let v =
+        d.sh(&id, "mkdir /many && cd /many && i=0; while true 2>/dev/null >f$i; do i=$((i+1)); done; echo $i").await;
+    let files: u64 = v["stdout"].as_str().unwrap().trim().parse().unwrap_or(u64::MAX);
+    assert!(files <= 1 << 17, "{files} files on a 128 MiB disk: {v}");
+    if !vm {
+        // The host holds at most the limit for it (the image is sparse).
+        let img = d.data().join(format!("{}/sandboxes/{id}/disk.img", driver()));
+        let used = std::os::unix::fs::MetadataExt::blocks(&std::fs::metadata(&img).unwrap()) * 512;
+        assert!(used <= 130 << 20, "{used} bytes of host disk for a 128 MiB sandbox");
+    }
+    // Full, it still runs, and freeing space makes room again.
+    d.ok(&id, "rm -rf /fill /many && echo after > /after").await;
+    assert_eq!(d.ok(&id, "cat /after").await, "after\n");
+    if caps["fork"] != true {
+        d.rm(&id).await;
+        return;
+    }
+    // A fork has a disk of its own, of the same size, with the parent's files.
+    let (st, v) = d.req("POST", &format!("/v1/sandboxes/{id}/fork"), Some(json!({}))).await;
+    assert_eq!(st, 201, "{v}");
+    let child = v["children"][0]["id"].as_str().unwrap().to_string();
+    assert_eq!(d.ok(&child, "cat /after").await, "after\n");
+    let ckb: u64 = d.ok(&child, "df -k / | awk 'NR==2 {print $2}'").await.trim().parse().unwrap();
+    assert!((64 << 10..=128 << 10).contains(&ckb), "the fork's root fs is {ckb} KiB");
+    d.ok(&child, "dd if=/dev/zero of=/c bs=1M count=16 2>&1 && rm /c").await;
+    d.rm(&child).await;
+    // Nor can it write past its disk through the agent's own output (the
+    // console log, a host file): the agent is not dumpable, and where the
+    // guest's kernel lets it write there anyway (gVisor's /proc), the log
+    // is on the sandbox's disk.
+    let v = d.sh(&id, "head -c 209715200 /dev/zero > /proc/1/fd/1").await;
+    if !vm {
+        let log = d.data().join(format!("{}/sandboxes/{id}/disk/console.log", driver()));
+        let len = std::fs::metadata(&log).map(|m| m.len()).unwrap_or(0);
+        assert!(len < 128 << 20, "a console log of {len} bytes: {v}");
+        assert!(v["exit_code"] != 0 || driver() == "gvisor", "wrote to the agent's stdout: {v}");
+    }
+    d.rm(&id).await;
+}
+
+/// What a guest or a client can throw at the daemon costs it bounded
+/// memory: a process writing gigabytes to stdout (captured up to the
+/// limit, flagged truncated; streamed with backpressure), and an argv or
+/// environment past what a request or the guest's kernel takes (a clear
+/// error, nothing run).
+async fn output_floods_and_huge_requests_cost_bounded_memory() {
+    let d = shared();
+    let tcg = my_caps(d).await["backend"].as_str().unwrap_or("").contains("TCG");
+    let n: u64 = if tcg { 64 << 20 } else { 2 << 30 };
+    let id = d.create(json!({})).await;
+    let exec = format!("/v1/sandboxes/{id}/exec");
+    let cmd = format!("head -c {n} /dev/zero | tr '\\0' a; echo done >&2");
+    let (st, v) = d.req("POST", &exec, Some(json!({"cmd": cmd, "timeout_ms": 600_000}))).await;
+    assert_eq!(st, 200, "{}", tail(&v.to_string(), 300));
+    assert_eq!((v["exit_code"].as_i64(), v["truncated"].as_bool()), (Some(0), Some(true)), "{}", v["message"]);
+    assert_eq!(v["stdout"].as_str().unwrap().len(), 16 << 20, "the capture limit");
+    assert_eq!(v["stderr"], "done\n");
+    // Streamed to a client that reads one line and then stalls: the writer
+    // waits on its pipe; the daemon does not buffer the rest.
+    let s = tokio::net::UnixStream::connect(&d.sock).await.unwrap();
+    let (mut tx, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(s)).await.unwrap();
+    tokio::spawn(conn);
+    let body = json!({"cmd": "yes flood", "timeout_ms": 60_000}).to_string();
+    let req = http::Request::builder()
+        .method("POST")
+        .uri(format!("{exec}?stream=true"))
+        .header("host", "localhost")
+        .body(http_body_util::Full::new(Bytes::from(body)))
+        .unwrap();
+    let resp = tx.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let mut body = resp.into_body();
+    use http_body_util::BodyExt;
+    let first = body.frame().await.unwrap().unwrap();
+    assert!(first.into_data().is_ok_and(|b| !b.is_empty()));
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let rss = |pid: u32| -> u64 {
+        let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        s.lines().find(|l| l.starts_with("VmRSS:")).unwrap().split_whitespace().nth(1).unwrap().parse::<u64>().unwrap()
+            * 1024
+    };
+    let stalled = rss(d.pid());
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let later = rss(d.pid());
+    assert!(later < stalled + (64 << 20), "the daemon grew from {stalled} to {later} bytes behind a stalled client");
+    drop(body);
+    drop(tx);
+    // The foreground `yes` dies with its client.
+    eventually("the flood's process ends with its client", 20, || async {
+        d.sh(&id, "pgrep -x yes || true").await["stdout"] == ""
+    })
+    .await;
+    // A request past the body limit: a 413 in the API's shape.
+    // (The daemon answers before reading the rest, so the client may fail
+    // to send it all and lose the answer's body.)
+    let s = tokio::net::UnixStream::connect(&d.sock).await.unwrap();
+    let (mut tx, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(s)).await.unwrap();
+    tokio::spawn(conn);
+    let big = json!({"argv": ["echo", "x".repeat(3 << 20)]}).to_string();
+    let req = http::Request::builder()
+        .method("POST")
+        .uri(&exec)
+        .header("host", "localhost")
+        .body(http_body_util::Full::new(Bytes::from(big)))
+        .unwrap();
+    match tx.send_request(req).await {
+        Ok(resp) => {
+            assert_eq!(resp.status(), 413);
+            if let Ok(b) = resp.into_body().collect().await {
+                let v: Value = serde_json::from_slice(&b.to_bytes()).unwrap();
+                assert_eq!(v["code"], "payload_too_large", "{v}");
+            }
+        }
+        Err(e) => assert!(format!("{e:?}").contains("BrokenPipe"), "{e:?}"),
+    }
+    // Within it, but past the kernel's 128 KiB per argument: a clear error.
+    let (st, v) = d.req("POST", &exec, Some(json!({"argv": ["echo", "x".repeat(1 << 20)]}))).await;
+    let text = v.to_string();
+    assert!(st == 400 || v["exit_code"] != 0, "{st} {}", tail(&text, 300));
+    assert!(text.contains("too long") || text.contains("E2BIG") || text.contains("os error 7"), "{}", tail(&text, 300));
+    let (st, v) = d.req("POST", &exec, Some(json!({"cmd": "true", "env": {"BIG": "y".repeat(200_000)}}))).await;
+    let text = v.to_string();
+    assert!(st == 400 || v["exit_code"] != 0, "{st} {}", tail(&text, 300));
+    assert!(text.contains("too long") || text.contains("E2BIG") || text.contains("os error 7"), "{}", tail(&text, 300));
+    assert_eq!(d.ok(&id, "echo alive").await, "alive\n");
+    d.rm(&id).await;
+}
+
 async fn agent_info_reports_version_and_usage() {
     let d = shared();
     let id = d.create(json!({})).await;
@@ -742,36 +891,10 @@ async fn running_sandbox_needs_force_to_remove() {
     assert_eq!(st, 404);
 }
 
-/// Kill the sandbox's init from the host, the way a crash or an operator would.
-fn kill_from_outside(d: &common::Daemon, id: &str) {
-    match driver().as_str() {
-        drv @ ("container" | "gvisor") => {
-            let pid: i32 = std::fs::read_to_string(d.data().join(format!("{drv}/sandboxes/{id}/init.pid")))
-                .unwrap()
-                .trim()
-                .parse()
-                .unwrap();
-            // SAFETY: plain kill(2).
-            assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
-        }
-        "microvm" => {
-            // Kill the VMM: the guest goes with it.
-            let pid: i32 = std::fs::read_to_string(d.data().join(format!("microvm/sandboxes/{id}/run/qemu.pid")))
-                .unwrap()
-                .trim()
-                .parse()
-                .unwrap();
-            // SAFETY: plain kill(2).
-            assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
-        }
-        other => panic!("no outside-kill helper for driver {other}"),
-    }
-}
-
 async fn sandbox_killed_from_outside_is_stopped_with_a_reason() {
     let d = shared();
     let id = d.create(json!({})).await;
-    kill_from_outside(d, &id);
+    common::kill_init(d, &id);
     eventually("sandbox marked stopped", 10, || async {
         d.req("GET", &format!("/v1/sandboxes/{id}"), None).await.1["state"] == "stopped"
     })
@@ -1626,6 +1749,8 @@ suite!(
     fork_bomb_stops_at_the_pids_limit,
     limits_land_in_the_sandbox_cgroup,
     memory_hog_is_killed_at_the_limit,
+    disk_fills_at_its_limit,
+    output_floods_and_huge_requests_cost_bounded_memory,
     pause_resume_keeps_processes_and_files,
     snapshot_restore_diff_and_fork,
     timeout_pauses_and_exec_auto_resumes,
@@ -1695,7 +1820,7 @@ mod microvm_only {
         // The guest cannot crash its kernel on purpose (sysrq is read-only).
         assert_ne!(d.sh(&b, "echo c > /proc/sysrq-trigger").await["exit_code"], 0);
         // A dead VMM is noticed, and the reason carries the guest's console.
-        super::kill_from_outside(d, &a);
+        common::kill_init(d, &a);
         eventually("VMM death noticed", 20, || async {
             d.req("GET", &format!("/v1/sandboxes/{a}"), None).await.1["state"] == "stopped"
         })

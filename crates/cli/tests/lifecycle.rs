@@ -261,7 +261,9 @@ async fn daemon_killed_during_snapshot_or_fork_leaves_a_consistent_store() {
 async fn disk_full_while_snapshotting_is_a_clear_error() {
     let d = Daemon::start_on_tmpfs("diskfull", 128);
     let id = d.create(json!({})).await;
-    let sum = d.ok(&id, "dd if=/dev/urandom of=/root/big bs=1M count=24 2>/dev/null; md5sum /root/big").await;
+    // (Synced: the sandbox's disk image takes host space as its writes
+    // reach it, which must be before the host's disk is filled below.)
+    let sum = d.ok(&id, "dd if=/dev/urandom of=/root/big bs=1M count=24 2>/dev/null; sync; md5sum /root/big").await;
     // Fill the data dir's filesystem up to the last 6 MiB.
     let free = nix::sys::statvfs::statvfs(&d.data()).unwrap();
     let avail = free.blocks_available() as u64 * free.fragment_size() as u64;
@@ -456,9 +458,78 @@ async fn pause_to_disk_frees_the_vm_and_resumes_it() {
     assert_eq!(leftovers(&d), Vec::<String>::new());
 }
 
+/// What a host reboot does to sandbox `id` of `d`: every process of it
+/// dies (any process in its cgroup or naming it), and its mounts go.
+fn reboot_away(d: &Daemon, id: &str) {
+    let me = std::process::id().to_string();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let pid = e.file_name().to_string_lossy().to_string();
+        if pid == me || !pid.bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        let cg = std::fs::read_to_string(e.path().join("cgroup")).unwrap_or_default();
+        let cmd = String::from_utf8_lossy(&std::fs::read(e.path().join("cmdline")).unwrap_or_default()).into_owned();
+        if cg.lines().any(|l| l.ends_with(&format!("/{id}"))) || cmd.contains(id) {
+            // SAFETY: plain kill(2).
+            unsafe { libc::kill(pid.parse().unwrap(), libc::SIGKILL) };
+        }
+    }
+    let dir = d.data().join(format!("{}/sandboxes/{id}", common::driver()));
+    for m in ["rootfs", "disk"] {
+        let _ = std::process::Command::new("umount").arg("-l").arg(dir.join(m)).status();
+    }
+}
+
+/// A stopped sandbox keeps its disk, and `start` boots it again on it:
+/// after a host reboot (the daemon and every process and mount of the
+/// sandbox gone at once), and after its init died on its own.
+async fn a_stopped_sandbox_keeps_its_disk_and_starts_again() {
+    let d = Daemon::start("restart-disk");
+    let id = d.create(json!({"labels": {"keep": "yes"}})).await;
+    let other = d.create(json!({})).await;
+    d.ok(&id, "echo kept > /root/kept && mkdir -p /srv/d && echo 2 > /srv/d/f && rm /etc/group && sync").await;
+    d.kill9();
+    reboot_away(&d, &id);
+    d.restart();
+    let (_, v) = d.req("GET", &format!("/v1/sandboxes/{id}"), None).await;
+    assert_eq!(v["state"], "stopped", "{v}");
+    assert!(v["reason"].as_str().is_some_and(|r| !r.is_empty()), "{v}");
+    // Stopped is not running: exec says so, and so does a second start later.
+    let (st, v) = d.req("POST", &format!("/v1/sandboxes/{id}/exec"), Some(json!({"cmd": "true"}))).await;
+    assert_eq!(st, 409, "{v}");
+    let (st, v) = d.req("POST", &format!("/v1/sandboxes/{id}/start"), None).await;
+    assert_eq!(st, 200, "{v}");
+    assert_eq!((v["state"].as_str(), v["labels"]["keep"].as_str()), (Some("running"), Some("yes")), "{v}");
+    assert_eq!(d.ok(&id, "cat /root/kept /srv/d/f; test -e /etc/group || echo gone").await, "kept\n2\ngone\n");
+    // A fresh init: PID 1 is the agent, and it answers.
+    let (st, info) = d.req("GET", &format!("/v1/sandboxes/{id}/info"), None).await;
+    assert_eq!(st, 200, "{info}");
+    let (st, v) = d.req("POST", &format!("/v1/sandboxes/{id}/start"), None).await;
+    assert_eq!((st, v["code"].as_str()), (409, Some("conflict")), "{v}");
+    // The other sandbox was not touched.
+    assert_eq!(d.ok(&other, "echo up").await, "up\n");
+    // Its init dies on its own (a guest powering off): stopped, then started again.
+    d.ok(&id, "echo again >> /root/kept && sync").await;
+    common::kill_init(&d, &id);
+    eventually("the dead init is noticed", 20, || async {
+        d.req("GET", &format!("/v1/sandboxes/{id}"), None).await.1["state"] == "stopped"
+    })
+    .await;
+    let out = d.cli(&["start", &id]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(d.ok(&id, "cat /root/kept").await, "kept\nagain\n");
+    // Unknown ids are 404; rm deletes it for good.
+    let (st, _) = d.req("POST", "/v1/sandboxes/000000000000/start", None).await;
+    assert_eq!(st, 404);
+    d.rm(&id).await;
+    d.rm(&other).await;
+    assert_eq!(leftovers(&d), Vec::<String>::new());
+}
+
 suite!(
     daemon_restart_reattaches_and_timeouts_still_fire,
     hundred_create_destroy_cycles_leak_nothing,
     paused_sandbox_stays_paused_across_a_daemon_restart,
     daemon_killed_during_snapshot_or_fork_leaves_a_consistent_store,
+    a_stopped_sandbox_keeps_its_disk_and_starts_again,
 );

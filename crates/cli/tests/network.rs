@@ -567,7 +567,7 @@ async fn secrets_are_projected_and_never_leak() {
     ] {
         api.extend_from_slice(&d.raw("GET", &path, bytes::Bytes::new()).await.1);
     }
-    let upper = d.data().join("container/sandboxes").join(&id).join("upper");
+    let upper = d.data().join("container/sandboxes").join(&id).join("disk/upper");
     let mut upper_bytes = vec![];
     for e in walk(&upper) {
         upper_bytes.extend(std::fs::read(e).unwrap_or_default());

@@ -281,22 +281,9 @@ impl Manager {
             }
             return Err(e);
         }
-        let spec = SandboxSpec {
-            id: id.to_string(),
-            hostname: id.to_string(),
-            resources,
-            layers: layers.iter().map(|l| self.envs.layer_dir(l)).collect(),
-            net: match (&net, &sb.net) {
-                (Some(n), Some(slot)) => Some(n.guest(&id, slot)),
-                _ => None,
-            },
-        };
+        let spec = self.spec_of(&sb);
         let started = async {
-            if let (Some(n), Some(slot)) = (&net, &sb.net) {
-                let kind =
-                    if driver.nic_is_tap() { crate::network::NetKind::Tap } else { crate::network::NetKind::Veth };
-                n.setup(&id, slot, kind, &sb.network).await?;
-            }
+            self.setup_net(&sb, &*driver).await?;
             let ds = match &memory {
                 Some(dir) => driver.create_from_memory(&spec, dir).await?,
                 None => driver.create(&spec).await?,
@@ -339,6 +326,68 @@ impl Manager {
                 }
                 self.agents.lock().unwrap().remove(id.as_str());
                 self.store.delete_sandbox(&id, SandboxState::Creating, Some(&format!("create failed: {e}")))?;
+                Err(e)
+            }
+        }
+    }
+
+    /// What the driver is given to run `sb`.
+    fn spec_of(&self, sb: &Sandbox) -> SandboxSpec {
+        SandboxSpec {
+            id: sb.id.to_string(),
+            hostname: sb.id.to_string(),
+            resources: sb.resources,
+            layers: sb.layers.iter().map(|l| self.envs.layer_dir(l)).collect(),
+            net: match (&self.net, &sb.net) {
+                (Ok(n), Some(slot)) => Some(n.guest(&sb.id, slot)),
+                _ => None,
+            },
+        }
+    }
+
+    /// Make `sb`'s namespace, link and policy (afresh: what a killed
+    /// daemon or a reboot left of them goes first).
+    async fn setup_net(&self, sb: &Sandbox, driver: &dyn Driver) -> Result<()> {
+        if let (Ok(n), Some(slot)) = (&self.net, &sb.net) {
+            let kind = if driver.nic_is_tap() { crate::network::NetKind::Tap } else { crate::network::NetKind::Veth };
+            n.setup(&sb.id, slot, kind, &sb.network).await?;
+        }
+        Ok(())
+    }
+
+    /// Boot a stopped sandbox again on the disk it kept: its network made
+    /// afresh, a fresh agent, its secrets projected again. A failed start
+    /// leaves it stopped, with why.
+    pub(crate) async fn start_now(&self, id: &str) -> Result<Sandbox> {
+        let lock = self.lock_for(id);
+        let _g = lock.lock().await;
+        let mut sb = self.get(id)?;
+        if sb.state != SandboxState::Stopped {
+            return Err(Error::Conflict(format!("sandbox {id} is {}; only a stopped sandbox starts", sb.state)));
+        }
+        self.require(&sb, "restart")?;
+        let driver = self.driver(&sb.driver)?;
+        let spec = self.spec_of(&sb);
+        let started = async {
+            self.setup_net(&sb, &*driver).await?;
+            let ds = driver.start(&spec).await?;
+            self.wait_agent(&*driver, id).await?;
+            self.project_secrets(&sb).await?;
+            Ok::<_, Error>(ds)
+        }
+        .await;
+        match started {
+            Ok(ds) => {
+                self.set_state(&mut sb, SandboxState::Running, None, Some(&ds))?;
+                tracing::info!(id = %sb.id, driver = %sb.driver, "sandbox started again");
+                Ok(sb)
+            }
+            Err(e) => {
+                tracing::warn!(id = %sb.id, "start failed: {e}");
+                self.agents.lock().unwrap().remove(id);
+                sb.reason = Some(format!("start failed: {e}"));
+                sb.updated_at = now_ms();
+                self.store.update_sandbox(&sb, SandboxState::Stopped, None)?;
                 Err(e)
             }
         }

@@ -51,6 +51,12 @@ impl Manager {
         detached(self, move |m| async move { m.freeze_with(&id, SandboxState::Running, false).await }).await
     }
 
+    /// Boot a stopped sandbox again on the disk it kept.
+    pub async fn start(self: &Arc<Self>, id: &str) -> Result<Sandbox> {
+        let id = id.to_string();
+        detached(self, move |m| async move { m.start_now(&id).await }).await
+    }
+
     pub async fn snapshot(self: &Arc<Self>, id: &str, req: SnapshotRequest) -> Result<Snapshot> {
         let id = id.to_string();
         detached(self, move |m| async move { m.snapshot_now(&id, req, false).await }).await

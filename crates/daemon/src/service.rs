@@ -157,6 +157,10 @@ impl SandboxService for Service {
         self.m.resume(id).await
     }
 
+    async fn start(&self, id: &SandboxId) -> Result<Sandbox> {
+        self.m.start(id).await
+    }
+
     /// No driver implements it yet: the answer comes from the sandbox's
     /// driver's declaration (`unsupported` with the driver and capability),
     /// never a silent no-op.

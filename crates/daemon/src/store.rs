@@ -20,6 +20,12 @@ pub struct Store {
 }
 
 fn db_err(e: rusqlite::Error) -> Error {
+    // A full disk is the host's state, not a bug: say so and what to do.
+    if e.sqlite_error_code() == Some(rusqlite::ErrorCode::DiskFull) {
+        return Error::Unavailable(format!(
+            "state database: {e}; the data dir's filesystem is full (free space there and retry)"
+        ));
+    }
     Error::internal("state database", e)
 }
 

@@ -48,6 +48,13 @@ pub struct Capabilities {
     /// limits bound the whole sandbox, its kernel included, and going over
     /// them stops the sandbox, with the limit named in the reason.
     pub per_process_limits: bool,
+    /// A stopped sandbox (its init died, the host rebooted, the guest
+    /// powered off) keeps its disk and boots again on it with `start`.
+    pub restart: bool,
+    /// `disk_mib` bounds what the guest can write (ENOSPC past it, `df /`
+    /// shows it). False where the operator turned it off (container and
+    /// gVisor on a host without loop devices: `SPINUP_DISK_LIMITS=off`).
+    pub disk_limit: bool,
 }
 
 impl Capabilities {
@@ -72,6 +79,8 @@ impl Capabilities {
             live_resource_update: false,
             own_kernel: false,
             per_process_limits: false,
+            restart: false,
+            disk_limit: false,
         }
     }
 
@@ -90,11 +99,13 @@ impl Capabilities {
             "live_resource_update" => self.live_resource_update,
             "own_kernel" => self.own_kernel,
             "per_process_limits" => self.per_process_limits,
+            "restart" => self.restart,
+            "disk_limit" => self.disk_limit,
             _ => return None,
         })
     }
 
-    pub const NAMES: [&'static str; 12] = [
+    pub const NAMES: [&'static str; 14] = [
         "exec",
         "pty",
         "files",
@@ -107,6 +118,8 @@ impl Capabilities {
         "live_resource_update",
         "own_kernel",
         "per_process_limits",
+        "restart",
+        "disk_limit",
     ];
 }
 
@@ -174,6 +187,14 @@ pub trait Driver: Send + Sync {
     /// The returned value is opaque driver state, persisted by the store
     /// and handed back to [`Driver::status`] after a daemon restart.
     async fn create(&self, spec: &SandboxSpec) -> Result<serde_json::Value>;
+
+    /// Boot a stopped sandbox again on the disk it kept (its writable
+    /// layer, or its VM disk), with a fresh init and agent; whatever is
+    /// left of its last run (runtime state, cgroups, a dead VMM's sockets)
+    /// goes first. Returns new driver state. Declared by `restart`.
+    async fn start(&self, _spec: &SandboxSpec) -> Result<serde_json::Value> {
+        Err(crate::Error::Unsupported { driver: self.name().into(), capability: "restart".into() })
+    }
 
     /// Observe a sandbox, using the state [`Driver::create`] returned.
     async fn status(&self, id: &str, state: &serde_json::Value) -> DriverStatus;

@@ -55,6 +55,7 @@ impl SandboxState {
                 | (Paused, Running)
                 | (Paused, Stopped)
                 | (Paused, Destroyed)
+                | (Stopped, Running)
                 | (Stopped, Destroyed)
         )
     }
@@ -121,8 +122,12 @@ impl Resources {
         if self.pids < 8 || self.pids > 1 << 22 {
             return Err(Error::InvalidArgument(format!("pids must be between 8 and 4194304, got {}", self.pids)));
         }
-        if self.disk_mib < 16 {
-            return Err(Error::InvalidArgument(format!("disk_mib must be at least 16, got {}", self.disk_mib)));
+        // 16 TiB: ext4's limit with 4 KiB blocks, and far from u64's.
+        if self.disk_mib < 16 || self.disk_mib > 1 << 24 {
+            return Err(Error::InvalidArgument(format!(
+                "disk_mib must be between 16 and 16777216, got {}",
+                self.disk_mib
+            )));
         }
         Ok(())
     }
@@ -422,18 +427,19 @@ mod tests {
     use super::*;
 
     #[test]
-    fn lifecycle_allows_only_forward_moves() {
+    fn lifecycle_allows_only_its_moves() {
         use SandboxState::*;
         assert!(Creating.can_transition(Running));
         assert!(Running.can_transition(Stopped));
         assert!(Stopped.can_transition(Destroyed));
+        assert!(Stopped.can_transition(Running), "start");
         assert!(Running.can_transition(Paused) && Paused.can_transition(Running));
-        assert!(!Stopped.can_transition(Running));
+        assert!(!Stopped.can_transition(Paused));
         assert!(!Destroyed.can_transition(Creating));
         assert!(!Destroyed.can_transition(Running));
-        let e = Stopped.transition(Running).unwrap_err();
+        let e = Destroyed.transition(Running).unwrap_err();
         assert_eq!(e.code(), "conflict");
-        assert!(e.to_string().contains("stopped") && e.to_string().contains("running"));
+        assert!(e.to_string().contains("destroyed") && e.to_string().contains("running"));
         for s in SandboxState::ALL {
             assert!(!s.can_transition(s), "{s} must not loop to itself");
             assert_eq!(s.as_str().parse::<SandboxState>().unwrap(), s);

@@ -24,6 +24,7 @@ pub mod rm;
 pub mod secret;
 pub mod serve;
 pub mod snapshot;
+pub mod start;
 pub mod timeout;
 
 use anyhow::Result;
@@ -52,6 +53,7 @@ pub async fn run(cmd: Command, ctx: &Ctx) -> Result<i32> {
         Command::Timeout(a) => timeout::run(a, ctx).await.map(ok),
         Command::Pause(a) => pause::run(a, ctx).await.map(ok),
         Command::Resume(a) => resume::run(a, ctx).await.map(ok),
+        Command::Start(a) => start::run(a, ctx).await.map(ok),
         Command::Cp(a) => cp::run(a, ctx).await.map(ok),
         Command::Env(c) => env::run(c, ctx).await.map(ok),
         Command::Drivers => drivers::run(ctx).await.map(ok),

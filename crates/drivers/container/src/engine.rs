@@ -8,15 +8,17 @@
 //!
 //! ```text
 //! state/                     the OCI runtime's --root (ours alone)
-//! sandboxes/<id>/upper       writable layer
-//! sandboxes/<id>/work        overlayfs work dir
+//! sandboxes/<id>/disk.img    sparse ext4 image of disk_mib (the disk limit)
+//! sandboxes/<id>/disk/       disk.img mounted (loop, nosuid, nodev):
+//!     upper                  writable layer
+//!     work                   overlayfs work dir
+//!     console.log            the agent's stdout/stderr (within the limit)
 //! sandboxes/<id>/rootfs      overlay mount point (the sandbox's /)
 //! sandboxes/<id>/config.json the OCI bundle
 //! sandboxes/<id>/init.pid    the runtime's init (or sandbox) process
 //! sandboxes/<id>/run/        bind-mounted read-only at /run/spinup:
 //!     agent.sock | host.sock bound by the host (see Transport)
 //!     spinup-agent           hard link of the agent binary
-//! sandboxes/<id>/console.log the agent's stdout/stderr
 //! ```
 
 use std::collections::HashMap;
@@ -69,6 +71,10 @@ pub struct OciEngine {
     listeners: Mutex<HashMap<String, Arc<tokio::net::UnixListener>>>,
     /// What replaces `--network=none` for a sandbox with a network (runsc).
     pub networked: Mutex<&'static str>,
+    /// Each sandbox gets a disk image of its `disk_mib` (unless
+    /// `SPINUP_DISK_LIMITS=off`: then its writable layer is a plain dir on
+    /// the data dir's filesystem, unbounded).
+    disk_limits: bool,
 }
 
 /// What the store keeps for one sandbox between daemon restarts.
@@ -140,6 +146,112 @@ fn mounted(path: &Path) -> bool {
     mounts.lines().any(|l| l.split_whitespace().nth(4) == Some(&p))
 }
 
+/// Where a sandbox's writable layer and overlayfs work dir live: on its
+/// disk (`disk/`) or, for a sandbox made before disks, in its dir itself.
+fn layer_dirs(dir: &Path) -> (PathBuf, PathBuf) {
+    let base = if dir.join(DISK_IMAGE).exists() { dir.join("disk") } else { dir.to_path_buf() };
+    (base.join("upper"), base.join("work"))
+}
+
+const DISK_IMAGE: &str = "disk.img";
+
+/// The agent's stdout and stderr: on the sandbox's disk, since a guest
+/// may get to write there (gVisor lets guest root open /proc/1/fd/1), so
+/// that it is bounded by the disk limit.
+fn console_log(dir: &Path) -> PathBuf {
+    if dir.join(DISK_IMAGE).exists() {
+        dir.join("disk/console.log")
+    } else {
+        dir.join("console.log")
+    }
+}
+
+/// What to do when the disk tools are missing.
+const DISK_TOOLS: &str = "install e2fsprogs and util-linux (scripts/install-deps.sh)";
+
+/// Make the sandbox's disk: a sparse file of `mib` MiB holding an ext4
+/// filesystem, loop-mounted at `dir/disk`, with the overlay's upper and
+/// work dirs on it. A write past it fails with ENOSPC in the guest, `df /`
+/// shows its size, and its inodes are ext4's for that size. The image
+/// takes host space only as the guest writes.
+async fn make_disk(dir: &Path, mib: u64) -> Result<()> {
+    let img = dir.join(DISK_IMAGE);
+    std::fs::File::create(&img)
+        .and_then(|f| f.set_len(mib << 20))
+        .map_err(|e| Error::internal(format!("creating {}", img.display()), e))?;
+    // No reserved blocks (the guest has the whole disk); inode tables are
+    // left to read as the sparse file's zeros, so making it writes a few
+    // MiB whatever its size. No journal: it would take up to 64 MiB of the
+    // host's disk per sandbox as it cycles, for a filesystem a host crash
+    // leaves to `e2fsck -p` before its next start (see `mount_disk`).
+    spinup_host::run(
+        tokio::process::Command::new("mkfs.ext4")
+            .args(["-q", "-F", "-m", "0", "-O", "^has_journal", "-E", "lazy_itable_init=1,nodiscard"])
+            .arg(&img),
+        spinup_host::Run::new(DISK_TOOLS),
+    )
+    .await?;
+    mount_disk(dir, false).await?;
+    let (upper, work) = layer_dirs(dir);
+    for d in [&upper, &work] {
+        std::fs::create_dir(d).map_err(|e| Error::internal(format!("creating {}", d.display()), e))?;
+    }
+    Ok(())
+}
+
+/// Mount the sandbox's disk at `dir/disk` unless it is mounted already;
+/// `check` first (a disk a reboot or a crash unmounted): `e2fsck -p`
+/// repairs what is safe to, and a disk it cannot is refused.
+/// noinit_itable: the kernel does not zero the inode tables behind the
+/// guest's back (they read as zeros already).
+async fn mount_disk(dir: &Path, check: bool) -> Result<()> {
+    let at = dir.join("disk");
+    if mounted(&at) {
+        return Ok(());
+    }
+    std::fs::create_dir_all(&at).map_err(|e| Error::internal(format!("creating {}", at.display()), e))?;
+    if check {
+        // Exit 1: errors corrected. 4 and up: left uncorrected.
+        let out = tokio::process::Command::new("e2fsck")
+            .arg("-p")
+            .arg(dir.join(DISK_IMAGE))
+            .stdin(Stdio::null())
+            .output()
+            .await
+            .map_err(|e| Error::Unavailable(format!("cannot run e2fsck: {e}; {DISK_TOOLS}")))?;
+        if out.status.code().is_none_or(|c| c >= 4) {
+            return Err(Error::Conflict(format!(
+                "the sandbox's disk needs repairs e2fsck -p would not make ({}): {}; `rm` it, or repair {} by hand",
+                out.status,
+                String::from_utf8_lossy(&out.stdout).trim(),
+                dir.join(DISK_IMAGE).display()
+            )));
+        }
+    }
+    spinup_host::run(
+        tokio::process::Command::new("mount")
+            .args(["-t", "ext4", "-o", "loop,noatime,nosuid,nodev,noinit_itable"])
+            .arg(dir.join(DISK_IMAGE))
+            .arg(&at),
+        spinup_host::Run::new(DISK_TOOLS),
+    )
+    .await?;
+    Ok(())
+}
+
+/// Unmount `at` (lazily: a sandbox's last processes may still hold it)
+/// when it is mounted, and fail unless it is gone after.
+fn unmount(at: &Path) -> Result<()> {
+    if mounted(at) {
+        nix::mount::umount2(at, nix::mount::MntFlags::MNT_DETACH)
+            .map_err(|e| Error::internal(format!("unmounting {}", at.display()), e))?;
+    }
+    if mounted(at) {
+        return Err(Error::Internal(format!("{} is still mounted", at.display())));
+    }
+    Ok(())
+}
+
 fn mount_overlay(spec: &SandboxSpec, dir: &Path) -> Result<()> {
     for l in &spec.layers {
         let s = l.to_string_lossy();
@@ -149,11 +261,12 @@ fn mount_overlay(spec: &SandboxSpec, dir: &Path) -> Result<()> {
             )));
         }
     }
+    let (upper, work) = layer_dirs(dir);
     let opts = format!(
         "lowerdir={},upperdir={},workdir={}",
         spinup_host::overlay_lowerdir(&spec.layers),
-        dir.join("upper").display(),
-        dir.join("work").display()
+        upper.display(),
+        work.display()
     );
     nix::mount::mount(
         Some("overlay"),
@@ -176,6 +289,10 @@ impl OciEngine {
     ) -> Self {
         let _ = std::fs::create_dir_all(root.join("sandboxes"));
         let _ = std::fs::create_dir_all(root.join("state"));
+        let disk_limits = std::env::var("SPINUP_DISK_LIMITS").as_deref() != Ok("off");
+        if !disk_limits {
+            tracing::warn!(root = %root.display(), "SPINUP_DISK_LIMITS=off: sandboxes here write to the data dir's disk without a limit");
+        }
         OciEngine {
             root,
             agent,
@@ -185,12 +302,19 @@ impl OciEngine {
             transport,
             listeners: Default::default(),
             networked: Mutex::new("--network=sandbox"),
+            disk_limits,
         }
     }
 
-    /// The sandbox's overlayfs upper dir (its writable layer).
-    pub fn upper(&self, id: &str) -> PathBuf {
-        self.dir(id).join("upper")
+    /// The sandbox's overlayfs upper dir (its writable layer), while its
+    /// disk is mounted.
+    pub fn upper(&self, id: &str) -> Option<PathBuf> {
+        let dir = self.dir(id);
+        if dir.join(DISK_IMAGE).exists() && !mounted(&dir.join("disk")) {
+            tracing::warn!(sandbox = id, "the sandbox's disk is not mounted: no writable layer to read");
+            return None;
+        }
+        Some(layer_dirs(&dir).0)
     }
 
     fn dir(&self, id: &str) -> PathBuf {
@@ -231,6 +355,9 @@ impl OciEngine {
             fork: true,
             own_kernel,
             per_process_limits: true,
+            // The disk image outlives the runtime's processes.
+            restart: true,
+            disk_limit: self.disk_limits,
             ..Capabilities::base(driver, isolation)
         }
     }
@@ -268,16 +395,75 @@ impl OciEngine {
         agent_args: &[&str],
         tweak: impl FnOnce(&mut serde_json::Value),
     ) -> Result<serde_json::Value> {
-        let rt = self.runtime()?.clone();
+        self.runtime()?;
         let dir = self.dir(&spec.id);
-        for sub in ["upper", "work", "rootfs", "run"] {
+        for sub in ["rootfs", "run"] {
             std::fs::create_dir_all(dir.join(sub))
                 .map_err(|e| Error::internal(format!("creating {}", dir.join(sub).display()), e))?;
         }
-        std::fs::hard_link(&self.agent, dir.join("run/spinup-agent"))
-            .or_else(|_| std::fs::copy(&self.agent, dir.join("run/spinup-agent")).map(|_| ()))
+        let disk = if self.disk_limits {
+            make_disk(&dir, spec.resources.disk_mib).await
+        } else {
+            let (upper, work) = layer_dirs(&dir);
+            [upper, work]
+                .iter()
+                .try_for_each(std::fs::create_dir_all)
+                .map_err(|e| Error::internal("creating the writable layer", e))
+        };
+        let made = match disk {
+            Ok(()) => self.launch(spec, agent_args, tweak).await,
+            Err(e) => Err(e),
+        };
+        if made.is_err() {
+            let _ = self.destroy(&spec.id).await;
+        }
+        made
+    }
+
+    /// Boot a stopped sandbox again on the disk it kept: what is left of
+    /// its last run (runtime state, cgroups) goes, its disk and rootfs are
+    /// mounted again where a reboot unmounted them, and a fresh init starts
+    /// on them. A failed start leaves the disk as it was.
+    pub async fn start(
+        &self,
+        spec: &SandboxSpec,
+        agent_args: &[&str],
+        tweak: impl FnOnce(&mut serde_json::Value),
+    ) -> Result<serde_json::Value> {
+        let dir = self.dir(&spec.id);
+        let (upper, _) = layer_dirs(&dir);
+        if !dir.join(DISK_IMAGE).exists() && !upper.exists() {
+            return Err(Error::Conflict(format!("sandbox {} has no disk left on this host to start from", spec.id)));
+        }
+        self.delete_runtime_state(&spec.id).await?;
+        let started = self.launch(spec, agent_args, tweak).await;
+        if started.is_err() {
+            let _ = self.delete_runtime_state(&spec.id).await;
+        }
+        started
+    }
+
+    /// Run the runtime on the sandbox's disk (mounted here unless it is).
+    async fn launch(
+        &self,
+        spec: &SandboxSpec,
+        agent_args: &[&str],
+        tweak: impl FnOnce(&mut serde_json::Value),
+    ) -> Result<serde_json::Value> {
+        let rt = self.runtime()?.clone();
+        let dir = self.dir(&spec.id);
+        // Placed afresh each boot: a restarted daemon may carry a newer agent.
+        let agent = dir.join("run/spinup-agent");
+        let _ = std::fs::remove_file(&agent);
+        std::fs::hard_link(&self.agent, &agent)
+            .or_else(|_| std::fs::copy(&self.agent, &agent).map(|_| ()))
             .map_err(|e| Error::internal("placing the agent binary", e))?;
-        mount_overlay(spec, &dir)?;
+        if dir.join(DISK_IMAGE).exists() {
+            mount_disk(&dir, true).await?;
+        }
+        if !mounted(&dir.join("rootfs")) {
+            mount_overlay(spec, &dir)?;
+        }
         if let Some(net) = &spec.net {
             std::fs::write(dir.join("resolv.conf"), net.resolv_conf())
                 .map_err(|e| Error::internal("writing resolv.conf", e))?;
@@ -300,7 +486,7 @@ impl OciEngine {
         let console = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(dir.join("console.log"))
+            .open(console_log(&dir))
             .map_err(|e| Error::internal("opening console.log", e))?;
         let pid_file = dir.join("init.pid");
         let lfd = listener.as_raw_fd();
@@ -351,7 +537,6 @@ impl OciEngine {
         }
         if !status.success() {
             let msg = self.console_tail(&spec.id).unwrap_or_default();
-            let _ = self.destroy(&spec.id).await;
             return Err(Error::Internal(format!("{} run failed: {msg}", rt.name)));
         }
         let pid: i32 = std::fs::read_to_string(&pid_file)
@@ -437,9 +622,9 @@ impl OciEngine {
         cgroup_dirs(&self.cgroup_parent)
     }
 
-    /// Idempotent: kill, delete runtime state and cgroup, unmount, remove.
-    pub async fn destroy(&self, id: &str) -> Result<()> {
-        let dir = self.dir(id);
+    /// Kill every process of sandbox `id` and delete its runtime state and
+    /// cgroups; its disk and dirs stay. Idempotent.
+    async fn delete_runtime_state(&self, id: &str) -> Result<()> {
         self.listeners.lock().unwrap().remove(id);
         if let Ok(rt) = self.runtime() {
             // `delete --force` kills every process and removes the cgroup.
@@ -458,16 +643,23 @@ impl OciEngine {
         // What the runtime did not remove (its state was gone already):
         // empty cgroups go; one with processes left is an error.
         remove_cgroups(&self.cgroup_parent, id).await?;
+        Ok(())
+    }
+
+    /// Idempotent: kill, delete runtime state and cgroup, unmount, remove.
+    pub async fn destroy(&self, id: &str) -> Result<()> {
+        let dir = self.dir(id);
+        self.delete_runtime_state(id).await?;
         let rootfs = dir.join("rootfs");
-        if mounted(&rootfs) {
-            nix::mount::umount2(&rootfs, nix::mount::MntFlags::MNT_DETACH)
-                .map_err(|e| Error::internal(format!("unmounting {}", rootfs.display()), e))?;
-        }
+        let disk = dir.join("disk");
+        unmount(&rootfs)?;
+        unmount(&disk)?;
         if dir.exists() {
-            // The mount point must be empty now; never recurse through a mount.
-            if rootfs.exists() {
-                std::fs::remove_dir(&rootfs)
-                    .map_err(|e| Error::internal(format!("removing {}", rootfs.display()), e))?;
+            // The mount points must be empty now; never recurse through a mount.
+            for at in [&rootfs, &disk] {
+                if at.exists() {
+                    std::fs::remove_dir(at).map_err(|e| Error::internal(format!("removing {}", at.display()), e))?;
+                }
             }
             std::fs::remove_dir_all(&dir).map_err(|e| Error::internal(format!("removing {}", dir.display()), e))?;
         }
@@ -510,8 +702,14 @@ impl OciEngine {
     }
 
     pub fn console_tail(&self, id: &str) -> Option<String> {
-        let s = std::fs::read(self.dir(id).join("console.log")).ok()?;
-        let tail = String::from_utf8_lossy(&s[s.len().saturating_sub(1024)..]).trim().to_string();
+        use std::io::{Read, Seek, SeekFrom};
+        // The last KiB only: the log may be as big as the disk.
+        let mut f = std::fs::File::open(console_log(&self.dir(id))).ok()?;
+        let len = f.metadata().ok()?.len();
+        f.seek(SeekFrom::Start(len.saturating_sub(1024))).ok()?;
+        let mut s = vec![];
+        f.take(1024).read_to_end(&mut s).ok()?;
+        let tail = String::from_utf8_lossy(&s).trim().to_string();
         (!tail.is_empty()).then_some(tail)
     }
 }

@@ -50,6 +50,11 @@ impl ContainerDriver {
     }
 }
 
+/// The agent as PID 1, on the listening socket it inherits (fd 3:
+/// spinup_protocol::LISTEN_FD).
+const AGENT_ARGS: [&str; 3] = ["/run/spinup/spinup-agent", "--listen-fd", "3"];
+const _: () = assert!(spinup_protocol::LISTEN_FD == 3);
+
 #[async_trait]
 impl Driver for ContainerDriver {
     fn name(&self) -> &'static str {
@@ -61,8 +66,11 @@ impl Driver for ContainerDriver {
     }
 
     async fn create(&self, spec: &SandboxSpec) -> Result<serde_json::Value> {
-        let fd = spinup_protocol::LISTEN_FD.to_string();
-        self.engine.create(spec, &["/run/spinup/spinup-agent", "--listen-fd", &fd], |_| {}).await
+        self.engine.create(spec, &AGENT_ARGS, |_| {}).await
+    }
+
+    async fn start(&self, spec: &SandboxSpec) -> Result<serde_json::Value> {
+        self.engine.start(spec, &AGENT_ARGS, |_| {}).await
     }
 
     async fn status(&self, id: &str, state: &serde_json::Value) -> DriverStatus {
@@ -78,7 +86,7 @@ impl Driver for ContainerDriver {
     }
 
     fn writable_layer(&self, id: &str) -> Option<std::path::PathBuf> {
-        Some(self.engine.upper(id))
+        self.engine.upper(id)
     }
 
     async fn connect_agent(&self, id: &str) -> Result<AgentStream> {

@@ -51,20 +51,47 @@ fn global_args(platform: &str) -> Vec<String> {
     vec![format!("--platform={platform}"), "--network=none".into(), "--host-uds=open".into()]
 }
 
+/// The agent as PID 1, dialling the host's socket.
+const AGENT_ARGS: [&str; 3] = ["/run/spinup/spinup-agent", "--dial", "/run/spinup/host.sock"];
+
+/// The OCI spec as runsc needs it.
+fn tweak(config: &mut serde_json::Value) {
+    // The Sentry has its own /proc and /sys: the host paths the container
+    // driver masks do not exist there.
+    config["linux"]["maskedPaths"] = serde_json::json!([]);
+    config["linux"]["readonlyPaths"] = serde_json::json!([]);
+    // The host cgroup holds the Sentry and gofer, whose Go runtimes need
+    // threads of their own on top of the guest's.
+    let pids = config["linux"]["resources"]["pids"]["limit"].as_u64().unwrap_or(512);
+    config["linux"]["resources"]["pids"]["limit"] = serde_json::json!(pids + SENTRY_THREADS);
+}
+
 impl GvisorDriver {
     async fn create_once(&self, spec: &SandboxSpec) -> Result<serde_json::Value> {
-        self.engine
-            .create(spec, &["/run/spinup/spinup-agent", "--dial", "/run/spinup/host.sock"], |config| {
-                // The Sentry has its own /proc and /sys: the host paths the
-                // container driver masks do not exist there.
-                config["linux"]["maskedPaths"] = serde_json::json!([]);
-                config["linux"]["readonlyPaths"] = serde_json::json!([]);
-                // The host cgroup holds the Sentry and gofer, whose Go
-                // runtimes need threads of their own on top of the guest's.
-                let pids = config["linux"]["resources"]["pids"]["limit"].as_u64().unwrap_or(512);
-                config["linux"]["resources"]["pids"]["limit"] = serde_json::json!(pids + SENTRY_THREADS);
-            })
-            .await
+        self.engine.create(spec, &AGENT_ARGS, tweak).await
+    }
+
+    /// Whether `e`, from running a sandbox with a network, asks for the
+    /// host kernel's stack: then every later sandbox uses it, and the run
+    /// is worth one more try.
+    ///
+    /// runsc 2022-12 decides "root namespace" by whether
+    /// /proc/sys/net/core/rmem_default exists, which newer kernels have in
+    /// every namespace, so its own network stack (netstack) refuses the
+    /// daemon's namespace. Then the Sentry uses the host kernel's stack
+    /// (hostinet), still inside that namespace and under the same nftables
+    /// policy; said once in the log.
+    fn fall_back_to_hostinet(&self, spec: &SandboxSpec, e: &spinup_model::Error) -> bool {
+        if spec.net.is_none() || !e.to_string().contains("cannot run with network enabled in root network namespace") {
+            return false;
+        }
+        let mut n = self.engine.networked.lock().unwrap();
+        if *n == "--network=host" {
+            return false;
+        }
+        *n = "--network=host";
+        tracing::warn!("runsc cannot put its own network stack on a namespace here (runsc's root-namespace check misfires on this kernel); gVisor sandboxes use the host kernel's stack (hostinet) inside their own namespace");
+        true
     }
 
     /// Probes runsc and its platforms by running a real sandbox.
@@ -123,26 +150,14 @@ impl Driver for GvisorDriver {
 
     async fn create(&self, spec: &SandboxSpec) -> Result<serde_json::Value> {
         match self.create_once(spec).await {
-            // runsc 2022-12 decides "root namespace" by whether
-            // /proc/sys/net/core/rmem_default exists, which newer kernels
-            // have in every namespace, so its own network stack (netstack)
-            // refuses the daemon's namespace. Then the Sentry uses the host
-            // kernel's stack (hostinet), still inside that namespace and
-            // under the same nftables policy; said once in the log.
-            Err(e)
-                if spec.net.is_some()
-                    && e.to_string().contains("cannot run with network enabled in root network namespace") =>
-            {
-                {
-                    let mut n = self.engine.networked.lock().unwrap();
-                    if *n == "--network=host" {
-                        return Err(e);
-                    }
-                    *n = "--network=host";
-                }
-                tracing::warn!("runsc cannot put its own network stack on a namespace here (runsc's root-namespace check misfires on this kernel); gVisor sandboxes use the host kernel's stack (hostinet) inside their own namespace");
-                self.create_once(spec).await
-            }
+            Err(e) if self.fall_back_to_hostinet(spec, &e) => self.create_once(spec).await,
+            r => r,
+        }
+    }
+
+    async fn start(&self, spec: &SandboxSpec) -> Result<serde_json::Value> {
+        match self.engine.start(spec, &AGENT_ARGS, tweak).await {
+            Err(e) if self.fall_back_to_hostinet(spec, &e) => self.engine.start(spec, &AGENT_ARGS, tweak).await,
             r => r,
         }
     }
@@ -160,7 +175,7 @@ impl Driver for GvisorDriver {
     }
 
     fn writable_layer(&self, id: &str) -> Option<std::path::PathBuf> {
-        Some(self.engine.upper(id))
+        self.engine.upper(id)
     }
 
     async fn connect_agent(&self, id: &str) -> Result<AgentStream> {

@@ -414,6 +414,10 @@ impl Driver for MicrovmDriver {
             // The guest kernel enforces pids (a cgroup in the guest) and
             // memory (its RAM): the OOM killer picks one process.
             per_process_limits: true,
+            // The qcow2 overlay outlives the VMM.
+            restart: true,
+            // The guest's disk is the size of disk_mib.
+            disk_limit: true,
             ..Capabilities::base("microvm", IsolationClass::HardwareVirtualization)
         }
     }
@@ -425,6 +429,21 @@ impl Driver for MicrovmDriver {
     async fn create(&self, spec: &SandboxSpec) -> Result<serde_json::Value> {
         let base = image::environment_image(&self.root.join("images"), &spec.layers).await?;
         self.launch(spec, &base, None).await
+    }
+
+    async fn start(&self, spec: &SandboxSpec) -> Result<serde_json::Value> {
+        let dir = self.dir(&spec.id);
+        if !dir.join("disk.qcow2").exists() {
+            return Err(Error::Conflict(format!("sandbox {} has no disk left on this host to start from", spec.id)));
+        }
+        // Never two VMMs on one disk; a dead one's sockets and pid file go.
+        if !self.stop_vmm(&spec.id).await {
+            return Err(Error::Internal(format!("the old VMM of {} survived SIGKILL for 10 s", spec.id)));
+        }
+        for f in ["agent.sock", "qmp.sock", "qemu.pid"] {
+            let _ = std::fs::remove_file(dir.join("run").join(f));
+        }
+        self.launch_on(spec, None, None).await
     }
 
     async fn save_memory(&self, id: &str, dir: &std::path::Path) -> Result<()> {

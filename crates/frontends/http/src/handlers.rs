@@ -75,6 +75,10 @@ pub async fn resume(State(s): S, Id(id): Id) -> ApiResult<impl IntoResponse> {
     Ok(Json(s.resume(&id).await?))
 }
 
+pub async fn start(State(s): S, Id(id): Id) -> ApiResult<impl IntoResponse> {
+    Ok(Json(s.start(&id).await?))
+}
+
 pub async fn update_resources(State(s): S, Id(id): Id) -> ApiResult<impl IntoResponse> {
     Ok(Json(s.update_resources(&id).await?))
 }

@@ -102,6 +102,7 @@ fn handler(op: Op, f: MethodFilter) -> MethodRouter<Svc> {
         Op::Events => on(f, h::events),
         Op::Pause => on(f, h::pause),
         Op::Resume => on(f, h::resume),
+        Op::Start => on(f, h::start),
         Op::Snapshot => on(f, h::snapshot),
         Op::Fork => on(f, h::fork),
         Op::Diff => on(f, h::diff),

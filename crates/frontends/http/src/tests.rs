@@ -54,6 +54,9 @@ impl SandboxService for Refuses {
     async fn resume(&self, _: &SandboxId) -> Result<Sandbox> {
         no()
     }
+    async fn start(&self, _: &SandboxId) -> Result<Sandbox> {
+        no()
+    }
     async fn update_resources(&self, _: &SandboxId) -> Result<Sandbox> {
         no()
     }
