@@ -58,9 +58,14 @@ pub(crate) async fn bench(c: &impl Api, conn: &mut Conn, o: &Opts) -> Result<Val
             pidfile: work.join(format!("qemu-{i}.pid")),
             incoming: None,
             nic: None,
+            cgroup: vec![],
+            user: None,
         };
         let t = Instant::now();
-        let out = qemu.command(&vm, accel).output().await?;
+        // QEMU runs in the foreground until the guest powers off.
+        let mut cmd = qemu.command(&vm, accel);
+        cmd.stderr(std::process::Stdio::piped());
+        let out = cmd.output().await?;
         if !out.status.success() {
             bail!("plain QEMU boot failed: {}", String::from_utf8_lossy(&out.stderr).trim());
         }

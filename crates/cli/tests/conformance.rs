@@ -551,6 +551,75 @@ async fn escape_classes_are_blocked() {
     d.rm(&id).await;
 }
 
+/// Raw syscalls from Python's ctypes: `name=errno` (0 for success) per line.
+const SYSCALL_PROBE: &str = r#"
+import ctypes
+libc = ctypes.CDLL(None, use_errno=True)
+buf = ctypes.create_string_buffer(4096)
+def call(name, nr, *args):
+    ctypes.set_errno(0)
+    r = libc.syscall(ctypes.c_long(nr), *[ctypes.c_long(a) if isinstance(a, int) else a for a in args])
+    print(f"{name}={0 if r >= 0 else ctypes.get_errno()}")
+call("getpid", 39)
+call("personality_query", 135, 0xffffffff)
+call("io_uring_setup", 425, 8, buf)
+call("keyctl", 250, 0, -3, 0)
+call("unshare_user", 272, 0x10000000)
+call("userfaultfd", 323, 1)
+call("personality_exec", 135, 0x0400000)
+call("clone3", 435, buf, 0)
+call("unknown", 1000)
+"#;
+
+async fn syscalls_outside_the_allow_list_are_refused_and_runtimes_still_work() {
+    let d = shared();
+    let caps = my_caps(d).await;
+    let id = d.create(json!({"env": "base", "resources": {"memory_mib": 1024}})).await;
+    // Real work in each runtime an agent reaches for: threads, processes
+    // and sqlite in Python, worker threads and child processes in Node.js,
+    // a git commit, a pip query.
+    let py = "import multiprocessing as m, sqlite3, subprocess, threading\n\
+              db = sqlite3.connect(':memory:'); db.execute('create table t (x)'); db.execute('insert into t values (41)')\n\
+              t = threading.Thread(target=lambda: None); t.start(); t.join()\n\
+              with m.Pool(2) as p: s = sum(p.map(abs, [-1, 0]))\n\
+              print(db.execute('select x from t').fetchone()[0] + s, subprocess.run(['true']).returncode)";
+    assert_eq!(d.ok(&id, &format!("python3 -c \"{py}\"")).await, "42 0\n");
+    let node = "const { Worker } = require('worker_threads'); new Worker('1', { eval: true }).on('exit', c => console.log(c, require('child_process').execSync('echo ok').toString().trim()))";
+    assert_eq!(d.ok(&id, &format!("node -e \"{node}\"")).await, "0 ok\n");
+    let git = "cd /tmp && git init -q r && cd r && echo x > f && git add f && git -c user.name=a -c user.email=a@example.com commit -qm one && git log --format=%s";
+    assert_eq!(d.ok(&id, git).await, "one\n");
+    assert!(d.ok(&id, "pip3 list 2>/dev/null | wc -l").await.trim().parse::<u32>().unwrap() > 0);
+    // As root and as the user alike.
+    for user in ["root", "user"] {
+        let v = d.exec(&id, json!({"argv": ["python3", "-c", SYSCALL_PROBE], "user": user})).await;
+        assert_eq!(v["exit_code"], 0, "{v}");
+        let got: std::collections::HashMap<&str, i32> = v["stdout"]
+            .as_str()
+            .unwrap()
+            .lines()
+            .filter_map(|l| l.split_once('='))
+            .map(|(k, e)| (k, e.parse().unwrap()))
+            .collect();
+        assert_eq!(got["getpid"], 0, "{v}");
+        if caps["isolation"] != "shared_kernel" {
+            continue; // the guest's syscalls reach a kernel of its own, not the host's
+        }
+        // Allowed on its argument: the query of the current persona.
+        assert_eq!(got["personality_query"], 0, "{v}");
+        // Outside the list, each of these reaches the host kernel and
+        // works for an unprivileged process (io_uring, keyrings, user
+        // namespaces, user-mode userfaultfd) or fails otherwise (clone3
+        // with a zero size is EINVAL): the filter answers first.
+        const EPERM: i32 = 1;
+        const ENOSYS: i32 = 38;
+        for call in ["io_uring_setup", "keyctl", "unshare_user", "userfaultfd", "personality_exec"] {
+            assert_eq!(got[call], EPERM, "{call}: {v}");
+        }
+        assert_eq!((got["clone3"], got["unknown"]), (ENOSYS, ENOSYS), "{v}");
+    }
+    d.rm(&id).await;
+}
+
 /// This driver's row of `GET /v1/drivers`.
 async fn my_caps(d: &common::Daemon) -> Value {
     let (_, drivers) = d.req("GET", "/v1/drivers", None).await;
@@ -1733,6 +1802,7 @@ suite!(
     paths_never_leave_the_sandbox,
     isolation_processes_hostname_pid1_and_layers,
     escape_classes_are_blocked,
+    syscalls_outside_the_allow_list_are_refused_and_runtimes_still_work,
     agent_info_reports_version_and_usage,
     unknown_ids_and_bad_parameters,
     labels_filter_and_timeouts,
@@ -1775,6 +1845,81 @@ async fn driver_auto_picks_the_strongest_available_isolation() {
 /// What only a guest with its own kernel shows (microvm driver).
 mod microvm_only {
     use super::*;
+
+    /// QEMU runs jailed on a running VM: its seccomp sandbox with every
+    /// group denied (so no new privileges), and a cgroup of its own whose
+    /// memory, CPU and thread limits cover the guest's RAM plus the VMM's
+    /// overhead; the cgroup goes with the sandbox.
+    #[tokio::test]
+    async fn the_vmm_runs_jailed_in_seccomp_and_a_cgroup_of_its_own() {
+        common::set_driver("microvm");
+        let d = shared();
+        let id = d.create(json!({"resources": {"memory_mib": 256, "vcpus": 1}})).await;
+        assert_eq!(d.ok(&id, "echo up").await, "up\n");
+        let run = d.data().join(format!("microvm/sandboxes/{id}/run"));
+        let pid = std::fs::read_to_string(run.join("qemu.pid")).unwrap().trim().to_string();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        let field = |name: &str| {
+            status.lines().find_map(|l| l.strip_prefix(name)).map(str::trim).unwrap_or_default().to_string()
+        };
+        // 2: a seccomp filter; NoNewPrivs comes with it.
+        assert_eq!((field("Seccomp:"), field("NoNewPrivs:")), ("2".into(), "1".into()), "{status}");
+        // A uid and gid of its own (real, effective, saved, fs), no
+        // capability, and no supplementary group (TCG) or only /dev/kvm's.
+        for ids in [field("Uid:"), field("Gid:")] {
+            let ids: Vec<u32> = ids.split_whitespace().map(|n| n.parse().unwrap()).collect();
+            assert!(ids.len() == 4 && ids.iter().all(|n| *n == ids[0] && *n >= 0x5000_0000), "{status}");
+        }
+        for caps in ["CapInh:", "CapPrm:", "CapEff:", "CapAmb:"] {
+            assert_eq!(field(caps), "0000000000000000", "{caps} {status}");
+        }
+        let kvm = std::fs::metadata("/dev/kvm").map(|m| std::os::unix::fs::MetadataExt::gid(&m).to_string());
+        assert!(field("Groups:").split_whitespace().all(|g| kvm.as_ref().is_ok_and(|k| k == g)), "{status}");
+        // It owns what it writes, and nothing of the sandbox's dir itself.
+        let uid = field("Uid:").split_whitespace().next().unwrap().parse::<u32>().unwrap();
+        let owner = |p: &std::path::Path| std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(p).unwrap());
+        assert_eq!(owner(&run.join("qmp.sock")), uid);
+        assert_eq!(owner(run.parent().unwrap()), 0);
+        let disk = run.parent().unwrap().join("disk.qcow2");
+        let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&disk).unwrap().permissions());
+        assert_eq!((owner(&disk), mode & 0o077), (uid, 0), "{}: {mode:o}", disk.display());
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
+        let args: Vec<String> = cmdline.split(|b| *b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
+        let sandbox = args.iter().position(|a| a == "-sandbox").map(|i| args[i + 1].clone()).unwrap_or_default();
+        for opt in ["on", "obsolete=deny", "elevateprivileges=deny", "spawn=deny", "resourcecontrol=deny"] {
+            assert!(sandbox.split(',').any(|o| o == opt), "-sandbox {sandbox}: {opt}");
+        }
+        // Its cgroup, for each controller (v1) or the one hierarchy (v2).
+        let want = format!("/{}/{id}", common::cgroup_parent(&d.dir));
+        let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+        let read = |controller: &str, v1: &str, v2: &str| {
+            let dir = common::cgroup_dir(controller, &id).unwrap_or_else(|| panic!("{controller} cgroup of {id}"));
+            let v2_dir = dir.join("cgroup.controllers").exists();
+            std::fs::read_to_string(dir.join(if v2_dir { v2 } else { v1 })).unwrap().trim().to_string()
+        };
+        for controller in ["memory", "cpu", "pids"] {
+            let inside = cgroups.lines().any(|l| {
+                let mut f = l.splitn(3, ':');
+                let (_, ctrls, path) = (f.next(), f.next().unwrap_or(""), f.next().unwrap_or(""));
+                path == want && (ctrls.is_empty() || ctrls.split(',').any(|c| c == controller))
+            });
+            assert!(inside, "QEMU is not in {want} for {controller}: {cgroups}");
+        }
+        // The guest's RAM (256 + the guest kernel's 96) and 256 MiB for QEMU.
+        assert_eq!(read("memory", "memory.limit_in_bytes", "memory.max"), ((256u64 + 96 + 256) << 20).to_string());
+        assert_eq!(read("pids", "pids.max", "pids.max"), "128");
+        // One vCPU and one more for the main loop and devices.
+        let cpu = read("cpu", "cpu.cfs_quota_us", "cpu.max");
+        assert_eq!(cpu.split_whitespace().next(), Some("200000"), "{cpu}");
+        // Every thread of it (vCPUs, I/O workers), not only the first.
+        for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap().flatten() {
+            let cg = std::fs::read_to_string(task.path().join("cgroup")).unwrap_or_default();
+            assert!(cg.is_empty() || cg.lines().all(|l| l.ends_with(&want) || !l.contains("memory")), "{cg}");
+        }
+        let dir = common::cgroup_dir("memory", &id).unwrap();
+        d.rm(&id).await;
+        assert!(!dir.exists(), "the VMM's cgroup {} is left after rm", dir.display());
+    }
 
     #[tokio::test]
     async fn guest_kernel_no_kvm_private_disks_and_vmm_death() {

@@ -404,10 +404,23 @@ async fn memory_snapshot_continues_processes_across_a_daemon_restart() {
     // Another driver boots the snapshot's filesystem.
     let c = d.create(json!({"driver": "container", "env": null, "from_snapshot": "mem"})).await;
     assert_eq!(d.ok(&c, "cat /root/f; test -s /tmp/count && echo counted").await, "disk\ncounted\n");
+    // A snapshot of the restored VM restores after that VM and the first
+    // snapshot are gone: its disk layers are its own, not the VM's.
+    d.ok(&child, "echo two > /root/g").await;
+    let (st, snap) =
+        d.req("POST", &format!("/v1/sandboxes/{child}/snapshot"), Some(json!({"memory": true, "name": "mem2"}))).await;
+    assert_eq!(st, 201, "{snap}");
     for s in [&child, &c, &id] {
         d.rm(s).await;
     }
     let (st, _) = d.req("DELETE", "/v1/snapshots/mem", None).await;
+    assert_eq!(st, 204);
+    let grandchild = d
+        .create(json!({"driver": "microvm", "env": null, "from_snapshot": "mem2", "resources": {"memory_mib": 256}}))
+        .await;
+    assert_eq!(d.ok(&grandchild, "cat /root/f /root/g").await, "disk\ntwo\n");
+    d.rm(&grandchild).await;
+    let (st, _) = d.req("DELETE", "/v1/snapshots/mem2", None).await;
     assert_eq!(st, 204);
     assert_eq!(std::fs::read_dir(d.data().join("environments/memory")).unwrap().count(), 0);
     assert_eq!(leftovers(&d), Vec::<String>::new());

@@ -217,6 +217,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             initrd: cfg.file.microvm.initrd.clone(),
             kernel_dir: cfg.file.microvm.kernel_dir.clone(),
             qemu: cfg.file.microvm.qemu.clone(),
+            cgroup_parent: cfg.cgroup_parent.clone(),
         }),
     );
     let drivers: Vec<Arc<dyn Driver>> = vec![Arc::new(container), Arc::new(gvisor), Arc::new(microvm)];

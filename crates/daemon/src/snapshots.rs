@@ -287,21 +287,9 @@ impl Manager {
                 snap.id, sb.id
             )));
         }
-        if snap.memory.is_some() {
-            // A memory snapshot of a sandbox restored from this one keeps a
-            // disk backed by this one's saved disk.
-            if let Some(child) = self
-                .store
-                .list_snapshots(true)?
-                .into_iter()
-                .find(|s| s.memory.is_some() && s.parent_snapshot.as_deref() == Some(&snap.id))
-            {
-                return Err(Error::Conflict(format!(
-                    "snapshot {} is in use: the saved disk of memory snapshot {} builds on it; remove that first",
-                    snap.id, child.id
-                )));
-            }
-        }
+        // A memory snapshot holds copies of every disk layer it builds on
+        // (the driver's), so one made from a sandbox restored from this one
+        // does not keep this one.
         self.store.delete_snapshot(&snap.id)?;
         let _ = std::fs::remove_dir_all(self.memory_dir(&snap.id));
         self.gc_layers(std::slice::from_ref(&snap.layer));

@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use async_trait::async_trait;
 use spinup_model::{AgentStream, Capabilities, Driver, DriverStatus, IsolationClass, Result, SandboxSpec};
 
-pub use engine::{proc_starttime, OciEngine, Transport};
+pub use engine::{proc_starttime, remove_cgroups, OciEngine, Transport};
 pub use probe::Runtime;
 
 #[derive(Debug)]

@@ -111,22 +111,40 @@ pub fn clean_partial(dir: &Path) {
 
 /// A sandbox's own disk: a qcow2 overlay of `base`, `size_mib` big.
 pub async fn overlay(base: &Path, disk: &Path, size_mib: u64) -> Result<()> {
+    let layer = base.extension().is_some_and(|e| e == "qcow2");
     let base_mib = std::fs::metadata(base).map(|m| m.len() >> 20).unwrap_or(0);
-    if size_mib < base_mib {
+    if !layer && size_mib < base_mib {
         return Err(Error::InvalidArgument(format!(
             "disk_mib {size_mib} is smaller than the environment's image ({base_mib} MiB)"
         )));
     }
-    spinup_host::run(
-        tokio::process::Command::new("qemu-img")
-            .args(["create", "-q", "-f", "qcow2", "-F"])
-            .arg(if base.extension().is_some_and(|e| e == "qcow2") { "qcow2" } else { "raw" })
-            .arg("-b")
-            .arg(base)
-            .arg(disk)
-            .arg(format!("{size_mib}M")),
-        crate::TOOL,
-    )
-    .await
-    .map(|_| ())
+    let mut cmd = tokio::process::Command::new("qemu-img");
+    cmd.args(["create", "-q", "-f", "qcow2", "-F", if layer { "qcow2" } else { "raw" }, "-b"]);
+    if layer {
+        // A saved layer beside the disk: named relative to it, so copies of
+        // the dir keep their chain; and never opened here (`-u`), as root,
+        // since the VMM that wrote it could have written any header.
+        cmd.arg(base.file_name().unwrap_or_default()).arg("-u");
+    } else {
+        cmd.arg(base);
+    }
+    spinup_host::run(cmd.arg(disk).arg(format!("{size_mib}M")), crate::TOOL).await.map(|_| ())
+}
+
+/// The name of a sandbox's `n`th saved disk layer (`layer-0.qcow2` is
+/// backed by the environment's image, each next one by the one before,
+/// by a name relative to its own dir).
+pub fn layer_name(n: usize) -> String {
+    format!("layer-{n}.qcow2")
+}
+
+/// The saved disk layers in `dir` (a sandbox's or a memory snapshot's),
+/// bottom first: `layer-0.qcow2` up to the first one missing. A snapshot
+/// made before layers were named holds one, `disk.qcow2`.
+pub fn layers(dir: &Path) -> Vec<PathBuf> {
+    let mut out: Vec<PathBuf> = (0..).map(|n| dir.join(layer_name(n))).take_while(|p| p.is_file()).collect();
+    if out.is_empty() && dir.join("memory").is_file() && dir.join("disk.qcow2").is_file() {
+        out.push(dir.join("disk.qcow2"));
+    }
+    out
 }

@@ -5,10 +5,13 @@
 //! Data: `<root>/kernel/<release>/{vmlinuz,modules}` (Debian's cloud
 //! kernel, fetched once), `<root>/initramfs-*.cpio` (agent as /init),
 //! `<root>/images/*.ext4` (one per environment), and per sandbox
-//! `<root>/sandboxes/<id>/{disk.qcow2,console.log,run/{agent.sock,qmp.sock,qemu.pid}}`.
+//! `<root>/sandboxes/<id>/{disk.qcow2,console.log,run/{agent.sock,qmp.sock,qemu.pid,qemu.log}}`.
+//! Each VMM runs jailed (see [`jail`]): QEMU's seccomp sandbox and a
+//! cgroup `<cgroup-parent>/<id>` of its own.
 
 pub mod cpio;
 pub mod image;
+pub mod jail;
 pub mod kernel;
 pub mod qmp;
 pub mod vmm;
@@ -38,6 +41,8 @@ pub struct Config {
     pub kernel_dir: Option<PathBuf>,
     /// The QEMU binary (default `qemu-system-x86_64`).
     pub qemu: Option<String>,
+    /// The cgroup each VMM's own cgroup is made under (`<parent>/<id>`).
+    pub cgroup_parent: String,
 }
 
 struct Ready {
@@ -60,6 +65,7 @@ impl std::fmt::Debug for MicrovmDriver {
 
 pub struct MicrovmDriver {
     root: PathBuf,
+    cgroup_parent: String,
     ready: std::result::Result<Ready, String>,
 }
 
@@ -81,8 +87,14 @@ struct State {
 
 /// Save a stopped VM's state to `path` through QMP and wait for it.
 async fn migrate_to(qmp: &std::path::Path, path: &std::path::Path) -> Result<()> {
-    let uri = format!("exec:cat > '{}'", path.display());
-    qmp::execute_with(qmp, "migrate", serde_json::json!({ "uri": uri })).await?;
+    let file = {
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path)
+    }
+    .map_err(|e| Error::Internal(format!("saving the VM's memory to {}: {e}", path.display())))?;
+    qmp::migrate_to_file(qmp, &file).await?;
+    // QEMU has its own copy of the fd now.
+    drop(file);
     let deadline = std::time::Instant::now() + Duration::from_secs(300);
     loop {
         let st = qmp::execute(qmp, "query-migrate").await?;
@@ -101,9 +113,17 @@ async fn migrate_to(qmp: &std::path::Path, path: &std::path::Path) -> Result<()>
 }
 
 impl MicrovmDriver {
-    /// Stop this sandbox's VMM if it runs: SIGTERM, SIGKILL after 3 s.
-    /// False if it survived that.
+    /// Stop this sandbox's VMM if it runs (SIGTERM, SIGKILL after 3 s) and
+    /// remove its cgroup. False if it survived that.
     async fn stop_vmm(&self, id: &str) -> bool {
+        let gone = self.kill_vmm(id).await;
+        if gone {
+            self.remove_cgroup(id).await;
+        }
+        gone
+    }
+
+    async fn kill_vmm(&self, id: &str) -> bool {
         let dir = self.dir(id);
         let pidfile = dir.join("run/qemu.pid");
         let Some(pid) = std::fs::read_to_string(&pidfile).ok().and_then(|p| p.trim().parse::<i32>().ok()) else {
@@ -133,6 +153,14 @@ impl MicrovmDriver {
             }
         }
         true
+    }
+
+    /// The VMM's cgroup, once no VMM is in it (an error is logged: the
+    /// suite's host check, and a later stop, find what is left).
+    async fn remove_cgroup(&self, id: &str) {
+        if let Err(e) = spinup_driver_container::remove_cgroups(&self.cgroup_parent, id).await {
+            tracing::warn!(sandbox = id, "{e}");
+        }
     }
 
     /// After `-incoming`: wait until the saved state has loaded, then
@@ -212,24 +240,27 @@ impl MicrovmDriver {
             pidfile: run.join("qemu.pid"),
             incoming,
             nic: spec.net.as_ref().map(|n| (n.netns.clone(), n.mac.clone())),
+            // The VMM's own bound: the guest's RAM plus QEMU's overhead.
+            cgroup: jail::make_cgroup(&self.cgroup_parent, &spec.id, res, res.memory_mib + GUEST_KERNEL_MIB)?,
+            user: Some(jail::vmm_ids(&spec.id)),
         };
-        let out = r
-            .vmm
-            .command(&vm, r.accel)
-            .output()
-            .await
-            .map_err(|e| Error::Unavailable(format!("starting {}: {e}", r.vmm.name())))?;
-        if !out.status.success() {
-            return Err(Error::Internal(format!(
-                "{} did not start the guest: {}",
-                r.vmm.name(),
-                String::from_utf8_lossy(&out.stderr).trim()
-            )));
-        }
-        let pid: i32 = std::fs::read_to_string(&vm.pidfile)
-            .ok()
-            .and_then(|p| p.trim().parse().ok())
-            .ok_or_else(|| Error::Internal("the VMM wrote no pid file".into()))?;
+        // What QEMU writes as its own uid: the run dir (sockets, pid file),
+        // the disk and the console, made first so that it is the VMM's. The
+        // sandbox dir stays root's: the VMM cannot replace what is in it.
+        let io = |e: std::io::Error| Error::Internal(format!("sandbox dir: {e}"));
+        std::fs::OpenOptions::new().create(true).append(true).open(&vm.console).map_err(io)?;
+        let disk = vm.disk.as_deref().unwrap_or(&run);
+        let layers = image::layers(&dir);
+        let mut mine: Vec<&Path> = vec![&run, disk, &vm.console];
+        mine.extend(layers.iter().map(PathBuf::as_path));
+        jail::own(&mine, jail::vmm_ids(&spec.id))?;
+        let pid = match vmm::boot(&*r.vmm, &vm, r.accel, self.boot_bound()).await {
+            Ok(pid) => pid,
+            Err(e) => {
+                let _ = spinup_driver_container::remove_cgroups(&self.cgroup_parent, &spec.id).await;
+                return Err(e);
+            }
+        };
         let starttime = proc_starttime(pid).ok_or_else(|| {
             Error::Internal(format!(
                 "the VMM exited at once{}",
@@ -240,6 +271,7 @@ impl MicrovmDriver {
     }
     pub async fn new(cfg: Config) -> Self {
         let root = cfg.root.clone();
+        let cgroup_parent = cfg.cgroup_parent.clone();
         // Image builds a killed daemon left half done: merge mounts, temp images.
         image::clean_partial(&root.join("images"));
         let ready = Self::prepare(cfg).await;
@@ -249,7 +281,7 @@ impl MicrovmDriver {
             }
             Err(e) => tracing::warn!("microvm driver unavailable: {e}"),
         }
-        MicrovmDriver { root, ready }
+        MicrovmDriver { root, cgroup_parent, ready }
     }
 
     async fn prepare(cfg: Config) -> std::result::Result<Ready, String> {
@@ -454,8 +486,13 @@ impl Driver for MicrovmDriver {
             let io = |e: std::io::Error| Error::Internal(format!("saving the VM to {}: {e}", dir.display()));
             std::fs::create_dir_all(dir).map_err(io)?;
             // Stopped, QEMU has flushed the disk: a copy of the overlay is
-            // the disk at this instant (it stays backed by the image).
-            std::fs::copy(sdir.join("disk.qcow2"), dir.join("disk.qcow2")).map_err(io)?;
+            // the disk at this instant. It goes in as the next layer, above
+            // copies of the layers it is backed by (see `image::layers`).
+            let layers = image::layers(&sdir);
+            for l in &layers {
+                std::fs::copy(l, dir.join(l.file_name().unwrap_or_default())).map_err(io)?;
+            }
+            std::fs::copy(sdir.join("disk.qcow2"), dir.join(image::layer_name(layers.len()))).map_err(io)?;
             migrate_to(&qmp, &dir.join("memory")).await?;
             Ok::<(), Error>(())
         }
@@ -467,9 +504,24 @@ impl Driver for MicrovmDriver {
     }
 
     async fn create_from_memory(&self, spec: &SandboxSpec, dir: &std::path::Path) -> Result<serde_json::Value> {
-        // A new overlay on the saved disk (which stays as it is, for every
-        // sandbox restored from it), and the saved memory as the start.
-        let state = self.launch(spec, &dir.join("disk.qcow2"), Some(dir.join("memory"))).await?;
+        // Copies of the saved layers in the sandbox's own dir, for its VMM
+        // alone to read (the snapshot stays as it is, root's, for every
+        // sandbox restored from it); a new overlay on the top one; and the
+        // saved memory as the start.
+        let sdir = self.dir(&spec.id);
+        let io = |e: std::io::Error| Error::Internal(format!("restoring from {}: {e}", dir.display()));
+        std::fs::create_dir_all(&sdir).map_err(io)?;
+        let layers = image::layers(dir);
+        if layers.is_empty() {
+            return Err(Error::Internal(format!("the snapshot {} holds no disk", dir.display())));
+        }
+        // (By index: a snapshot from before layers were named holds one,
+        // `disk.qcow2`, backed by the environment's image like a layer 0.)
+        for (n, l) in layers.iter().enumerate() {
+            std::fs::copy(l, sdir.join(image::layer_name(n))).map_err(io)?;
+        }
+        let top = sdir.join(image::layer_name(layers.len() - 1));
+        let state = self.launch(spec, &top, Some(dir.join("memory"))).await?;
         self.continue_incoming(&spec.id).await?;
         Ok(state)
     }

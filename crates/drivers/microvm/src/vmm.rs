@@ -1,6 +1,7 @@
 //! The VMM behind a small trait: QEMU's `microvm` machine today; Firecracker
 //! or Cloud Hypervisor can implement [`Vmm`] when their binaries are present.
 
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
@@ -48,14 +49,21 @@ pub struct VmConfig {
     /// A virtio-net NIC on `tap0` of this network namespace (where QEMU is
     /// started), with this MAC.
     pub nic: Option<(PathBuf, String)>,
+    /// The `cgroup.procs` files of the VMM's own cgroup (see [`crate::jail`]),
+    /// joined before QEMU runs.
+    pub cgroup: Vec<PathBuf>,
+    /// The uid and gid QEMU runs as (see [`crate::jail::vmm_ids`]), with
+    /// no supplementary group but `/dev/kvm`'s under KVM; `None`: as the
+    /// daemon's user (probe guests, which read only our kernel and agent).
+    pub user: Option<(u32, u32)>,
 }
 
 pub trait Vmm: Send + Sync {
     fn name(&self) -> &str;
     /// `qemu-system-x86_64 7.2.x` and the like.
     fn version(&self) -> &str;
-    /// The command that boots `vm` under `accel`, detached from the caller
-    /// (the guest outlives the daemon), writing its pid to `vm.pidfile`.
+    /// The command that boots `vm` under `accel` in the foreground (it is
+    /// detached by [`boot`]), writing its pid to `vm.pidfile`.
     fn command(&self, vm: &VmConfig, accel: Accel) -> tokio::process::Command;
 }
 
@@ -103,6 +111,7 @@ impl Vmm for Qemu {
         };
         c.args(["-m", &format!("{}M", vm.memory_mib), "-smp", &vm.vcpus.to_string()]);
         c.args(["-nodefaults", "-no-user-config", "-nographic", "-no-reboot", "-display", "none"]);
+        c.args(["-sandbox", crate::jail::QEMU_SANDBOX]);
         c.arg("-kernel").arg(&vm.kernel).arg("-initrd").arg(&vm.initrd);
         // Under TCG the kernel's TSC calibration against the emulated PIT
         // fails on a busy host and the boot hangs: give it the host's TSC
@@ -128,25 +137,57 @@ impl Vmm for Qemu {
         if let Some(qmp) = &vm.qmp_socket {
             c.arg("-qmp").arg(format!("unix:{},server=on,wait=off", qmp.display()));
         }
+        // Into the VMM's own cgroup first, so all it does is counted there.
+        let procs: Vec<std::ffi::CString> =
+            vm.cgroup.iter().filter_map(|p| std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).ok()).collect();
+        // SAFETY: open, write and close are async-signal-safe; the paths
+        // are made before the fork.
+        unsafe {
+            c.pre_exec(move || {
+                for p in &procs {
+                    let fd = libc::open(p.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+                    // "0" is the writer itself.
+                    if fd < 0 || libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    libc::close(fd);
+                }
+                Ok(())
+            });
+        }
         if let Some(state) = &vm.incoming {
-            // QEMU runs this through /bin/sh; the path is ours (data dir + ids).
-            c.arg("-incoming").arg(format!("exec:cat '{}'", state.display()));
+            // The saved state as an fd (3): `-sandbox spawn=deny` rules out
+            // `exec:cat`, and QEMU opens no path of it.
+            c.arg("-incoming").arg(format!("fd:{INCOMING_FD}"));
+            let file = std::fs::File::open(state);
+            // SAFETY: dup2 is async-signal-safe; the file stays open in the
+            // parent until spawn returns. A file that cannot be opened fails
+            // the spawn with its error.
+            unsafe {
+                c.pre_exec(move || match &file {
+                    Ok(f) => put_fd(std::os::fd::AsRawFd::as_raw_fd(f), INCOMING_FD),
+                    Err(e) => Err(std::io::Error::new(e.kind(), "the saved VM state cannot be opened")),
+                });
+            }
         }
         if let Some((netns, mac)) = &vm.nic {
-            c.args(["-netdev", "tap,id=net0,ifname=tap0,script=no,downscript=no"]);
+            c.args(["-netdev", &format!("tap,id=net0,fd={TAP_FD}")]);
             c.args(["-device", &format!("virtio-net-device,netdev=net0,mac={mac}")]);
-            // QEMU opens the tap in the sandbox's namespace; its sockets
-            // (QMP, agent) are unix sockets and work from there.
+            // The tap is attached here, as root in the sandbox's namespace,
+            // and handed to QEMU as an fd: QEMU itself runs unprivileged
+            // and could not. Its sockets (QMP, agent) are unix sockets and
+            // work from that namespace.
             match std::fs::File::open(netns) {
                 Ok(f) => {
-                    // SAFETY: setns is async-signal-safe; the fd stays
-                    // open in the parent until spawn returns.
+                    // SAFETY: setns, open, ioctl, dup2 and close are
+                    // async-signal-safe; the fd stays open in the parent
+                    // until spawn returns.
                     unsafe {
                         c.pre_exec(move || {
                             if libc::setns(std::os::fd::AsRawFd::as_raw_fd(&f), libc::CLONE_NEWNET) != 0 {
                                 return Err(std::io::Error::last_os_error());
                             }
-                            Ok(())
+                            open_tap(b"tap0", TAP_FD)
                         });
                     }
                 }
@@ -161,10 +202,127 @@ impl Vmm for Qemu {
             }
         }
         c.arg("-pidfile").arg(&vm.pidfile);
-        c.arg("-daemonize");
-        c.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
+        c.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
+        if let Some((uid, gid)) = vm.user {
+            // Under KVM the one group it keeps is /dev/kvm's.
+            let groups: Vec<libc::gid_t> = match accel {
+                Accel::Kvm => std::fs::metadata("/dev/kvm").map(|m| vec![m.gid()]).unwrap_or_default(),
+                Accel::Tcg => vec![],
+            };
+            // Last, after everything that needs root (cgroup, netns, tap).
+            // SAFETY: setgroups, setresgid and setresuid are
+            // async-signal-safe; `groups` is made before the fork.
+            unsafe {
+                c.pre_exec(move || {
+                    if libc::setgroups(groups.len(), groups.as_ptr()) != 0
+                        || libc::setresgid(gid, gid, gid) != 0
+                        || libc::setresuid(uid, uid, uid) != 0
+                    {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
         c
     }
+}
+
+/// The fd a sandbox's tap is handed to QEMU on.
+const TAP_FD: i32 = 4;
+
+/// Attach to the existing tap `name` (in this network namespace) and put
+/// it on fd `at`, open across exec. Runs between fork and exec.
+fn open_tap(name: &[u8], at: i32) -> std::io::Result<()> {
+    // struct ifreq: the name, then the flags (a short) at offset 16.
+    let mut ifr = [0u8; 40];
+    ifr[..name.len()].copy_from_slice(name);
+    let flags = (libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_VNET_HDR) as libc::c_short;
+    ifr[16..18].copy_from_slice(&flags.to_ne_bytes());
+    // SAFETY: plain syscalls on a buffer we own, of the size TUNSETIFF reads.
+    unsafe {
+        let fd = libc::open(c"/dev/net/tun".as_ptr(), libc::O_RDWR);
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        if libc::ioctl(fd, libc::TUNSETIFF, ifr.as_mut_ptr()) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        put_fd(fd, at)?;
+        if fd != at {
+            libc::close(fd);
+        }
+    }
+    Ok(())
+}
+
+/// Make `fd` available as `at` across exec (dup2, or, where it is `at`
+/// already, clear its close-on-exec flag). Runs between fork and exec.
+fn put_fd(fd: i32, at: i32) -> std::io::Result<()> {
+    // SAFETY: dup2 and fcntl are async-signal-safe.
+    let ok = unsafe {
+        if fd == at {
+            libc::fcntl(fd, libc::F_SETFD, 0) == 0
+        } else {
+            libc::dup2(fd, at) == at
+        }
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// The fd a saved state is handed to QEMU on.
+const INCOMING_FD: i32 = 3;
+
+/// Start `vm` under `accel` and wait, at most `bound`, until it is up: its
+/// QMP socket answers (QEMU's main loop runs, so every device was made),
+/// or, with no QMP socket, it has written its pid file. QEMU does not
+/// `-daemonize` (its seccomp sandbox refuses the setsid and fork that
+/// needs): it starts in a session of its own, so it outlives the daemon,
+/// and a task reaps it. Its stderr goes to `qemu.log` beside the pid file,
+/// and a VMM that exits says what that holds.
+pub async fn boot(vmm: &dyn Vmm, vm: &VmConfig, accel: Accel, bound: Duration) -> Result<i32> {
+    let log = vm.pidfile.with_file_name("qemu.log");
+    let io = |e: std::io::Error| Error::Internal(format!("starting {}: {}: {e}", vmm.name(), log.display()));
+    let stderr = std::fs::File::create(&log).map_err(io)?;
+    let mut cmd = vmm.command(vm, accel);
+    cmd.stderr(stderr);
+    // SAFETY: setsid is async-signal-safe.
+    unsafe {
+        cmd.pre_exec(|| nix::unistd::setsid().map(|_| ()).map_err(std::io::Error::from));
+    }
+    let mut child = cmd.spawn().map_err(|e| Error::Unavailable(format!("starting {}: {e}", vmm.name())))?;
+    let pid = child.id().and_then(|p| i32::try_from(p).ok()).unwrap_or(0);
+    let deadline = std::time::Instant::now() + bound;
+    let failed = |what: String| {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        Error::Internal(format!("{} did not start the guest: {what}: {}", vmm.name(), text.trim()))
+    };
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(failed(status.to_string()));
+        }
+        let up = match &vm.qmp_socket {
+            Some(sock) => crate::qmp::execute(sock, "query-status").await.is_ok(),
+            None => vm.pidfile.exists(),
+        };
+        if up {
+            break;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.start_kill();
+            let _ = child.wait().await;
+            return Err(failed(format!("not up within {bound:?}")));
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tokio::spawn(async move {
+        let _ = child.wait().await;
+    });
+    Ok(pid)
 }
 
 /// How a probe that ran out of time starts its error.
@@ -212,13 +370,11 @@ pub async fn probe(
         pidfile: dir.join("qemu.pid"),
         incoming: None,
         nic: None,
+        cgroup: vec![],
+        user: None,
     };
     let start = std::time::Instant::now();
-    let out = vmm.command(&vm, accel).output().await.map_err(|e| e.to_string())?;
-    if !out.status.success() {
-        return Err(String::from_utf8_lossy(&out.stderr).trim().to_string());
-    }
-    let pid: i32 = std::fs::read_to_string(&vm.pidfile).ok().and_then(|p| p.trim().parse().ok()).unwrap_or(0);
+    let pid = boot(vmm, &vm, accel, bound).await.map_err(|e| e.to_string())?;
     // The agent, booted with spinup.probe=1, prints this marker and stops.
     let result = loop {
         let console = std::fs::read_to_string(&vm.console).unwrap_or_default();
@@ -226,8 +382,12 @@ pub async fn probe(
             break Ok(start.elapsed());
         }
         if pid > 0 && spinup_driver_container::proc_starttime(pid).is_none() {
-            let tail: String = console.lines().rev().take(5).collect::<Vec<_>>().join(" | ");
-            break Err(format!("the probe guest exited before its agent started: {tail}"));
+            let mut tail: String = console.lines().rev().take(5).collect::<Vec<_>>().join(" | ");
+            if tail.trim().is_empty() {
+                // No guest output: QEMU's own error (KVM refused, ...).
+                tail = std::fs::read_to_string(vm.pidfile.with_file_name("qemu.log")).unwrap_or_default();
+            }
+            break Err(format!("the probe guest exited before its agent started: {}", tail.trim()));
         }
         if start.elapsed() > bound {
             break Err(format!("{PROBE_TIMEOUT} {bound:?}"));
