@@ -60,6 +60,7 @@ pub(crate) async fn bench(c: &impl Api, conn: &mut Conn, o: &Opts) -> Result<Val
             nic: None,
             cgroup: vec![],
             user: None,
+            root: None,
         };
         let t = Instant::now();
         // QEMU runs in the foreground until the guest powers off.

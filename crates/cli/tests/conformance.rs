@@ -1880,6 +1880,45 @@ mod microvm_only {
         let owner = |p: &std::path::Path| std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(p).unwrap());
         assert_eq!(owner(&run.join("qmp.sock")), uid);
         assert_eq!(owner(run.parent().unwrap()), 0);
+        // A root of its own: /usr and its links, a few /dev nodes, its
+        // sandbox's dir, the kernel, initramfs and images; nothing else.
+        let ns = |p: &str| std::fs::read_link(format!("/proc/{p}/ns/mnt")).unwrap();
+        assert_ne!(ns(&pid), ns("self"), "QEMU shares the host's mount namespace");
+        let root = std::path::PathBuf::from(format!("/proc/{pid}/root"));
+        let within = |p: &std::path::Path| root.join(p.strip_prefix("/").unwrap());
+        let mut top: Vec<String> =
+            std::fs::read_dir(&root).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+        top.sort();
+        let data_top = d.data().components().nth(1).unwrap().as_os_str().to_string_lossy().into_owned();
+        // (The kernel and initramfs may live outside the data dir.)
+        let argv = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
+        let argv: Vec<String> = argv.split(|b| *b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
+        let arg_top = |flag: &str| {
+            let at = argv.iter().position(|a| a == flag).unwrap();
+            std::path::Path::new(&argv[at + 1]).components().nth(1).unwrap().as_os_str().to_string_lossy().into_owned()
+        };
+        let boot_tops = [arg_top("-kernel"), arg_top("-initrd")];
+        for name in &top {
+            let expected = ["bin", "dev", "lib", "lib32", "lib64", "libx32", "sbin", "usr"].contains(&name.as_str());
+            assert!(expected || *name == data_top || boot_tops.contains(name), "QEMU sees /{name}: {top:?}");
+        }
+        assert!(!root.join("etc").exists() && !root.join("proc").exists() && !root.join("home").exists());
+        assert!(within(run.parent().unwrap()).join("disk.qcow2").is_file(), "its disk, at its own path");
+        assert!(within(&d.data().join("microvm/images")).is_dir());
+        for hidden in ["state.db", "container", "environments", "microvm/kernel/../sandboxes/../../state.db"] {
+            assert!(!within(&d.data()).join(hidden).exists(), "QEMU sees {hidden} of the daemon's data");
+        }
+        let others: Vec<_> =
+            std::fs::read_dir(within(&d.data().join("microvm/sandboxes"))).unwrap().flatten().collect();
+        assert_eq!(others.len(), 1, "QEMU sees other sandboxes: {others:?}");
+        let mut devs: Vec<String> = std::fs::read_dir(root.join("dev"))
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        devs.sort();
+        devs.retain(|n| n != "kvm");
+        assert_eq!(devs, ["full", "null", "random", "urandom", "zero"]);
         let disk = run.parent().unwrap().join("disk.qcow2");
         let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&disk).unwrap().permissions());
         assert_eq!((owner(&disk), mode & 0o077), (uid, 0), "{}: {mode:o}", disk.display());

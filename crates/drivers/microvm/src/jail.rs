@@ -2,9 +2,11 @@
 //! uid of its own with no capabilities, QEMU's own seccomp sandbox with its
 //! strictest options, and a cgroup of its own that bounds the VMM's
 //! memory, CPU and threads (not only the guest's, which its kernel bounds
-//! inside). What needs root (joining the cgroup and network namespace,
-//! attaching the tap) is done before QEMU runs, and handed to it as fds.
+//! inside), and a mount namespace whose root holds only what it needs.
+//! What needs root (joining the cgroup and network namespace, attaching
+//! the tap) is done before QEMU runs, and handed to it as fds.
 
+use std::ffi::CString;
 use std::path::{Path, PathBuf};
 
 use spinup_model::{Error, Resources, Result};
@@ -111,6 +113,153 @@ pub fn make_cgroup(parent: &str, id: &str, res: &Resources, guest_mib: u64) -> R
     write(&cpu, "cpu.cfs_quota_us", &quota.to_string())?;
     write(&pid, "pids.max", &pids.to_string())?;
     Ok([mem, cpu, pid].iter().map(|d| d.join("cgroup.procs")).collect())
+}
+
+/// The root QEMU sees: a mount namespace of its own whose `/` is a small
+/// read-only tmpfs holding only what the VMM needs, each at its own path:
+/// `/usr` (QEMU, its libraries and firmware) and the top-level links into
+/// it, a few `/dev` nodes, and the paths given, read-only or writable.
+/// Nothing else of the host is there: no `/etc`, `/home`, `/root`, `/proc`,
+/// `/sys`, no other sandbox, no daemon state.
+#[derive(Debug, Clone, Default)]
+pub struct Root {
+    /// The empty dir the tmpfs goes on (in the VMM's namespace only).
+    pub dir: PathBuf,
+    pub read_only: Vec<PathBuf>,
+    pub writable: Vec<PathBuf>,
+    /// Device nodes besides null, zero, full, random and urandom
+    /// (`/dev/kvm` under KVM).
+    pub devices: Vec<PathBuf>,
+}
+
+/// [`Root`], turned before the fork into what the child does after it:
+/// no allocation happens between fork and exec.
+#[derive(Debug)]
+pub struct Prepared {
+    root: CString,
+    /// Made in the tmpfs, in order: dirs, then files (bind targets).
+    dirs: Vec<CString>,
+    files: Vec<CString>,
+    links: Vec<(CString, CString)>,
+    /// (source, target inside the root, read-only)
+    binds: Vec<(CString, CString, bool)>,
+}
+
+fn cstr(p: &Path) -> Option<CString> {
+    CString::new(p.as_os_str().as_encoded_bytes()).ok()
+}
+
+impl Root {
+    pub fn prepare(&self) -> Result<Prepared> {
+        let bad = |p: &Path| Error::Internal(format!("the VMM's root: {} cannot be named", p.display()));
+        let inside = |p: &Path| self.dir.join(p.strip_prefix("/").unwrap_or(p));
+        let mut dirs: Vec<PathBuf> = vec![];
+        let mut files: Vec<PathBuf> = vec![];
+        let mut links = vec![];
+        let mut binds = vec![];
+        let parents = |p: &Path, dirs: &mut Vec<PathBuf>| {
+            for a in p.ancestors().collect::<Vec<_>>().into_iter().rev().skip(1) {
+                if !dirs.iter().any(|d| d == a) {
+                    dirs.push(a.to_path_buf());
+                }
+            }
+        };
+        // /bin, /lib, ... as the host has them: links into /usr, or dirs.
+        let mut ro: Vec<PathBuf> = vec!["/usr".into()];
+        for top in ["/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32"] {
+            match std::fs::read_link(top) {
+                Ok(to) => links.push((
+                    cstr(&to).ok_or_else(|| bad(&to))?,
+                    cstr(&inside(Path::new(top))).ok_or_else(|| bad(Path::new(top)))?,
+                )),
+                Err(_) if Path::new(top).is_dir() => ro.push(top.into()),
+                Err(_) => {}
+            }
+        }
+        let mut devices: Vec<PathBuf> =
+            ["null", "zero", "full", "random", "urandom"].iter().map(|d| Path::new("/dev").join(d)).collect();
+        devices.extend(self.devices.iter().cloned());
+        let all = ro.iter().chain(&self.read_only).map(|p| (p, true)).chain(self.writable.iter().map(|p| (p, false)));
+        for (p, read_only) in all.chain(devices.iter().map(|d| (d, false))) {
+            let target = inside(p);
+            if p.is_dir() {
+                parents(&target, &mut dirs);
+            } else {
+                parents(target.parent().unwrap_or(&self.dir), &mut dirs);
+                files.push(target.clone());
+            }
+            binds.push((cstr(p).ok_or_else(|| bad(p))?, cstr(&target).ok_or_else(|| bad(p))?, read_only));
+        }
+        // Only what lies under the root is made there.
+        dirs.retain(|d| d.starts_with(&self.dir) && d != &self.dir);
+        let all = |v: Vec<PathBuf>| v.iter().map(|p| cstr(p).ok_or_else(|| bad(p))).collect::<Result<Vec<_>>>();
+        Ok(Prepared {
+            root: cstr(&self.dir).ok_or_else(|| bad(&self.dir))?,
+            dirs: all(dirs)?,
+            files: all(files)?,
+            links,
+            binds,
+        })
+    }
+}
+
+impl Prepared {
+    /// Enter it: a new mount namespace, the tmpfs, the binds, then
+    /// pivot_root into it, the old root detached, `/` made read-only.
+    /// Runs between fork and exec, as root (before the uid changes).
+    pub fn enter(&self) -> std::io::Result<()> {
+        let check = |r: libc::c_int| if r == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) };
+        let none = std::ptr::null::<libc::c_char>();
+        // SAFETY: plain syscalls on C strings made before the fork.
+        unsafe {
+            check(libc::unshare(libc::CLONE_NEWNS))?;
+            // Nothing done here reaches the host's mounts.
+            check(libc::mount(none, c"/".as_ptr(), none, libc::MS_REC | libc::MS_PRIVATE, std::ptr::null()))?;
+            check(libc::mount(
+                c"tmpfs".as_ptr(),
+                self.root.as_ptr(),
+                c"tmpfs".as_ptr(),
+                libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+                c"mode=0755,size=1m".as_ptr().cast(),
+            ))?;
+            for d in &self.dirs {
+                if libc::mkdir(d.as_ptr(), 0o755) != 0 && *libc::__errno_location() != libc::EEXIST {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            for f in &self.files {
+                let fd = libc::open(f.as_ptr(), libc::O_CREAT | libc::O_WRONLY | libc::O_CLOEXEC, 0o644);
+                if fd < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                libc::close(fd);
+            }
+            for (to, at) in &self.links {
+                check(libc::symlink(to.as_ptr(), at.as_ptr()))?;
+            }
+            for (src, dst, read_only) in &self.binds {
+                check(libc::mount(src.as_ptr(), dst.as_ptr(), none, libc::MS_BIND | libc::MS_REC, std::ptr::null()))?;
+                // Read-only, and never a set-id or device file from a bind.
+                let mut flags = libc::MS_BIND | libc::MS_REMOUNT | libc::MS_NOSUID;
+                if *read_only {
+                    flags |= libc::MS_RDONLY;
+                }
+                check(libc::mount(none, dst.as_ptr(), none, flags, std::ptr::null()))?;
+            }
+            check(libc::chdir(self.root.as_ptr()))?;
+            check(libc::syscall(libc::SYS_pivot_root, c".".as_ptr(), c".".as_ptr()) as libc::c_int)?;
+            check(libc::umount2(c".".as_ptr(), libc::MNT_DETACH))?;
+            check(libc::chdir(c"/".as_ptr()))?;
+            check(libc::mount(
+                none,
+                c"/".as_ptr(),
+                none,
+                libc::MS_REMOUNT | libc::MS_BIND | libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+                std::ptr::null(),
+            ))?;
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]

@@ -216,7 +216,7 @@ impl MicrovmDriver {
         let res = &spec.resources;
         let vcpus = (res.vcpus.ceil() as u32).max(1);
         let quota = ((res.vcpus * 100_000.0) as u64).max(1000);
-        let vm = VmConfig {
+        let mut vm = VmConfig {
             kernel: r.kernel.clone(),
             initrd: r.initrd.clone(),
             cmdline: format!(
@@ -243,6 +243,7 @@ impl MicrovmDriver {
             // The VMM's own bound: the guest's RAM plus QEMU's overhead.
             cgroup: jail::make_cgroup(&self.cgroup_parent, &spec.id, res, res.memory_mib + GUEST_KERNEL_MIB)?,
             user: Some(jail::vmm_ids(&spec.id)),
+            root: None,
         };
         // What QEMU writes as its own uid: the run dir (sockets, pid file),
         // the disk and the console, made first so that it is the VMM's. The
@@ -254,6 +255,16 @@ impl MicrovmDriver {
         let mut mine: Vec<&Path> = vec![&run, disk, &vm.console];
         mine.extend(layers.iter().map(PathBuf::as_path));
         jail::own(&mine, jail::vmm_ids(&spec.id))?;
+        // Its own root: the sandbox's dir, the kernel, the initramfs and the
+        // environment images (a disk's bottom layer), nothing more.
+        let jail_dir = dir.join("root");
+        std::fs::create_dir_all(&jail_dir).map_err(io)?;
+        vm.root = Some(jail::Root {
+            dir: jail_dir,
+            read_only: vec![r.kernel.clone(), r.initrd.clone(), self.root.join("images")],
+            writable: vec![dir.clone()],
+            devices: if r.accel == Accel::Kvm { vec!["/dev/kvm".into()] } else { vec![] },
+        });
         let pid = match vmm::boot(&*r.vmm, &vm, r.accel, self.boot_bound()).await {
             Ok(pid) => pid,
             Err(e) => {

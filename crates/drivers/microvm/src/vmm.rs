@@ -56,6 +56,9 @@ pub struct VmConfig {
     /// no supplementary group but `/dev/kvm`'s under KVM; `None`: as the
     /// daemon's user (probe guests, which read only our kernel and agent).
     pub user: Option<(u32, u32)>,
+    /// The only files QEMU sees (see [`crate::jail::Root`]); `None`: the
+    /// host's.
+    pub root: Option<crate::jail::Root>,
 }
 
 pub trait Vmm: Send + Sync {
@@ -203,6 +206,20 @@ impl Vmm for Qemu {
         }
         c.arg("-pidfile").arg(&vm.pidfile);
         c.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
+        if let Some(root) = &vm.root {
+            match root.prepare() {
+                // SAFETY: `enter` makes only syscalls, on what `prepare`
+                // made before the fork.
+                Ok(p) => unsafe {
+                    c.pre_exec(move || p.enter());
+                },
+                Err(e) => {
+                    let msg = e.to_string();
+                    // SAFETY: returns an error; nothing else runs.
+                    unsafe { c.pre_exec(move || Err(std::io::Error::other(msg.clone()))) };
+                }
+            }
+        }
         if let Some((uid, gid)) = vm.user {
             // Under KVM the one group it keeps is /dev/kvm's.
             let groups: Vec<libc::gid_t> = match accel {
@@ -372,6 +389,7 @@ pub async fn probe(
         nic: None,
         cgroup: vec![],
         user: None,
+        root: None,
     };
     let start = std::time::Instant::now();
     let pid = boot(vmm, &vm, accel, bound).await.map_err(|e| e.to_string())?;
