@@ -62,9 +62,14 @@ fn tweak(config: &mut serde_json::Value) {
     config["linux"]["readonlyPaths"] = serde_json::json!([]);
     // The host cgroup holds the Sentry and gofer, whose Go runtimes need
     // threads of their own on top of the guest's.
+    // Never past the kernel's own ceiling (PID_MAX_LIMIT), which pids.max
+    // refuses with EINVAL: a sandbox asking for that many gets the most.
     let pids = config["linux"]["resources"]["pids"]["limit"].as_u64().unwrap_or(512);
-    config["linux"]["resources"]["pids"]["limit"] = serde_json::json!(pids + SENTRY_THREADS);
+    config["linux"]["resources"]["pids"]["limit"] = serde_json::json!((pids + SENTRY_THREADS).min(PID_MAX_LIMIT));
 }
+
+/// The most `pids.max` takes (`PID_MAX_LIMIT` on 64-bit Linux).
+const PID_MAX_LIMIT: u64 = 4 << 20;
 
 impl GvisorDriver {
     async fn create_once(&self, spec: &SandboxSpec) -> Result<serde_json::Value> {
@@ -192,5 +197,19 @@ impl Driver for GvisorDriver {
 
     fn console_tail(&self, id: &str) -> Option<String> {
         self.engine.console_tail(id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_sentry_threads_come_on_top_but_never_past_the_kernel_ceiling() {
+        for (asked, given) in [(100, 100 + SENTRY_THREADS), (PID_MAX_LIMIT, PID_MAX_LIMIT)] {
+            let mut config = serde_json::json!({"linux": {"resources": {"pids": {"limit": asked}}}});
+            tweak(&mut config);
+            assert_eq!(config["linux"]["resources"]["pids"]["limit"], given);
+        }
     }
 }
