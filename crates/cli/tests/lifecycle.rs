@@ -426,6 +426,29 @@ async fn memory_snapshot_continues_processes_across_a_daemon_restart() {
     assert_eq!(leftovers(&d), Vec::<String>::new());
 }
 
+/// A daemon killed between the runtime's resume and the store's update
+/// leaves the store saying paused over a running container: the next
+/// resume succeeds (it is where it was asked to go), not a 500.
+#[tokio::test]
+async fn a_resume_the_runtime_already_did_succeeds() {
+    let d = Daemon::start("resumed");
+    let id = d.create(json!({"driver": "container"})).await;
+    let (st, v) = d.req("POST", &format!("/v1/sandboxes/{id}/pause"), None).await;
+    assert_eq!((st, v["state"].as_str()), (200, Some("paused")), "{v}");
+    // The runtime's half of a resume, as the killed daemon left it.
+    let out = std::process::Command::new("runc")
+        .arg("--root")
+        .arg(d.data().join("container/state"))
+        .args(["resume", &id])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let (st, v) = d.req("POST", &format!("/v1/sandboxes/{id}/resume"), None).await;
+    assert_eq!((st, v["state"].as_str()), (200, Some("running")), "{v}");
+    assert_eq!(d.ok(&id, "echo on").await, "on\n");
+    d.rm(&id).await;
+}
+
 /// A microVM paused with `free_memory` has no VMM left (its memory is a
 /// file), stays paused across a daemon kill -9, and resumes where it was.
 #[tokio::test]

@@ -571,9 +571,24 @@ impl OciEngine {
             .await
             .map_err(|e| Error::Internal(format!("{}: {e}", rt.path.display())))?;
         if !out.status.success() {
+            // Already where it was asked to go: a daemon killed between the
+            // runtime's answer and the store's update leaves the store a
+            // step behind (paused in the store, running here), and the
+            // retry must not fail on it.
+            let want = if verb == "pause" { "paused" } else { "running" };
+            if self.runtime_status(rt, id).await.as_deref() == Some(want) {
+                return Ok(());
+            }
             return Err(Error::Internal(format!("{verb} {id}: {}", String::from_utf8_lossy(&out.stderr).trim())));
         }
         Ok(())
+    }
+
+    /// The runtime's `status` of container `id` (`running`, `paused`, ...).
+    async fn runtime_status(&self, rt: &Runtime, id: &str) -> Option<String> {
+        let out = self.command(rt).args(["state", id]).stdin(Stdio::null()).output().await.ok()?;
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        v["status"].as_str().map(str::to_string)
     }
 
     /// Ids with a sandbox dir, runtime state or a cgroup under our parent,
