@@ -171,10 +171,25 @@ fn token_key(data_dir: &Path) -> anyhow::Result<Vec<u8>> {
 }
 
 /// One daemon per data dir: a second would fight over the same sandboxes.
+/// A daemon started right after one was killed with -9 waits up to 10 s
+/// for the lock: a child the dead daemon was forking when it died holds a
+/// copy of the lock's fd until it execs.
 fn lock_data_dir(data_dir: &Path) -> anyhow::Result<nix::fcntl::Flock<std::fs::File>> {
-    let f = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(data_dir.join("daemon.lock"))?;
-    nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusiveNonblock)
-        .map_err(|_| anyhow::anyhow!("another spinup daemon is already using {}", data_dir.display()))
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut f =
+        std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(data_dir.join("daemon.lock"))?;
+    loop {
+        match nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusiveNonblock) {
+            Ok(lock) => return Ok(lock),
+            Err((_, _)) if std::time::Instant::now() > deadline => {
+                anyhow::bail!("another spinup daemon is already using {}", data_dir.display())
+            }
+            Err((file, _)) => {
+                f = file;
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+        }
+    }
 }
 
 pub async fn run(cfg: Config) -> anyhow::Result<()> {
