@@ -216,6 +216,7 @@ impl MicrovmDriver {
         let res = &spec.resources;
         let vcpus = (res.vcpus.ceil() as u32).max(1);
         let quota = ((res.vcpus * 100_000.0) as u64).max(1000);
+        let ids = jail::vmm_ids(&spec.id);
         let mut vm = VmConfig {
             kernel: r.kernel.clone(),
             initrd: r.initrd.clone(),
@@ -240,9 +241,8 @@ impl MicrovmDriver {
             pidfile: run.join("qemu.pid"),
             incoming,
             nic: spec.net.as_ref().map(|n| (n.netns.clone(), n.mac.clone())),
-            // The VMM's own bound: the guest's RAM plus QEMU's overhead.
-            cgroup: jail::make_cgroup(&self.cgroup_parent, &spec.id, res, res.memory_mib + GUEST_KERNEL_MIB)?,
-            user: Some(jail::vmm_ids(&spec.id)),
+            cgroup: vec![],
+            user: Some(ids),
             root: None,
         };
         // What QEMU writes as its own uid: the run dir (sockets, pid file),
@@ -254,7 +254,7 @@ impl MicrovmDriver {
         let layers = image::layers(&dir);
         let mut mine: Vec<&Path> = vec![&run, disk, &vm.console];
         mine.extend(layers.iter().map(PathBuf::as_path));
-        jail::own(&mine, jail::vmm_ids(&spec.id))?;
+        jail::own(&mine, ids)?;
         // Its own root: the sandbox's dir, the kernel, the initramfs and the
         // environment images (a disk's bottom layer), nothing more.
         let jail_dir = dir.join("root");
@@ -265,10 +265,13 @@ impl MicrovmDriver {
             writable: vec![dir.clone()],
             devices: if r.accel == Accel::Kvm { vec!["/dev/kvm".into()] } else { vec![] },
         });
+        // The VMM's own bound, the guest's RAM plus QEMU's overhead: made
+        // last, so that nothing before the boot can fail and leave it.
+        vm.cgroup = jail::make_cgroup(&self.cgroup_parent, &spec.id, res, res.memory_mib + GUEST_KERNEL_MIB)?;
         let pid = match vmm::boot(&*r.vmm, &vm, r.accel, self.boot_bound()).await {
             Ok(pid) => pid,
             Err(e) => {
-                let _ = spinup_driver_container::remove_cgroups(&self.cgroup_parent, &spec.id).await;
+                self.remove_cgroup(&spec.id).await;
                 return Err(e);
             }
         };
