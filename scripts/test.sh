@@ -2,7 +2,8 @@
 # Runs the whole test suite: formatting and lints (cargo fmt --check,
 # clippy -D warnings), unit tests, the conformance suite (per driver), the
 # lifecycle tests and the fuzz targets (a minute each), as root against
-# real runc, overlayfs and cgroups; then checks that the suite left the host as it found it (no process,
+# real runc, overlayfs and cgroups; then a short chaos soak (the daemon
+# killed with -9 under load); then checks that the suite left the host as it found it (no process,
 # namespace, link, nftables table, mount, cgroup or data dir of a test
 # daemon). The last line printed is the test runner's summary.
 set -euo pipefail
@@ -29,6 +30,19 @@ scripts/host-check.sh snapshot "$before"
 set +e
 cargo nextest run --release --no-fail-fast --failure-output final "$@" 2>&1 | tee "$log"
 rc=${PIPESTATUS[0]}
+# The chaos soak's short variant, alone on the host (its leak check
+# compares the whole host): 10 sandboxes, 4 kills -9 of the daemon, a
+# minute of load. The long run is `scripts/soak.py` (BENCHMARKS.md).
+if [ -z "${SPINUP_SKIP_SOAK:-}" ] && [ "$#" = 0 ]; then
+    echo "--- chaos soak (short)"
+    timeout 900 scripts/soak.py --sandboxes 10 --kills 4 --minutes 1 --drivers container,gvisor --workers 4 \
+        --bin "${CARGO_TARGET_DIR:-target}/release/spinup"
+    soak=$?
+    if [ "$soak" != 0 ]; then
+        echo "chaos soak failed (exit $soak)"
+        [ "$rc" = 0 ] && rc=1
+    fi
+fi
 scripts/host-check.sh compare "$before"
 check=$?
 set -e

@@ -7,7 +7,8 @@ use spinup_model::Error;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ErrorBody {
     /// Stable machine code: `not_found`, `invalid_argument`, `conflict`,
-    /// `unsupported`, `unavailable`, `agent_error`, `internal`, or the
+    /// `unsupported`, `unavailable`, `agent_error`, `forbidden`,
+    /// `quota_exceeded`, `internal`, or the
     /// agent's own code for a guest error.
     pub code: String,
     pub message: String,
@@ -34,6 +35,9 @@ pub fn http_status(e: &Error) -> u16 {
         Error::NotFound { .. } => 404,
         Error::InvalidArgument(_) => 400,
         Error::Conflict(_) => 409,
+        Error::Forbidden(_) => 403,
+        // As E2B answers a create past the concurrent-sandbox limit.
+        Error::QuotaExceeded(_) => 429,
         Error::Unsupported { .. } => 501,
         Error::Unavailable(_) => 503,
         Error::Agent(_) => 502,

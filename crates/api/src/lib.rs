@@ -15,6 +15,7 @@ pub mod code;
 pub mod environments;
 pub mod error;
 pub mod exec;
+pub mod keys;
 pub mod network;
 pub mod openapi;
 pub mod routes;
@@ -27,6 +28,7 @@ pub use code::{CodeContext, CodeEvent, CodeRequest, ContextRequest, Language};
 pub use environments::{BuildEvent, EnvList};
 pub use error::ErrorBody;
 pub use exec::{ExecQuery, ExecRequest, ExecResult};
+pub use keys::{AuditEntry, AuditQuery, KeyInfo, KeyRequest, NewKey, Quota};
 pub use network::{AttachRequest, ExposeAnswer, ExposeRequest};
 pub use routes::{Op, Route, ROUTES};
 pub use sandboxes::{
@@ -34,8 +36,8 @@ pub use sandboxes::{
 };
 pub use secrets::SecretInfo;
 pub use service::{
-    ByteStream, ExecSession, FileOp, FileRequest, Forwarded, Layer, SandboxService, SecretSet, SecretValue, Tunnel,
-    TunnelIo,
+    Authenticator, ByteStream, ExecSession, FileOp, FileRequest, Forwarded, Layer, SandboxService, SecretSet,
+    SecretValue, Tunnel, TunnelIo,
 };
 pub use snapshots::{Change, Diff, DiffQuery, ForkRequest, ForkResult, SnapshotRequest};
 pub use spinup_model::{

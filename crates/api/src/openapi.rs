@@ -122,7 +122,7 @@ fn shape(op: Op, s: &mut Schemas) -> Shape {
     match op {
         Op::OpenApi => plain(In::None, Json(200, object()), &[]),
         Op::Drivers => plain(In::None, Json(200, s.array_of::<spinup_model::Capabilities>()), &[]),
-        Op::Gc => plain(In::None, Json(200, s.of::<crate::GcReport>()), &[]),
+        Op::Gc => plain(In::None, Json(200, s.of::<crate::GcReport>()), &[403]),
         Op::List => Shape {
             query: q(vec![(
                 "label",
@@ -137,7 +137,7 @@ fn shape(op: Op, s: &mut Schemas) -> Shape {
         Op::Create => plain(
             In::Json(s.of::<crate::CreateRequest>(), false),
             Json(201, s.of::<spinup_model::Sandbox>()),
-            &[400, 404, 409, 501, 503],
+            &[400, 404, 409, 429, 501, 503],
         ),
         Op::Get | Op::Resume | Op::Start | Op::UpdateResources => {
             plain(In::None, Json(200, s.of::<spinup_model::Sandbox>()), SANDBOX)
@@ -161,9 +161,11 @@ fn shape(op: Op, s: &mut Schemas) -> Shape {
             Json(201, s.of::<spinup_model::Snapshot>()),
             SANDBOX,
         ),
-        Op::Fork => {
-            plain(In::Json(s.of::<crate::ForkRequest>(), false), Json(201, s.of::<crate::ForkResult>()), SANDBOX)
-        }
+        Op::Fork => plain(
+            In::Json(s.of::<crate::ForkRequest>(), false),
+            Json(201, s.of::<crate::ForkResult>()),
+            &[400, 404, 409, 429, 501, 502, 503],
+        ),
         Op::Diff => Shape {
             query: q(vec![
                 ("since", string(), false, "A snapshot (id or name); default: since creation"),
@@ -257,13 +259,13 @@ fn shape(op: Op, s: &mut Schemas) -> Shape {
         ),
         Op::Environments => plain(In::None, Json(200, s.of::<crate::EnvList>()), &[]),
         Op::Environment => plain(In::None, Json(200, s.of::<spinup_model::Environment>()), &[400, 404]),
-        Op::RemoveEnvironment => plain(In::None, NoContent, &[400, 404, 409]),
+        Op::RemoveEnvironment => plain(In::None, NoContent, &[400, 403, 404, 409]),
         Op::ImportEnvironment => plain(
             In::Raw("application/octet-stream", "A rootfs tarball (tar or tar.gz), streamed"),
             Json(201, s.of::<spinup_model::Environment>()),
-            &[400, 409, 413],
+            &[400, 403, 409, 413],
         ),
-        Op::BuildEnvironment => plain(In::None, NdJson(s.of::<crate::BuildEvent>()), &[400, 404, 409]),
+        Op::BuildEnvironment => plain(In::None, NdJson(s.of::<crate::BuildEvent>()), &[400, 403, 404, 409]),
         Op::RunCode => plain(In::Json(s.of::<crate::CodeRequest>(), true), NdJson(s.of::<crate::CodeEvent>()), SANDBOX),
         Op::CodeContexts => plain(In::None, Json(200, s.array_of::<crate::CodeContext>()), SANDBOX),
         Op::CreateCodeContext => {
@@ -271,6 +273,21 @@ fn shape(op: Op, s: &mut Schemas) -> Shape {
         }
         Op::RestartCodeContext => plain(In::None, Json(200, s.of::<crate::CodeContext>()), SANDBOX),
         Op::RemoveCodeContext => plain(In::None, NoContent, SANDBOX),
+        Op::Keys => plain(In::None, Json(200, s.array_of::<crate::KeyInfo>()), &[403]),
+        Op::CreateKey => {
+            plain(In::Json(s.of::<crate::KeyRequest>(), true), Json(201, s.of::<crate::NewKey>()), &[400, 403])
+        }
+        Op::RemoveKey => plain(In::None, NoContent, &[400, 403, 404]),
+        Op::Audit => Shape {
+            query: q(vec![
+                ("tenant", string(), false, "Only this tenant's entries"),
+                ("before", integer(0, i64::MAX), false, "Only entries older than this seq"),
+                ("limit", integer(1, 1000), false, "At most this many (default 100)"),
+            ]),
+            body: In::None,
+            ok: Json(200, s.array_of::<crate::AuditEntry>()),
+            errors: &[400, 403],
+        },
     }
 }
 
@@ -278,8 +295,9 @@ fn shape(op: Op, s: &mut Schemas) -> Shape {
 fn reason(status: u16) -> &'static str {
     match status {
         400 => "invalid_argument: a malformed body, query or path parameter",
-        401 => "unauthorized: a TCP listener without the right bearer key",
-        403 => "permission_denied: the guest refused the path",
+        401 => "unauthorized: a TCP listener without a valid bearer key",
+        403 => "forbidden: an admin operation asked with a tenant's key; permission_denied: the guest refused the path",
+        429 => "quota_exceeded: the tenant is at its sandbox, vCPU or memory quota",
         404 => "not_found: no such sandbox, snapshot, environment, secret, process or path",
         409 => "conflict: the object is not in a state that allows this",
         413 => "payload_too_large: the body is over the limit",
@@ -307,6 +325,7 @@ fn method(m: &str) -> HttpMethod {
 fn segment(name: &str, op: Op, s: &mut Schemas) -> (RefOr<Schema>, &'static str) {
     match (name, op) {
         ("id", Op::GetSnapshot | Op::RemoveSnapshot | Op::SnapshotLayer) => (string(), "Snapshot id or name"),
+        ("id", Op::RemoveKey) => (string(), "Key id"),
         ("id", _) => (s.of::<spinup_model::SandboxId>(), "Sandbox id"),
         ("pid", _) => (integer(1, u32::MAX.into()), "Process id in the sandbox"),
         ("port", _) => (integer(1, 65535), "Guest port"),

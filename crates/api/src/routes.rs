@@ -61,6 +61,10 @@ pub enum Op {
     CreateCodeContext,
     RestartCodeContext,
     RemoveCodeContext,
+    Keys,
+    CreateKey,
+    RemoveKey,
+    Audit,
 }
 
 /// A method and path template (axum syntax, `{name}` segments) served for
@@ -130,6 +134,10 @@ pub const ROUTES: &[Route] = &[
     Route { method: "post", path: "/v1/sandboxes/{id}/code/contexts", op: Op::CreateCodeContext, summary: "Start a code context {language, cwd}: its own kernel and state" },
     Route { method: "post", path: "/v1/sandboxes/{id}/code/contexts/{context}/restart", op: Op::RestartCodeContext, summary: "Restart a context's kernel (its state is lost)" },
     Route { method: "delete", path: "/v1/sandboxes/{id}/code/contexts/{context}", op: Op::RemoveCodeContext, summary: "Stop a context's kernel and forget it" },
+    Route { method: "get", path: "/v1/keys", op: Op::Keys, summary: "API keys (ids, tenants, quotas; never secrets) (admin)" },
+    Route { method: "post", path: "/v1/keys", op: Op::CreateKey, summary: "Make a key {tenant, max_sandboxes, max_vcpus, max_memory_mib} or {admin: true}; its secret is shown once (admin)" },
+    Route { method: "delete", path: "/v1/keys/{id}", op: Op::RemoveKey, summary: "Revoke a key at once (admin)" },
+    Route { method: "get", path: "/v1/audit", op: Op::Audit, summary: "The audit log, newest first (?tenant=&before=&limit=): who did what to which object, when, with what result (admin)" },
 ];
 
 #[cfg(test)]

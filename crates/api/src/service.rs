@@ -283,4 +283,18 @@ pub trait SandboxService: Send + Sync + 'static {
     /// A new kernel for the context; its state is lost.
     async fn restart_code_context(&self, id: &SandboxId, context: &str) -> Result<CodeContext>;
     async fn remove_code_context(&self, id: &SandboxId, context: &str) -> Result<()>;
+
+    // Keys and the audit log (the admin's).
+    async fn keys(&self) -> Result<Vec<crate::KeyInfo>>;
+    async fn create_key(&self, req: crate::KeyRequest) -> Result<crate::NewKey>;
+    async fn remove_key(&self, id: &str) -> Result<()>;
+    async fn audit(&self, q: crate::AuditQuery) -> Result<Vec<crate::AuditEntry>>;
+}
+
+/// Who a TCP listener's caller is: the daemon turns an API key into the
+/// service as that key's holder sees it (its tenant's objects only, or
+/// everything for an admin key).
+pub trait Authenticator: Send + Sync + 'static {
+    /// `None`: no such key, or a revoked one.
+    fn authenticate(&self, key: &str) -> Option<std::sync::Arc<dyn SandboxService>>;
 }

@@ -4,8 +4,8 @@
 use clap::{Parser, Subcommand};
 
 use crate::commands::{
-    attach, bench, cp, create, diff, env, exec, fork, inspect, kill, ls, net, pause, port, ps, resume, rm, secret,
-    serve, snapshot, start, timeout,
+    attach, audit, bench, cp, create, diff, env, exec, fork, inspect, key, kill, ls, net, pause, port, ps, resume, rm,
+    secret, serve, snapshot, start, timeout,
 };
 
 #[derive(Parser)]
@@ -85,6 +85,12 @@ pub enum Command {
     /// killed daemon (or a failed teardown) left behind. Every daemon
     /// start does the same.
     Gc,
+    /// API keys for the TCP listeners: `key create --tenant NAME [--max-sandboxes N
+    /// --max-vcpus N --max-memory-mib N]` (or `--admin`), `key ls`, `key rm ID...`.
+    #[command(subcommand)]
+    Key(key::Command),
+    /// The audit log: who did what to which object, when, with what result.
+    Audit(audit::Args),
     /// Measure create→first exec, exec round trip and idle memory against
     /// runc and bwrap baselines taken in the same run (needs root, runc, bwrap).
     Bench(bench::Args),
@@ -132,6 +138,11 @@ mod tests {
             "bench --snapshots --iterations 3",
             "exec -it 0123456789ab -- sh -c true",
             "mcp",
+            "key create --tenant acme --max-sandboxes 3 --max-vcpus 4 --max-memory-mib 4096",
+            "key create --admin",
+            "key ls",
+            "key rm 0123456789ab",
+            "audit --tenant acme --limit 10",
         ] {
             assert!(parse(line).is_ok(), "{line}: {}", parse(line).err().unwrap());
         }

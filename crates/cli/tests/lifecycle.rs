@@ -569,3 +569,264 @@ suite!(
     daemon_killed_during_snapshot_or_fork_leaves_a_consistent_store,
     a_stopped_sandbox_keeps_its_disk_and_starts_again,
 );
+
+/// One HTTP/1 request over TCP: status and the JSON answer.
+async fn tcp(
+    port: u16,
+    headers: &[(&str, &str)],
+    method: &str,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> (u16, serde_json::Value) {
+    use http_body_util::BodyExt;
+    let s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let (mut tx, conn) =
+        hyper::client::conn::http1::handshake::<_, http_body_util::Full<bytes::Bytes>>(hyper_util::rt::TokioIo::new(s))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let mut req = http::Request::builder().method(method).uri(path).header("host", "127.0.0.1");
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    if body.is_some() && !headers.iter().any(|(k, _)| *k == "content-type") {
+        req = req.header("content-type", "application/json");
+    }
+    let body = body.map(|b| bytes::Bytes::from(b.to_string())).unwrap_or_default();
+    let resp = tx.send_request(req.body(http_body_util::Full::new(body)).unwrap()).await.unwrap();
+    let st = resp.status().as_u16();
+    let b = resp.into_body().collect().await.unwrap().to_bytes();
+    (st, serde_json::from_slice(&b).unwrap_or_else(|_| serde_json::Value::String(String::from_utf8_lossy(&b).into())))
+}
+
+/// Tenants: each key sees and touches only its tenant's sandboxes,
+/// snapshots, secrets and ports (another tenant's answer exactly as
+/// unknown ones do), quotas hold under concurrent creates, forks and
+/// restores, the admin (its key, the unix socket) sees everything, keys
+/// are kept as hashes and revoked at once, and the audit log says who did
+/// what without a secret value. The native API, MCP and E2B's control
+/// plane all take the same keys.
+#[tokio::test]
+async fn tenants_are_kept_apart_and_held_to_their_quotas() {
+    let (port, e2b) = (common::free_port(), common::free_port());
+    let d = Daemon::start_with(
+        "tenants",
+        &["--tcp", &format!("127.0.0.1:{port}"), "--e2b-listen", &format!("127.0.0.1:{e2b}")],
+        &[("SPINUP_API_KEY", "admin-k3y-configured")],
+    );
+    // Keys are the admin's to make: over the unix socket, and with the CLI.
+    let (st, a) =
+        d.req("POST", "/v1/keys", Some(json!({"tenant": "acme", "max_sandboxes": 2, "max_memory_mib": 1536}))).await;
+    assert_eq!(st, 201, "{a}");
+    let (ka, a_id) = (a["key"].as_str().unwrap().to_string(), a["id"].as_str().unwrap().to_string());
+    let out = d.cli(&["key", "create", "--tenant", "beta"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let kb = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    assert!(kb.starts_with("spk_"), "{kb}");
+    let (ba, bb) = (format!("Bearer {ka}"), format!("Bearer {kb}"));
+    let (ha, hb) = ([("authorization", ba.as_str())], [("authorization", bb.as_str())]);
+    let admin = [("authorization", "Bearer admin-k3y-configured")];
+    let make = |h: [(&'static str, &str); 1], body: serde_json::Value| {
+        let auth = h[0].1.to_string();
+        async move { tcp(port, &[("authorization", &auth)], "POST", "/v1/sandboxes", Some(body)).await }
+    };
+    let busybox = json!({"env": "busybox", "driver": common::driver(), "resources": {"memory_mib": 256}});
+
+    // Acme's sandbox is acme's; beta's key gets what an unknown id gets.
+    let (st, sa) = make(ha, busybox.clone()).await;
+    assert_eq!((st, sa["tenant"].as_str()), (201, Some("acme")), "{sa}");
+    let sa = sa["id"].as_str().unwrap().to_string();
+    let (_, unknown) = tcp(port, &hb, "GET", "/v1/sandboxes/0123456789ab", None).await;
+    let (st, v) = tcp(port, &hb, "GET", &format!("/v1/sandboxes/{sa}"), None).await;
+    assert_eq!((st, v["code"].as_str()), (404, Some("not_found")), "{v}");
+    assert_eq!(
+        v["message"].as_str().unwrap().replace(&sa, "ID"),
+        unknown["message"].as_str().unwrap().replace("0123456789ab", "ID")
+    );
+    for (m, path, body) in [
+        ("POST", format!("/v1/sandboxes/{sa}/exec"), Some(json!({"cmd": "true"}))),
+        ("DELETE", format!("/v1/sandboxes/{sa}?force=true"), None),
+        ("POST", format!("/v1/sandboxes/{sa}/snapshot"), Some(json!({}))),
+        ("POST", format!("/v1/sandboxes/{sa}/fork"), Some(json!({}))),
+        ("POST", format!("/v1/sandboxes/{sa}/pause"), Some(json!({}))),
+        ("GET", format!("/v1/sandboxes/{sa}/files?path=/etc/hostname"), None),
+        ("POST", format!("/v1/sandboxes/{sa}/ports"), Some(json!({"port": 8000}))),
+        ("GET", format!("/v1/sandboxes/{sa}/ports"), None),
+        ("GET", format!("/v1/sandboxes/{sa}/events"), None),
+    ] {
+        let (st, v) = tcp(port, &hb, m, &path, body).await;
+        assert_eq!((st, v["code"].as_str()), (404, Some("not_found")), "{m} {path}: {v}");
+    }
+    assert_eq!(tcp(port, &hb, "GET", "/v1/sandboxes", None).await.1, json!([]));
+
+    // Snapshots follow their sandbox's tenant.
+    let (st, snap) =
+        tcp(port, &ha, "POST", &format!("/v1/sandboxes/{sa}/snapshot"), Some(json!({"name": "acme-snap"}))).await;
+    assert_eq!((st, snap["tenant"].as_str()), (201, Some("acme")), "{snap}");
+    for (m, path) in [
+        ("GET", "/v1/snapshots/acme-snap"),
+        ("GET", "/v1/snapshots/acme-snap/layer"),
+        ("DELETE", "/v1/snapshots/acme-snap"),
+    ] {
+        let (st, v) = tcp(port, &hb, m, path, None).await;
+        assert_eq!(st, 404, "{m} {path}: {v}");
+    }
+    assert_eq!(tcp(port, &hb, "GET", "/v1/snapshots", None).await.1, json!([]));
+    let (st, v) = make(hb, json!({"from_snapshot": "acme-snap", "driver": common::driver()})).await;
+    assert_eq!((st, v["code"].as_str()), (404, Some("not_found")), "{v}");
+
+    // Secrets: each tenant its own names; a sandbox gets its tenant's value.
+    for (h, value) in [(&ha, "acme-v4lue-1"), (&hb, "beta-v4lue-2")] {
+        let (st, v) = tcp(port, h, "PUT", "/v1/secrets/TOKEN", Some(json!({"value": value}))).await;
+        assert_eq!(st, 201, "{v}");
+    }
+    tcp(port, &ha, "PUT", "/v1/secrets/ACME_ONLY", Some(json!({"value": "x"}))).await;
+    let (st, sb) = make(hb, busybox.clone()).await;
+    assert_eq!(st, 201, "{sb}");
+    let sb = sb["id"].as_str().unwrap().to_string();
+    for (h, id, value) in [(&ha, &sa, "acme-v4lue-1"), (&hb, &sb, "beta-v4lue-2")] {
+        let (st, v) = tcp(
+            port,
+            h,
+            "POST",
+            &format!("/v1/sandboxes/{id}/secrets"),
+            Some(json!({"attach": [{"name": "TOKEN", "mode": "env"}]})),
+        )
+        .await;
+        assert_eq!(st, 200, "{v}");
+        let (_, v) =
+            tcp(port, h, "POST", &format!("/v1/sandboxes/{id}/exec"), Some(json!({"cmd": "echo $TOKEN"}))).await;
+        assert_eq!(v["stdout"].as_str().map(str::trim), Some(value), "{v}");
+    }
+    let (st, v) = tcp(
+        port,
+        &hb,
+        "POST",
+        &format!("/v1/sandboxes/{sb}/secrets"),
+        Some(json!({"attach": [{"name": "ACME_ONLY"}]})),
+    )
+    .await;
+    assert_eq!(st, 404, "another tenant's secret is no secret of beta's: {v}");
+    let (_, v) = tcp(port, &hb, "GET", "/v1/secrets", None).await;
+    assert_eq!(v.as_array().map(|a| a.len()), Some(1), "{v}");
+    let (_, v) = d.req("GET", "/v1/secrets", None).await;
+    assert_eq!(v.as_array().map(|a| a.len()), Some(3), "the admin sees every tenant's: {v}");
+
+    // Quotas: acme may have 2 sandboxes; of 3 concurrent creates, 1 fits.
+    let tries = futures::future::join_all((0..3).map(|_| make(ha, busybox.clone()))).await;
+    let made: Vec<_> = tries.iter().filter(|(st, _)| *st == 201).collect();
+    assert_eq!(made.len(), 1, "{tries:?}");
+    for (st, v) in tries.iter().filter(|(st, _)| *st != 201) {
+        assert_eq!((*st, v["code"].as_str()), (429, Some("quota_exceeded")), "{v}");
+    }
+    let third = made[0].1["id"].as_str().unwrap().to_string();
+    let acme = |v: &serde_json::Value| v.as_array().unwrap().iter().filter(|s| s["tenant"] == "acme").count();
+    let (st, v) = tcp(port, &ha, "POST", &format!("/v1/sandboxes/{sa}/fork"), Some(json!({}))).await;
+    assert_eq!((st, v["code"].as_str()), (429, Some("quota_exceeded")), "fork: {v}");
+    let (st, v) = make(ha, json!({"from_snapshot": "acme-snap", "driver": common::driver()})).await;
+    assert_eq!((st, v["code"].as_str()), (429, Some("quota_exceeded")), "restore: {v}");
+    assert_eq!(acme(&d.req("GET", "/v1/sandboxes", None).await.1), 2, "nothing half-made");
+    tcp(port, &ha, "DELETE", &format!("/v1/sandboxes/{third}?force=true"), None).await;
+    // Memory: 256 MiB used of 1536; 1536 more does not fit.
+    let mut big = busybox.clone();
+    big["resources"]["memory_mib"] = json!(1536);
+    let (st, v) = make(ha, big).await;
+    assert_eq!((st, v["code"].as_str()), (429, Some("quota_exceeded")), "{v}");
+    assert!(v["message"].as_str().unwrap().contains("memory"), "{v}");
+    // vCPUs: a new key's quota updates the tenant's.
+    let (st, _) = d.req("POST", "/v1/keys", Some(json!({"tenant": "acme", "max_vcpus": 1.5}))).await;
+    assert_eq!(st, 201);
+    let mut two = busybox.clone();
+    two["resources"]["vcpus"] = json!(1);
+    let (st, v) = make(ha, two).await;
+    assert_eq!((st, v["code"].as_str()), (429, Some("quota_exceeded")), "{v}");
+    let mut half = busybox.clone();
+    half["resources"]["vcpus"] = json!(0.5);
+    let (st, v) = make(ha, half).await;
+    assert_eq!(st, 201, "{v}");
+    tcp(port, &ha, "DELETE", &format!("/v1/sandboxes/{}?force=true", v["id"].as_str().unwrap()), None).await;
+
+    // The admin: its key and the unix socket see everything; a tenant's
+    // key cannot do the admin's work.
+    let (_, all) = tcp(port, &admin, "GET", "/v1/sandboxes", None).await;
+    assert_eq!(all.as_array().map(|a| a.len()), Some(2), "{all}");
+    assert_eq!(d.req("GET", "/v1/sandboxes", None).await.1.as_array().map(|a| a.len()), Some(2));
+    for (m, path) in [
+        ("GET", "/v1/keys"),
+        ("POST", "/v1/keys"),
+        ("GET", "/v1/audit"),
+        ("POST", "/v1/gc"),
+        ("DELETE", "/v1/environments/busybox"),
+    ] {
+        let (st, v) = tcp(port, &ha, m, path, Some(json!({"tenant": "acme"}))).await;
+        assert_eq!((st, v["code"].as_str()), (403, Some("forbidden")), "{m} {path}: {v}");
+    }
+
+    // MCP and E2B's control plane take the same keys, and see the same.
+    let call = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "list_sandboxes", "arguments": {}}});
+    let mcp = [
+        ("authorization", bb.as_str()),
+        ("content-type", "application/json"),
+        ("accept", "application/json, text/event-stream"),
+    ];
+    let (st, v) = tcp(port, &mcp, "POST", "/mcp", Some(call)).await;
+    let listed = &v["result"]["structuredContent"]["sandboxes"];
+    assert_eq!((st, listed.as_array().map(|a| a.len())), (200, Some(1)), "{v}");
+    assert_eq!(listed[0]["id"].as_str(), Some(sb.as_str()), "{v}");
+    let (st, v) = tcp(e2b, &[("x-api-key", &ka)], "GET", "/sandboxes", None).await;
+    assert_eq!(st, 200, "{v}");
+    let ids: Vec<&str> = v.as_array().unwrap().iter().filter_map(|s| s["sandboxID"].as_str()).collect();
+    assert_eq!(ids, [sa.as_str()], "{v}");
+    let (st, _) = tcp(e2b, &[("x-api-key", &ka)], "GET", &format!("/sandboxes/{sb}"), None).await;
+    assert_eq!(st, 404);
+    let (st, _) = tcp(e2b, &[("x-api-key", "spk_0123456789ab_nope")], "GET", "/sandboxes", None).await;
+    assert_eq!(st, 401);
+
+    // Keys: listed without their secret, stored only as a hash.
+    let out = d.cli(&["--json", "key", "ls"]);
+    let listed = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(listed.contains(&a_id) && !listed.contains(&ka[17..]) && !listed.contains("\"key\""), "{listed}");
+    let mut db = std::fs::read(d.data().join("state.db")).unwrap();
+    db.extend(std::fs::read(d.data().join("state.db-wal")).unwrap_or_default());
+    for secret in [&ka[17..], &kb[17..], "acme-v4lue-1"] {
+        assert!(!db.windows(secret.len()).any(|w| w == secret.as_bytes()), "{secret} is in the store in clear");
+    }
+
+    // The audit log: who, as which tenant, did what to which object, and
+    // how it went; no value of a secret.
+    let (st, log) = d.req("GET", "/v1/audit?tenant=acme&limit=1000", None).await;
+    assert_eq!(st, 200, "{log}");
+    let has = |op: &str, object: Option<&str>, outcome: &str| {
+        log.as_array().unwrap().iter().any(|e| {
+            e["op"] == op
+                && e["actor"] == format!("key:{a_id}")
+                && (object.is_none() || e["object"].as_str() == object)
+                && e["outcome"] == outcome
+        })
+    };
+    assert!(has("create", Some(&sa), "ok") && has("create", None, "quota_exceeded"), "{log}");
+    assert!(has("set_secret", Some("TOKEN"), "ok") && has("fork", Some(&sa), "quota_exceeded"), "{log}");
+    let (_, beta) = d.req("GET", "/v1/audit?tenant=beta", None).await;
+    assert!(
+        beta.as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["op"] == "remove" && e["object"] == sa.as_str() && e["outcome"] == "not_found"),
+        "{beta}"
+    );
+    let (_, everything) = d.req("GET", "/v1/audit?limit=1000", None).await;
+    let text = everything.to_string();
+    assert!(!text.contains("acme-v4lue-1") && !text.contains("beta-v4lue-2"), "{text}");
+    assert_eq!(tcp(port, &admin, "GET", "/v1/audit?limit=1", None).await.0, 200);
+
+    // Revoked: the next request is 401.
+    let b_id = &kb[4..16];
+    let out = d.cli(&["key", "rm", b_id]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(tcp(port, &hb, "GET", "/v1/sandboxes", None).await.0, 401);
+    assert_eq!(tcp(port, &ha, "GET", "/v1/sandboxes", None).await.0, 200);
+    assert!(!d.log().contains(&ka[17..]), "a key must not be logged");
+    for id in [&sa, &sb] {
+        d.rm(id).await;
+    }
+}

@@ -14,6 +14,7 @@ pub mod secrets;
 pub mod service;
 pub mod snapshots;
 pub mod store;
+pub mod tenants;
 
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
@@ -270,27 +271,27 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     }
     m.spawn_monitor();
 
+    // One service, seen per caller: the unix socket's is the admin's; a TCP
+    // request's is its API key's (a tenant's, or the admin's).
+    let base = service::Service::new(m.clone());
+    let keys: Arc<dyn spinup_api::Authenticator> = Arc::new(tenants::Keys::new(base.clone(), cfg.api_key.clone()));
     // The E2B listener is bound before the unix socket, so a daemon that
     // answers on its socket serves E2B too.
     let mut e2b = None;
     if let Some(addr) = cfg.file.e2b.listen {
         let e = &cfg.file.e2b;
-        let key = cfg
-            .api_key
-            .clone()
-            .filter(|k| !k.is_empty())
-            .context("the E2B listener needs an API key (SPINUP_API_KEY): clients send it as E2B_API_KEY")?;
         let tls = match (&e.tls_cert, &e.tls_key) {
             (Some(cert), Some(key)) => Some(spinup_e2b::Tls { cert: cert.clone(), key: key.clone() }),
             (None, None) => None,
             _ => anyhow::bail!("[e2b] needs both tls_cert and tls_key, or neither"),
         };
         let cfg = spinup_e2b::Config {
-            api_keys: vec![key],
+            auth: keys.clone(),
             token_key: token_key(&cfg.data_dir).context("the E2B token key")?,
             domain: e.domain.clone(),
         };
-        let app = spinup_e2b::router(Arc::new(service::Service::new(m.clone())), cfg);
+        // The sandbox plane is authorized by each sandbox's own token.
+        let app = spinup_e2b::router(Arc::new(base.as_caller(service::Caller::admin("e2b-envd"))), cfg);
         tracing::info!(%addr, tls = tls.is_some(), "E2B API listener (X-API-KEY required)");
         // Bind now, so a bad address or TLS file fails the start.
         let serving = spinup_e2b::serve(addr, app, tls).await?;
@@ -306,8 +307,8 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     tracing::info!(socket = %cfg.socket.display(), data_dir = %cfg.data_dir.display(), "spinup daemon listening");
     // The native API and MCP at /mcp, on the unix socket and (behind the
     // same API key check) on the TCP listener.
-    let app = spinup_http::router(Arc::new(service::Service::new(m.clone())))
-        .merge(spinup_mcp::router(Arc::new(service::Service::new(m.clone()))));
+    let svc: Arc<dyn spinup_api::SandboxService> = Arc::new(base.clone());
+    let app = spinup_http::router(svc.clone()).merge(spinup_mcp::router(svc));
     let mut tasks = tokio::task::JoinSet::new();
     if let Some(serving) = e2b {
         tasks.spawn(async move { serving.await.context("E2B listener") });
@@ -317,10 +318,9 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         tasks.spawn(async move { axum::serve(unix, app).await.context("unix listener") });
     }
     if let Some(addr) = cfg.tcp {
-        let key = cfg.api_key.clone().filter(|k| !k.is_empty()).context("--tcp needs an API key (SPINUP_API_KEY)")?;
         let l = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
-        tracing::info!(%addr, "TCP listener (bearer API key required)");
-        let app = spinup_http::with_api_key(app, key);
+        tracing::info!(%addr, configured_key = cfg.api_key.is_some(), "TCP listener (bearer API key required)");
+        let app = spinup_http::with_auth(app, keys.clone());
         // Exec streams are many small writes: no Nagle delay on them.
         use axum::serve::ListenerExt;
         let l = l.tap_io(|tcp| {

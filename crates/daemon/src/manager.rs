@@ -47,6 +47,9 @@ pub struct Manager {
     pub(crate) secrets: crate::secrets::Secrets,
     /// Exposed ports (see `ports.rs`).
     pub(crate) ports: std::sync::Mutex<HashMap<String, crate::ports::Exposed>>,
+    /// Held from a tenant's quota check to its new sandbox's row, so two
+    /// creates cannot both pass the last free place.
+    quota: std::sync::Mutex<()>,
 }
 
 /// Snapshot ids have the format of sandbox ids (and must never be taken
@@ -74,6 +77,7 @@ impl Manager {
             locks: Default::default(),
             net: Err("networking was not set up".into()),
             ports: Default::default(),
+            quota: Default::default(),
         }
     }
 
@@ -157,7 +161,53 @@ impl Manager {
         }
     }
 
-    pub(crate) async fn create_now(&self, req: CreateRequest, progress: Progress) -> Result<Sandbox> {
+    /// Check `tenant`'s quotas against its sandboxes plus `adding`, `count`
+    /// times. Every sandbox it has counts, whatever its state.
+    pub(crate) fn check_quota(&self, tenant: &str, adding: &Resources, count: u32) -> Result<()> {
+        let q = self.store.tenant_quota(tenant)?;
+        if q == Default::default() {
+            return Ok(());
+        }
+        let mine: Vec<Sandbox> = self
+            .store
+            .list_sandboxes()?
+            .into_iter()
+            .map(|(sb, _)| sb)
+            .filter(|sb| sb.tenant.as_deref() == Some(tenant))
+            .collect();
+        let n = mine.len() as u64 + u64::from(count);
+        let vcpus = mine.iter().map(|s| s.resources.vcpus).sum::<f64>() + adding.vcpus * f64::from(count);
+        let mib = mine.iter().map(|s| s.resources.memory_mib).sum::<u64>() + adding.memory_mib * u64::from(count);
+        let over = |what: &str, limit: String, would: String| {
+            Err(Error::QuotaExceeded(format!(
+                "tenant {tenant} may have {limit} {what}; this would make {would} (remove some of its sandboxes first)"
+            )))
+        };
+        if let Some(max) = q.max_sandboxes {
+            if n > u64::from(max) {
+                return over("sandboxes", max.to_string(), n.to_string());
+            }
+        }
+        if let Some(max) = q.max_vcpus {
+            if vcpus > max + 1e-9 {
+                return over("vCPUs", max.to_string(), vcpus.to_string());
+            }
+        }
+        if let Some(max) = q.max_memory_mib {
+            if mib > max {
+                return over("MiB of memory", max.to_string(), mib.to_string());
+            }
+        }
+        Ok(())
+    }
+
+    /// Create a sandbox owned by `tenant` (`None`: the admin's).
+    pub(crate) async fn create_now(
+        &self,
+        req: CreateRequest,
+        progress: Progress,
+        tenant: Option<String>,
+    ) -> Result<Sandbox> {
         let requested = req.driver.clone().unwrap_or_else(|| self.default_driver.clone());
         let driver_name = if requested == "auto" { self.strongest()? } else { requested };
         let driver = self.driver(&driver_name)?;
@@ -231,7 +281,7 @@ impl Manager {
             },
         };
         network.validate()?;
-        let secrets = self.check_secrets(&req.secrets)?;
+        let secrets = self.check_secrets(tenant.as_deref(), &req.secrets)?;
         if network.mode != spinup_model::NetMode::None
             || secrets.iter().any(|s| s.mode == spinup_model::SecretMode::Proxy)
         {
@@ -268,6 +318,7 @@ impl Manager {
             secrets,
             ports: vec![],
             env_vars: req.env_vars,
+            tenant,
         };
         let lock = self.lock_for(&id);
         let _g = lock.lock().await;
@@ -275,7 +326,15 @@ impl Manager {
         if let Some(n) = &net {
             sb.net = Some(n.allocate()?);
         }
-        if let Err(e) = self.store.insert_sandbox(&sb) {
+        let inserted = {
+            let _q = self.quota.lock().unwrap();
+            match &sb.tenant {
+                Some(t) => self.check_quota(t, &sb.resources, 1),
+                None => Ok(()),
+            }
+            .and_then(|()| self.store.insert_sandbox(&sb))
+        };
+        if let Err(e) = inserted {
             if let (Some(n), Some(slot)) = (&net, &sb.net) {
                 n.release(slot);
             }

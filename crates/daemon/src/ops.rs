@@ -29,8 +29,13 @@ where
 }
 
 impl Manager {
-    pub async fn create(self: &Arc<Self>, req: CreateRequest, progress: Progress) -> Result<Sandbox> {
-        detached(self, move |m| async move { m.create_now(req, progress).await }).await
+    pub async fn create(
+        self: &Arc<Self>,
+        req: CreateRequest,
+        progress: Progress,
+        tenant: Option<String>,
+    ) -> Result<Sandbox> {
+        detached(self, move |m| async move { m.create_now(req, progress, tenant).await }).await
     }
 
     /// Remove a sandbox (`force`: also a running or paused one).

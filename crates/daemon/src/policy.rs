@@ -27,7 +27,7 @@ fn proxy_secret(m: &SecretMount, placeholder: String, value: zeroize::Zeroizing<
 impl Manager {
     /// Validate the mounts of a request: known secrets, one mount per name,
     /// a placeholder for each proxy-mode one.
-    pub(crate) fn check_secrets(&self, mounts: &[SecretMount]) -> Result<Vec<SecretMount>> {
+    pub(crate) fn check_secrets(&self, tenant: Option<&str>, mounts: &[SecretMount]) -> Result<Vec<SecretMount>> {
         if mounts.len() > 64 {
             return Err(Error::InvalidArgument("at most 64 secrets per sandbox".into()));
         }
@@ -39,7 +39,7 @@ impl Manager {
                 return Err(Error::InvalidArgument(format!("secret {} is attached twice", m.name)));
             }
             // Exists, and the key can open it: fail now, not half-way.
-            self.secrets.reveal(&m.name).map(drop)?;
+            self.secrets.reveal(tenant, &m.name).map(drop)?;
             let mut m = m.clone();
             m.placeholder = (m.mode == SecretMode::Proxy).then(|| placeholder(&m.name));
             out.push(m);
@@ -52,7 +52,7 @@ impl Manager {
         let mut req = spinup_protocol::SecretsRequest::default();
         let mut proxied = vec![];
         for m in &sb.secrets {
-            let value = self.secrets.reveal(&m.name)?;
+            let value = self.secrets.reveal(sb.tenant.as_deref(), &m.name)?;
             match m.mode {
                 SecretMode::File => {
                     req.files.insert(m.name.clone(), value.to_string());
@@ -102,7 +102,7 @@ impl Manager {
         }
         let mut proxied = vec![];
         for m in sb.secrets.iter().filter(|m| m.mode == SecretMode::Proxy) {
-            match self.secrets.reveal(&m.name) {
+            match self.secrets.reveal(sb.tenant.as_deref(), &m.name) {
                 Ok(value) => proxied.push(proxy_secret(m, m.placeholder.clone().unwrap_or_default(), value)),
                 Err(e) => tracing::warn!(id = %sb.id, secret = %m.name, "cannot re-attach: {e}"),
             }
@@ -154,7 +154,7 @@ impl Manager {
                 return Err(Error::NotFound { kind: "attached secret", id: n.clone() });
             }
         }
-        for m in self.check_secrets(&req.attach)? {
+        for m in self.check_secrets(sb.tenant.as_deref(), &req.attach)? {
             by_name.insert(m.name.clone(), m);
         }
         let mounts: Vec<SecretMount> = by_name.into_values().collect();

@@ -28,6 +28,25 @@ pub struct Secrets {
 
 pub use spinup_api::SecretInfo;
 
+/// Where a secret is stored: its name for the admin's, `tenant/name` for
+/// a tenant's (a secret name has no `/`), so each tenant has its own names
+/// and a sandbox only ever reaches its own tenant's.
+fn slot(tenant: Option<&str>, name: &str) -> Result<String> {
+    validate_secret_name(name)?;
+    Ok(match tenant {
+        Some(t) => format!("{t}/{name}"),
+        None => name.to_string(),
+    })
+}
+
+fn info_of((slot, created_at, updated_at): (String, i64, i64)) -> SecretInfo {
+    let (tenant, name) = match slot.split_once('/') {
+        Some((t, n)) => (Some(t.to_string()), n.to_string()),
+        None => (None, slot),
+    };
+    SecretInfo { name, tenant, created_at, updated_at }
+}
+
 fn key_id(key: &[u8]) -> String {
     hex::encode(&Sha256::digest([b"spinup-secret-key-id:".as_slice(), key].concat())[..8])
 }
@@ -84,8 +103,8 @@ impl Secrets {
         }
     }
 
-    pub fn set(&self, name: &str, value: &[u8]) -> Result<SecretInfo> {
-        validate_secret_name(name)?;
+    pub fn set(&self, tenant: Option<&str>, name: &str, value: &[u8]) -> Result<SecretInfo> {
+        let at = slot(tenant, name)?;
         if value.is_empty() {
             return Err(Error::InvalidArgument(format!("secret {name}: the value is empty")));
         }
@@ -111,38 +130,37 @@ impl Secrets {
         let mut nonce = [0u8; 24];
         getrandom::fill(&mut nonce).map_err(|e| Error::internal("OS randomness", e))?;
         let ct = cipher
-            .encrypt(XNonce::from_slice(&nonce), chacha20poly1305::aead::Payload { msg: value, aad: name.as_bytes() })
+            .encrypt(XNonce::from_slice(&nonce), chacha20poly1305::aead::Payload { msg: value, aad: at.as_bytes() })
             .map_err(|_| Error::Internal("encrypting the secret failed".into()))?;
-        self.store.put_secret(name, &kid, &nonce, &ct)?;
-        self.info(name)
+        self.store.put_secret(&at, &kid, &nonce, &ct)?;
+        self.info(tenant, name)
     }
 
-    pub fn info(&self, name: &str) -> Result<SecretInfo> {
-        validate_secret_name(name)?;
-        self.list()?.into_iter().find(|s| s.name == name).ok_or_else(|| Error::not_found("secret", name))
-    }
-
-    pub fn list(&self) -> Result<Vec<SecretInfo>> {
-        Ok(self
-            .store
-            .list_secrets()?
+    pub fn info(&self, tenant: Option<&str>, name: &str) -> Result<SecretInfo> {
+        slot(tenant, name)?;
+        self.list()?
             .into_iter()
-            .map(|(name, created_at, updated_at)| SecretInfo { name, created_at, updated_at })
-            .collect())
+            .find(|s| s.name == name && s.tenant.as_deref() == tenant)
+            .ok_or_else(|| Error::not_found("secret", name))
     }
 
-    pub fn remove(&self, name: &str) -> Result<()> {
-        validate_secret_name(name)?;
-        if !self.store.delete_secret(name)? {
+    /// Every tenant's secrets (names and times).
+    pub fn list(&self) -> Result<Vec<SecretInfo>> {
+        Ok(self.store.list_secrets()?.into_iter().map(info_of).collect())
+    }
+
+    pub fn remove(&self, tenant: Option<&str>, name: &str) -> Result<()> {
+        if !self.store.delete_secret(&slot(tenant, name)?)? {
             return Err(Error::not_found("secret", name));
         }
         Ok(())
     }
 
-    /// The value, for delivery to a sandbox only.
-    pub fn reveal(&self, name: &str) -> Result<Zeroizing<String>> {
-        validate_secret_name(name)?;
-        let (kid, nonce, ct) = self.store.get_secret(name)?.ok_or_else(|| Error::not_found("secret", name))?;
+    /// The value of `tenant`'s secret `name`, for delivery to one of that
+    /// tenant's sandboxes only.
+    pub fn reveal(&self, tenant: Option<&str>, name: &str) -> Result<Zeroizing<String>> {
+        let at = slot(tenant, name)?;
+        let (kid, nonce, ct) = self.store.get_secret(&at)?.ok_or_else(|| Error::not_found("secret", name))?;
         let key = self.key(false).map_err(|e| match e {
             Error::NotFound { .. } => self.lost_key(1),
             e => e,
@@ -152,7 +170,7 @@ impl Secrets {
         }
         let cipher = XChaCha20Poly1305::new_from_slice(&key).map_err(|e| Error::internal("secret key", e))?;
         let pt = cipher
-            .decrypt(XNonce::from_slice(&nonce), chacha20poly1305::aead::Payload { msg: &ct, aad: name.as_bytes() })
+            .decrypt(XNonce::from_slice(&nonce), chacha20poly1305::aead::Payload { msg: &ct, aad: at.as_bytes() })
             .map_err(|_| Error::Internal(format!("secret {name} does not decrypt: the stored value is damaged")))?;
         let s = String::from_utf8(pt).map_err(|_| Error::Internal(format!("secret {name} is not UTF-8")))?;
         Ok(Zeroizing::new(s))
@@ -171,8 +189,17 @@ mod tests {
         let store = Arc::new(Store::open(&dir.join("state.db")).unwrap());
         let s = Secrets::new(store.clone(), &dir);
         let value = "tok-9f8e7d6c5b4a-unique";
-        s.set("API_TOKEN", value.as_bytes()).unwrap();
-        assert_eq!(&*s.reveal("API_TOKEN").unwrap(), value);
+        s.set(None, "API_TOKEN", value.as_bytes()).unwrap();
+        assert_eq!(&*s.reveal(None, "API_TOKEN").unwrap(), value);
+        // A tenant's names are its own: the same name, another value,
+        // and neither reaches the other.
+        s.set(Some("acme"), "API_TOKEN", b"acme-value").unwrap();
+        assert_eq!(&*s.reveal(Some("acme"), "API_TOKEN").unwrap(), "acme-value");
+        assert_eq!(&*s.reveal(None, "API_TOKEN").unwrap(), value);
+        assert_eq!(s.reveal(Some("other"), "API_TOKEN").unwrap_err().code(), "not_found");
+        assert_eq!(s.info(Some("acme"), "API_TOKEN").unwrap().tenant.as_deref(), Some("acme"));
+        assert!(s.set(Some("acme"), "A/B", b"x").is_err());
+        s.remove(Some("acme"), "API_TOKEN").unwrap();
         // Not in the database file in clear.
         drop(store);
         let mut raw = std::fs::read(dir.join("state.db")).unwrap();
@@ -181,18 +208,18 @@ mod tests {
         let store = Arc::new(Store::open(&dir.join("state.db")).unwrap());
         let s = Secrets::new(store, &dir);
         assert_eq!(s.list().unwrap().len(), 1);
-        assert!(s.set("bad-name", b"x").is_err());
-        assert!(s.set("EMPTY", b"").is_err());
+        assert!(s.set(None, "bad-name", b"x").is_err());
+        assert!(s.set(None, "EMPTY", b"").is_err());
         // Losing the key: a clear error, never a new key over old secrets.
         std::fs::remove_file(dir.join("secrets.key")).unwrap();
-        let e = s.reveal("API_TOKEN").unwrap_err().to_string();
+        let e = s.reveal(None, "API_TOKEN").unwrap_err().to_string();
         assert!(e.contains("key file") && e.contains("missing"), "{e}");
         assert!(!e.contains(value));
-        let e = s.set("OTHER", b"v").unwrap_err().to_string();
+        let e = s.set(None, "OTHER", b"v").unwrap_err().to_string();
         assert!(e.contains("key file"), "{e}");
-        s.remove("API_TOKEN").unwrap();
-        s.set("OTHER", b"v").unwrap();
-        assert_eq!(&*s.reveal("OTHER").unwrap(), "v");
+        s.remove(None, "API_TOKEN").unwrap();
+        s.set(None, "OTHER", b"v").unwrap();
+        assert_eq!(&*s.reveal(None, "OTHER").unwrap(), "v");
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

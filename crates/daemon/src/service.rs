@@ -10,10 +10,11 @@ use futures::stream::BoxStream;
 use futures::StreamExt;
 use http_body_util::{BodyExt, StreamBody};
 use spinup_api::{
-    AttachRequest, BuildEvent, ByteStream, CodeContext, CodeEvent, CodeRequest, ContextRequest, CreateRequest, Diff,
-    DiffQuery, EnvList, ErrorBody, ExecRequest, ExecSession, ExposeAnswer, ExposeRequest, FileOp, FileRequest,
-    ForkRequest, ForkResult, Forwarded, GcReport, Layer, ListQuery, PauseRequest, SandboxService, SecretInfo,
-    SecretSet, SecretValue, SnapshotRequest, TimeoutRequest, Transition, Tunnel,
+    AttachRequest, AuditEntry, AuditQuery, BuildEvent, ByteStream, CodeContext, CodeEvent, CodeRequest, ContextRequest,
+    CreateRequest, Diff, DiffQuery, EnvList, ErrorBody, ExecRequest, ExecSession, ExposeAnswer, ExposeRequest, FileOp,
+    FileRequest, ForkRequest, ForkResult, Forwarded, GcReport, KeyInfo, KeyRequest, Layer, ListQuery, NewKey,
+    PauseRequest, SandboxService, SecretInfo, SecretSet, SecretValue, SnapshotRequest, TimeoutRequest, Transition,
+    Tunnel,
 };
 use spinup_model::{
     Capabilities, Environment, Error, NetworkPolicy, PortExposure, Result, Sandbox, SandboxId, Snapshot,
@@ -23,12 +24,29 @@ use spinup_protocol::{AgentClient, AgentInfo, ClientError, Frame, ProcessInfo, S
 
 use crate::manager::Manager;
 
-/// The service, shared by every front end.
+/// Who is calling: the name the audit log gives it, and the tenant whose
+/// objects alone it sees and makes (`None`: everything, as the admin).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    /// `socket` (the unix socket), `api-key` (the daemon's configured
+    /// key) or `key:<id>` (a key made with `spinup key create`).
+    pub actor: String,
+    pub tenant: Option<String>,
+}
+
+impl Caller {
+    pub fn admin(actor: &str) -> Caller {
+        Caller { actor: actor.to_string(), tenant: None }
+    }
+}
+
+/// The service, shared by every front end, as one caller sees it.
 #[derive(Clone)]
 pub struct Service {
     m: Arc<Manager>,
     /// Starts and reaches the code interpreter inside each sandbox.
     code: Arc<spinup_interpreter::Interpreter>,
+    caller: Arc<Caller>,
 }
 
 impl std::fmt::Debug for Service {
@@ -38,8 +56,68 @@ impl std::fmt::Debug for Service {
 }
 
 impl Service {
+    /// The admin's view, as the unix socket's caller.
     pub fn new(m: Arc<Manager>) -> Service {
-        Service { m, code: Arc::new(spinup_interpreter::Interpreter::new()) }
+        Service { m, code: Arc::new(spinup_interpreter::Interpreter::new()), caller: Arc::new(Caller::admin("socket")) }
+    }
+
+    /// The same service (its interpreter too) as `caller` sees it.
+    pub fn as_caller(&self, caller: Caller) -> Service {
+        Service { m: self.m.clone(), code: self.code.clone(), caller: Arc::new(caller) }
+    }
+
+    pub fn manager(&self) -> &Arc<Manager> {
+        &self.m
+    }
+
+    fn tenant(&self) -> Option<&str> {
+        self.caller.tenant.as_deref()
+    }
+
+    /// The sandbox, if this caller may see it: another tenant's answers
+    /// exactly as an unknown id does.
+    fn mine(&self, id: &str) -> Result<Sandbox> {
+        let sb = self.m.get(id)?;
+        match self.tenant() {
+            Some(t) if sb.tenant.as_deref() != Some(t) => Err(Error::not_found("sandbox", id)),
+            _ => Ok(sb),
+        }
+    }
+
+    fn my_snapshot(&self, id_or_name: &str) -> Result<Snapshot> {
+        let snap = self.m.snapshot_get(id_or_name)?;
+        match self.tenant() {
+            Some(t) if snap.tenant.as_deref() != Some(t) => Err(Error::not_found("snapshot", id_or_name)),
+            _ => Ok(snap),
+        }
+    }
+
+    fn admin_only(&self, what: &str) -> Result<()> {
+        match self.tenant() {
+            Some(t) => Err(Error::Forbidden(format!("{what} is the admin's; tenant {t}'s key cannot do it"))),
+            None => Ok(()),
+        }
+    }
+
+    /// Record a call in the audit log, then pass its result on. The log
+    /// names the object, never an argument (so no secret value).
+    fn audit<T>(&self, op: &str, object: Option<&str>, r: Result<T>) -> Result<T> {
+        let e = spinup_api::AuditEntry {
+            seq: 0,
+            at: spinup_model::now_ms(),
+            actor: self.caller.actor.clone(),
+            tenant: self.caller.tenant.clone(),
+            op: op.to_string(),
+            object: object.map(str::to_string),
+            outcome: match &r {
+                Ok(_) => "ok".to_string(),
+                Err(e) => e.code().to_string(),
+            },
+        };
+        if let Err(err) = self.m.store.audit(&e) {
+            tracing::warn!(op, "writing the audit log: {err}");
+        }
+        r
     }
 }
 
@@ -113,35 +191,57 @@ impl SandboxService for Service {
     }
 
     async fn gc(&self) -> Result<GcReport> {
-        self.m.gc().await
+        let r = match self.admin_only("gc") {
+            Ok(()) => self.m.gc().await,
+            Err(e) => Err(e),
+        };
+        self.audit("gc", None, r)
     }
 
     async fn list(&self, q: ListQuery) -> Result<Vec<Sandbox>> {
-        self.m.list(&q.labels)
+        let all = self.m.list(&q.labels)?;
+        Ok(match self.tenant() {
+            Some(t) => all.into_iter().filter(|sb| sb.tenant.as_deref() == Some(t)).collect(),
+            None => all,
+        })
     }
 
     async fn create(&self, req: CreateRequest) -> Result<Sandbox> {
-        self.m.create(req, None).await
+        let r = match req.from_snapshot.as_deref().map(|s| self.my_snapshot(s)).transpose() {
+            Ok(_) => self.m.create(req, None, self.caller.tenant.clone()).await,
+            Err(e) => Err(e),
+        };
+        let id = r.as_ref().ok().map(|sb| sb.id.to_string());
+        self.audit("create", id.as_deref(), r)
     }
 
     async fn get(&self, id: &SandboxId) -> Result<Sandbox> {
-        self.m.get(id)
+        self.mine(id)
     }
 
     async fn remove(&self, id: &SandboxId, force: bool) -> Result<()> {
-        self.m.destroy(id, force).await
+        let r = match self.mine(id) {
+            Ok(_) => self.m.destroy(id, force).await,
+            Err(e) => Err(e),
+        };
+        self.audit("remove", Some(id), r)
     }
 
     async fn set_timeout(&self, id: &SandboxId, req: TimeoutRequest) -> Result<Sandbox> {
-        self.m.set_timeout(id, req.timeout_s)
+        let r = self.mine(id).and_then(|_| self.m.set_timeout(id, req.timeout_s));
+        self.audit("set_timeout", Some(id), r)
     }
 
     async fn info(&self, id: &SandboxId) -> Result<AgentInfo> {
+        self.mine(id)?;
         let c = self.m.agent(id).await?;
         c.call(http::Method::GET, "/v1/info", None::<&()>).await.map_err(agent_err)
     }
 
     async fn events(&self, id: &SandboxId) -> Result<Vec<Transition>> {
+        if self.tenant().is_some() {
+            self.mine(id)?;
+        }
         let t = self.m.store.transitions(id)?;
         if t.is_empty() {
             return Err(Error::not_found("sandbox", id.as_str()));
@@ -150,15 +250,27 @@ impl SandboxService for Service {
     }
 
     async fn pause(&self, id: &SandboxId, req: PauseRequest) -> Result<Sandbox> {
-        self.m.pause(id, req.free_memory).await
+        let r = match self.mine(id) {
+            Ok(_) => self.m.pause(id, req.free_memory).await,
+            Err(e) => Err(e),
+        };
+        self.audit("pause", Some(id), r)
     }
 
     async fn resume(&self, id: &SandboxId) -> Result<Sandbox> {
-        self.m.resume(id).await
+        let r = match self.mine(id) {
+            Ok(_) => self.m.resume(id).await,
+            Err(e) => Err(e),
+        };
+        self.audit("resume", Some(id), r)
     }
 
     async fn start(&self, id: &SandboxId) -> Result<Sandbox> {
-        self.m.start(id).await
+        let r = match self.mine(id) {
+            Ok(_) => self.m.start(id).await,
+            Err(e) => Err(e),
+        };
+        self.audit("start", Some(id), r)
     }
 
     /// No driver implements it yet: the answer comes from the sandbox's
@@ -166,39 +278,56 @@ impl SandboxService for Service {
     /// never a silent no-op.
     async fn update_resources(&self, id: &SandboxId) -> Result<Sandbox> {
         const CAPABILITY: &str = "live_resource_update";
-        let sb = self.m.get(id)?;
+        let sb = self.mine(id)?;
         self.m.require(&sb, CAPABILITY)?;
         Err(Error::Unsupported { driver: sb.driver, capability: CAPABILITY.into() })
     }
 
     async fn snapshot(&self, id: &SandboxId, req: SnapshotRequest) -> Result<Snapshot> {
-        self.m.snapshot(id, req).await
+        let r = match self.mine(id) {
+            Ok(_) => self.m.snapshot(id, req).await,
+            Err(e) => Err(e),
+        };
+        self.audit("snapshot", Some(id), r)
     }
 
     async fn fork(&self, id: &SandboxId, req: ForkRequest) -> Result<ForkResult> {
-        self.m.fork(id, req).await
+        let r = match self.mine(id) {
+            Ok(_) => self.m.fork(id, req).await,
+            Err(e) => Err(e),
+        };
+        self.audit("fork", Some(id), r)
     }
 
     async fn diff(&self, id: &SandboxId, q: DiffQuery) -> Result<Diff> {
+        self.mine(id)?;
+        if let Some(since) = &q.since {
+            self.my_snapshot(since)?;
+        }
         self.m.diff(id, q.since, q.path, q.content).await
     }
 
     async fn snapshots(&self) -> Result<Vec<Snapshot>> {
-        self.m.snapshot_list()
+        let all = self.m.snapshot_list()?;
+        Ok(match self.tenant() {
+            Some(t) => all.into_iter().filter(|s| s.tenant.as_deref() == Some(t)).collect(),
+            None => all,
+        })
     }
 
     async fn snapshot_get(&self, id: &str) -> Result<Snapshot> {
-        self.m.snapshot_get(id)
+        self.my_snapshot(id)
     }
 
     async fn snapshot_remove(&self, id: &str) -> Result<()> {
-        self.m.snapshot_remove(id)
+        let r = self.my_snapshot(id).and_then(|_| self.m.snapshot_remove(id));
+        self.audit("snapshot_remove", Some(id), r)
     }
 
     /// The snapshot's own layer as an OCI layer tar; its sha256 is the
     /// snapshot's `layer` digest.
     async fn snapshot_layer(&self, id: &str) -> Result<Layer> {
-        let snap = self.m.snapshot_get(id)?;
+        let snap = self.my_snapshot(id)?;
         let m = self.m.clone();
         let digest = snap.layer.clone();
         let path = tokio::task::spawn_blocking(move || m.envs.layer_blob(&digest))
@@ -210,26 +339,38 @@ impl SandboxService for Service {
     }
 
     async fn set_network(&self, id: &SandboxId, policy: NetworkPolicy) -> Result<Sandbox> {
-        self.m.set_network(id, policy).await
+        let r = match self.mine(id) {
+            Ok(_) => self.m.set_network(id, policy).await,
+            Err(e) => Err(e),
+        };
+        self.audit("set_network", Some(id), r)
     }
 
     async fn ports(&self, id: &SandboxId) -> Result<Vec<PortExposure>> {
-        Ok(self.m.get(id)?.ports)
+        Ok(self.mine(id)?.ports)
     }
 
     async fn expose(&self, id: &SandboxId, req: ExposeRequest) -> Result<ExposeAnswer> {
-        self.m.expose(id, req).await
+        let r = match self.mine(id) {
+            Ok(_) => self.m.expose(id, req).await,
+            Err(e) => Err(e),
+        };
+        self.audit("expose", Some(id), r)
     }
 
     async fn unexpose(&self, id: &SandboxId, port: u16) -> Result<()> {
-        self.m.unexpose(id, port).await
+        let r = match self.mine(id) {
+            Ok(_) => self.m.unexpose(id, port).await,
+            Err(e) => Err(e),
+        };
+        self.audit("unexpose", Some(id), r)
     }
 
     async fn tunnel(&self, id: &SandboxId, port: u16) -> Result<Tunnel> {
         if port == 0 {
             return Err(Error::InvalidArgument("port must be 1-65535".into()));
         }
-        let sb = self.m.get(id)?;
+        let sb = self.mine(id)?;
         let c = self.m.agent_for(&sb).await?;
         let (input, rx) = c.tunnel(port, None).await.map_err(agent_err)?;
         let output = rx.map(|r| r.map_err(std::io::Error::other));
@@ -237,47 +378,213 @@ impl SandboxService for Service {
     }
 
     async fn attach_secrets(&self, id: &SandboxId, req: AttachRequest) -> Result<Sandbox> {
-        self.m.attach_secrets(id, req).await
+        let r = match self.mine(id) {
+            Ok(_) => self.m.attach_secrets(id, req).await,
+            Err(e) => Err(e),
+        };
+        self.audit("attach_secrets", Some(id), r)
     }
 
     async fn secrets(&self) -> Result<Vec<SecretInfo>> {
-        self.m.secrets.list()
+        let all = self.m.secrets.list()?;
+        Ok(match self.tenant() {
+            Some(t) => all.into_iter().filter(|s| s.tenant.as_deref() == Some(t)).collect(),
+            None => all,
+        })
     }
 
     async fn secret(&self, name: &str) -> Result<SecretInfo> {
-        self.m.secrets.info(name)
+        self.m.secrets.info(self.tenant(), name)
     }
 
     async fn set_secret(&self, name: &str, value: SecretValue) -> Result<SecretSet> {
-        let existed = self.m.secrets.info(name).is_ok();
-        let info = self.m.secrets.set(name, &value.0)?;
-        Ok(SecretSet { created: !existed, info })
+        let existed = self.m.secrets.info(self.tenant(), name).is_ok();
+        let r = self.m.secrets.set(self.tenant(), name, &value.0).map(|info| SecretSet { created: !existed, info });
+        self.audit("set_secret", Some(name), r)
     }
 
     /// Refused while any sandbox has it attached.
     async fn remove_secret(&self, name: &str) -> Result<()> {
-        let users: Vec<String> = self
-            .m
-            .list(&Default::default())?
-            .into_iter()
-            .filter(|s| s.secrets.iter().any(|x| x.name == name))
-            .map(|s| s.id.into())
-            .collect();
-        if !users.is_empty() {
-            return Err(Error::Conflict(format!(
-                "secret {name} is attached to sandbox(es) {}; detach it or remove them first",
-                users.join(", ")
-            )));
-        }
-        self.m.secrets.remove(name)
+        let r = (|| {
+            let users: Vec<String> = self
+                .m
+                .list(&Default::default())?
+                .into_iter()
+                .filter(|s| s.tenant.as_deref() == self.tenant() && s.secrets.iter().any(|x| x.name == name))
+                .map(|s| s.id.into())
+                .collect();
+            if !users.is_empty() {
+                return Err(Error::Conflict(format!(
+                    "secret {name} is attached to sandbox(es) {}; detach it or remove them first",
+                    users.join(", ")
+                )));
+            }
+            self.m.secrets.remove(self.tenant(), name)
+        })();
+        self.audit("remove_secret", Some(name), r)
     }
 
     async fn ready(&self, id: &SandboxId) -> Result<()> {
+        self.mine(id)?;
         self.m.agent(id).await.map(drop)
     }
 
-    async fn exec(&self, id: &SandboxId, mut req: ExecRequest, interactive: bool) -> Result<ExecSession> {
-        let sb = self.m.get(id)?;
+    async fn exec(&self, id: &SandboxId, req: ExecRequest, interactive: bool) -> Result<ExecSession> {
+        let r = self.exec_now(id, req, interactive).await;
+        self.audit("exec", Some(id), r)
+    }
+
+    async fn attach(&self, id: &SandboxId, pid: u32) -> Result<ExecSession> {
+        self.mine(id)?;
+        self.attach_now(id, pid).await
+    }
+
+    async fn processes(&self, id: &SandboxId) -> Result<Vec<ProcessInfo>> {
+        self.mine(id)?;
+        let c = self.m.agent(id).await?;
+        c.call(http::Method::GET, "/v1/processes", None::<&()>).await.map_err(agent_err)
+    }
+
+    async fn signal(&self, id: &SandboxId, pid: u32, req: SignalRequest) -> Result<serde_json::Value> {
+        let r = match self.mine(id) {
+            Ok(_) => match self.m.agent(id).await {
+                Ok(c) => c
+                    .call(http::Method::POST, &format!("/v1/processes/{pid}/signal"), Some(&req))
+                    .await
+                    .map_err(agent_err),
+                Err(e) => Err(e),
+            },
+            Err(e) => Err(e),
+        };
+        self.audit("signal", Some(id), r)
+    }
+
+    async fn stdin(&self, id: &SandboxId, pid: u32, query: String, body: ByteStream) -> Result<Forwarded> {
+        self.mine(id)?;
+        let c = self.m.agent(id).await?;
+        forward(&c, http::Method::POST, &format!("/v1/processes/{pid}/stdin?{query}"), body_of(body)).await
+    }
+
+    async fn files(&self, id: &SandboxId, req: FileRequest) -> Result<Forwarded> {
+        let op = match req.op {
+            FileOp::Read | FileOp::Stat | FileOp::List | FileOp::Watch => None,
+            FileOp::Write => Some("files.write"),
+            FileOp::Mkdir => Some("files.mkdir"),
+            FileOp::Remove => Some("files.remove"),
+            FileOp::Rename => Some("files.rename"),
+            FileOp::Chmod => Some("files.chmod"),
+        };
+        let r = match self.mine(id) {
+            Ok(_) => self.files_now(id, req).await,
+            Err(e) => Err(e),
+        };
+        match op {
+            Some(op) => self.audit(op, Some(id), r),
+            None => r,
+        }
+    }
+
+    async fn environments(&self) -> Result<EnvList> {
+        let environments = self.m.envs.list()?;
+        Ok(EnvList { environments, builtin: crate::envs::BUILTINS.iter().map(|s| s.to_string()).collect() })
+    }
+
+    async fn environment(&self, name: &str) -> Result<Environment> {
+        self.m.envs.get(name)
+    }
+
+    /// Refused while a sandbox uses it; layers a snapshot or sandbox still
+    /// stacks stay.
+    async fn remove_environment(&self, name: &str) -> Result<()> {
+        let r = match self.admin_only("removing an environment") {
+            Ok(()) => self.remove_environment_now(name),
+            Err(e) => Err(e),
+        };
+        self.audit("remove_environment", Some(name), r)
+    }
+
+    async fn import_environment(&self, name: &str, tar: ByteStream) -> Result<Environment> {
+        let r = match self.admin_only("importing an environment") {
+            Ok(()) => self.import_environment_now(name, tar).await,
+            Err(e) => Err(e),
+        };
+        self.audit("import_environment", Some(name), r)
+    }
+
+    async fn build_environment(&self, name: &str) -> Result<BoxStream<'static, BuildEvent>> {
+        let r = match self.admin_only("building an environment") {
+            Ok(()) => self.build_environment_now(name),
+            Err(e) => Err(e),
+        };
+        self.audit("build_environment", Some(name), r)
+    }
+    async fn run_code(&self, id: &SandboxId, req: CodeRequest) -> Result<BoxStream<'static, CodeEvent>> {
+        let r = match self.mine(id) {
+            Ok(_) => self.code.run(self, id, req).await,
+            Err(e) => Err(e),
+        };
+        self.audit("run_code", Some(id), r)
+    }
+
+    async fn code_contexts(&self, id: &SandboxId) -> Result<Vec<CodeContext>> {
+        self.mine(id)?;
+        self.code.contexts(self, id).await
+    }
+
+    async fn create_code_context(&self, id: &SandboxId, req: ContextRequest) -> Result<CodeContext> {
+        let r = match self.mine(id) {
+            Ok(_) => self.code.create_context(self, id, req).await,
+            Err(e) => Err(e),
+        };
+        self.audit("create_code_context", Some(id), r)
+    }
+
+    async fn restart_code_context(&self, id: &SandboxId, context: &str) -> Result<CodeContext> {
+        let r = match self.mine(id) {
+            Ok(_) => self.code.restart_context(self, id, context).await,
+            Err(e) => Err(e),
+        };
+        self.audit("restart_code_context", Some(id), r)
+    }
+
+    async fn remove_code_context(&self, id: &SandboxId, context: &str) -> Result<()> {
+        let r = match self.mine(id) {
+            Ok(_) => self.code.remove_context(self, id, context).await,
+            Err(e) => Err(e),
+        };
+        self.audit("remove_code_context", Some(id), r)
+    }
+
+    async fn keys(&self) -> Result<Vec<KeyInfo>> {
+        self.admin_only("listing keys")?;
+        crate::tenants::list_keys(&self.m.store)
+    }
+
+    async fn create_key(&self, req: KeyRequest) -> Result<NewKey> {
+        let r = self.admin_only("making keys").and_then(|()| crate::tenants::create_key(&self.m.store, &req));
+        let id = r.as_ref().ok().map(|k| k.info.id.clone());
+        self.audit("create_key", id.as_deref().or(req.tenant.as_deref()), r)
+    }
+
+    async fn remove_key(&self, id: &str) -> Result<()> {
+        let r = self.admin_only("revoking keys").and_then(|()| crate::tenants::remove_key(&self.m.store, id));
+        self.audit("remove_key", Some(id), r)
+    }
+
+    async fn audit(&self, q: AuditQuery) -> Result<Vec<AuditEntry>> {
+        self.admin_only("the audit log")?;
+        let limit = q.limit.unwrap_or(100);
+        if !(1..=1000).contains(&limit) {
+            return Err(Error::InvalidArgument(format!("limit must be 1-1000, got {limit}")));
+        }
+        self.m.store.audit_log(q.tenant.as_deref(), q.before, limit)
+    }
+}
+
+/// The bodies of the calls the trait methods check and audit first.
+impl Service {
+    async fn exec_now(&self, id: &SandboxId, mut req: ExecRequest, interactive: bool) -> Result<ExecSession> {
+        let sb = self.mine(id)?;
         if req.pty.is_some() {
             if !interactive {
                 return Err(Error::InvalidArgument("a pty needs the WebSocket endpoint (/exec/ws)".into()));
@@ -299,7 +606,7 @@ impl SandboxService for Service {
         Ok(ExecSession { input: tx, output: frames(rx) })
     }
 
-    async fn attach(&self, id: &SandboxId, pid: u32) -> Result<ExecSession> {
+    async fn attach_now(&self, id: &SandboxId, pid: u32) -> Result<ExecSession> {
         let c = self.m.agent(id).await?;
         let procs: Vec<ProcessInfo> =
             c.call(http::Method::GET, "/v1/processes", None::<&()>).await.map_err(agent_err)?;
@@ -310,22 +617,7 @@ impl SandboxService for Service {
         Ok(ExecSession { input: tx, output: frames(rx) })
     }
 
-    async fn processes(&self, id: &SandboxId) -> Result<Vec<ProcessInfo>> {
-        let c = self.m.agent(id).await?;
-        c.call(http::Method::GET, "/v1/processes", None::<&()>).await.map_err(agent_err)
-    }
-
-    async fn signal(&self, id: &SandboxId, pid: u32, req: SignalRequest) -> Result<serde_json::Value> {
-        let c = self.m.agent(id).await?;
-        c.call(http::Method::POST, &format!("/v1/processes/{pid}/signal"), Some(&req)).await.map_err(agent_err)
-    }
-
-    async fn stdin(&self, id: &SandboxId, pid: u32, query: String, body: ByteStream) -> Result<Forwarded> {
-        let c = self.m.agent(id).await?;
-        forward(&c, http::Method::POST, &format!("/v1/processes/{pid}/stdin?{query}"), body_of(body)).await
-    }
-
-    async fn files(&self, id: &SandboxId, req: FileRequest) -> Result<Forwarded> {
+    async fn files_now(&self, id: &SandboxId, req: FileRequest) -> Result<Forwarded> {
         let (method, path) = match req.op {
             FileOp::Read => (http::Method::GET, "content"),
             FileOp::Write => (http::Method::PUT, "content"),
@@ -359,18 +651,7 @@ impl SandboxService for Service {
         Ok(out)
     }
 
-    async fn environments(&self) -> Result<EnvList> {
-        let environments = self.m.envs.list()?;
-        Ok(EnvList { environments, builtin: crate::envs::BUILTINS.iter().map(|s| s.to_string()).collect() })
-    }
-
-    async fn environment(&self, name: &str) -> Result<Environment> {
-        self.m.envs.get(name)
-    }
-
-    /// Refused while a sandbox uses it; layers a snapshot or sandbox still
-    /// stacks stay.
-    async fn remove_environment(&self, name: &str) -> Result<()> {
+    fn remove_environment_now(&self, name: &str) -> Result<()> {
         self.m.envs.get(name)?;
         if let Some(sb) = self.m.list(&Default::default())?.into_iter().find(|s| s.env == name) {
             return Err(Error::Conflict(format!("environment {name} is used by sandbox {}", sb.id)));
@@ -381,7 +662,7 @@ impl SandboxService for Service {
         Ok(())
     }
 
-    async fn import_environment(&self, name: &str, tar: ByteStream) -> Result<Environment> {
+    async fn import_environment_now(&self, name: &str, tar: ByteStream) -> Result<Environment> {
         crate::envs::validate_name(name)?;
         let reader = tokio_util::io::StreamReader::new(tar);
         let m = self.m.clone();
@@ -394,7 +675,7 @@ impl SandboxService for Service {
         .map_err(|e| Error::internal("import task", e))?
     }
 
-    async fn build_environment(&self, name: &str) -> Result<BoxStream<'static, BuildEvent>> {
+    fn build_environment_now(&self, name: &str) -> Result<BoxStream<'static, BuildEvent>> {
         crate::envs::validate_name(name)?;
         if !crate::envs::BUILTINS.contains(&name) {
             return Err(Error::InvalidArgument(format!(
@@ -431,25 +712,5 @@ impl SandboxService for Service {
             }
         });
         Ok(progress.chain(last).boxed())
-    }
-
-    async fn run_code(&self, id: &SandboxId, req: CodeRequest) -> Result<BoxStream<'static, CodeEvent>> {
-        self.code.run(self, id, req).await
-    }
-
-    async fn code_contexts(&self, id: &SandboxId) -> Result<Vec<CodeContext>> {
-        self.code.contexts(self, id).await
-    }
-
-    async fn create_code_context(&self, id: &SandboxId, req: ContextRequest) -> Result<CodeContext> {
-        self.code.create_context(self, id, req).await
-    }
-
-    async fn restart_code_context(&self, id: &SandboxId, context: &str) -> Result<CodeContext> {
-        self.code.restart_context(self, id, context).await
-    }
-
-    async fn remove_code_context(&self, id: &SandboxId, context: &str) -> Result<()> {
-        self.code.remove_context(self, id, context).await
     }
 }

@@ -227,6 +227,7 @@ impl Manager {
             created_at: now_ms(),
             ephemeral,
             memory: req.memory.then(|| sb.driver.clone()),
+            tenant: sb.tenant.clone(),
         };
         // Not ready until the layer is stored: a restart cleans it up.
         self.store.put_snapshot(&snap, false)?;
@@ -333,6 +334,12 @@ impl Manager {
         }
         let parent = self.get(id)?;
         self.require(&parent, "fork")?;
+        // Children belong to the parent's tenant and count against its
+        // quotas: refused here, before the snapshot, when all of them
+        // cannot fit (each child's create checks again, under the lock).
+        if let Some(t) = &parent.tenant {
+            self.check_quota(t, &parent.resources, count)?;
+        }
         let mut labels = BTreeMap::new();
         labels.insert("spinup.fork.parent".to_string(), id.to_string());
         let snap = self.snapshot_now(id, SnapshotRequest { labels, ..Default::default() }, true).await?;
@@ -364,7 +371,8 @@ impl Manager {
                 ..Default::default()
             }
         };
-        let results = futures::future::join_all((0..count).map(|i| self.create_now(child(i), None))).await;
+        let results =
+            futures::future::join_all((0..count).map(|i| self.create_now(child(i), None, parent.tenant.clone()))).await;
         let mut children = vec![];
         let mut failed = None;
         for r in results {

@@ -29,7 +29,10 @@ fn db_err(e: rusqlite::Error) -> Error {
     Error::internal("state database", e)
 }
 
-pub use spinup_api::Transition;
+pub use spinup_api::{AuditEntry, Quota, Transition};
+
+/// How many audit entries are kept (the oldest go first).
+pub const AUDIT_KEEP: i64 = 100_000;
 
 impl Store {
     pub fn open(path: &Path) -> Result<Store> {
@@ -70,7 +73,30 @@ impl Store {
                  ciphertext BLOB NOT NULL,
                  created_at INTEGER NOT NULL,
                  updated_at INTEGER NOT NULL
-             );",
+             );
+             CREATE TABLE IF NOT EXISTS tenants (
+                 name TEXT PRIMARY KEY,
+                 max_sandboxes INTEGER,
+                 max_vcpus REAL,
+                 max_memory_mib INTEGER,
+                 created_at INTEGER NOT NULL
+             );
+             CREATE TABLE IF NOT EXISTS api_keys (
+                 id TEXT PRIMARY KEY,
+                 tenant TEXT,
+                 hash TEXT NOT NULL,
+                 created_at INTEGER NOT NULL
+             );
+             CREATE TABLE IF NOT EXISTS audit (
+                 seq INTEGER PRIMARY KEY AUTOINCREMENT,
+                 at INTEGER NOT NULL,
+                 actor TEXT NOT NULL,
+                 tenant TEXT,
+                 op TEXT NOT NULL,
+                 object TEXT,
+                 outcome TEXT NOT NULL
+             );
+             CREATE INDEX IF NOT EXISTS audit_by_tenant ON audit(tenant, seq);",
         )
         .map_err(db_err)?;
         Ok(Store { conn: Mutex::new(conn) })
@@ -113,6 +139,111 @@ impl Store {
         let n =
             self.conn.lock().unwrap().execute("DELETE FROM secrets WHERE name = ?1", params![name]).map_err(db_err)?;
         Ok(n > 0)
+    }
+
+    /// Make or update a tenant; a quota left `None` keeps what it was.
+    pub fn put_tenant(&self, name: &str, q: &Quota) -> Result<()> {
+        self.conn
+            .lock()
+            .unwrap()
+            .execute(
+                "INSERT INTO tenants (name, max_sandboxes, max_vcpus, max_memory_mib, created_at) VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT(name) DO UPDATE SET max_sandboxes = coalesce(?2, max_sandboxes),
+                     max_vcpus = coalesce(?3, max_vcpus), max_memory_mib = coalesce(?4, max_memory_mib)",
+                params![name, q.max_sandboxes, q.max_vcpus, q.max_memory_mib, now_ms()],
+            )
+            .map_err(db_err)?;
+        Ok(())
+    }
+
+    /// A tenant's quotas (all `None` for a tenant never made).
+    pub fn tenant_quota(&self, name: &str) -> Result<Quota> {
+        let c = self.conn.lock().unwrap();
+        c.query_row(
+            "SELECT max_sandboxes, max_vcpus, max_memory_mib FROM tenants WHERE name = ?1",
+            params![name],
+            |r| Ok(Quota { max_sandboxes: r.get(0)?, max_vcpus: r.get(1)?, max_memory_mib: r.get(2)? }),
+        )
+        .optional()
+        .map(Option::unwrap_or_default)
+        .map_err(db_err)
+    }
+
+    /// Store a key: its id, tenant (`None`: an admin key) and hash only.
+    pub fn put_key(&self, id: &str, tenant: Option<&str>, hash: &str) -> Result<i64> {
+        let now = now_ms();
+        self.conn
+            .lock()
+            .unwrap()
+            .execute(
+                "INSERT INTO api_keys (id, tenant, hash, created_at) VALUES (?1, ?2, ?3, ?4)",
+                params![id, tenant, hash, now],
+            )
+            .map_err(db_err)?;
+        Ok(now)
+    }
+
+    /// (tenant, hash) of key `id`.
+    pub fn get_key(&self, id: &str) -> Result<Option<(Option<String>, String)>> {
+        let c = self.conn.lock().unwrap();
+        c.query_row("SELECT tenant, hash FROM api_keys WHERE id = ?1", params![id], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()
+            .map_err(db_err)
+    }
+
+    /// (id, tenant, created_at) of every key, oldest first.
+    pub fn list_keys(&self) -> Result<Vec<(String, Option<String>, i64)>> {
+        let c = self.conn.lock().unwrap();
+        let mut st =
+            c.prepare("SELECT id, tenant, created_at FROM api_keys ORDER BY created_at, id").map_err(db_err)?;
+        let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))).map_err(db_err)?;
+        rows.collect::<std::result::Result<Vec<_>, _>>().map_err(db_err)
+    }
+
+    pub fn delete_key(&self, id: &str) -> Result<bool> {
+        let n = self.conn.lock().unwrap().execute("DELETE FROM api_keys WHERE id = ?1", params![id]).map_err(db_err)?;
+        Ok(n > 0)
+    }
+
+    /// Append to the audit log; past [`AUDIT_KEEP`] entries the oldest go.
+    pub fn audit(&self, e: &AuditEntry) -> Result<()> {
+        let c = self.conn.lock().unwrap();
+        c.execute(
+            "INSERT INTO audit (at, actor, tenant, op, object, outcome) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![e.at, e.actor, e.tenant, e.op, e.object, e.outcome],
+        )
+        .map_err(db_err)?;
+        let seq = c.last_insert_rowid();
+        if seq % 1000 == 0 {
+            c.execute("DELETE FROM audit WHERE seq <= ?1", params![seq - AUDIT_KEEP]).map_err(db_err)?;
+        }
+        Ok(())
+    }
+
+    /// The newest `limit` entries before `before` (all when `None`), of
+    /// one tenant or all, newest first.
+    pub fn audit_log(&self, tenant: Option<&str>, before: Option<i64>, limit: u32) -> Result<Vec<AuditEntry>> {
+        let c = self.conn.lock().unwrap();
+        let mut st = c
+            .prepare(
+                "SELECT seq, at, actor, tenant, op, object, outcome FROM audit
+                 WHERE (?1 IS NULL OR tenant = ?1) AND (?2 IS NULL OR seq < ?2) ORDER BY seq DESC LIMIT ?3",
+            )
+            .map_err(db_err)?;
+        let rows = st
+            .query_map(params![tenant, before, limit], |r| {
+                Ok(AuditEntry {
+                    seq: r.get(0)?,
+                    at: r.get(1)?,
+                    actor: r.get(2)?,
+                    tenant: r.get(3)?,
+                    op: r.get(4)?,
+                    object: r.get(5)?,
+                    outcome: r.get(6)?,
+                })
+            })
+            .map_err(db_err)?;
+        rows.collect::<std::result::Result<Vec<_>, _>>().map_err(db_err)
     }
 
     /// Insert a new sandbox (state `creating`).
@@ -336,6 +467,7 @@ mod tests {
             secrets: vec![],
             ports: vec![],
             env_vars: BTreeMap::new(),
+            tenant: None,
         }
     }
 

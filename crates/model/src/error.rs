@@ -29,6 +29,13 @@ pub enum Error {
     /// the agent chose, `code` its machine-readable code.
     #[error("{message}")]
     Guest { status: u16, code: String, message: String },
+    /// The caller may not do this (an admin operation asked with a
+    /// tenant's key). Another tenant's objects are `NotFound`, never this.
+    #[error("forbidden: {0}")]
+    Forbidden(String),
+    /// The caller's tenant is at one of its quotas.
+    #[error("quota exceeded: {0}")]
+    QuotaExceeded(String),
     /// Something on the host failed; the message says what and what to do.
     #[error("{0}")]
     Internal(String),
@@ -47,6 +54,8 @@ impl Error {
             Error::Unsupported { .. } => "unsupported",
             Error::Unavailable(_) => "unavailable",
             Error::Agent(_) => "agent_error",
+            Error::Forbidden(_) => "forbidden",
+            Error::QuotaExceeded(_) => "quota_exceeded",
             Error::Guest { .. } => unreachable!(),
             Error::Internal(_) => "internal",
         }

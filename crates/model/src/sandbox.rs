@@ -185,6 +185,10 @@ pub struct Sandbox {
     /// inspect` shows them: credentials belong in secrets.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub env_vars: BTreeMap<String, String>,
+    /// The tenant that owns it (its key made it, or it was forked or
+    /// restored from one of its sandboxes); `None`: the admin's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
 }
 
 /// A guest port reachable through the daemon.
@@ -385,6 +389,9 @@ pub struct Snapshot {
     /// drivers restore its filesystem layer only.
     #[serde(default)]
     pub memory: Option<String>,
+    /// The tenant of the sandbox it was taken from; `None`: the admin's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
 }
 
 /// Ids are what the daemon generates: lowercase hex, 12 characters.
@@ -490,6 +497,7 @@ mod tests {
             secrets: vec![],
             ports: vec![],
             env_vars: BTreeMap::new(),
+            tenant: None,
         };
         sb.labels.insert("team".into(), "a".into());
         sb.labels.insert("run".into(), "7".into());

@@ -2,6 +2,7 @@
 //! `run` returns the process's exit code, or `()` for 0.
 
 pub mod attach;
+pub mod audit;
 pub mod bench;
 pub mod cp;
 pub mod create;
@@ -12,6 +13,7 @@ pub mod exec;
 pub mod fork;
 pub mod gc;
 pub mod inspect;
+pub mod key;
 pub mod kill;
 pub mod ls;
 pub mod mcp;
@@ -58,6 +60,8 @@ pub async fn run(cmd: Command, ctx: &Ctx) -> Result<i32> {
         Command::Env(c) => env::run(c, ctx).await.map(ok),
         Command::Drivers => drivers::run(ctx).await.map(ok),
         Command::Gc => gc::run(ctx).await,
+        Command::Key(c) => key::run(c, ctx).await.map(ok),
+        Command::Audit(a) => audit::run(a, ctx).await.map(ok),
         Command::Bench(a) => bench::run(a, ctx).await.map(ok),
         Command::Mcp => mcp::run(ctx).await,
     }

@@ -56,8 +56,9 @@ pub const ENVD_VERSION: &str = "0.6.1";
 /// What the front end needs from the daemon.
 #[derive(Clone)]
 pub struct Config {
-    /// Keys accepted in `X-API-KEY` (the daemon's API keys).
-    pub api_keys: Vec<String>,
+    /// Turns `X-API-KEY` into the service as its holder sees it (the
+    /// daemon's API keys: a tenant's sees only its own sandboxes).
+    pub auth: Arc<dyn spinup_api::Authenticator>,
     /// Secret for the per-sandbox envd and traffic access tokens (HMACs of
     /// the sandbox id, so nothing per sandbox is stored).
     pub token_key: Vec<u8>,
@@ -69,18 +70,15 @@ pub struct Config {
 
 impl std::fmt::Debug for Config {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Config")
-            .field("api_keys", &format_args!("<{} redacted>", self.api_keys.len()))
-            .field("domain", &self.domain)
-            .finish_non_exhaustive()
+        f.debug_struct("Config").field("auth", &"<keys>").field("domain", &self.domain).finish_non_exhaustive()
     }
 }
 
 pub(crate) struct App {
     pub svc: Arc<dyn SandboxService>,
     pub cfg: Config,
-    pub watchers: filesystem::Watchers,
-    pub processes: process::Processes,
+    pub watchers: Arc<filesystem::Watchers>,
+    pub processes: Arc<process::Processes>,
 }
 
 /// The sandbox and port a sandbox-plane request is for, and the sandbox
@@ -96,22 +94,29 @@ pub(crate) struct Target {
 /// The E2B front end as one router (mount it on its own listener).
 pub fn router(svc: Arc<dyn SandboxService>, cfg: Config) -> Router {
     let app = Arc::new(App { svc, cfg, watchers: Default::default(), processes: Default::default() });
-    let control = control::routes().with_state(app.clone());
     let envd = envd::routes().with_state(app.clone());
     Router::new().fallback(move |req: Request| {
-        let (app, control, envd) = (app.clone(), control.clone(), envd.clone());
-        async move { dispatch(app, control, envd, req).await }
+        let (app, envd) = (app.clone(), envd.clone());
+        async move { dispatch(app, envd, req).await }
     })
 }
 
-async fn dispatch(app: Arc<App>, control: Router, envd: Router, mut req: Request) -> Response {
+async fn dispatch(app: Arc<App>, envd: Router, mut req: Request) -> Response {
     match target(&app.cfg, req.headers()) {
         Err(resp) => resp,
         Ok(None) => {
-            if !token::api_key_ok(&app.cfg.api_keys, req.headers()) {
+            // The control plane runs as the key's holder: a tenant's key
+            // sees and makes only its tenant's sandboxes and snapshots.
+            let Some(svc) = token::api_key(req.headers()).and_then(|k| app.cfg.auth.authenticate(k)) else {
                 return wire::error(StatusCode::UNAUTHORIZED, "Invalid API key, it must be given in X-API-KEY");
-            }
-            control.oneshot(req).await.unwrap_or_else(|e| match e {})
+            };
+            let caller = Arc::new(App {
+                svc,
+                cfg: app.cfg.clone(),
+                watchers: app.watchers.clone(),
+                processes: app.processes.clone(),
+            });
+            control::routes().with_state(caller).oneshot(req).await.unwrap_or_else(|e| match e {})
         }
         Ok(Some((id, port))) => {
             // The token first: without it, nothing is said about the

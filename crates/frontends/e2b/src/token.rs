@@ -42,11 +42,9 @@ pub fn traffic_ok(key: &[u8], id: &str, h: &HeaderMap) -> bool {
     h.get("e2b-traffic-access-token").and_then(|v| v.to_str().ok()).is_some_and(|t| verify(key, "traffic", id, t))
 }
 
-/// `X-API-KEY` is one of the daemon's keys.
-pub fn api_key_ok(keys: &[String], h: &HeaderMap) -> bool {
-    let Some(given) = h.get("x-api-key").map(|v| v.as_bytes()) else { return false };
-    // Compare against every key, so the time taken says nothing about which.
-    keys.iter().filter(|k| !k.is_empty()).fold(false, |ok, k| same(k.as_bytes(), given) | ok)
+/// The `X-API-KEY` given, if any (the daemon's authenticator checks it).
+pub fn api_key(h: &HeaderMap) -> Option<&str> {
+    h.get("x-api-key").and_then(|v| v.to_str().ok()).map(str::trim).filter(|k| !k.is_empty())
 }
 
 /// An envd request carries the sandbox's token, or is a `/files` URL
@@ -101,19 +99,13 @@ mod tests {
     }
 
     #[test]
-    fn api_keys_compare_whole() {
+    fn the_api_key_is_the_header_or_nothing() {
         let mut h = HeaderMap::new();
-        let keys = vec!["k1".to_string(), "secret".to_string()];
-        assert!(!api_key_ok(&keys, &h));
-        h.insert("x-api-key", "secret".parse().unwrap());
-        assert!(api_key_ok(&keys, &h));
-        h.insert("x-api-key", "secre".parse().unwrap());
-        assert!(!api_key_ok(&keys, &h));
-        assert!(!api_key_ok(&[String::new()], &{
-            let mut h = HeaderMap::new();
-            h.insert("x-api-key", "".parse().unwrap());
-            h
-        }));
+        assert_eq!(api_key(&h), None);
+        h.insert("x-api-key", "".parse().unwrap());
+        assert_eq!(api_key(&h), None);
+        h.insert("x-api-key", " spk_k ".parse().unwrap());
+        assert_eq!(api_key(&h), Some("spk_k"));
     }
 
     #[test]

@@ -3,7 +3,6 @@
 
 use axum::body::Body;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
-use axum::extract::State;
 use axum::http;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -13,8 +12,7 @@ use spinup_api::{Error, ExecQuery, ExecRequest, ExecResult, ExecSession};
 use spinup_protocol::{ErrorBody, Frame};
 
 use crate::error::{ApiError, ApiResult};
-use crate::extract::{ndjson_line, number, Body as JsonBody, Id, Segments, Q};
-use crate::Svc;
+use crate::extract::{ndjson_line, number, Body as JsonBody, Caller, Id, Segments, Q};
 
 /// Output kept per stream by a non-streaming exec.
 const EXEC_CAPTURE_LIMIT: usize = 16 << 20;
@@ -22,7 +20,7 @@ const EXEC_CAPTURE_LIMIT: usize = 16 << 20;
 const NO_EXIT: &str = "the process stream ended without an exit status (sandbox stopped?)";
 
 pub async fn exec(
-    State(s): State<Svc>,
+    Caller(s): Caller,
     Id(id): Id,
     Q(q): Q<ExecQuery>,
     JsonBody(req): JsonBody<ExecRequest>,
@@ -135,7 +133,7 @@ fn raw_error_frame(code: &str, message: &str) -> Message {
 
 /// WebSocket exec (with or without a pty): the first message must be a
 /// Start frame.
-pub async fn exec_ws(State(s): State<Svc>, Id(id): Id, ws: WebSocketUpgrade) -> ApiResult<Response> {
+pub async fn exec_ws(Caller(s): Caller, Id(id): Id, ws: WebSocketUpgrade) -> ApiResult<Response> {
     // Fail before the upgrade when the sandbox does not exist, is not
     // running, or its agent cannot be reached.
     s.ready(&id).await?;
@@ -164,7 +162,7 @@ pub async fn exec_ws(State(s): State<Svc>, Id(id): Id, ws: WebSocketUpgrade) -> 
 }
 
 /// Re-attach to a process over a WebSocket (buffered output is replayed).
-pub async fn attach_ws(State(s): State<Svc>, Id(id): Id, p: Segments, ws: WebSocketUpgrade) -> ApiResult<Response> {
+pub async fn attach_ws(Caller(s): Caller, Id(id): Id, p: Segments, ws: WebSocketUpgrade) -> ApiResult<Response> {
     let pid: u32 = number(&p, "pid", |v| format!("pid '{v}' is not a number"))?;
     // Fails before the upgrade when the process does not exist.
     let session = s.attach(&id, pid).await?;

@@ -10,6 +10,18 @@ use spinup_api::{ByteStream, Error, SandboxId};
 
 use crate::error::ApiError;
 
+/// The service as this request's caller sees it: the one the API key
+/// check put in the request (`with_auth`), else the router's own (the
+/// unix socket's, the admin's).
+pub struct Caller(pub crate::Svc);
+
+impl FromRequestParts<crate::Svc> for Caller {
+    type Rejection = std::convert::Infallible;
+    async fn from_request_parts(parts: &mut Parts, state: &crate::Svc) -> Result<Self, Self::Rejection> {
+        Ok(Caller(parts.extensions.get::<crate::Svc>().cloned().unwrap_or_else(|| state.clone())))
+    }
+}
+
 /// The `{id}` of a sandbox route: anything that is not an id is a sandbox
 /// that does not exist.
 pub struct Id(pub SandboxId);

@@ -19,7 +19,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{on, MethodFilter, MethodRouter};
 use axum::{Json, Router};
-use spinup_api::{Error, ErrorBody, Op, SandboxService, ROUTES};
+use spinup_api::{Authenticator, Error, ErrorBody, Op, SandboxService, ROUTES};
 
 pub use error::{status_of, ApiError};
 
@@ -145,28 +145,35 @@ fn handler(op: Op, f: MethodFilter) -> MethodRouter<Svc> {
         Op::CreateCodeContext => on(f, h::create_code_context),
         Op::RestartCodeContext => on(f, h::restart_code_context),
         Op::RemoveCodeContext => on(f, h::remove_code_context),
+        Op::Keys => on(f, h::keys),
+        Op::CreateKey => on(f, h::create_key),
+        Op::RemoveKey => on(f, h::remove_key),
+        Op::Audit => on(f, h::audit),
     }
 }
 
-/// TCP listeners require `Authorization: Bearer <key>` on every request.
-pub fn with_api_key(r: Router, key: String) -> Router {
-    let key = Arc::new(key);
-    r.layer(middleware::from_fn(move |req: Request, next: Next| {
-        let key = key.clone();
+/// TCP listeners require `Authorization: Bearer <key>` on every request;
+/// the request then runs on the service as that key's holder sees it.
+pub fn with_auth(r: Router, auth: Arc<dyn Authenticator>) -> Router {
+    r.layer(middleware::from_fn(move |mut req: Request, next: Next| {
+        let auth = auth.clone();
         async move {
-            let given = req
+            let svc = req
                 .headers()
                 .get("authorization")
                 .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.strip_prefix("Bearer "));
-            if given.is_some_and(|g| constant_time_eq(g.as_bytes(), key.as_bytes())) {
-                next.run(req).await
-            } else {
-                (
+                .and_then(|v| v.strip_prefix("Bearer "))
+                .and_then(|key| auth.authenticate(key.trim()));
+            match svc {
+                Some(svc) => {
+                    req.extensions_mut().insert(svc);
+                    next.run(req).await
+                }
+                None => (
                     StatusCode::UNAUTHORIZED,
-                    Json(serde_json::json!({"code": "unauthorized", "message": "missing or wrong API key (Authorization: Bearer <key>)"})),
+                    Json(serde_json::json!({"code": "unauthorized", "message": "missing, wrong or revoked API key (Authorization: Bearer <key>)"})),
                 )
-                    .into_response()
+                    .into_response(),
             }
         }
     }))

@@ -13,127 +13,130 @@ use spinup_api::*;
 use spinup_protocol::{AgentInfo, ProcessInfo, SignalRequest};
 use tower::ServiceExt;
 
-struct Refuses;
+/// Answers every call with `<.0> fake service`.
+struct Refuses(&'static str);
 
-fn no<T>() -> Result<T> {
-    Err(Error::Unavailable("fake service".into()))
+impl Refuses {
+    fn no<T>(&self) -> Result<T> {
+        Err(Error::Unavailable(format!("{}fake service", self.0)))
+    }
 }
 
 #[async_trait::async_trait]
 impl SandboxService for Refuses {
     async fn drivers(&self) -> Result<Vec<Capabilities>> {
-        no()
+        self.no()
     }
     async fn gc(&self) -> Result<GcReport> {
-        no()
+        self.no()
     }
     async fn list(&self, _: ListQuery) -> Result<Vec<Sandbox>> {
-        no()
+        self.no()
     }
     async fn create(&self, _: CreateRequest) -> Result<Sandbox> {
-        no()
+        self.no()
     }
     async fn get(&self, _: &SandboxId) -> Result<Sandbox> {
-        no()
+        self.no()
     }
     async fn remove(&self, _: &SandboxId, _: bool) -> Result<()> {
-        no()
+        self.no()
     }
     async fn set_timeout(&self, _: &SandboxId, _: TimeoutRequest) -> Result<Sandbox> {
-        no()
+        self.no()
     }
     async fn info(&self, _: &SandboxId) -> Result<AgentInfo> {
-        no()
+        self.no()
     }
     async fn events(&self, _: &SandboxId) -> Result<Vec<Transition>> {
-        no()
+        self.no()
     }
     async fn pause(&self, _: &SandboxId, _: PauseRequest) -> Result<Sandbox> {
-        no()
+        self.no()
     }
     async fn resume(&self, _: &SandboxId) -> Result<Sandbox> {
-        no()
+        self.no()
     }
     async fn start(&self, _: &SandboxId) -> Result<Sandbox> {
-        no()
+        self.no()
     }
     async fn update_resources(&self, _: &SandboxId) -> Result<Sandbox> {
-        no()
+        self.no()
     }
     async fn snapshot(&self, _: &SandboxId, _: SnapshotRequest) -> Result<Snapshot> {
-        no()
+        self.no()
     }
     async fn fork(&self, _: &SandboxId, _: ForkRequest) -> Result<ForkResult> {
-        no()
+        self.no()
     }
     async fn diff(&self, _: &SandboxId, _: DiffQuery) -> Result<Diff> {
-        no()
+        self.no()
     }
     async fn snapshots(&self) -> Result<Vec<Snapshot>> {
-        no()
+        self.no()
     }
     async fn snapshot_get(&self, _: &str) -> Result<Snapshot> {
-        no()
+        self.no()
     }
     async fn snapshot_remove(&self, _: &str) -> Result<()> {
-        no()
+        self.no()
     }
     async fn snapshot_layer(&self, _: &str) -> Result<Layer> {
-        no()
+        self.no()
     }
     async fn set_network(&self, _: &SandboxId, _: NetworkPolicy) -> Result<Sandbox> {
-        no()
+        self.no()
     }
     async fn ports(&self, _: &SandboxId) -> Result<Vec<PortExposure>> {
-        no()
+        self.no()
     }
     async fn expose(&self, _: &SandboxId, _: ExposeRequest) -> Result<ExposeAnswer> {
-        no()
+        self.no()
     }
     async fn unexpose(&self, _: &SandboxId, _: u16) -> Result<()> {
-        no()
+        self.no()
     }
     async fn tunnel(&self, _: &SandboxId, _: u16) -> Result<spinup_api::Tunnel> {
-        no()
+        self.no()
     }
     async fn attach_secrets(&self, _: &SandboxId, _: AttachRequest) -> Result<Sandbox> {
-        no()
+        self.no()
     }
     async fn secrets(&self) -> Result<Vec<SecretInfo>> {
-        no()
+        self.no()
     }
     async fn secret(&self, _: &str) -> Result<SecretInfo> {
-        no()
+        self.no()
     }
     async fn set_secret(&self, _: &str, _: SecretValue) -> Result<SecretSet> {
-        no()
+        self.no()
     }
     async fn remove_secret(&self, _: &str) -> Result<()> {
-        no()
+        self.no()
     }
     async fn ready(&self, _: &SandboxId) -> Result<()> {
-        no()
+        self.no()
     }
     async fn exec(&self, _: &SandboxId, _: ExecRequest, _: bool) -> Result<ExecSession> {
-        no()
+        self.no()
     }
     async fn attach(&self, _: &SandboxId, _: u32) -> Result<ExecSession> {
-        no()
+        self.no()
     }
     async fn processes(&self, _: &SandboxId) -> Result<Vec<ProcessInfo>> {
-        no()
+        self.no()
     }
     async fn signal(&self, _: &SandboxId, _: u32, _: SignalRequest) -> Result<serde_json::Value> {
-        no()
+        self.no()
     }
     async fn stdin(&self, _: &SandboxId, _: u32, _: String, _: ByteStream) -> Result<Forwarded> {
-        no()
+        self.no()
     }
     /// A watch of `/streamed` answers one line, then holds the stream
     /// open (as a live watch does); everything else is refused.
     async fn files(&self, _: &SandboxId, req: FileRequest) -> Result<Forwarded> {
         if req.op != FileOp::Watch || req.query != "path=/streamed&recursive=true" {
-            return no();
+            return self.no();
         }
         let first = futures::stream::once(async {
             Ok::<_, std::io::Error>(bytes::Bytes::from_static(b"{\"type\":\"started\"}\n"))
@@ -146,34 +149,76 @@ impl SandboxService for Refuses {
         })
     }
     async fn environments(&self) -> Result<EnvList> {
-        no()
+        self.no()
     }
     async fn environment(&self, _: &str) -> Result<Environment> {
-        no()
+        self.no()
     }
     async fn remove_environment(&self, _: &str) -> Result<()> {
-        no()
+        self.no()
     }
     async fn import_environment(&self, _: &str, _: ByteStream) -> Result<Environment> {
-        no()
+        self.no()
     }
     async fn build_environment(&self, _: &str) -> Result<BoxStream<'static, BuildEvent>> {
-        no()
+        self.no()
     }
     async fn run_code(&self, _: &SandboxId, _: CodeRequest) -> Result<BoxStream<'static, CodeEvent>> {
-        no()
+        self.no()
     }
     async fn code_contexts(&self, _: &SandboxId) -> Result<Vec<CodeContext>> {
-        no()
+        self.no()
     }
     async fn create_code_context(&self, _: &SandboxId, _: ContextRequest) -> Result<CodeContext> {
-        no()
+        self.no()
     }
     async fn restart_code_context(&self, _: &SandboxId, _: &str) -> Result<CodeContext> {
-        no()
+        self.no()
     }
     async fn remove_code_context(&self, _: &SandboxId, _: &str) -> Result<()> {
-        no()
+        self.no()
+    }
+    async fn keys(&self) -> Result<Vec<KeyInfo>> {
+        self.no()
+    }
+    async fn create_key(&self, _: KeyRequest) -> Result<NewKey> {
+        self.no()
+    }
+    async fn remove_key(&self, _: &str) -> Result<()> {
+        self.no()
+    }
+    async fn audit(&self, _: AuditQuery) -> Result<Vec<AuditEntry>> {
+        self.no()
+    }
+}
+
+struct OneKey;
+
+impl Authenticator for OneKey {
+    fn authenticate(&self, key: &str) -> Option<Arc<dyn SandboxService>> {
+        (key == "tenant-key").then(|| Arc::new(Refuses("the tenant's ")) as Arc<dyn SandboxService>)
+    }
+}
+
+/// Behind `with_auth`, a request runs on the service its key resolved
+/// to, never the router's; no key, or an unknown one, is 401.
+#[tokio::test]
+async fn a_keyed_request_runs_on_its_callers_service() {
+    let app = crate::with_auth(crate::router(Arc::new(Refuses(""))), Arc::new(OneKey));
+    for (auth, status, marker) in [
+        (Some("Bearer tenant-key"), StatusCode::SERVICE_UNAVAILABLE, "the tenant's fake service"),
+        (Some("Bearer other"), StatusCode::UNAUTHORIZED, "unauthorized"),
+        (Some("tenant-key"), StatusCode::UNAUTHORIZED, "unauthorized"),
+        (None, StatusCode::UNAUTHORIZED, "unauthorized"),
+    ] {
+        let mut req = Request::builder().uri("/v1/drivers");
+        if let Some(a) = auth {
+            req = req.header("authorization", a);
+        }
+        let resp = app.clone().oneshot(req.body(Body::empty()).unwrap()).await.unwrap();
+        assert_eq!(resp.status(), status, "{auth:?}");
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        assert!(String::from_utf8_lossy(&body).contains(marker), "{auth:?}: {body:?}");
     }
 }
 
@@ -194,7 +239,7 @@ fn concrete(template: &str) -> String {
 }
 
 async fn call(method: &str, path: &str, ws: bool) -> (StatusCode, String) {
-    let app = crate::router(Arc::new(Refuses));
+    let app = crate::router(Arc::new(Refuses("")));
     let mut req = Request::builder().method(Method::from_bytes(method.to_uppercase().as_bytes()).unwrap()).uri(path);
     if ws {
         req = req
@@ -272,7 +317,7 @@ async fn a_bad_id_is_a_missing_sandbox_and_bad_input_gets_the_error_shape() {
 
 #[tokio::test]
 async fn a_watch_streams_each_line_as_it_comes() {
-    let app = crate::router(Arc::new(Refuses));
+    let app = crate::router(Arc::new(Refuses("")));
     let req = Request::builder()
         .uri("/v1/sandboxes/0123456789ab/files/watch?path=/streamed&recursive=true")
         .body(Body::empty())
@@ -295,7 +340,7 @@ async fn a_watch_streams_each_line_as_it_comes() {
 async fn a_body_past_the_limit_is_413_as_axum_answers_it() {
     let big = vec![b' '; 3 << 20];
     for path in ["/v1/sandboxes", "/v1/sandboxes/0123456789ab/files/mkdir"] {
-        let app = crate::router(Arc::new(Refuses));
+        let app = crate::router(Arc::new(Refuses("")));
         let req = Request::builder().method(Method::POST).uri(path).body(Body::from(big.clone())).unwrap();
         let resp = app.oneshot(req).await.unwrap();
         assert_eq!(resp.status(), StatusCode::PAYLOAD_TOO_LARGE, "{path}");
@@ -310,7 +355,7 @@ async fn a_body_past_the_limit_is_413_as_axum_answers_it() {
 /// route without an upgrade) is the API's JSON error too, headers kept.
 #[tokio::test]
 async fn axums_own_answers_are_json_errors() {
-    let app = crate::router(Arc::new(Refuses));
+    let app = crate::router(Arc::new(Refuses("")));
     let req = Request::builder().method(Method::PATCH).uri("/v1/sandboxes").body(Body::empty()).unwrap();
     let resp = app.oneshot(req).await.unwrap();
     assert_eq!(resp.status(), StatusCode::METHOD_NOT_ALLOWED);

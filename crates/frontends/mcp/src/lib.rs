@@ -76,11 +76,28 @@ pub fn router(svc: Arc<dyn SandboxService>) -> axum::Router {
         // write_file's content is in the request: room for 16 MiB files
         // as base64.
         .with_max_request_body_bytes(MAX_BODY);
-    // One server (its tool router and schemas built once), cloned per request.
+    // One server (its tool router and schemas built once), cloned per
+    // request onto the service of the request's caller: the one its API
+    // key resolved to on a TCP listener (a tenant's tools see only its
+    // sandboxes), else the router's own.
     let server = Server::new(svc);
-    let service =
-        StreamableHttpService::new(move || Ok(server.clone()), Arc::new(LocalSessionManager::default()), config);
-    axum::Router::new().route_service(PATH, service).layer(axum::middleware::from_fn(jsonrpc_errors))
+    let sessions = Arc::new(LocalSessionManager::default());
+    let serve = move |req: Request| {
+        let caller = req.extensions().get::<Arc<dyn SandboxService>>().cloned();
+        let server = match caller {
+            Some(svc) => server.with_service(svc),
+            None => server.clone(),
+        };
+        let service = StreamableHttpService::new(move || Ok(server.clone()), sessions.clone(), config.clone());
+        async move {
+            use tower::ServiceExt;
+            match service.oneshot(req).await {
+                Ok(resp) => resp.map(axum::body::Body::new),
+                Err(e) => match e {},
+            }
+        }
+    };
+    axum::Router::new().route(PATH, axum::routing::any(serve)).layer(axum::middleware::from_fn(jsonrpc_errors))
 }
 
 /// The most a POST to `/mcp` may carry (as rmcp is configured above).

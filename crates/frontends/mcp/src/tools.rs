@@ -226,6 +226,11 @@ impl Server {
         Server { svc, tool_router: Self::tool_router() }
     }
 
+    /// The same tools over another caller's service.
+    pub fn with_service(&self, svc: Arc<dyn SandboxService>) -> Server {
+        Server { svc, tool_router: self.tool_router.clone() }
+    }
+
     #[tool(description = "Create a sandbox: a small Linux computer of its own (root filesystem, processes, \
         files, network) started from an environment. Answers the sandbox (its `id` is what every other tool \
         takes), running.")]
