@@ -19,10 +19,14 @@ pub struct Quota {
 #[serde(default, deny_unknown_fields)]
 pub struct KeyRequest {
     /// Lowercase letters, digits and `-`, 1-63 characters.
+    #[schema(pattern = "^[a-z0-9][a-z0-9-]{0,62}$")]
     pub tenant: Option<String>,
+    /// Instead of `tenant` (and without quotas): a key that sees everything.
     pub admin: bool,
     pub max_sandboxes: Option<u32>,
+    #[schema(minimum = 0, maximum = 1000000)]
     pub max_vcpus: Option<f64>,
+    #[schema(maximum = 1099511627776_u64)]
     pub max_memory_mib: Option<u64>,
 }
 

@@ -577,6 +577,9 @@ impl SandboxService for Service {
         if !(1..=1000).contains(&limit) {
             return Err(Error::InvalidArgument(format!("limit must be 1-1000, got {limit}")));
         }
+        if q.before.is_some_and(|b| b < 0) {
+            return Err(Error::InvalidArgument("before is an entry's seq, 0 or more".into()));
+        }
         self.m.store.audit_log(q.tenant.as_deref(), q.before, limit)
     }
 }

@@ -44,8 +44,11 @@ pub fn create_key(store: &Store, req: &KeyRequest) -> Result<NewKey> {
         (Some(t), false) => validate_tenant(t)?,
         (None, true) => {}
     }
-    if quota.max_vcpus.is_some_and(|v| !v.is_finite() || v < 0.0) {
-        return Err(Error::InvalidArgument("max_vcpus must be a number of vCPUs, 0 or more".into()));
+    if quota.max_vcpus.is_some_and(|v| !v.is_finite() || !(0.0..=1e6).contains(&v)) {
+        return Err(Error::InvalidArgument("max_vcpus must be a number of vCPUs, 0 to 1000000".into()));
+    }
+    if quota.max_memory_mib.is_some_and(|m| m > 1 << 40) {
+        return Err(Error::InvalidArgument("max_memory_mib must be at most 2^40 (1 EiB)".into()));
     }
     if let Some(t) = &req.tenant {
         store.put_tenant(t, &quota)?;
@@ -159,6 +162,7 @@ mod tests {
             KeyRequest { tenant: Some("acme".into()), admin: true, ..Default::default() },
             KeyRequest { admin: true, max_sandboxes: Some(1), ..Default::default() },
             KeyRequest { tenant: Some("acme".into()), max_vcpus: Some(f64::NAN), ..Default::default() },
+            KeyRequest { tenant: Some("acme".into()), max_memory_mib: Some(u64::MAX), ..Default::default() },
         ] {
             assert_eq!(create_key(&store, &bad).unwrap_err().code(), "invalid_argument", "{bad:?}");
         }

@@ -55,8 +55,19 @@ pub async fn run(cmd: Command, ctx: &Ctx) -> Result<()> {
         Command::Ls => {
             let v = c.get("/v1/secrets").await?;
             ctx.emit(&v, |secrets: Vec<SecretInfo>| {
-                let rows = secrets.iter().map(|s| vec![s.name.clone(), ago(s.updated_at)]).collect();
-                table(&["NAME", "UPDATED"], rows);
+                // The admin sees every tenant's (each tenant has its own names).
+                if secrets.iter().any(|s| s.tenant.is_some()) {
+                    let rows = secrets
+                        .iter()
+                        .map(|s| {
+                            vec![s.name.clone(), s.tenant.clone().unwrap_or_else(|| "-".into()), ago(s.updated_at)]
+                        })
+                        .collect();
+                    table(&["NAME", "TENANT", "UPDATED"], rows);
+                } else {
+                    let rows = secrets.iter().map(|s| vec![s.name.clone(), ago(s.updated_at)]).collect();
+                    table(&["NAME", "UPDATED"], rows);
+                }
             })?;
         }
         Command::Rm { names } => {

@@ -11,9 +11,11 @@ __all__ = [
     "ConnectionError",
     "BadRequest",
     "Unauthorized",
+    "Forbidden",
     "NotFound",
     "Conflict",
     "PayloadTooLarge",
+    "QuotaExceeded",
     "InternalError",
     "Unsupported",
     "AgentError",
@@ -27,7 +29,8 @@ class SpinupError(Exception):
 
     ``code`` is the API's machine-readable code (``not_found``,
     ``invalid_argument``, ``conflict``, ``unsupported``, ``unavailable``,
-    ``agent_error``, ``internal``, ``unauthorized``, or a guest agent's
+    ``agent_error``, ``forbidden``, ``quota_exceeded``, ``internal``,
+    ``unauthorized``, or a guest agent's
     own code); ``status`` the HTTP status (``None`` when no answer came).
     ``driver`` and ``capability`` are set on ``unsupported``.
     """
@@ -66,6 +69,15 @@ class BadRequest(SpinupError):
 
 class Unauthorized(SpinupError):
     """401: a TCP listener was given no API key, or the wrong one."""
+
+
+class Forbidden(SpinupError):
+    """403: the admin's operation (keys, the audit log, gc, environment
+    changes) asked with a tenant's key."""
+
+
+class QuotaExceeded(SpinupError):
+    """429: the key's tenant is at its sandbox, vCPU or memory quota."""
 
 
 class NotFound(SpinupError):
@@ -113,9 +125,11 @@ class ExecError(SpinupError):
 _BY_STATUS: dict[int, type[SpinupError]] = {
     400: BadRequest,
     401: Unauthorized,
+    403: Forbidden,
     404: NotFound,
     409: Conflict,
     413: PayloadTooLarge,
+    429: QuotaExceeded,
     500: InternalError,
     501: Unsupported,
     502: AgentError,
