@@ -154,8 +154,8 @@ struct StreamData {
 }
 
 /// What the front end remembers of the commands it started: tags (E2B
-/// names some processes) and the live input of each Start stream (a pty's
-/// resize goes there). Both are in memory, as in E2B's envd.
+/// names some processes) and the live input of each pty's Start stream (its
+/// resize and input go there). Both are in memory, as in E2B's envd.
 #[derive(Default)]
 pub struct Processes {
     tags: Mutex<HashMap<(String, String), u32>>,
@@ -286,7 +286,9 @@ fn events(app: Arc<App>, id: SandboxId, s: ExecSession, pty: bool, attached: Opt
                             continue;
                         }
                         st.pid = Some(s.pid);
-                        if st.register {
+                        // A pty's input stream is kept: its resizes and its
+                        // stdin go down it, in the order they were sent.
+                        if st.register && pty {
                             if let Some(i) = &st.input {
                                 let key = (st.id.to_string(), s.pid);
                                 st.app.processes.inputs.lock().expect("inputs lock").insert(key, i.clone());
@@ -464,6 +466,15 @@ pub async fn send_signal(State(app): St, Extension(t): Ext, headers: HeaderMap, 
 }
 
 async fn feed(app: &App, id: &SandboxId, pid: u32, data: Bytes, close: bool) -> Result<(), ConnectError> {
+    // A pty's input goes down its Start stream, behind any resize sent
+    // before it (`stty size` after a resize sees the new size).
+    let live = app.processes.inputs.lock().expect("inputs lock").get(&(id.to_string(), pid)).cloned();
+    if let Some(tx) = live {
+        let frame = if close { Frame::StdinClose } else { Frame::Stdin(data.clone()) };
+        if tx.send(frame).await.is_ok() {
+            return Ok(());
+        }
+    }
     let body = futures::stream::once(async move { Ok(data) }).boxed();
     let out = app.svc.stdin(id, pid, if close { "close=true".into() } else { String::new() }, body).await?;
     if out.status >= 300 {
