@@ -49,7 +49,8 @@ pub struct FileConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct E2bConfig {
     /// Address of the E2B API (`E2B_API_URL`) and of every sandbox's envd
-    /// (`E2B_SANDBOX_URL`), e.g. `127.0.0.1:3000`. Needs an API key.
+    /// (`E2B_SANDBOX_URL`), e.g. `127.0.0.1:3000`. Clients send an API key
+    /// (`SPINUP_API_KEY`, or one made with `spinup key create`).
     pub listen: Option<SocketAddr>,
     /// Serve `{port}-{id}.{domain}` and `api.{domain}` (`E2B_DOMAIN` mode).
     pub domain: Option<String>,

@@ -12,7 +12,8 @@ pub struct Args {
     data_dir: PathBuf,
     #[arg(long, env = "SPINUP_SOCKET", default_value = spinup_daemon::DEFAULT_SOCKET)]
     socket: PathBuf,
-    /// Also listen on TCP (every request needs SPINUP_API_KEY as a bearer token).
+    /// Also listen on TCP: every request needs a key as a bearer token
+    /// (SPINUP_API_KEY, the admin's, or one made with `spinup key create`).
     #[arg(long)]
     tcp: Option<std::net::SocketAddr>,
     /// Also serve the E2B-compatible API here (`[e2b] listen`): point the
