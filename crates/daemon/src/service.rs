@@ -74,22 +74,27 @@ impl Service {
         self.caller.tenant.as_deref()
     }
 
+    /// Whether this caller may see an object of tenant `owner`.
+    fn sees(&self, owner: Option<&str>) -> bool {
+        self.tenant().is_none_or(|t| owner == Some(t))
+    }
+
     /// The sandbox, if this caller may see it: another tenant's answers
     /// exactly as an unknown id does.
     fn mine(&self, id: &str) -> Result<Sandbox> {
         let sb = self.m.get(id)?;
-        match self.tenant() {
-            Some(t) if sb.tenant.as_deref() != Some(t) => Err(Error::not_found("sandbox", id)),
-            _ => Ok(sb),
+        if !self.sees(sb.tenant.as_deref()) {
+            return Err(Error::not_found("sandbox", id));
         }
+        Ok(sb)
     }
 
     fn my_snapshot(&self, id_or_name: &str) -> Result<Snapshot> {
         let snap = self.m.snapshot_get(id_or_name)?;
-        match self.tenant() {
-            Some(t) if snap.tenant.as_deref() != Some(t) => Err(Error::not_found("snapshot", id_or_name)),
-            _ => Ok(snap),
+        if !self.sees(snap.tenant.as_deref()) {
+            return Err(Error::not_found("snapshot", id_or_name));
         }
+        Ok(snap)
     }
 
     fn admin_only(&self, what: &str) -> Result<()> {
@@ -191,26 +196,26 @@ impl SandboxService for Service {
     }
 
     async fn gc(&self) -> Result<GcReport> {
-        let r = match self.admin_only("gc") {
-            Ok(()) => self.m.gc().await,
-            Err(e) => Err(e),
-        };
+        let r = async {
+            self.admin_only("gc")?;
+            self.m.gc().await
+        }
+        .await;
         self.audit("gc", None, r)
     }
 
     async fn list(&self, q: ListQuery) -> Result<Vec<Sandbox>> {
-        let all = self.m.list(&q.labels)?;
-        Ok(match self.tenant() {
-            Some(t) => all.into_iter().filter(|sb| sb.tenant.as_deref() == Some(t)).collect(),
-            None => all,
-        })
+        Ok(self.m.list(&q.labels)?.into_iter().filter(|sb| self.sees(sb.tenant.as_deref())).collect())
     }
 
     async fn create(&self, req: CreateRequest) -> Result<Sandbox> {
-        let r = match req.from_snapshot.as_deref().map(|s| self.my_snapshot(s)).transpose() {
-            Ok(_) => self.m.create(req, None, self.caller.tenant.clone()).await,
-            Err(e) => Err(e),
-        };
+        let r = async {
+            if let Some(s) = &req.from_snapshot {
+                self.my_snapshot(s)?;
+            }
+            self.m.create(req, None, self.caller.tenant.clone()).await
+        }
+        .await;
         let id = r.as_ref().ok().map(|sb| sb.id.to_string());
         self.audit("create", id.as_deref(), r)
     }
@@ -220,10 +225,11 @@ impl SandboxService for Service {
     }
 
     async fn remove(&self, id: &SandboxId, force: bool) -> Result<()> {
-        let r = match self.mine(id) {
-            Ok(_) => self.m.destroy(id, force).await,
-            Err(e) => Err(e),
-        };
+        let r = async {
+            self.mine(id)?;
+            self.m.destroy(id, force).await
+        }
+        .await;
         self.audit("remove", Some(id), r)
     }
 
@@ -250,26 +256,29 @@ impl SandboxService for Service {
     }
 
     async fn pause(&self, id: &SandboxId, req: PauseRequest) -> Result<Sandbox> {
-        let r = match self.mine(id) {
-            Ok(_) => self.m.pause(id, req.free_memory).await,
-            Err(e) => Err(e),
-        };
+        let r = async {
+            self.mine(id)?;
+            self.m.pause(id, req.free_memory).await
+        }
+        .await;
         self.audit("pause", Some(id), r)
     }
 
     async fn resume(&self, id: &SandboxId) -> Result<Sandbox> {
-        let r = match self.mine(id) {
-            Ok(_) => self.m.resume(id).await,
-            Err(e) => Err(e),
-        };
+        let r = async {
+            self.mine(id)?;
+            self.m.resume(id).await
+        }
+        .await;
         self.audit("resume", Some(id), r)
     }
 
     async fn start(&self, id: &SandboxId) -> Result<Sandbox> {
-        let r = match self.mine(id) {
-            Ok(_) => self.m.start(id).await,
-            Err(e) => Err(e),
-        };
+        let r = async {
+            self.mine(id)?;
+            self.m.start(id).await
+        }
+        .await;
         self.audit("start", Some(id), r)
     }
 
@@ -284,18 +293,20 @@ impl SandboxService for Service {
     }
 
     async fn snapshot(&self, id: &SandboxId, req: SnapshotRequest) -> Result<Snapshot> {
-        let r = match self.mine(id) {
-            Ok(_) => self.m.snapshot(id, req).await,
-            Err(e) => Err(e),
-        };
+        let r = async {
+            self.mine(id)?;
+            self.m.snapshot(id, req).await
+        }
+        .await;
         self.audit("snapshot", Some(id), r)
     }
 
     async fn fork(&self, id: &SandboxId, req: ForkRequest) -> Result<ForkResult> {
-        let r = match self.mine(id) {
-            Ok(_) => self.m.fork(id, req).await,
-            Err(e) => Err(e),
-        };
+        let r = async {
+            self.mine(id)?;
+            self.m.fork(id, req).await
+        }
+        .await;
         self.audit("fork", Some(id), r)
     }
 
@@ -308,11 +319,7 @@ impl SandboxService for Service {
     }
 
     async fn snapshots(&self) -> Result<Vec<Snapshot>> {
-        let all = self.m.snapshot_list()?;
-        Ok(match self.tenant() {
-            Some(t) => all.into_iter().filter(|s| s.tenant.as_deref() == Some(t)).collect(),
-            None => all,
-        })
+        Ok(self.m.snapshot_list()?.into_iter().filter(|s| self.sees(s.tenant.as_deref())).collect())
     }
 
     async fn snapshot_get(&self, id: &str) -> Result<Snapshot> {
@@ -339,10 +346,11 @@ impl SandboxService for Service {
     }
 
     async fn set_network(&self, id: &SandboxId, policy: NetworkPolicy) -> Result<Sandbox> {
-        let r = match self.mine(id) {
-            Ok(_) => self.m.set_network(id, policy).await,
-            Err(e) => Err(e),
-        };
+        let r = async {
+            self.mine(id)?;
+            self.m.set_network(id, policy).await
+        }
+        .await;
         self.audit("set_network", Some(id), r)
     }
 
@@ -351,18 +359,20 @@ impl SandboxService for Service {
     }
 
     async fn expose(&self, id: &SandboxId, req: ExposeRequest) -> Result<ExposeAnswer> {
-        let r = match self.mine(id) {
-            Ok(_) => self.m.expose(id, req).await,
-            Err(e) => Err(e),
-        };
+        let r = async {
+            self.mine(id)?;
+            self.m.expose(id, req).await
+        }
+        .await;
         self.audit("expose", Some(id), r)
     }
 
     async fn unexpose(&self, id: &SandboxId, port: u16) -> Result<()> {
-        let r = match self.mine(id) {
-            Ok(_) => self.m.unexpose(id, port).await,
-            Err(e) => Err(e),
-        };
+        let r = async {
+            self.mine(id)?;
+            self.m.unexpose(id, port).await
+        }
+        .await;
         self.audit("unexpose", Some(id), r)
     }
 
@@ -378,19 +388,16 @@ impl SandboxService for Service {
     }
 
     async fn attach_secrets(&self, id: &SandboxId, req: AttachRequest) -> Result<Sandbox> {
-        let r = match self.mine(id) {
-            Ok(_) => self.m.attach_secrets(id, req).await,
-            Err(e) => Err(e),
-        };
+        let r = async {
+            self.mine(id)?;
+            self.m.attach_secrets(id, req).await
+        }
+        .await;
         self.audit("attach_secrets", Some(id), r)
     }
 
     async fn secrets(&self) -> Result<Vec<SecretInfo>> {
-        let all = self.m.secrets.list()?;
-        Ok(match self.tenant() {
-            Some(t) => all.into_iter().filter(|s| s.tenant.as_deref() == Some(t)).collect(),
-            None => all,
-        })
+        Ok(self.m.secrets.list()?.into_iter().filter(|s| self.sees(s.tenant.as_deref())).collect())
     }
 
     async fn secret(&self, name: &str) -> Result<SecretInfo> {
@@ -446,16 +453,12 @@ impl SandboxService for Service {
     }
 
     async fn signal(&self, id: &SandboxId, pid: u32, req: SignalRequest) -> Result<serde_json::Value> {
-        let r = match self.mine(id) {
-            Ok(_) => match self.m.agent(id).await {
-                Ok(c) => c
-                    .call(http::Method::POST, &format!("/v1/processes/{pid}/signal"), Some(&req))
-                    .await
-                    .map_err(agent_err),
-                Err(e) => Err(e),
-            },
-            Err(e) => Err(e),
-        };
+        let r = async {
+            self.mine(id)?;
+            let c = self.m.agent(id).await?;
+            c.call(http::Method::POST, &format!("/v1/processes/{pid}/signal"), Some(&req)).await.map_err(agent_err)
+        }
+        .await;
         self.audit("signal", Some(id), r)
     }
 
@@ -474,10 +477,11 @@ impl SandboxService for Service {
             FileOp::Rename => Some("files.rename"),
             FileOp::Chmod => Some("files.chmod"),
         };
-        let r = match self.mine(id) {
-            Ok(_) => self.files_now(id, req).await,
-            Err(e) => Err(e),
-        };
+        let r = async {
+            self.mine(id)?;
+            self.files_now(id, req).await
+        }
+        .await;
         match op {
             Some(op) => self.audit(op, Some(id), r),
             None => r,
@@ -496,33 +500,37 @@ impl SandboxService for Service {
     /// Refused while a sandbox uses it; layers a snapshot or sandbox still
     /// stacks stay.
     async fn remove_environment(&self, name: &str) -> Result<()> {
-        let r = match self.admin_only("removing an environment") {
-            Ok(()) => self.remove_environment_now(name),
-            Err(e) => Err(e),
-        };
+        let r = async {
+            self.admin_only("removing an environment")?;
+            self.remove_environment_now(name)
+        }
+        .await;
         self.audit("remove_environment", Some(name), r)
     }
 
     async fn import_environment(&self, name: &str, tar: ByteStream) -> Result<Environment> {
-        let r = match self.admin_only("importing an environment") {
-            Ok(()) => self.import_environment_now(name, tar).await,
-            Err(e) => Err(e),
-        };
+        let r = async {
+            self.admin_only("importing an environment")?;
+            self.import_environment_now(name, tar).await
+        }
+        .await;
         self.audit("import_environment", Some(name), r)
     }
 
     async fn build_environment(&self, name: &str) -> Result<BoxStream<'static, BuildEvent>> {
-        let r = match self.admin_only("building an environment") {
-            Ok(()) => self.build_environment_now(name),
-            Err(e) => Err(e),
-        };
+        let r = async {
+            self.admin_only("building an environment")?;
+            self.build_environment_now(name)
+        }
+        .await;
         self.audit("build_environment", Some(name), r)
     }
     async fn run_code(&self, id: &SandboxId, req: CodeRequest) -> Result<BoxStream<'static, CodeEvent>> {
-        let r = match self.mine(id) {
-            Ok(_) => self.code.run(self, id, req).await,
-            Err(e) => Err(e),
-        };
+        let r = async {
+            self.mine(id)?;
+            self.code.run(self, id, req).await
+        }
+        .await;
         self.audit("run_code", Some(id), r)
     }
 
@@ -532,26 +540,29 @@ impl SandboxService for Service {
     }
 
     async fn create_code_context(&self, id: &SandboxId, req: ContextRequest) -> Result<CodeContext> {
-        let r = match self.mine(id) {
-            Ok(_) => self.code.create_context(self, id, req).await,
-            Err(e) => Err(e),
-        };
+        let r = async {
+            self.mine(id)?;
+            self.code.create_context(self, id, req).await
+        }
+        .await;
         self.audit("create_code_context", Some(id), r)
     }
 
     async fn restart_code_context(&self, id: &SandboxId, context: &str) -> Result<CodeContext> {
-        let r = match self.mine(id) {
-            Ok(_) => self.code.restart_context(self, id, context).await,
-            Err(e) => Err(e),
-        };
+        let r = async {
+            self.mine(id)?;
+            self.code.restart_context(self, id, context).await
+        }
+        .await;
         self.audit("restart_code_context", Some(id), r)
     }
 
     async fn remove_code_context(&self, id: &SandboxId, context: &str) -> Result<()> {
-        let r = match self.mine(id) {
-            Ok(_) => self.code.remove_context(self, id, context).await,
-            Err(e) => Err(e),
-        };
+        let r = async {
+            self.mine(id)?;
+            self.code.remove_context(self, id, context).await
+        }
+        .await;
         self.audit("remove_code_context", Some(id), r)
     }
 
